@@ -2,7 +2,7 @@
 
     >>> import duckdb_ft
     >>> con = duckdb_ft.connect("shop.duckdb")
-    >>> con.sql("SELECT complete('smollm2-135m', 'What is the capital of France?')").fetchone()
+    >>> con.execute("SELECT complete('smollm2-135m', 'What is the capital of France?')").fetchone()
 
 ``connect()`` opens a database and installs the extension; ``install(con)`` installs it on a connection you
 already have (a notebook's, a BI tool's).
@@ -26,25 +26,38 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "install", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
+    "connect", "install", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
     "AlreadyExists", "PermissionDenied", "JobError", "__version__",
 ]
 
 
-def install(con: Any, *, user: str | None = None) -> Any:
+def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> Any:
     """Register duckdb-ft's functions on an existing DuckDB connection and return the connection.
 
     Installing twice is harmless. ``user`` opens the connection's session as that user (None: administrator).
+    ``resume_jobs``: resume at once the jobs a dead process left unfinished (default: they are marked ERROR and
+    ``finetune('RESUME', id)`` resumes one).
     """
     from .extension import install as _install
 
-    _install(con, user=user)
+    _install(con, user=user, resume_jobs=resume_jobs)
     return con
 
 
-def connect(path: str | None = None, *, user: str | None = None, read_only: bool = False, config: dict | None = None) -> Any:
+def connect(path: str | None = None, *, user: str | None = None, read_only: bool = False,
+            config: dict | None = None, resume_jobs: bool = False) -> Any:
     """Open a DuckDB database (in memory when ``path`` is None) with duckdb-ft installed."""
     import duckdb
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
-    return install(con, user=user)
+    return install(con, user=user, resume_jobs=resume_jobs)
+
+
+def wait(con: Any, job_id: str, timeout: float | None = None) -> str:
+    """Block until a fine-tuning job has finished (or ``timeout`` seconds passed); return its status.
+
+    The SQL form is ``SELECT finetune('WAIT', job_id [, timeout_seconds])``.
+    """
+    from .extension import engine_of
+
+    return engine_of(con).jobs.wait(job_id, timeout)

@@ -7,23 +7,39 @@ the instance, and each connection's macros carry the id of its :class:`Session` 
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import models
-from .errors import FtError
+from . import catalog, models, statements
+from .errors import FtError, InvalidArgument
 
 
 class Engine:
     """What duckdb-ft keeps for one open database: a private cursor to run its own queries, and the sessions."""
 
-    def __init__(self, con: Any):
+    def __init__(self, con: Any, *, resume_jobs: bool = False):
+        from .jobs import JobRunner
+
         self.id = uuid.uuid4().hex
         self._root = con.cursor()
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
+        self.read_only = False
+        try:
+            catalog.migrate(self.cursor())
+        except Exception as e:  # a read-only database: COMPLETE works, FINETUNE cannot record jobs
+            if "read-only" not in str(e).lower() and "read only" not in str(e).lower():
+                raise
+            self.read_only = True
+        self.jobs = JobRunner(self)
+        if not self.read_only:
+            stale = self.jobs.recover()
+            if resume_jobs:
+                for job_id in stale:
+                    self.jobs.resume(job_id)
 
     def cursor(self) -> Any:
         """A new cursor on this database, safe to use while an outer query runs (and from other threads)."""
@@ -42,8 +58,29 @@ class Engine:
         return s
 
     def resolve_model(self, session: "Session", name: str) -> tuple[models.LoadedModel, str | None]:
-        """A model name as COMPLETE sees it: (loaded base model, LoRA adapter to activate or None)."""
-        return models.load(name), None
+        """A model name as COMPLETE sees it: (loaded base model, LoRA adapter to activate or None).
+
+        A fine-tuned model of the catalog wins; otherwise the name is a base model (alias, folder, hub id).
+        """
+        row = self.find_model(name)
+        if row is None:
+            return models.load(name), None
+        loaded = models.load(row["base_model"])
+        key = "ft_" + row["job_id"].replace("-", "_")  # one adapter per job: a re-created name gets new weights
+        if key not in loaded.adapters:
+            blob = catalog.model_adapter(self.cursor(), row["job_id"])
+            models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
+        return loaded, key
+
+    def find_model(self, name: str) -> dict | None:
+        """The catalog row of a fine-tuned model named ``name`` (``schema.name`` or current schema), or None."""
+        if self.read_only and not catalog.has_catalog(self.cursor()):
+            return None
+        try:
+            schema, model = statements.parse_model_name(name)
+        except InvalidArgument:
+            return None
+        return catalog.list_models_named(self.cursor(), schema, model)
 
 
 @dataclass(eq=False)

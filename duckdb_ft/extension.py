@@ -9,6 +9,7 @@ result; core errors become SQL errors only here.
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from . import complete as completion
 from .engine import Engine, Session
-from .errors import FtError
+from .errors import FtError, InvalidArgument
 
 _engines: dict[str, Engine] = {}
 _install_lock = threading.Lock()
@@ -50,8 +51,20 @@ def _register_udfs(con: Any, engine: Engine) -> None:
             )
         return run
 
+    def finetune(session_ids, actions, a1, a2, a3, a4, a5):
+        out = []
+        for row in zip(session_ids, actions, a1, a2, a3, a4, a5):
+            session = engine.session(row[0])
+            out.append(finetune_action(engine, session, row[1], list(row[2:])))
+        return out
+
+    def history(session_ids, job_ids):
+        return [json.dumps(engine.jobs.history(j)) if j is not None else None for j in job_ids]
+
     V = "VARCHAR"
     udfs = [
+        ("__ft_finetune", finetune, [V] * 7),
+        ("__ft_finetune_history", history, [V, V]),
         ("__ft_complete", complete(False, False), [V, V, V]),
         ("__ft_complete_opts", complete(False, True), [V, V, V, V]),
         ("__ft_try_complete", complete(True, False), [V, V, V]),
@@ -62,10 +75,85 @@ def _register_udfs(con: Any, engine: Engine) -> None:
     con.create_function("__ft_engine", lambda: engine.id, [], V, side_effects=False)
 
 
+def _show(engine: Engine, session: Session, args: list) -> str:
+    return json.dumps(engine.jobs.show())
+
+
+def _create(engine: Engine, session: Session, args: list) -> str:
+    name, base, train_q, val_q, options = args
+    for label, value in (("model name", name), ("base model", base), ("training query", train_q)):
+        if value is None:
+            raise InvalidArgument(f"finetune('CREATE', name, base_model, training_query [, validation_query "
+                                  f"[, options]]): the {label} is missing")
+    if engine.read_only:
+        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
+    return engine.jobs.create(session.user, name, base, train_q, val_q or None, options)
+
+
+def _job_arg(args: list, action: str) -> str:
+    if args[0] is None:
+        raise InvalidArgument(f"finetune('{action}', job_id) needs a job id, e.g. finetune('{action}', 'ft_...')")
+    return args[0]
+
+
+def _wait(engine: Engine, session: Session, args: list) -> str:
+    timeout = None
+    if args[1] is not None:
+        try:
+            timeout = float(args[1])
+        except ValueError:
+            raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
+    return engine.jobs.wait(_job_arg(args, "WAIT"), timeout)
+
+
+#: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
+ACTIONS: dict[str, Callable[[Engine, Session, list], str]] = {
+    "CREATE": _create,
+    "SHOW": _show,
+    "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"))),
+    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL")),
+    "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME")),
+    "WAIT": _wait,
+}
+
+
+def finetune_action(engine: Engine, session: Session, action: str | None, args: list) -> str:
+    key = (action or "").strip().upper()
+    if key not in ACTIONS:
+        raise InvalidArgument(f"unknown FINETUNE action {action!r}; valid actions: {', '.join(ACTIONS)}")
+    return ACTIONS[key](engine, session, args)
+
+
+_SHOW_TYPE = json.dumps([{"id": "VARCHAR", "status": "VARCHAR", "base_model": "VARCHAR", "created_on": "BIGINT"}])
+_DESCRIBE_TYPE = json.dumps({
+    "id": "VARCHAR", "status": "VARCHAR", "progress": "DOUBLE", "base_model": "VARCHAR", "created_on": "BIGINT",
+    "started_on": "BIGINT", "finished_on": "BIGINT", "model": "VARCHAR", "training_data": "VARCHAR",
+    "validation_data": "VARCHAR", "trained_tokens": "BIGINT",
+    "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON",
+    "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
+    "step": "BIGINT", "total_steps": "BIGINT", "error": {"message": "VARCHAR"},
+})
+_HISTORY_TYPE = json.dumps([{"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE",
+                             "validation_loss": "DOUBLE", "learning_rate": "DOUBLE", "tokens": "BIGINT",
+                             "elapsed_s": "DOUBLE"}])
+
+
 def _macros(session_id: str) -> list[str]:
     s = f"'{session_id}'"
     # to_json lets the 3-argument form take a prompt string or a list of {role, content} structs alike.
+    def ft(n: int) -> str:
+        args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
+        return f"__ft_finetune({s}, action::VARCHAR, {', '.join(args)})"
+
+    overloads = ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {ft(n)}" for n in range(1, 7))
     return [
+        f"CREATE OR REPLACE TEMP MACRO finetune{overloads}",
+        f"""CREATE OR REPLACE TEMP MACRO finetune(action) AS TABLE
+              (SELECT unnest(from_json({ft(1)}, '{_SHOW_TYPE}'), recursive := true)),
+            (action, a1) AS TABLE (SELECT unnest(from_json({ft(2)}, '{_DESCRIBE_TYPE}')))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_history(job_id) AS TABLE
+              (SELECT unnest(from_json(__ft_finetune_history({s}, job_id::VARCHAR), '{_HISTORY_TYPE}'),
+                             recursive := true))""",
         f"""CREATE OR REPLACE TEMP MACRO complete(model, prompt) AS __ft_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),
@@ -75,18 +163,20 @@ def _macros(session_id: str) -> list[str]:
 
 def _engine_of(con: Any) -> Engine | None:
     try:
-        engine_id = con.execute("SELECT __ft_engine()").fetchone()[0]
+        engine_id = con.execute("SELECT __ft_engine()").fetchall()[0][0]
     except Exception:
         return None
     return _engines.get(engine_id)
 
 
-def install(con: Any, *, user: str | None = None) -> Session:
+def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> Session:
     """Register duckdb-ft on ``con`` (any DuckDB connection). Installing again is harmless.
 
     Args:
         con: a ``duckdb.DuckDBPyConnection`` (or cursor).
         user: open the session as this user; None is the database administrator.
+        resume_jobs: when this opens the database, resume jobs a dead process left unfinished (default: they
+            are marked ERROR, and ``finetune('RESUME', id)`` resumes one).
 
     Returns:
         the connection's :class:`Session`.
@@ -94,10 +184,18 @@ def install(con: Any, *, user: str | None = None) -> Session:
     with _install_lock:
         engine = _engine_of(con)
         if engine is None:
-            engine = Engine(con)
+            engine = Engine(con, resume_jobs=resume_jobs)
             _register_udfs(con, engine)
             _engines[engine.id] = engine
         session = engine.new_session(user)
         for sql in _macros(session.id):
             con.execute(sql)
         return session
+
+
+def engine_of(con: Any) -> Engine:
+    """The engine of a connection on which duckdb-ft is installed."""
+    engine = _engine_of(con)
+    if engine is None:
+        raise FtError("duckdb-ft is not installed on this connection: call duckdb_ft.install(con)")
+    return engine

@@ -193,6 +193,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     lock: threading.RLock = field(default_factory=threading.RLock)
+    adapters: set[str] = field(default_factory=set)
 
     @property
     def context_length(self) -> int:
@@ -239,3 +240,64 @@ def unload_all() -> None:
     """Forget every cached model (tests; freeing memory)."""
     with _load_lock:
         _loaded.clear()
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def load_for_training(path: str) -> Any:
+    """A private fp32 copy of a base model to train LoRA on (peft wraps the module in place)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device())
+    return model
+
+
+# --------------------------------------------------------------------------------------------------- adapters
+
+LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type", "fan_in_fan_out",
+               "modules_to_save", "layers_to_transform", "use_rslora")
+
+
+def adapter_to_bytes(state: dict[str, Any]) -> bytes:
+    """LoRA weights as safetensors bytes (what the catalog's BLOB holds)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in state.items()})
+
+
+def adapter_from_bytes(blob: bytes) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    return load(bytes(blob))
+
+
+def lora_config_from_dict(config: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(**{k: v for k, v in config.items() if k in LORA_FIELDS and v is not None}, inference_mode=True)
+
+
+def attach_adapter(loaded: LoadedModel, key: str, config: dict[str, Any], blob: bytes) -> None:
+    """Add a LoRA adapter under ``key`` to a cached base model, sharing its weights with every other adapter.
+
+    The first adapter wraps the base module in a PeftModel; plain base-model generation then runs with the
+    adapters disabled (see complete._adapter).
+    """
+    from peft import PeftModel, set_peft_model_state_dict
+
+    with loaded.lock:
+        if key in loaded.adapters:
+            return
+        cfg = lora_config_from_dict(config)
+        if not hasattr(loaded.model, "peft_config"):
+            loaded.model = PeftModel(loaded.model, cfg, adapter_name=key)
+        else:
+            loaded.model.add_adapter(key, cfg)
+        state = {k: v.to(next(loaded.model.parameters()).device) for k, v in adapter_from_bytes(blob).items()}
+        set_peft_model_state_dict(loaded.model, state, adapter_name=key)
+        loaded.model.eval()
+        loaded.adapters.add(key)

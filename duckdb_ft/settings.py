@@ -1,0 +1,163 @@
+"""FINETUNE options: one dataclass with typed defaults, validated once, stored as JSON with the job."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+
+
+@dataclass
+class TrainingOptions:
+    """Every hyperparameter of a fine-tuning job (names as in the options JSON of FINETUNE 'CREATE')."""
+
+    max_epochs: int = 3
+    """Passes over the training rows, 1 to 10 (as Cortex)."""
+    learning_rate: float = 2e-4
+    """Peak AdamW learning rate, reached after warm-up, then decayed linearly to 0."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; None picks the architecture's attention projections (q, k, v, o for Llama)."""
+    batch_size: int = 8
+    """Pairs per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size * gradient_accumulation_steps)."""
+    max_seq_length: int = 512
+    """Tokens per pair (prompt + completion in the chat template); longer pairs are truncated and counted."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm (0 disables clipping)."""
+    validation_fraction: float = 0.1
+    """With no validation query: the share of training rows held out (by a hash of the row, so deterministic)."""
+    eval_steps: int = 0
+    """Also evaluate every this many optimizer steps (0: only at each epoch's end)."""
+    seed: int = 42
+    """Seed of LoRA initialisation and batch order."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third slower."""
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def parse(cls, text: str | None) -> "TrainingOptions":
+        """Parse and validate options JSON; every problem is gathered and raised at once."""
+        if text is None or not str(text).strip():
+            return cls()
+        try:
+            raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise InvalidArgument(f"FINETUNE options are not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"FINETUNE options must be a JSON object like '{{\"max_epochs\": 2}}', got {text!r}")
+        unknown = sorted(set(raw) - set(cls.names()))
+        if unknown:
+            raise InvalidArgument(
+                f"unknown FINETUNE option(s): {', '.join(unknown)}; valid options: {', '.join(sorted(cls.names()))}"
+            )
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                continue
+            v = raw[f.name]
+            check = _CHECKS[f.name]
+            err = check(v)
+            if err:
+                problems.append(f"{f.name} {err}, got {json.dumps(v)[:60]}")
+            else:
+                values[f.name] = float(v) if _CHECKS[f.name] in _FLOATS else v
+        if problems:
+            raise InvalidArgument("invalid FINETUNE options: " + "; ".join(problems))
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainingOptions":
+        return cls(**json.loads(text))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"option {k!r} is given twice")
+        seen[k] = v
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _int(lo: int, hi: int):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"must be an integer from {lo} to {hi}"
+        return None
+    return check
+
+
+def _float(lo: float, hi: float, lo_open: bool = False):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "must be a number"
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            return f"must be in {'(' if lo_open else '['}{lo}, {hi}]"
+        return None
+    return check
+
+
+def _modules(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(m, str) and m.isidentifier() for m in v):
+        return 'must be a non-empty list of module names, e.g. ["q_proj", "v_proj"]'
+    return None
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+_lr = _float(0.0, 1.0, lo_open=True)
+_frac = _float(0.0, 0.5)
+_dropout = _float(0.0, 0.9)
+_warm = _float(0.0, 0.5)
+_decay = _float(0.0, 1.0)
+_clip = _float(0.0, 1e6)
+_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip}
+_CHECKS = {
+    "max_epochs": _int(1, 10),
+    "learning_rate": _lr,
+    "lora_r": _int(1, 256),
+    "lora_alpha": _int(1, 1024),
+    "lora_dropout": _dropout,
+    "target_modules": _modules,
+    "batch_size": _int(1, 1024),
+    "gradient_accumulation_steps": _int(1, 1024),
+    "max_seq_length": _int(16, 32768),
+    "warmup_ratio": _warm,
+    "weight_decay": _decay,
+    "max_grad_norm": _clip,
+    "validation_fraction": _frac,
+    "eval_steps": _int(0, 1_000_000),
+    "seed": _int(0, 2**31 - 1),
+    "gradient_checkpointing": _bool,
+}
+assert set(_CHECKS) == set(TrainingOptions.names())

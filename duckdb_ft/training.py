@@ -1,0 +1,234 @@
+"""The LoRA training loop: explicit, top to bottom, over transformers + peft (no Trainer).
+
+Per optimizer step: learning rate → micro-batches (forward, completion-only loss, backward) → clip → step → log →
+evaluate / checkpoint → stop check. Logits are computed only where the loss needs them (completion tokens), which
+saves most of the LM head's time and memory on prompt-heavy data.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .data import IGNORE, Example, iter_batches, length_grouped_batches
+from .settings import TrainingOptions
+
+# Attention projections by architecture: the usual LoRA targets.
+DEFAULT_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+}
+CHECKPOINT_SECONDS = 30.0
+
+
+class Cancelled(Exception):
+    """Raised inside the loop when the job's cancel event is set; the job becomes CANCELLED."""
+
+
+@dataclass
+class TrainResult:
+    adapter: dict[str, Any]
+    lora_config: dict[str, Any]
+    training_loss: float
+    validation_loss: float | None
+    steps: int
+    epochs: int
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to its job: all optional."""
+
+    on_step: Callable[[dict[str, Any]], None] = lambda m: None
+    should_stop: Callable[[], bool] = lambda: False
+    save_checkpoint: Callable[[int, bytes], None] = lambda step, state: None
+
+
+def target_modules(model: Any, opts: TrainingOptions) -> list[str]:
+    if opts.target_modules:
+        return list(opts.target_modules)
+    kind = getattr(model.config, "model_type", "")
+    if kind in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[kind]
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    found = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj") if t in names]
+    return found or ["all-linear"]
+
+
+def lora_config(model: Any, opts: TrainingOptions) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                      target_modules=target_modules(model, opts), bias="none", task_type="CAUSAL_LM")
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A LoraConfig as plain JSON-able values (sets become sorted lists)."""
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, set):
+            v = sorted(v)
+        if hasattr(v, "value"):  # enums
+            v = v.value
+        out[k] = v
+    return out
+
+
+def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """Sum of cross-entropy over completion tokens, and their count; logits only where labels are."""
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), int(keep.sum())
+
+
+def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str) -> float | None:
+    import torch
+
+    if not examples:
+        return None
+    model.eval()
+    total, n = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    with torch.no_grad(), _autocast(device):
+        for batch in iter_batches(examples, batches, pad_id):
+            loss, count = completion_loss(model, _to(batch, device))
+            total, n = total + loss.item(), n + count
+    model.train()
+    return total / max(n, 1)
+
+
+def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(device: str) -> Any:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device, enabled=False)
+
+
+def schedule(opts: TrainingOptions, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up to 1, then linear decay to 0, as a multiplier of the peak learning rate."""
+    warmup = int(math.ceil(opts.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def train(
+    base: Any,
+    train_examples: list[Example],
+    val_examples: list[Example],
+    opts: TrainingOptions,
+    pad_id: int,
+    hooks: Hooks | None = None,
+    resume: bytes | None = None,
+) -> TrainResult:
+    """Train LoRA adapters on ``base`` (a fresh, private copy of the base model: peft wraps it in place)."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    hooks = hooks or Hooks()
+    device = next(base.parameters()).device.type
+    torch.manual_seed(opts.seed)
+    cfg = lora_config(base, opts)
+    model = get_peft_model(base, cfg)
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+
+    micro_per_epoch = math.ceil(len(train_examples) / opts.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / opts.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * opts.max_epochs
+    lr_factor = schedule(opts, total_steps)
+
+    step, tokens_seen = 0, 0
+    if resume is not None:
+        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens_seen = state["step"], state["tokens"]
+
+    def checkpoint() -> None:
+        buf = io.BytesIO()
+        torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+                    "step": step, "tokens": tokens_seen}, buf)
+        hooks.save_checkpoint(step, buf.getvalue())
+
+    start = time.perf_counter()
+    last_ckpt = start
+    val_loss: float | None = None
+    epoch_losses: list[tuple[float, int]] = []
+    for epoch in range(step // steps_per_epoch, opts.max_epochs):
+        batches = length_grouped_batches(train_examples, opts.batch_size, opts.seed + epoch)
+        groups = [batches[k:k + opts.gradient_accumulation_steps]
+                  for k in range(0, len(batches), opts.gradient_accumulation_steps)]
+        epoch_losses = []
+        for k, group in enumerate(groups):
+            if epoch * steps_per_epoch + k < step:
+                continue  # replaying a resumed job: these steps are in the checkpoint
+            if hooks.should_stop():
+                raise Cancelled()
+            lr = opts.learning_rate * lr_factor(step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
+            n_step = sum(train_examples[i].n_trained for b in group for i in b) or 1
+            loss_sum = 0.0
+            for batch in iter_batches(train_examples, group, pad_id):
+                with _autocast(device):
+                    loss, _ = completion_loss(model, _to(batch, device))
+                (loss / n_step).backward()
+                loss_sum += loss.item()
+                tokens_seen += int(batch["attention_mask"].sum())
+            if opts.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = loss_sum / n_step
+            epoch_losses.append((loss_sum, n_step))
+            metric: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "training_loss": train_loss,
+                                      "learning_rate": lr, "tokens": tokens_seen,
+                                      "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
+            end_of_epoch = k == len(groups) - 1
+            if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
+                val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+                metric["validation_loss"] = val_loss
+            hooks.on_step(metric)
+            if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
+                if step < total_steps:
+                    checkpoint()
+                last_ckpt = time.perf_counter()
+
+    if val_loss is None:
+        val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+    final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
+                   if epoch_losses else float("nan"))
+    adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    return TrainResult(adapter=adapter, lora_config=config_dict(cfg), training_loss=final_train,
+                       validation_loss=val_loss, steps=step, epochs=opts.max_epochs)
