@@ -11,11 +11,12 @@ What is measured (one process, one loaded copy of ``smollm2-135m``, greedy decod
 
 The model is loaded (load time reported apart) and warmed up once before anything is timed. Each figure is
 rows/s from ``time.perf_counter`` around the whole pass; with ``--repeat R`` the three passes run R rounds,
-interleaved, and each keeps its fastest pass (other work on a shared machine only ever slows a pass down). Outputs are compared with the per-row loop's, decoded as
-``duckdb_ft/complete.py`` decodes them (new tokens up to the first end token, ``skip_special_tokens=True``,
-stripped). The script exits 1 if fewer than 95% of COMPLETE's outputs equal the per-row loop's.
+interleaved, and each keeps its fastest pass (other work on a shared machine only ever slows a pass down).
+Outputs are compared with the per-row loop's, decoded as ``duckdb_ft/complete.py`` decodes them (new tokens up
+to the first end token, ``skip_special_tokens=True``, stripped). The script exits 1 if fewer than 95% of COMPLETE's outputs equal the per-row loop's.
 
-Run from the repository root::
+Run from the repository root (``DUCKDB_FT_CACHE=.pytest_cache/model-cache`` reuses the test suite's converted
+model)::
 
     .venv/bin/python benchmarks/complete_throughput.py                 # 64 prompts, max_tokens 32
     .venv/bin/python benchmarks/complete_throughput.py --rows 16 --json /tmp/complete.json
@@ -249,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     same = [c == r for c, r in zip(results["complete"], results["per_row"])]
     figs = Figures(
         model=MODEL, rows=n, max_tokens=args.max_tokens, batch=args.batch, repeat=args.repeat,
-        torch_threads=torch.get_num_threads(), device=models.device(), machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        torch_threads=torch.get_num_threads(), device=models.device(),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), load_s=round(load_s, 2),
         seconds={k: round(v, 3) for k, v in seconds.items()}, rows_per_s={k: round(v, 3) for k, v in rps.items()},
         ratio_complete_vs_per_row=round(rps["complete"] / rps["per_row"], 2),
