@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -23,6 +24,7 @@ from .errors import AlreadyExists, FtError, InvalidArgument, JobError, NotFound
 from .settings import TrainingOptions
 
 MIN_ROWS_FOR_SPLIT = 10
+FLUSH_SECONDS = 1.0  # metrics and progress reach the catalog at least this often (and at every evaluation)
 DIED = "the process running this job stopped at step {step} (killed, crashed or exited)"
 
 
@@ -281,20 +283,49 @@ class Worker:
         base = models.load_for_training(path)
         cancel = self.runner._cancel[self.id]
 
+        pending: list[dict[str, Any]] = []
+        last_flush = [time.monotonic()]
+
+        def flush() -> None:
+            """Metrics and progress in one transaction: one commit (one fsync) for many steps."""
+            if not pending:
+                return
+            m = pending[-1]
+            losses = [x["validation_loss"] for x in pending if "validation_loss" in x]
+            self.cur.execute("BEGIN TRANSACTION")
+            try:
+                for x in pending:
+                    catalog.insert_metric(self.cur, self.id, x)
+                self._update(progress=min(1.0, m["step"] / total), step=m["step"],
+                             trained_tokens=int(round(stats.tokens * m["step"] / steps_per_epoch)),
+                             training_loss=m["training_loss"],
+                             **({"validation_loss": losses[-1]} if losses else {}))
+                self.cur.execute("COMMIT")
+            except BaseException:
+                self.cur.execute("ROLLBACK")
+                raise
+            pending.clear()
+            last_flush[0] = time.monotonic()
+
         def on_step(m: dict[str, Any]) -> None:
-            catalog.insert_metric(self.cur, self.id, m)
-            self._update(progress=min(1.0, m["step"] / total), step=m["step"],
-                         trained_tokens=int(round(stats.tokens * m["step"] / steps_per_epoch)),
-                         training_loss=m["training_loss"],
-                         **({"validation_loss": m["validation_loss"]} if "validation_loss" in m else {}))
+            pending.append(m)
+            if "validation_loss" in m or time.monotonic() - last_flush[0] >= FLUSH_SECONDS:
+                flush()
+
+        def save_checkpoint(step: int, state: bytes) -> None:
+            flush()
+            catalog.save_checkpoint(self.cur, self.id, step, state)
 
         hooks = training.Hooks(
             on_step=on_step,
             should_stop=lambda: cancel.is_set() or self.runner._shutdown.is_set(),
-            save_checkpoint=lambda step, state: catalog.save_checkpoint(self.cur, self.id, step, state),
+            save_checkpoint=save_checkpoint,
         )
-        result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
-                                resume=resume[1] if resume else None)
+        try:
+            result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
+                                    resume=resume[1] if resume else None)
+        finally:
+            flush()
         finished = catalog.now_ms()
         catalog.finish_job_with_model(self.cur, self.id, {
             "schema_name": job["schema_name"], "name": job["model_name"], "base_model": job["base_model"],
@@ -339,7 +370,6 @@ def _describe(job: dict[str, Any]) -> dict[str, Any]:
 _RUNNERS: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
 
 
-@atexit.register
 def _wait_at_exit() -> None:
     """A script that creates a job and ends waits for it, so no job is lost silently."""
     runners = [r for r in list(_RUNNERS) if r.active()]
@@ -357,3 +387,14 @@ def _wait_at_exit() -> None:
             r.stop()
             if r._thread is not None:
                 r._thread.join(timeout=60)
+
+
+# Wait before the interpreter starts shutting threads down: concurrent.futures refuses new work once its own
+# exit hook has run (model loading uses a thread pool), and threading's exit hooks run in reverse order of
+# registration, so registering after importing concurrent.futures puts this wait first. Plain atexit runs too late.
+import concurrent.futures.thread  # noqa: E402,F401  (must be imported before registering)
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_wait_at_exit)
+else:  # pragma: no cover
+    atexit.register(_wait_at_exit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -153,7 +154,9 @@ def train(
     device = next(base.parameters()).device.type
     torch.manual_seed(opts.seed)
     cfg = lora_config(base, opts)
-    model = get_peft_model(base, cfg)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base, cfg)
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
