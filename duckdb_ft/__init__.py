@@ -26,7 +26,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "install", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
+    "connect", "install", "execute", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
     "AlreadyExists", "PermissionDenied", "JobError", "__version__",
 ]
 
@@ -51,6 +51,16 @@ def connect(path: str | None = None, *, user: str | None = None, read_only: bool
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
     return install(con, user=user, resume_jobs=resume_jobs)
+
+
+def execute(con: Any, sql: str, params: Any = None) -> Any:
+    """Run one statement, duckdb-ft's own (GRANT, SHOW MODELS, ...) included; a relation, or None.
+
+    Use this (or the ``duckdb-ft`` shell) rather than ``con.sql`` for statements DuckDB itself cannot parse.
+    """
+    from .router import execute as _execute
+
+    return _execute(con, sql, params)
 
 
 def wait(con: Any, job_id: str, timeout: float | None = None) -> str:
