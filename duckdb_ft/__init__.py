@@ -46,11 +46,20 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
 
 def connect(path: str | None = None, *, user: str | None = None, read_only: bool = False,
             config: dict | None = None, resume_jobs: bool = False) -> Any:
-    """Open a DuckDB database (in memory when ``path`` is None) with duckdb-ft installed."""
+    """Open a DuckDB database (in memory when ``path`` is None) with duckdb-ft installed.
+
+    Returns a :class:`duckdb_ft.connection.Connection`: DuckDB's connection API, whose ``sql()``/``execute()``
+    also run duckdb-ft's statements (GRANT, CREATE ROLE, SHOW MODELS, ...). ``user`` opens a session as that
+    user, locked down to what the user's roles are granted; None is the administrator.
+    """
     import duckdb
 
+    from .connection import Connection
+    from .extension import install as _install
+
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
-    return install(con, user=user, resume_jobs=resume_jobs)
+    session = _install(con, user=user, resume_jobs=resume_jobs)
+    return Connection(con, session)
 
 
 def execute(con: Any, sql: str, params: Any = None) -> Any:

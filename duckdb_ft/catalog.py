@@ -96,6 +96,21 @@ def m001_jobs_metrics_models(cur: Any) -> None:
         )""")
 
 
+@migration
+def m002_roles_and_grants(cur: Any) -> None:
+    cur.execute(f"CREATE TABLE {SCHEMA}.roles (name VARCHAR PRIMARY KEY, created_on BIGINT NOT NULL)")
+    # member_kind USER: a user may use the role; ROLE: the member role inherits its privileges (a hierarchy).
+    cur.execute(f"""CREATE TABLE {SCHEMA}.role_members (
+        role VARCHAR NOT NULL, member_kind VARCHAR NOT NULL, member VARCHAR NOT NULL, granted_on BIGINT NOT NULL)""")
+    cur.execute(f"""CREATE TABLE {SCHEMA}.grants (
+        role VARCHAR NOT NULL, privilege VARCHAR NOT NULL, object_kind VARCHAR NOT NULL,
+        object_name VARCHAR NOT NULL, granted_on BIGINT NOT NULL)""")
+    # Tables and views created by a role other than the administrator belong to it.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.object_owners (
+        object_kind VARCHAR NOT NULL, object_name VARCHAR NOT NULL, owner VARCHAR NOT NULL)""")
+    cur.execute(f"INSERT INTO {SCHEMA}.roles VALUES ('public', ?)", [now_ms()])
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -293,3 +308,100 @@ def finish_job_with_model(cur: Any, job_id: str, model: dict[str, Any], job_fiel
 def drop_model(cur: Any, schema: str, name: str) -> bool:
     return bool(cur.execute(f"DELETE FROM {SCHEMA}.models WHERE schema_name = ? AND name = ? RETURNING name",
                             [schema, name]).fetchall())
+
+
+# ---------------------------------------------------------------------------------------------- roles and grants
+
+
+def role_exists(cur: Any, role: str) -> bool:
+    return one(cur, f"SELECT 1 FROM {SCHEMA}.roles WHERE name = ?", [role]) is not None
+
+
+def create_role(cur: Any, role: str) -> None:
+    cur.execute(f"INSERT INTO {SCHEMA}.roles VALUES (?, ?)", [role, now_ms()])
+
+
+def drop_role(cur: Any, role: str) -> None:
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        cur.execute(f"DELETE FROM {SCHEMA}.roles WHERE name = ?", [role])
+        cur.execute(f"DELETE FROM {SCHEMA}.role_members WHERE role = ? OR (member_kind = 'ROLE' AND member = ?)",
+                    [role, role])
+        cur.execute(f"DELETE FROM {SCHEMA}.grants WHERE role = ?", [role])
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+
+
+def list_roles(cur: Any) -> list[dict[str, Any]]:
+    return _dicts(cur.execute(f"SELECT name, created_on FROM {SCHEMA}.roles ORDER BY name"))
+
+
+def add_member(cur: Any, role: str, kind: str, member: str) -> None:
+    if not one(cur, f"SELECT 1 FROM {SCHEMA}.role_members WHERE role = ? AND member_kind = ? AND member = ?",
+               [role, kind, member]):
+        cur.execute(f"INSERT INTO {SCHEMA}.role_members VALUES (?, ?, ?, ?)", [role, kind, member, now_ms()])
+
+
+def remove_member(cur: Any, role: str, kind: str, member: str) -> bool:
+    return bool(cur.execute(f"DELETE FROM {SCHEMA}.role_members WHERE role = ? AND member_kind = ? AND member = ? "
+                            "RETURNING role", [role, kind, member]).fetchall())
+
+
+def members(cur: Any) -> list[tuple[str, str, str]]:
+    """Every (role, member_kind, member), oldest first."""
+    return cur.execute(f"SELECT role, member_kind, member FROM {SCHEMA}.role_members ORDER BY granted_on").fetchall()
+
+
+def add_grant(cur: Any, role: str, privilege: str, kind: str, name: str) -> None:
+    if not one(cur, f"SELECT 1 FROM {SCHEMA}.grants WHERE role = ? AND privilege = ? AND object_kind = ? "
+                    "AND object_name = ?", [role, privilege, kind, name]):
+        cur.execute(f"INSERT INTO {SCHEMA}.grants VALUES (?, ?, ?, ?, ?)", [role, privilege, kind, name, now_ms()])
+
+
+def remove_grant(cur: Any, role: str, privilege: str, kind: str, name: str) -> bool:
+    return bool(cur.execute(f"DELETE FROM {SCHEMA}.grants WHERE role = ? AND privilege = ? AND object_kind = ? "
+                            "AND object_name = ? RETURNING role", [role, privilege, kind, name]).fetchall())
+
+
+def grants(cur: Any) -> list[tuple[str, str, str, str]]:
+    """Every (role, privilege, object_kind, object_name)."""
+    return cur.execute(f"SELECT role, privilege, object_kind, object_name FROM {SCHEMA}.grants "
+                       "ORDER BY role, object_kind, object_name, privilege").fetchall()
+
+
+def set_owner(cur: Any, kind: str, name: str, owner: str) -> None:
+    cur.execute(f"DELETE FROM {SCHEMA}.object_owners WHERE object_kind = ? AND object_name = ?", [kind, name])
+    cur.execute(f"INSERT INTO {SCHEMA}.object_owners VALUES (?, ?, ?)", [kind, name, owner])
+
+
+def owner_of(cur: Any, kind: str, name: str) -> str | None:
+    if kind == "MODEL":
+        schema, model = name.split(".", 1)
+        row = one(cur, f"SELECT owner FROM {SCHEMA}.models WHERE schema_name = ? AND name = ?", [schema, model])
+    else:
+        row = one(cur, f"SELECT owner FROM {SCHEMA}.object_owners WHERE object_kind = ? AND object_name = ?",
+                  [kind, name])
+    return row[0] if row else None
+
+
+def set_model_owner(cur: Any, schema: str, name: str, owner: str) -> None:
+    cur.execute(f"UPDATE {SCHEMA}.models SET owner = ? WHERE schema_name = ? AND name = ?", [owner, schema, name])
+
+
+def view_sql(cur: Any, qualified: str) -> str | None:
+    schema, name = qualified.split(".", 1)
+    row = one(cur, "SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = ? AND NOT internal",
+              [schema, name])
+    return row[0] if row else None
+
+
+def relation_kind(cur: Any, qualified: str) -> str | None:
+    """'TABLE', 'VIEW' or None for a qualified name in the database."""
+    schema, name = qualified.split(".", 1)
+    row = one(cur, "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+              [schema, name])
+    if row is None:
+        return None
+    return "VIEW" if "VIEW" in row[0].upper() else "TABLE"

@@ -53,7 +53,10 @@ class Engine:
             raise FtError(f"unknown duckdb-ft session {session_id!r}: call duckdb_ft.install(con) on this connection")
 
     def new_session(self, user: str | None = None) -> "Session":
-        s = Session(engine=self, user=user)
+        from . import access
+
+        role = access.ADMIN if user is None or self.read_only else access.default_role(self.cursor(), user)
+        s = Session(engine=self, user=user, role=role)
         self.sessions[s.id] = s
         return s
 
@@ -65,6 +68,7 @@ class Engine:
         row = self.find_model(name)
         if row is None:
             return models.load(name), None
+        session.checker().require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
         loaded = models.load(row["base_model"])
         key = "ft_" + row["job_id"].replace("-", "_")  # one adapter per job: a re-created name gets new weights
         if key not in loaded.adapters:
@@ -85,8 +89,23 @@ class Engine:
 
 @dataclass(eq=False)
 class Session:
-    """One connection's identity: ``user`` None is the database administrator (embedded single-user use)."""
+    """One connection's identity: ``user`` None is the database administrator (embedded single-user use).
+
+    ``role`` is the current role (``USE ROLE`` changes it); ``schema`` the schema unqualified names mean.
+    """
 
     engine: Engine
     user: str | None = None
+    role: str = "admin"
+    schema: str = "main"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def checker(self) -> Any:
+        """The privilege checks of the current role, against the catalog as it is now."""
+        from .access import Checker
+
+        return Checker(self.engine.cursor(), self.role)

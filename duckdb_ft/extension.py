@@ -59,10 +59,27 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         return out
 
     def history(session_ids, job_ids):
-        return [json.dumps(engine.jobs.history(j)) if j is not None else None for j in job_ids]
+        session = engine.session(session_ids[0]) if session_ids else None
+        return [json.dumps(engine.jobs.history(j, session)) if j is not None else None for j in job_ids]
+
+    def statement(session_ids, texts):
+        from . import router, statements
+
+        out = []
+        for sid, text in zip(session_ids, texts):
+            if text is None:
+                out.append(None)
+                continue
+            if statements.parse_ft_statement(text) is None:
+                raise InvalidArgument("ft_execute() runs duckdb-ft's own statements (GRANT, REVOKE, CREATE ROLE, "
+                                      "USE ROLE, SHOW MODELS, DROP MODEL, ...); run other SQL directly")
+            table = router.run(engine.session(sid), None, text)
+            out.append(json.dumps(table.to_pylist(), default=str))
+        return out
 
     V = "VARCHAR"
     udfs = [
+        ("__ft_execute", statement, [V, V]),
         ("__ft_finetune", finetune, [V] * 7),
         ("__ft_finetune_history", history, [V, V]),
         ("__ft_complete", complete(False, False), [V, V, V]),
@@ -76,7 +93,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
 
 
 def _show(engine: Engine, session: Session, args: list) -> str:
-    return json.dumps(engine.jobs.show())
+    return json.dumps(engine.jobs.show(session))
 
 
 def _create(engine: Engine, session: Session, args: list) -> str:
@@ -87,7 +104,7 @@ def _create(engine: Engine, session: Session, args: list) -> str:
                                   f"[, options]]): the {label} is missing")
     if engine.read_only:
         raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
-    return engine.jobs.create(session.user, name, base, train_q, val_q or None, options)
+    return engine.jobs.create(session, name, base, train_q, val_q or None, options)
 
 
 def _job_arg(args: list, action: str) -> str:
@@ -103,16 +120,18 @@ def _wait(engine: Engine, session: Session, args: list) -> str:
             timeout = float(args[1])
         except ValueError:
             raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
-    return engine.jobs.wait(_job_arg(args, "WAIT"), timeout)
+    job_id = _job_arg(args, "WAIT")
+    engine.jobs.describe(job_id, session)  # the same visibility as DESCRIBE
+    return engine.jobs.wait(job_id, timeout)
 
 
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
 ACTIONS: dict[str, Callable[[Engine, Session, list], str]] = {
     "CREATE": _create,
     "SHOW": _show,
-    "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"))),
-    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL")),
-    "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME")),
+    "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"), s)),
+    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL"), s),
+    "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
     "WAIT": _wait,
 }
 
@@ -140,17 +159,19 @@ _HISTORY_TYPE = json.dumps([{"step": "BIGINT", "epoch": "DOUBLE", "training_loss
 
 def _macros(session_id: str) -> list[str]:
     s = f"'{session_id}'"
+    yield_ = [f"CREATE OR REPLACE TEMP MACRO __ft_session_id() AS {s}"]
     # to_json lets the 3-argument form take a prompt string or a list of {role, content} structs alike.
     def ft(n: int) -> str:
         args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
         return f"__ft_finetune({s}, action::VARCHAR, {', '.join(args)})"
 
     overloads = ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {ft(n)}" for n in range(1, 7))
-    return [
+    return yield_ + [
         f"CREATE OR REPLACE TEMP MACRO finetune{overloads}",
         f"""CREATE OR REPLACE TEMP MACRO finetune(action) AS TABLE
               (SELECT unnest(from_json({ft(1)}, '{_SHOW_TYPE}'), recursive := true)),
             (action, a1) AS TABLE (SELECT unnest(from_json({ft(2)}, '{_DESCRIBE_TYPE}')))""",
+        f"CREATE OR REPLACE TEMP MACRO ft_execute(statement) AS __ft_execute({s}, statement::VARCHAR)",
         f"""CREATE OR REPLACE TEMP MACRO finetune_history(job_id) AS TABLE
               (SELECT unnest(from_json(__ft_finetune_history({s}, job_id::VARCHAR), '{_HISTORY_TYPE}'),
                              recursive := true))""",

@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any
 
 from . import catalog, data, models, statements, training
-from .errors import AlreadyExists, FtError, InvalidArgument, JobError, NotFound
+from .errors import AlreadyExists, FtError, InvalidArgument, JobError, NotFound, PermissionDenied
 from .settings import TrainingOptions
 
 MIN_ROWS_FOR_SPLIT = 10
@@ -44,10 +44,11 @@ class JobRunner:
 
     # ------------------------------------------------------------------------------------------------ actions
 
-    def create(self, owner: str | None, name: str, base_model: str, training_query: str,
+    def create(self, session: Any, name: str, base_model: str, training_query: str,
                validation_query: str | None = None, options: str | None = None) -> str:
         """Check everything, copy the data, record a PENDING job, queue it; return its id."""
-        schema, model_name = statements.parse_model_name(name)
+        schema, model_name = statements.parse_model_name(name, session.schema)
+        owner = session.role
         opts = TrainingOptions.parse(options)
         base_path = self._check_base_model(base_model)
         train_q = statements.check_query(training_query, "training query")
@@ -55,6 +56,12 @@ class JobRunner:
         cur = self.engine.cursor()
         if not catalog.schema_exists(cur, schema):
             raise NotFound(f"schema '{schema}' does not exist: CREATE SCHEMA {schema} first")
+        check = session.checker()
+        check.require("CREATE MODEL", "SCHEMA", schema)
+        for q in (train_q, val_q):
+            if q:
+                tables, functions = statements.tables_read(statements.parse(q)[0], session.schema)
+                check.require_read(tables, functions)
         data.check_columns(cur, train_q, "training query")
         if val_q:
             data.check_columns(cur, val_q, "validation query")
@@ -108,22 +115,29 @@ class JobRunner:
             raise InvalidArgument(f"base model '{base_model}' has no chat template: use an instruct/chat model")
         return path
 
-    def describe(self, job_id: str) -> dict[str, Any]:
-        job = self._get(job_id)
-        return _describe(job)
+    def describe(self, job_id: str, session: Any = None) -> dict[str, Any]:
+        return _describe(self._get(job_id, session))
 
-    def show(self) -> list[dict[str, Any]]:
+    def show(self, session: Any = None) -> list[dict[str, Any]]:
+        roles = None if session is None or session.is_admin else session.checker().roles
         return [{"id": j["id"], "status": j["status"], "base_model": j["base_model"], "created_on": j["created_on"]}
-                for j in catalog.list_jobs(self.engine.cursor())]
+                for j in catalog.list_jobs(self.engine.cursor()) if roles is None or j["owner"] in roles]
 
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        self._get(job_id)
+    def history(self, job_id: str, session: Any = None) -> list[dict[str, Any]]:
+        self._get(job_id, session)
         return catalog.metrics(self.engine.cursor(), job_id)
 
-    def cancel(self, job_id: str) -> str:
+    def _owned(self, job_id: str, session: Any, action: str) -> dict[str, Any]:
+        job = self._get(job_id, session)
+        if session is not None and not session.is_admin and job["owner"] not in session.checker().roles:
+            raise PermissionDenied(f"Insufficient privileges to operate on job {job_id}: {action} needs "
+                                   f"OWNERSHIP (owner: {job['owner']}, current role: {session.role})")
+        return job
+
+    def cancel(self, job_id: str, session: Any = None) -> str:
         cur = self.engine.cursor()
         with self._cv:
-            job = self._get(job_id)
+            job = self._owned(job_id, session, "CANCEL")
             if job["status"] not in catalog.ACTIVE:
                 raise JobError(f"job {job_id} is {job['status']}: only PENDING or IN_PROGRESS jobs can be cancelled")
             if self._running == job_id:
@@ -135,11 +149,11 @@ class JobRunner:
                 self._cv.notify_all()
         return f"Canceled fine-tuning job: {job_id}"
 
-    def resume(self, job_id: str) -> str:
+    def resume(self, job_id: str, session: Any = None) -> str:
         """Queue an ERROR job again; it continues from its last checkpoint, if it has one."""
         cur = self.engine.cursor()
         with self._cv:
-            job = self._get(job_id)
+            job = self._owned(job_id, session, "RESUME")
             if job["status"] != "ERROR":
                 raise JobError(f"job {job_id} is {job['status']}: only a job in ERROR can be resumed")
             with self._create_lock:
@@ -168,8 +182,12 @@ class JobRunner:
                     return status
                 self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
 
-    def _get(self, job_id: str) -> dict[str, Any]:
+    def _get(self, job_id: str, session: Any = None) -> dict[str, Any]:
         job = catalog.get_job(self.engine.cursor(), job_id) if isinstance(job_id, str) else None
+        if job is not None and session is not None and not session.is_admin:
+            check = session.checker()
+            if job["owner"] not in check.roles:
+                job = None  # as Snowflake: a job you may not see does not exist for you
         if job is None:
             raise NotFound(f"fine-tuning job {job_id!r} does not exist: finetune('SHOW') lists the jobs")
         return job

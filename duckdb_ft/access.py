@@ -1,0 +1,129 @@
+"""Roles, grants and the privilege checks (Snowflake's model, kept in the ``duckdb_ft`` catalog).
+
+- A session opened without a user is the administrator (role ``admin``): every check passes. The administrator
+  may ``USE ROLE r`` to act as any role (and ``USE ROLE admin`` to come back).
+- A user session acts as its current role: the user's first granted role unless ``USE ROLE`` picked another
+  granted one. A role has its own grants, those of the roles granted to it (a hierarchy), and ``public``'s.
+- Objects in a schema need ``USAGE`` on the schema, then the object's privilege: ``SELECT``/``INSERT``/
+  ``UPDATE``/``DELETE`` on a table or view (``ALL TABLES IN SCHEMA`` covers a schema's tables and views),
+  ``USAGE`` on a model, ``CREATE MODEL``/``CREATE TABLE``/``CREATE VIEW`` on a schema. An object's owner role
+  holds every privilege on it. Reading a view also needs SELECT on what the view reads: a view does not launder
+  access to the tables under it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from . import catalog
+from .errors import PermissionDenied
+
+ADMIN = "admin"
+PUBLIC = "public"
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def effective_roles(cur: Any, role: str) -> set[str]:
+    """``role``, every role granted to it (transitively), and ``public``."""
+    inherits: dict[str, set[str]] = {}
+    for granted, kind, member in catalog.members(cur):
+        if kind == "ROLE":
+            inherits.setdefault(member, set()).add(granted)
+    seen, todo = {role, PUBLIC}, [role]
+    while todo:
+        for r in inherits.get(todo.pop(), ()):
+            if r not in seen:
+                seen.add(r)
+                todo.append(r)
+    return seen
+
+
+def user_roles(cur: Any, user: str) -> list[str]:
+    """Roles granted directly to a user, oldest grant first."""
+    return [role for role, kind, member in catalog.members(cur) if kind == "USER" and member == user]
+
+
+def default_role(cur: Any, user: str | None) -> str:
+    if user is None:
+        return ADMIN
+    roles = user_roles(cur, user)
+    return roles[0] if roles else PUBLIC
+
+
+class Checker:
+    """The privilege checks of one session's current role, against the catalog as it is now."""
+
+    def __init__(self, cur: Any, role: str):
+        self.cur, self.role = cur, role
+        self.admin = role == ADMIN
+        self.roles = {ADMIN} if self.admin else effective_roles(cur, role)
+        self._grants = None if self.admin else [g for g in catalog.grants(cur) if g[0] in self.roles]
+
+    def owns(self, kind: str, name: str) -> bool:
+        return self.admin or catalog.owner_of(self.cur, kind, name) in self.roles
+
+    def has(self, privilege: str, kind: str, name: str) -> bool:
+        if self.admin:
+            return True
+        for _, priv, okind, oname in self._grants:
+            if priv not in (privilege, "ALL"):
+                continue
+            if okind == kind and oname == name:
+                return True
+            if kind in ("TABLE", "VIEW") and okind in ("TABLE", "VIEW") and oname == name:
+                return True
+            if kind in ("TABLE", "VIEW") and okind == "ALL TABLES" and oname == name.split(".", 1)[0]:
+                return True
+        return kind != "SCHEMA" and self.owns(kind, name)
+
+    def require(self, privilege: str, kind: str, name: str) -> None:
+        if kind != "SCHEMA" and not self.has("USAGE", "SCHEMA", name.split(".", 1)[0]) \
+                and not self.owns(kind, name):
+            self._deny("USAGE", "SCHEMA", name.split(".", 1)[0])
+        if kind == "SCHEMA" and privilege != "USAGE" and not self.has("USAGE", "SCHEMA", name):
+            self._deny("USAGE", "SCHEMA", name)
+        if not self.has(privilege, kind, name):
+            self._deny(privilege, kind, name)
+
+    def require_owner(self, kind: str, name: str, action: str) -> None:
+        if not self.owns(kind, name):
+            raise PermissionDenied(
+                f"Insufficient privileges to operate on {kind.lower()} '{name}': {action} needs OWNERSHIP "
+                f"(current role: {self.role})")
+
+    def require_admin(self, action: str) -> None:
+        if not self.admin:
+            raise PermissionDenied(f"Insufficient privileges: {action} is for the administrator only "
+                                   f"(current role: {self.role})")
+
+    def require_read(self, names: Iterable[str], functions: Iterable[str] = (), _depth: int = 0) -> None:
+        """SELECT on every table and view read, views followed to what they read; external reads: admin only."""
+        from .statements import SAFE_TABLE_FUNCTIONS, parse, tables_read
+
+        if self.admin:
+            return
+        external = sorted(set(functions) - SAFE_TABLE_FUNCTIONS)
+        if external:
+            raise PermissionDenied(
+                f"Insufficient privileges: reading files or other databases ({', '.join(external)}) is for the "
+                f"administrator only (current role: {self.role})")
+        for name in sorted(names):
+            if name.split(".", 1)[0] == catalog.SCHEMA:
+                raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the "
+                                       "duckdb-ft catalog is reached only through its functions and statements")
+            kind = catalog.relation_kind(self.cur, name)
+            if kind is None:
+                raise PermissionDenied(f"Insufficient privileges to operate on table '{name}': it does not exist "
+                                       f"or is not a table of this database (current role: {self.role})")
+            self.require("SELECT", kind, name)
+            if kind == "VIEW" and _depth < 16:
+                sql = catalog.view_sql(self.cur, name)
+                if sql:
+                    stmt = parse(sql)[0]
+                    tables, funcs = tables_read(stmt, name.split(".", 1)[0])
+                    self.require_read(tables - {name}, funcs, _depth + 1)
+
+    def _deny(self, privilege: str, kind: str, name: str) -> None:
+        raise PermissionDenied(
+            f"Insufficient privileges to operate on {kind.lower()} '{name}': {privilege} is required "
+            f"(current role: {self.role})")

@@ -1,0 +1,138 @@
+"""The connection ``duckdb_ft.connect()`` returns: DuckDB's API, with every statement routed through duckdb-ft.
+
+``sql()`` and ``execute()`` accept duckdb-ft's own statements (GRANT, CREATE ROLE, SHOW MODELS, ...) beside
+DuckDB's. For the administrator (no user) everything else is DuckDB's connection as it is. For a user session the
+connection is locked down: each statement is authorized first, results come back detached from the database (a
+relation over a private in-memory copy, so ``.query()`` on it cannot reach the database), and DuckDB's other
+entry points (``table()``, ``read_csv()``, ``register()``, ...) are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from . import router, statements
+from .engine import Session
+from .errors import PermissionDenied
+
+#: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
+USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
+
+
+class Connection:
+    """A DuckDB connection with a duckdb-ft session (see the module docstring)."""
+
+    def __init__(self, raw: Any, session: Session):
+        self._raw = raw
+        self.session = session
+        self._table: pa.Table | None = None  # the pending result of execute(), when not DuckDB's own
+        self._offset = 0
+
+    # ------------------------------------------------------------------------------------------- statements
+
+    def sql(self, query: str, *, params: Any = None) -> Any:
+        """Run one statement; a relation for results, None otherwise (as DuckDB's ``sql``)."""
+        result = router.run(self.session, self._raw, query, params)
+        if isinstance(result, pa.Table):
+            return self._relation(result)
+        if self.session.user is None or result is None:
+            return result
+        return self._relation(_arrow(result))  # detached: no path back into the database
+
+    def execute(self, query: str, parameters: Any = None) -> "Connection":
+        """Run one statement; fetch its rows with fetchall() and friends (as DuckDB's ``execute``)."""
+        self._table, self._offset = None, 0
+        if self.session.is_admin and statements.parse_ft_statement(query) is None:
+            self._raw.execute(query, parameters)  # the administrator's plain SQL: DuckDB as it is
+            return self
+        result = router.run(self.session, self._raw, query, parameters if parameters is not None else [])
+        if isinstance(result, pa.Table):
+            self._table = result
+        elif self.session.user is not None:
+            self._table = _arrow(result) if result is not None else pa.table({})
+        return self
+
+    def _relation(self, table: pa.Table) -> Any:
+        return duckdb.connect(":memory:").from_arrow(table)
+
+    # ---------------------------------------------------------------------------------------------- fetching
+
+    def fetchall(self) -> list[tuple]:
+        if self._table is None:
+            return self._raw.fetchall()
+        rows = self._table.slice(self._offset).to_pylist()
+        self._offset = self._table.num_rows
+        return [tuple(r.values()) for r in rows]
+
+    def fetchone(self) -> tuple | None:
+        if self._table is None:
+            return self._raw.fetchone()
+        if self._offset >= self._table.num_rows:
+            return None
+        row = self._table.slice(self._offset, 1).to_pylist()[0]
+        self._offset += 1
+        return tuple(row.values())
+
+    def fetchmany(self, size: int = 1) -> list[tuple]:
+        return [r for r in (self.fetchone() for _ in range(size)) if r is not None]
+
+    def fetchdf(self) -> Any:
+        return self._raw.fetchdf() if self._table is None else self._table.slice(self._offset).to_pandas()
+
+    df = fetchdf
+
+    def fetch_arrow_table(self) -> pa.Table:
+        return self._raw.fetch_arrow_table() if self._table is None else self._table.slice(self._offset)
+
+    to_arrow_table = fetch_arrow_table
+
+    @property
+    def description(self) -> Any:
+        if self._table is None:
+            return self._raw.description
+        return [(name, str(t), None, None, None, None, None) for name, t in
+                zip(self._table.column_names, self._table.schema.types)]
+
+    # --------------------------------------------------------------------------------------------- lifetime
+
+    def cursor(self) -> "Connection":
+        """Another connection to the same database, as the same user and role."""
+        from .extension import install
+
+        raw = self._raw.cursor()
+        session = install(raw, user=self.session.user)
+        session.role = self.session.role
+        return Connection(raw, session)
+
+    def close(self) -> None:
+        self.session.engine.sessions.pop(self.session.id, None)
+        self._raw.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def duckdb_connection(self) -> Any:
+        """The underlying DuckDB connection (administrator only), for tools that need DuckDB's own object."""
+        if self.session.user is not None:
+            raise PermissionDenied("a user session cannot reach the raw DuckDB connection")
+        return self._raw
+
+    def __getattr__(self, name: str) -> Any:
+        if self.session.user is None or name in USER_ATTRIBUTES:
+            return getattr(self._raw, name)
+        raise PermissionDenied(f"{name}() is not available to a user session: use sql() or execute()")
+
+    def __repr__(self) -> str:
+        who = "administrator" if self.session.user is None else f"user {self.session.user}"
+        return f"<duckdb_ft.Connection {who}, role {self.session.role}>"
+
+
+def _arrow(relation: Any) -> pa.Table:
+    return relation.to_arrow_table()

@@ -1,0 +1,240 @@
+"""Roles, grants and privilege checks: a matrix of roles × privileged actions, each allowed or denied, and
+nothing changed by a denial."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import duckdb_ft
+from duckdb_ft.errors import PermissionDenied
+
+FAST = json.dumps({"max_epochs": 1, "batch_size": 8})
+GOOD_Q = "SELECT q AS prompt, a AS completion FROM main.faq"
+
+
+def state(admin):
+    """Everything a denied call must leave as it was: the catalog and the users' tables."""
+    out = {t: admin.execute(f"SELECT count(*) FROM duckdb_ft.{t}").fetchall()[0][0]
+           for t in ("jobs", "job_rows", "models", "grants", "roles", "role_members", "object_owners")}
+    out["owners"] = admin.execute("SELECT schema_name, name, owner FROM duckdb_ft.models ORDER BY 1, 2").fetchall()
+    for t in ("main.faq", "main.secret"):
+        out[t] = admin.execute(f"SELECT count(*), sum(hash(q, a)) FROM {t}").fetchall()
+    out["tables"] = admin.execute("SELECT schema_name, table_name FROM duckdb_tables() ORDER BY 1, 2").fetchall()
+    return out
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory, tiny_model_path):
+    path = str(tmp_path_factory.mktemp("priv") / "shop.duckdb")
+    admin = duckdb_ft.connect(path)
+    admin.execute("CREATE TABLE faq AS SELECT 'question ' || i AS q, 'answer ' || i AS a FROM range(20) t(i)")
+    admin.execute("CREATE TABLE secret AS SELECT 'salary of ' || i AS q, (1000 * i)::VARCHAR AS a FROM range(20) t(i)")
+    admin.execute("CREATE VIEW secret_view AS SELECT * FROM secret")
+    admin.execute("CREATE VIEW faq_view AS SELECT * FROM faq")
+    admin.execute("CREATE SCHEMA ml")
+    for stmt in [
+        "CREATE ROLE analyst", "CREATE ROLE viewer", "CREATE ROLE outsider", "CREATE ROLE senior",
+        "GRANT USAGE ON SCHEMA main TO ROLE analyst", "GRANT USAGE ON SCHEMA ml TO ROLE analyst",
+        "GRANT CREATE MODEL ON SCHEMA ml TO ROLE analyst", "GRANT SELECT ON TABLE faq TO ROLE analyst",
+        "GRANT SELECT ON VIEW faq_view TO ROLE analyst", "GRANT SELECT ON VIEW secret_view TO ROLE analyst",
+        "GRANT USAGE ON SCHEMA ml TO ROLE viewer",
+        "GRANT ROLE analyst TO USER alice", "GRANT ROLE viewer TO USER bob", "GRANT ROLE outsider TO USER eve",
+        "GRANT ROLE analyst TO ROLE senior", "GRANT ROLE senior TO USER carol",
+    ]:
+        admin.execute(stmt).fetchall()
+    job = admin.execute("SELECT finetune('CREATE', 'ml.shared_bot', ?, ?, NULL, ?)",
+                        [tiny_model_path, GOOD_Q, FAST]).fetchall()[0][0]
+    assert duckdb_ft.wait(admin, job) == "SUCCESS"
+    admin.execute("GRANT OWNERSHIP ON MODEL ml.shared_bot TO ROLE analyst").fetchall()
+    admin.execute("GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer").fetchall()
+    users = {u: duckdb_ft.connect(path, user=u) for u in ("alice", "bob", "eve", "carol")}
+    yield {"admin": admin, "job": job, "path": path, "base": tiny_model_path, **users}
+    for c in users.values():
+        c.close()
+    admin.close()
+
+
+def attempt(con, sql, *params):
+    return con.execute(sql, list(params)).fetchall()
+
+
+# Each case: (action name, SQL, whether alice / bob / eve may do it, the message a denial carries).
+# {base} is the tiny model's folder.
+MATRIX = [
+    ("finetune from a granted table", f"SELECT finetune('CREATE', 'ml.m_{{u}}', '{{base}}', '{GOOD_Q}', NULL, '{{opts}}')",
+     (True, False, False), "CREATE MODEL is required|USAGE is required"),
+    ("finetune into a schema without CREATE MODEL",
+     f"SELECT finetune('CREATE', 'main.m_{{u}}', '{{base}}', '{GOOD_Q}', NULL, '{{opts}}')",
+     (False, False, False), "operate on schema 'main'"),
+    ("finetune from a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret')",
+     (False, False, False), "operate on table 'main.secret'|schema 'ml'"),
+    ("finetune through a view over a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret_view')",
+     (False, False, False), "'main.secret'|schema 'ml'"),
+    ("finetune with a CTE hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'WITH s AS (SELECT * FROM secret) "
+     "SELECT q AS prompt, a AS completion FROM s')", (False, False, False), "'main.secret'|schema 'ml'"),
+    ("finetune with a subquery hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
+     "WHERE q IN (SELECT q FROM secret)')", (False, False, False), "'main.secret'|schema 'ml'"),
+    ("finetune with a UNION hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
+     "UNION ALL SELECT q, a FROM secret')", (False, False, False), "'main.secret'|schema 'ml'"),
+    ("finetune from a file", "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', "
+     "'SELECT q AS prompt, a AS completion FROM read_csv(''/etc/hosts'')')", (False, False, False),
+     "administrator only|CREATE MODEL|schema 'ml'"),
+    ("complete with a model", "SELECT complete('ml.shared_bot', 'hi', '{{\"max_tokens\": 2}}') IS NOT NULL",
+     (True, True, False), "operate on (model 'ml.shared_bot'|schema 'ml')"),
+    ("describe a model", "DESCRIBE MODEL ml.shared_bot", (True, True, False), "USAGE is required"),
+    ("select a granted table", "SELECT count(*) FROM faq", (True, False, False), "operate on (table|schema)"),
+    ("select a forbidden table", "SELECT count(*) FROM secret", (False, False, False), "operate on (table|schema)"),
+    ("select a view over a forbidden table", "SELECT count(*) FROM secret_view", (False, False, False),
+     "'main.secret'|schema 'main'"),
+    ("copy a forbidden table into a new one", "CREATE TABLE ml.copy_{u} AS SELECT * FROM secret",
+     (False, False, False), "operate on"),
+    ("insert into a table without INSERT", "INSERT INTO faq VALUES ('x', 'y')", (False, False, False),
+     "INSERT is required|schema 'main'"),
+    ("delete from a table", "DELETE FROM secret", (False, False, False), "operate on"),
+    ("read a file", "SELECT * FROM read_csv('/etc/hosts')", (False, False, False), "administrator only"),
+    ("write the catalog", "DELETE FROM duckdb_ft.models", (False, False, False), "duckdb_ft"),
+    ("read the catalog", "SELECT * FROM duckdb_ft.grants", (False, False, False), "duckdb_ft"),
+    ("change configuration", "SET threads = 1", (False, False, False), "administrator only"),
+    ("attach another database", "ATTACH ':memory:' AS other", (False, False, False), "administrator only"),
+    ("export data", "COPY faq TO '/tmp/faq.csv'", (False, False, False), "administrator only"),
+    ("create a role", "CREATE ROLE r_{u}", (False, False, False), "administrator only"),
+    ("grant a role", "GRANT ROLE analyst TO USER {u}2", (False, False, False), "administrator only"),
+    ("grant usage on an owned model", "GRANT USAGE ON MODEL ml.shared_bot TO ROLE outsider",
+     (True, False, False), "OWNERSHIP"),
+    ("use a role not granted", "USE ROLE analyst", (True, False, False), "not granted to user"),
+]
+
+
+@pytest.mark.parametrize("user_index, user", [(0, "alice"), (1, "bob"), (2, "eve")])
+@pytest.mark.parametrize("action, sql, allowed, message", MATRIX, ids=[m[0] for m in MATRIX])
+def test_privilege_matrix(db, action, sql, allowed, message, user_index, user):
+    con, admin = db[user], db["admin"]
+    text = sql.format(u=user, base=db["base"], opts=FAST)
+    before = state(admin)
+    if allowed[user_index]:
+        rows = attempt(con, text)
+        assert rows, action
+        if action.startswith("finetune"):
+            assert duckdb_ft.wait(admin, rows[0][0]) == "SUCCESS"
+        if action == "grant usage on an owned model":
+            attempt(admin, "REVOKE USAGE ON MODEL ml.shared_bot FROM ROLE outsider")
+        if action == "use a role not granted":
+            attempt(con, "USE ROLE analyst")
+    else:
+        with pytest.raises(Exception, match=message) as err:
+            attempt(con, text)
+        assert "Insufficient privileges" in str(err.value) or "not granted" in str(err.value)
+        assert state(admin) == before, f"{action} was denied but changed something"
+
+
+def test_jobs_are_visible_and_cancellable_only_by_their_owner(db):
+    alice, bob, eve, admin = db["alice"], db["bob"], db["eve"], db["admin"]
+    job = attempt(alice, "SELECT finetune('CREATE', 'ml.visible', ?, ?, NULL, ?)", db["base"], GOOD_Q,
+                  json.dumps({"max_epochs": 10, "batch_size": 1}))[0][0]
+    assert job in attempt(alice, "SELECT finetune('SHOW')")[0][0]
+    assert job in attempt(admin, "SELECT finetune('SHOW')")[0][0]
+    for other in (bob, eve):
+        assert job not in attempt(other, "SELECT finetune('SHOW')")[0][0]
+        with pytest.raises(Exception, match="does not exist"):
+            attempt(other, "SELECT finetune('DESCRIBE', ?)", job)
+        with pytest.raises(Exception, match="does not exist"):
+            attempt(other, "SELECT finetune('CANCEL', ?)", job)
+    assert attempt(db["carol"], "SELECT finetune('DESCRIBE', ?)", job)  # senior inherits analyst
+    assert attempt(alice, "SELECT finetune('CANCEL', ?)", job) == [(f"Canceled fine-tuning job: {job}",)]
+    duckdb_ft.wait(admin, job)
+
+
+def test_drop_model_needs_ownership(db):
+    admin, alice, bob = db["admin"], db["alice"], db["bob"]
+    job = attempt(alice, "SELECT finetune('CREATE', 'ml.dropme', ?, ?, NULL, ?)", db["base"], GOOD_Q, FAST)[0][0]
+    assert duckdb_ft.wait(admin, job) == "SUCCESS"
+    attempt(alice, "GRANT USAGE ON MODEL ml.dropme TO ROLE viewer")
+    before = state(admin)
+    with pytest.raises(PermissionDenied, match="DROP MODEL needs OWNERSHIP"):
+        attempt(bob, "DROP MODEL ml.dropme")
+    assert state(admin) == before
+    assert attempt(alice, "DROP MODEL ml.dropme") == [("ml.dropme successfully dropped.",)]
+    assert attempt(admin, "SELECT count(*) FROM duckdb_ft.grants WHERE object_name = 'ml.dropme'") == [(0,)]
+    assert attempt(alice, "DROP MODEL IF EXISTS ml.dropme")
+
+
+def test_revoke_takes_effect_on_the_next_call(db):
+    admin, bob = db["admin"], db["bob"]
+    assert attempt(bob, "SELECT complete('ml.shared_bot', 'hi', '{\"max_tokens\": 1}') IS NOT NULL") == [(True,)]
+    attempt(admin, "REVOKE USAGE ON MODEL ml.shared_bot FROM ROLE viewer")
+    try:
+        with pytest.raises(Exception, match="USAGE is required"):
+            attempt(bob, "SELECT complete('ml.shared_bot', 'hi')")
+        assert attempt(bob, "SELECT try_complete('ml.shared_bot', 'hi')") == [(None,)]
+    finally:
+        attempt(admin, "GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer")
+
+
+def test_role_hierarchy(db):
+    carol, admin = db["carol"], db["admin"]
+    assert carol.session.role == "senior"
+    assert attempt(carol, "SELECT count(*) FROM faq") == [(20,)]  # analyst's grant, through senior
+    attempt(admin, "REVOKE ROLE analyst FROM ROLE senior")
+    try:
+        with pytest.raises(PermissionDenied):
+            attempt(carol, "SELECT count(*) FROM faq")
+    finally:
+        attempt(admin, "GRANT ROLE analyst TO ROLE senior")
+
+
+def test_administrator_can_act_as_a_role(db):
+    admin = db["admin"]
+    attempt(admin, "USE ROLE viewer")
+    try:
+        with pytest.raises(PermissionDenied, match="current role: viewer"):
+            attempt(admin, "SELECT count(*) FROM secret")
+    finally:
+        attempt(admin, "USE ROLE admin")
+    assert attempt(admin, "SELECT count(*) FROM secret") == [(20,)]
+
+
+def test_user_session_cannot_reach_the_raw_connection(db):
+    alice = db["alice"]
+    for name in ("table", "read_csv", "register", "from_arrow", "install_extension"):
+        with pytest.raises(PermissionDenied):
+            getattr(alice, name)
+    with pytest.raises(PermissionDenied):
+        alice.duckdb_connection
+    rel = alice.sql("SELECT * FROM faq")
+    with pytest.raises(Exception):  # a detached relation: the database is not behind it
+        rel.query("r", "SELECT * FROM secret").fetchall()
+
+
+def test_show_grants_and_roles(db):
+    admin, alice = db["admin"], db["alice"]
+    roles = [r[0] for r in attempt(admin, "SHOW ROLES")]
+    assert {"admin", "public", "analyst", "viewer", "outsider", "senior"} <= set(roles)
+    grants = attempt(admin, "SHOW GRANTS TO ROLE viewer")
+    assert ("USAGE", "MODEL", "ml.shared_bot", "ROLE", "viewer") in grants
+    on_model = attempt(admin, "SHOW GRANTS ON MODEL ml.shared_bot")
+    assert on_model[0] == ("OWNERSHIP", "MODEL", "ml.shared_bot", "ROLE", "analyst")
+    assert all(g[4] in ("analyst", "public") for g in attempt(alice, "SHOW GRANTS"))
+    assert [m[1] for m in attempt(db["bob"], "SHOW MODELS IN SCHEMA ml")] == ["shared_bot"]
+    assert attempt(db["eve"], "SHOW MODELS") == []
+
+
+def test_bad_statements_are_clear_errors(db):
+    admin = db["admin"]
+    with pytest.raises(Exception, match="expected a privilege"):
+        attempt(admin, "GRANT FLY ON TABLE faq TO ROLE analyst")
+    with pytest.raises(Exception, match="role 'nobody' does not exist"):
+        attempt(admin, "GRANT SELECT ON TABLE faq TO ROLE nobody")
+    with pytest.raises(Exception, match="table 'main.nope' does not exist"):
+        attempt(admin, "GRANT SELECT ON TABLE nope TO ROLE analyst")
+    with pytest.raises(Exception, match="privilege USAGE does not apply to table"):
+        attempt(admin, "GRANT USAGE ON TABLE faq TO ROLE analyst")
+    with pytest.raises(Exception, match="cycle"):
+        attempt(admin, "GRANT ROLE senior TO ROLE analyst")
+    assert attempt(admin, "SELECT ft_execute('SHOW ROLES') LIKE '%analyst%'") == [(True,)]
