@@ -18,7 +18,7 @@ from .statements import FtStatement
 
 #: Plain statements a non-administrator may run (each authorized by what it reads, writes or creates).
 USER_STATEMENTS = {"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE TABLE", "CREATE VIEW", "DROP TABLE",
-                   "DROP VIEW", "DESCRIBE", "SHOW", "TRANSACTION", "COMMIT", "ROLLBACK"}
+                   "DROP VIEW", "DESCRIBE", "SHOW", "TRANSACTION", "COMMIT", "ROLLBACK", "SET VARIABLE"}
 OBJECT_PRIVILEGES = {
     "TABLE": {"SELECT", "INSERT", "UPDATE", "DELETE", "OWNERSHIP", "ALL"},
     "VIEW": {"SELECT", "OWNERSHIP", "ALL"},
@@ -104,7 +104,11 @@ def _record_owner(session: Session, sql: str) -> None:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
-    return pa.table({c: [r.get(c) for r in rows] for c in columns})
+    def column(c: str) -> pa.Array:
+        values = [r.get(c) for r in rows]
+        return pa.array(values) if any(v is not None for v in values) else pa.array(values, pa.string())
+
+    return pa.table({c: column(c) for c in columns})
 
 
 def _status(message: str) -> pa.Table:

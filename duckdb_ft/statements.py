@@ -27,6 +27,8 @@ def parse(sql: str) -> list[exp.Expression]:
         first = e.errors[0] if e.errors else {}
         where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
         raise InvalidArgument(f"cannot parse SQL{where}: {first.get('description') or e}") from None
+    except sqlglot.errors.TokenError as e:  # an unterminated string or comment, before any parsing
+        raise InvalidArgument(f"cannot parse SQL: {e}") from None
 
 
 def check_query(sql: str, what: str = "training query") -> str:
@@ -341,5 +343,8 @@ def analyze(sql: str, default_schema: str = "main") -> Access:
     if isinstance(stmt, exp.Drop) and str(stmt.args.get("kind", "")).upper() in ("TABLE", "VIEW"):
         names = {_qualify(t, default_schema) for t in stmt.find_all(exp.Table)}
         return Access(f"DROP {str(stmt.args['kind']).upper()}", writes=names)
+    if isinstance(stmt, exp.Set) and stmt.expressions and all(
+            str(item.args.get("kind") or "").upper() == "VARIABLE" for item in stmt.expressions):
+        return Access("SET VARIABLE", reads=reads, table_functions=functions)  # a session variable, not config
     kind = stmt.key.upper() if not isinstance(stmt, exp.Command) else str(stmt.this).upper()
     return Access(kind, reads=reads, table_functions=functions)

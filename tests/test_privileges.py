@@ -238,3 +238,25 @@ def test_bad_statements_are_clear_errors(db):
     with pytest.raises(Exception, match="cycle"):
         attempt(admin, "GRANT ROLE senior TO ROLE analyst")
     assert attempt(admin, "SELECT ft_execute('SHOW ROLES') LIKE '%analyst%'") == [(True,)]
+
+
+def test_privileges_walkthrough_script_runs_in_the_shell(tmp_path, tiny_model_path):
+    """sql/privileges.sql, through the shell's script mode (on the tiny model, for speed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parent.parent / "sql" / "privileges.sql").read_text()
+    script = script.replace("'smollm2-135m'", f"'{tiny_model_path}'")
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", str(tmp_path / "walk.duckdb")], input=script,
+                         capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "Error" not in out, out
+    assert "USAGE on model ml.support_bot granted to role viewer." in out
+    for column in ("viewer_can_complete", "revoked"):
+        block = out[out.index(f"│ {column} │"):]
+        assert block.split("\n")[3].strip("│ ") == "true", block[:300]
+    con = duckdb_ft.connect(str(tmp_path / "walk.duckdb"))
+    assert con.execute("SELECT owner FROM duckdb_ft.models WHERE name = 'support_bot'").fetchall() == [("analyst",)]
+    con.close()
