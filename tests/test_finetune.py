@@ -170,6 +170,7 @@ BAD_CREATES = [
     (("m", None, "PRAGMA version", None, None), "must be a SELECT statement"),
     (("m", None, "SET threads = 1", None, None), "must be a SELECT statement"),
     (("m", None, "", None, None), "training query is empty"),
+    (("m", None, "SELECT 'unterminated AS prompt", None, None), "cannot parse SQL"),
     (("m", None, "SELECT question, answer FROM faq", None, None),
      r"must return columns prompt and completion; it returned: question VARCHAR, answer VARCHAR\. "
      r"Alias your columns, e.g\. SELECT question AS prompt, answer AS completion"),
