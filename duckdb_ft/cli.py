@@ -1,17 +1,119 @@
-"""The ``duckdb-ft`` command (thin: every subcommand calls the Python core)."""
+"""The ``duckdb-ft`` command: a SQL shell like ``duckdb``'s, and ``duckdb-ft demo``.
+
+    duckdb-ft [DATABASE] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
+    duckdb-ft demo [DATABASE]
+
+With ``-c`` or ``-f`` it runs that and exits; with a script on standard input (``duckdb-ft db.duckdb < script.sql``)
+it runs the script; in a terminal it is interactive. A first argument ``demo`` is the subcommand: open a database
+file named ``demo`` as ``./demo``. Thin: the shell is :mod:`duckdb_ft.shell`; the demo is :mod:`duckdb_ft.demo`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 
 
-def demo(args: argparse.Namespace) -> int:
+def _shell_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="duckdb-ft", description="Fine-tune language models from SQL, in DuckDB: an interactive SQL shell.",
+        epilog="Subcommands: 'duckdb-ft demo [DATABASE]' runs the demo (a database file named 'demo' is './demo'). "
+               "A script on standard input runs to its end and exits 1 if a statement failed (-bail: stop there).")
+    p.add_argument("database", nargs="?", default=None, help="database file (default: a transient in-memory one)")
+    p.add_argument("-c", dest="command", metavar="SQL", help="run SQL (or one dot command) and exit")
+    p.add_argument("-f", dest="file", metavar="FILE", help="run the statements of FILE and exit")
+    p.add_argument("-bail", "--bail", action="store_true", help="stop a script at its first error")
+    p.add_argument("--wait", nargs="?", const="", default=None, metavar="JOB_ID",
+                   help="watch a fine-tuning job (default: every job still running after the commands) until it "
+                        "finishes, with a live progress bar in a terminal")
+    p.add_argument("-readonly", "--readonly", action="store_true", help="open the database read-only")
+    p.add_argument("--history", metavar="FILE", help="history file (default: $DUCKDB_FT_HISTORY or "
+                                                     "~/.duckdb_ft_history)")
+    from .render import MODES
+
+    for m in MODES:
+        p.add_argument(f"-{m}", dest="mode", action="store_const", const=m, help=f"set the output mode to {m}")
+    p.add_argument("-version", "--version", action="store_true", help="print the versions and exit")
+    return p
+
+
+def shell(argv: list[str]) -> int:
+    args = _shell_parser().parse_args(argv)
+    # Library deprecation notices (transformers, peft) say nothing a shell user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import duckdb
+
+    import duckdb_ft
+
+    from .shell import Quit, Shell, error_message
+
+    if args.version:
+        print(f"duckdb-ft {duckdb_ft.__version__} (DuckDB {duckdb.__version__})")
+        return 0
+    if args.wait and args.database is None and not args.wait.startswith("ft_"):
+        args.database, args.wait = args.wait, ""  # `duckdb-ft --wait shop.duckdb`
+    try:
+        con = duckdb_ft.connect(args.database, read_only=args.readonly)
+    except Exception as e:  # noqa: BLE001 - one message, no traceback
+        print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
+        return 1
+    sh = Shell(con, mode=args.mode or "box")
+    ok = True
+    try:
+        if args.command is not None:
+            ok = sh.run_script(args.command.splitlines(keepends=True) or [""], bail=True)
+        elif args.file is not None:
+            ok = sh.run_command(f".read {_quote(args.file)}")
+        elif not sys.stdin.isatty():
+            ok = sh.run_script(sys.stdin, bail=args.bail)
+        elif args.wait is None:
+            print(f"duckdb-ft {duckdb_ft.__version__} (DuckDB {duckdb.__version__})\n"
+                  'Enter ".help" for usage hints, ".quit" or Ctrl-D to leave.')
+            print(f"Connected to {args.database}." if args.database else
+                  "Connected to a transient in-memory database.")
+            return sh.repl(args.history)
+        if args.wait is not None and (ok or not args.bail) and not sh.interrupted:
+            ok = sh.run_command(f".wait {_quote(args.wait)}" if args.wait else ".wait") and ok
+    except Quit as q:
+        return q.code
+    if sh.interrupted:
+        return 130
+    return 0 if ok else 1
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def demo(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="duckdb-ft demo", description="Run the end-to-end demo.")
+    p.add_argument("database", nargs="?", default=None, help="database file (default: in memory)")
+    p.add_argument("--database", dest="database_opt", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    database = args.database or args.database_opt
+    try:
+        from . import demo as module
+    except ModuleNotFoundError as e:
+        if e.name != "duckdb_ft.demo":
+            raise
+        module = None
+    run = getattr(module, "run", None)
+    if run is None:  # no duckdb_ft.demo.run yet: the small COMPLETE demo
+        return _complete_demo(database)
+    return run(database)
+
+
+def _complete_demo(database: str | None) -> int:
     """COMPLETE over a small table with the default model."""
     import duckdb_ft
 
-    con = duckdb_ft.connect(args.database)
+    con = duckdb_ft.connect(database)
     con.execute("""CREATE OR REPLACE TABLE questions AS SELECT * FROM (VALUES
         (1, 'What is the capital of France?'),
         (2, 'Name the largest planet in the solar system.'),
@@ -28,20 +130,21 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.
+SUBCOMMANDS = {"demo": demo}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="duckdb-ft", description="Fine-tune language models from SQL, in DuckDB.")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("demo", help="run the end-to-end demo")
-    p.add_argument("--database", default=None, help="database file (default: in memory)")
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return args.func(args)
+        if argv and argv[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        return shell(argv)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `duckdb-ft -c ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,276 @@
+"""The ``duckdb-ft`` shell: DuckDB's shell habits over a duckdb-ft connection.
+
+UI only: every statement goes through :func:`duckdb_ft.execute`, its result is rendered by :mod:`duckdb_ft.render`,
+and a job is watched by :mod:`duckdb_ft.progress`. Statements end with ``;`` and may span lines; lines starting with
+``.`` are dot commands. A statement runs on a worker thread so that Ctrl-C (in the main thread) can interrupt it
+with ``con.interrupt()`` and the shell stays.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Callable, TextIO
+
+from . import render, sqltext
+
+PROMPT = "D "
+CONTINUATION = "‣ "
+BATCH_ROWS = 2048
+DEFAULT_HISTORY = "~/.duckdb_ft_history"
+_UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (\w+): (.*)", re.S)
+_DUCKDB_ERROR = re.compile(r"([A-Z][A-Za-z ]*Error): (.*)", re.S)
+
+
+class Quit(Exception):
+    """``.quit`` / ``.exit [CODE]``: leave the shell."""
+
+    def __init__(self, code: int = 0):
+        super().__init__(code)
+        self.code = code
+
+
+class CommandError(Exception):
+    """A dot command was misused; the message says how to use it."""
+
+
+def error_message(e: BaseException) -> str:
+    """One clear message for an error, never a traceback.
+
+    duckdb-ft's own errors reach DuckDB through a UDF, which wraps them: "Invalid Input Error: Python exception
+    occurred while executing the UDF: InvalidArgument: <message>" is shown as "Error: <message>". DuckDB's errors are
+    shown as DuckDB's shell shows them: the kind of error on a line, then the message.
+    """
+    from .errors import FtError
+
+    text = str(e).strip()
+    m = _UDF_ERROR.search(text)
+    if m:
+        name, message = m.groups()
+        ours = {c.__name__ for c in _subclasses(FtError)}
+        return f"Error: {message.strip()}" if name in ours else f"Error: {name}: {message.strip()}"
+    if isinstance(e, (FtError, CommandError)):
+        return f"Error: {text}"
+    m = _DUCKDB_ERROR.match(text)
+    if m and type(e).__module__.startswith(("duckdb", "_duckdb")):
+        return f"{m.group(1)}:\n{m.group(2)}"
+    if type(e).__module__.startswith(("duckdb", "_duckdb")):
+        return f"Error: {text}"
+    return f"Error: {type(e).__name__}: {text}"
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _subclasses(sub)
+    return out
+
+
+def _interrupted(e: BaseException) -> bool:
+    return type(e).__name__ == "InterruptException"
+
+
+class Shell:
+    """One shell session on one connection."""
+
+    def __init__(self, con: Any, *, out: TextIO | None = None, err: TextIO | None = None, mode: str = "box"):
+        self.con = con
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.mode = mode
+        self.timer = False
+        self.interrupted = False  # set when Ctrl-C stopped something; a script then stops
+
+    # ------------------------------------------------------------------------------------------ statements
+
+    def run_sql(self, sql: str) -> bool:
+        """Run one statement and print its result, or its error; True when it succeeded."""
+        start, times = time.perf_counter(), os.times()
+        try:
+            self._interruptible(lambda: self._execute(sql))
+            ok = True
+        except KeyboardInterrupt:
+            ok, self.interrupted = False, True
+            self.error("Interrupted.")
+        except Exception as e:  # noqa: BLE001 - every failure is reported, none is a traceback
+            ok = False
+            if _interrupted(e):
+                self.interrupted = True
+                self.error("Interrupted.")
+            else:
+                self.error(error_message(e))
+        if self.timer:
+            now = os.times()
+            self.print(f"Run Time (s): real {time.perf_counter() - start:.3f} user {now.user - times.user:f} "
+                       f"sys {now.system - times.system:f}")
+        return ok
+
+    def _execute(self, sql: str) -> None:
+        import duckdb_ft
+
+        rel = duckdb_ft.execute(self.con, sql)
+        if rel is None:
+            return
+        columns = list(rel.columns)
+        # DuckDB's shell prints no row counts of CREATE / INSERT / UPDATE ..., nor SET's "Success".
+        if getattr(rel, "type", "") == "MATERIALIZED_RELATION" and columns in (["Count"], ["Success"]):
+            return
+        types = [str(t) for t in rel.types]
+        # Each value as DuckDB writes it (its own VARCHAR cast), read in batches: one execution, any size.
+        text = rel.project(", ".join(f"#{i + 1}::VARCHAR" for i in range(len(columns))))
+        rows = (row for batch in text.to_arrow_reader(BATCH_ROWS)
+                for row in zip(*(col.to_pylist() for col in batch.columns)))
+        if columns == ["explain_key", "explain_value"]:
+            for _, plan in rows:
+                self.out.write(f"{plan}\n")
+            return
+        render.MODES[self.mode](self.out, columns, types, rows, max_width=self.width())
+        self.out.flush()
+
+    def _interruptible(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on a worker thread; Ctrl-C interrupts the connection and waits for the statement to stop."""
+        done, box = threading.Event(), {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="duckdb-ft-statement", daemon=True).start()
+        interrupted = False
+        while not done.is_set():
+            try:
+                done.wait(0.1)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.con.interrupt()
+        if "error" in box:
+            raise box["error"]
+        if interrupted:
+            raise KeyboardInterrupt
+        return box.get("value")
+
+    # ----------------------------------------------------------------------------------------------- input
+
+    def run_script(self, lines: Iterable[str], *, bail: bool = False) -> bool:
+        """Run statements and dot commands read line by line; True when all succeeded.
+
+        ``bail``: stop at the first error (``-bail``, ``-c``, ``.read``); otherwise go on, as ``duckdb`` does with
+        a script on standard input. Ctrl-C always stops a script.
+        """
+        ok, buffer = True, ""
+        try:
+            for line in lines:
+                if not sqltext.has_code(buffer) and line.lstrip().startswith("."):
+                    buffer = ""
+                    good = self.run_command(line.strip())
+                else:
+                    buffer += line if line.endswith("\n") else line + "\n"
+                    statements, buffer = sqltext.split(buffer)
+                    good = True
+                    for sql in statements:
+                        good = self.run_sql(sql)
+                        if not good and (bail or self.interrupted):
+                            break
+                ok = ok and good
+                if (not good and bail) or self.interrupted:
+                    return False
+            if sqltext.has_code(buffer):  # a last statement without its semicolon runs too
+                ok = self.run_sql(buffer.strip()) and ok
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.error("Interrupted.")
+            return False
+        return ok
+
+    def run_command(self, line: str) -> bool:
+        """Run one dot command; True when it succeeded."""
+        from .commands import COMMANDS, find
+
+        try:
+            args = shlex.split(line[1:])
+        except ValueError as e:
+            self.error(f"Error: {e} in {line!r}")
+            return False
+        if not args:
+            return True
+        try:
+            command = find(args[0])
+            return COMMANDS[command](self, args[1:]) is not False
+        except Quit:
+            raise
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.error("Interrupted.")
+            return False
+        except Exception as e:  # noqa: BLE001 - one message, no traceback
+            self.error(error_message(e))
+            return False
+
+    # ---------------------------------------------------------------------------------------------- output
+
+    def width(self) -> int:
+        return shutil.get_terminal_size((120, 24)).columns
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def error(self, text: str) -> None:
+        self.out.flush()
+        color = getattr(self.err, "isatty", lambda: False)() and not os.environ.get("NO_COLOR")
+        self.err.write(f"\x1b[31m{text}\x1b[0m\n" if color else text + "\n")
+        self.err.flush()
+
+    # ------------------------------------------------------------------------------------------ interactive
+
+    def repl(self, history: str | None = None) -> int:
+        """The interactive loop: line editing, history, multi-line statements; Ctrl-D or ``.quit`` leaves."""
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.lexers import PygmentsLexer
+        from pygments.lexers.sql import SqlLexer
+
+        path = os.path.expanduser(history or os.environ.get("DUCKDB_FT_HISTORY") or DEFAULT_HISTORY)
+        try:
+            open(path, "a").close()
+            store: Any = FileHistory(path)
+        except OSError:
+            store = InMemoryHistory()
+        keys = KeyBindings()
+
+        @keys.add("enter")
+        @keys.add("c-j")
+        def _(event: Any) -> None:
+            buf = event.current_buffer
+            text = buf.text
+            if not text.strip() or text.lstrip().startswith(".") or sqltext.is_complete(text):
+                buf.validate_and_handle()
+            else:
+                buf.insert_text("\n")
+
+        session: Any = PromptSession(
+            history=store, multiline=True, key_bindings=keys, lexer=PygmentsLexer(SqlLexer),
+            prompt_continuation=lambda width, line, soft: CONTINUATION.rjust(width))
+        while True:
+            try:
+                text = session.prompt(PROMPT)
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return 0
+            try:
+                self.interrupted = False
+                self.run_script(text.splitlines(keepends=True) or [""])
+            except Quit as q:
+                return q.code

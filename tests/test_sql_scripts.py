@@ -1,0 +1,52 @@
+"""Every script in sql/ runs through the shell's script mode (`duckdb-ft DB < script.sql`), so the docs never rot.
+
+Scripts use the default model, smollm2-135m; here they run on the tiny test model instead (the model name is
+replaced in the text), which keeps them to seconds: they check that the walk-through works, not what it learns.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SQL = Path(__file__).resolve().parent.parent / "sql"
+EXE = Path(sys.executable).with_name("duckdb-ft")
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft.cli"]
+
+#: What each script's output must show, beyond a clean exit (scripts not listed: a clean exit is enough).
+EXPECTED = {
+    "quickstart.sql": [
+        r"│ true +│",                                          # CREATE returned a job id
+        r"ft_[0-9a-f-]{36} SUCCESS in \d+:\d\d:\d\d: model main\.faq_bot",  # .wait's summary
+        r"│ SUCCESS │",                                       # WAIT
+        r"status = SUCCESS", r"model = main\.faq_bot", r"train_rows = 8", r"total_steps = 10",  # DESCRIBE
+        r"│ +10 │ +10\.0 │",                                  # the history's last step
+        r"│ Do you ship abroad\? +│",                         # COMPLETE with the new model
+    ],
+}
+
+
+def run_script(path: Path, database: Path, model: str) -> subprocess.CompletedProcess:
+    script = path.read_text().replace("'smollm2-135m'", f"'{model}'")
+    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
+    return subprocess.run([*COMMAND, str(database)], input=script, capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("script", sorted(SQL.glob("*.sql")), ids=lambda p: p.name)
+def test_sql_script_runs_in_the_shell(script, tmp_path, tiny_model_path):
+    r = run_script(script, tmp_path / "script.duckdb", tiny_model_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for pattern in EXPECTED.get(script.name, []):
+        assert re.search(pattern, r.stdout), f"{pattern!r} not in:\n{r.stdout}"
+
+
+def test_every_script_has_a_header_saying_how_to_run_it():
+    for script in SQL.glob("*.sql"):
+        assert "duckdb-ft" in script.read_text().split("\n\n")[0], script.name
