@@ -45,6 +45,9 @@ def shell(argv: list[str]) -> int:
     # Library deprecation notices (transformers, peft) say nothing a shell user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for stream in (sys.stdout, sys.stderr):  # a value the terminal cannot show is replaced, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     import duckdb
 
     import duckdb_ft
@@ -142,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return shell(argv)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `duckdb-ft -c ... | head`
+    except BrokenPipeError:  # `duckdb-ft -c ... | head`: stop quietly, as `duckdb` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 141
 
 
 if __name__ == "__main__":

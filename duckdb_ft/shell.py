@@ -98,6 +98,8 @@ class Shell:
         except KeyboardInterrupt:
             ok, self.interrupted = False, True
             self.error("Interrupted.")
+        except BrokenPipeError:
+            raise  # the reader left (`duckdb-ft ... | head`): nothing more to say
         except Exception as e:  # noqa: BLE001 - every failure is reported, none is a traceback
             ok = False
             if _interrupted(e):
@@ -206,7 +208,7 @@ class Shell:
         try:
             command = find(args[0])
             return COMMANDS[command](self, args[1:]) is not False
-        except Quit:
+        except (Quit, BrokenPipeError):
             raise
         except KeyboardInterrupt:
             self.interrupted = True
@@ -261,7 +263,7 @@ class Shell:
 
         session: Any = PromptSession(
             history=store, multiline=True, key_bindings=keys, lexer=PygmentsLexer(SqlLexer),
-            prompt_continuation=lambda width, line, soft: CONTINUATION.rjust(width))
+            prompt_continuation=lambda width, line, soft: " " * width if soft else CONTINUATION.rjust(width))
         while True:
             try:
                 text = session.prompt(PROMPT)
