@@ -148,13 +148,18 @@ class Shell:
                 done.set()
 
         threading.Thread(target=work, name="duckdb-ft-statement", daemon=True).start()
-        interrupted = False
+        interrupted, hinted = 0.0, False
         while not done.is_set():
             try:
                 done.wait(0.1)
             except KeyboardInterrupt:
-                interrupted = True
+                interrupted = interrupted or time.monotonic()
                 self.con.interrupt()
+            if interrupted and not hinted and time.monotonic() - interrupted > 2.0:
+                # DuckDB stops a statement between chunks: one blocked inside a function runs until it returns.
+                self.error("Interrupting: the statement stops when the function it is running returns "
+                           "(finetune('WAIT', ...) at its timeout; .wait is the interruptible way to wait).")
+                hinted = True
         if "error" in box:
             raise box["error"]
         if interrupted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -189,6 +190,30 @@ def test_wait_for_a_missing_job_is_an_error():
     r = run("--wait", "ft_missing")
     assert r.returncode == 1 and r.stderr == ("Error: fine-tuning job 'ft_missing' does not exist: finetune('SHOW') "
                                               "lists the jobs\n")
+
+
+def test_wait_option_after_c_follows_the_new_job_in_plain_lines(tmp_path, tiny_model_path):
+    create = ("CREATE TABLE qa AS SELECT 'q' || i AS q, 'a' || i AS a FROM range(8) t(i);"
+              f"SELECT finetune('CREATE', 'm', '{tiny_model_path}', 'SELECT q AS prompt, a AS completion FROM qa',"
+              " NULL, '{\"max_epochs\": 2}') IS NOT NULL AS created;")
+    r = run(str(tmp_path / "db.duckdb"), "-csv", "-c", create, "--wait")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["created", "true"]
+    assert re.fullmatch(r"ft_[0-9a-f-]{36} SUCCESS in \d:\d\d:\d\d: model main\.m \(loss [\d.]+, val_loss [\d.]+\)",
+                        lines[-1]), lines
+    assert all(" IN_PROGRESS " in line or " PENDING" in line for line in lines[2:-1]), lines
+
+
+def test_every_dot_command_is_in_help_and_in_the_readme(capsys):
+    from duckdb_ft.commands import COMMANDS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shell_section = readme.split("## The shell")[1].split("\n## ")[0]
+    assert cli.main(["-c", ".help"]) == 0
+    help_text = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f".{name}" in help_text and f"`.{name}" in shell_section, name
 
 
 def test_wait_shows_a_live_bar_in_a_terminal_and_a_summary(tiny_model_path):
