@@ -1,0 +1,219 @@
+"""The demo, end to end: build a shop and text-to-SQL pairs, score the base model, fine-tune, score again.
+
+Every step is SQL on one DuckDB file, as a user would type it; the demo prints each statement before running it.
+Scores are execution accuracy on the held-out questions (see :mod:`duckdb_ft.demo.scoring`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .. import models
+from . import dataset, scoring
+
+DEFAULT_DATABASE = "duckdb_ft_demo.duckdb"
+MODEL_NAME = "shop_sql"
+
+#: Tuned so that the whole demo takes about 10 minutes on a 2-core CPU and the gain is large.
+OPTIONS = {"max_epochs": 3, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+           "batch_size": 8, "max_seq_length": 192, "warmup_ratio": 0.05}
+#: The longest gold query is 55 tokens.
+COMPLETE_OPTIONS = {"temperature": 0, "max_tokens": 64}
+
+#: ``quick``: a few pairs, one short epoch, a few tokens; for the tests, which check the plumbing, not the score.
+QUICK_OPTIONS = {"max_epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_seq_length": 192}
+QUICK_COMPLETE_OPTIONS = {"temperature": 0, "max_tokens": 8}
+QUICK_SIZES = (16, 6)  # training pairs, held-out pairs
+
+
+@dataclass
+class Score:
+    model: str
+    right: int
+    total: int
+    seconds: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.right / max(1, self.total)
+
+    def __str__(self) -> str:
+        return f"{self.right}/{self.total} = {self.percent:.1f}%"
+
+
+def run(database: str | None = None, *, base_model: str = models.DEFAULT_MODEL, quick: bool = False,
+        out: TextIO | None = None) -> int:
+    """Run the demo on ``database`` (default ``./duckdb_ft_demo.duckdb``); return an exit code.
+
+    0 when the fine-tuned model scores higher than the base model (with ``quick``: when the job succeeds),
+    1 otherwise.
+    """
+    import duckdb_ft
+
+    out = out or sys.stdout
+    path = os.path.abspath(database or DEFAULT_DATABASE)
+    say = _printer(out)
+    started = time.perf_counter()
+    say(f"duckdb-ft demo: teach {base_model} to answer questions about a shop in SQL, inside DuckDB.")
+    say(f"Database file: {path}" + ("" if database else " (the default; `duckdb-ft demo FILE` picks another)"))
+
+    con = duckdb_ft.connect(path)
+    con.execute("SET enable_progress_bar = false")  # DuckDB's own bar says little about COMPLETE over one chunk
+    try:
+        n_train, n_test = _build(con, say, quick)
+        complete_opts = QUICK_COMPLETE_OPTIONS if quick else COMPLETE_OPTIONS
+        scorer = scoring.Scorer()
+        try:
+            say(f"\n2. The base model on the {n_test} held-out questions (execution accuracy: run its SQL, compare "
+                "the result with the right query's).")
+            before = _evaluate(con, scorer, say, base_model, complete_opts)
+            say(f"\n3. Fine-tune {base_model} on the {n_train} training pairs (LoRA; the held-out pairs give the "
+                "validation loss).")
+            name, job_id, status = _finetune(con, say, out, base_model, QUICK_OPTIONS if quick else OPTIONS)
+            if status != "SUCCESS":
+                say(f"The fine-tuning job ended {status}; see FROM finetune('SHOW').")
+                return 1
+            say(f"\n4. The fine-tuned model '{name}' on the same {n_test} questions.")
+            after = _evaluate(con, scorer, say, name, complete_opts)
+            _examples(con, say, base_model, name)
+        finally:
+            scorer.close()
+        _summary(con, say, path, base_model, name, job_id, before, after, time.perf_counter() - started)
+    except KeyboardInterrupt:
+        say("\nInterrupted: running fine-tuning jobs are cancelled.")
+        for (job_id,) in con.execute("SELECT id FROM finetune('SHOW') WHERE status IN ('PENDING', 'IN_PROGRESS')"
+                                     ).fetchall():
+            con.execute("SELECT finetune('CANCEL', ?)", [job_id]).fetchall()
+            duckdb_ft.wait(con, job_id, 60)
+        return 130
+    finally:
+        con.close()
+    return 0 if quick or after.right > before.right else 1
+
+
+def _printer(out: TextIO):
+    def say(text: str = "") -> None:
+        out.write(text + "\n")
+        out.flush()
+    return say
+
+
+def _show_sql(say, sql: str) -> None:
+    say("\n".join("   " + line for line in sql.strip().splitlines()))
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _build(con: Any, say, quick: bool) -> tuple[int, int]:
+    """The shop's tables, the pairs table and the prompt macro; returns (training pairs, held-out pairs)."""
+    shop = dataset.make_shop()
+    train, test = dataset.make_pairs(shop)
+    if quick:
+        train, test = train[:QUICK_SIZES[0]], test[:QUICK_SIZES[1]]
+    dataset.create_tables(con, shop)
+    con.execute("CREATE OR REPLACE TABLE sql_pairs (id INTEGER PRIMARY KEY, split VARCHAR, template VARCHAR, "
+                "unseen VARCHAR, question VARCHAR, sql VARCHAR)")
+    rows = [(i, split, p.template, p.unseen or None, p.question, p.sql)
+            for i, (split, p) in enumerate([("train", p) for p in train] + [("test", p) for p in test], start=1)]
+    con.executemany("INSERT INTO sql_pairs VALUES (?, ?, ?, ?, ?, ?)", rows)
+    prefix, suffix = dataset.prompt_for("\x00").split("\x00")
+    con.execute(f"CREATE OR REPLACE MACRO sql_prompt(question) AS "
+                f"{_sql_literal(prefix)} || question || {_sql_literal(suffix)}")
+    say(f"\n1. A shop: {len(shop.customers)} customers, {len(shop.products)} products, {len(shop.orders)} orders; "
+        f"table sql_pairs holds {len(train)} training and {len(test)} held-out question -> SQL pairs, made by code.")
+    say("   Held-out questions use a phrasing, or a value, that their kind of question never shows in training.")
+    example = train[0]
+    say("   The prompt is the schema and the question (macro sql_prompt); the completion is the SQL:")
+    say("\n".join("     | " + line for line in example.prompt.splitlines()))
+    say(f"     -> {example.sql}")
+    return len(train), len(test)
+
+
+def _evaluate(con: Any, scorer: scoring.Scorer, say, model: str, options: dict[str, Any]) -> Score:
+    sql = (f"SELECT id, sql, complete('{model}', sql_prompt(question), '{json.dumps(options)}')::JSON\n"
+           f"       ->> '$.choices[0].messages' AS answer\n"
+           f"FROM sql_pairs WHERE split = 'test' ORDER BY id")
+    _show_sql(say, sql)
+    start = time.perf_counter()
+    rows = con.execute(sql).fetchall()
+    seconds = time.perf_counter() - start
+    right, marks = scorer.accuracy([r[2] for r in rows], [r[1] for r in rows])
+    con.execute("CREATE TABLE IF NOT EXISTS sql_predictions (model VARCHAR, pair_id INTEGER, answer VARCHAR, "
+                "predicted_sql VARCHAR, correct BOOLEAN)")
+    con.execute("DELETE FROM sql_predictions WHERE model = ?", [model])
+    con.executemany("INSERT INTO sql_predictions VALUES (?, ?, ?, ?, ?)",
+                    [(model, r[0], r[2], scoring.extract_sql(r[2]), ok) for r, ok in zip(rows, marks)])
+    score = Score(model, right, len(rows), seconds)
+    say(f"   execution accuracy of {model}: {score}   ({seconds:.0f} s; answers in table sql_predictions)")
+    return score
+
+
+def _finetune(con: Any, say, out: TextIO, base_model: str, options: dict[str, Any]) -> tuple[str, str, str]:
+    from ..progress import watch
+
+    name = _free_name(con, MODEL_NAME)
+    training = "SELECT sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs WHERE split = 'train'"
+    validation = "SELECT sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs WHERE split = 'test'"
+    sql = (f"SELECT finetune('CREATE', '{name}', '{base_model}',\n"
+           f"    {_sql_literal(training)},\n"
+           f"    {_sql_literal(validation)},\n"
+           f"    '{json.dumps(options)}')")
+    _show_sql(say, sql)
+    job_id = con.execute(sql).fetchall()[0][0]
+    say(f"   -> {job_id}; progress from FROM finetune('DESCRIBE', '{job_id}'):")
+    status = watch(con, job_id, out=out)
+    return name, job_id, status
+
+
+def _free_name(con: Any, name: str) -> str:
+    """``name``, or ``name_2``, ``name_3``... when a model or job of an earlier run holds it."""
+    taken = set()
+    for (job_id,) in con.execute("SELECT id FROM finetune('SHOW')").fetchall():
+        taken.add(con.execute("SELECT model FROM finetune('DESCRIBE', ?)", [job_id]).fetchall()[0][0])
+    candidate, k = name, 1
+    while f"main.{candidate}" in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
+
+
+def _examples(con: Any, say, base_model: str, tuned: str, n: int = 3) -> None:
+    """A few held-out questions the base model got wrong and the fine-tuned one right."""
+    rows = con.execute("""
+        SELECT q.question, b.predicted_sql, t.predicted_sql
+        FROM sql_pairs q JOIN sql_predictions b ON b.pair_id = q.id AND b.model = ?
+                         JOIN sql_predictions t ON t.pair_id = q.id AND t.model = ?
+        WHERE t.correct AND NOT b.correct ORDER BY q.id LIMIT ?""", [base_model, tuned, n]).fetchall()
+    if not rows:
+        return
+    say("   Examples (held-out questions):")
+    for question, base_sql, tuned_sql in rows:
+        say(f"   Q: {question}")
+        say(f"      base:  {_one_line(base_sql) or '(no SQL)'}")
+        say(f"      tuned: {_one_line(tuned_sql)}")
+
+
+def _one_line(text: str | None, width: int = 100) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _summary(con: Any, say, path: str, base_model: str, name: str, job_id: str, before: Score, after: Score,
+             seconds: float) -> None:
+    size = con.execute("SELECT octet_length(adapter) FROM duckdb_ft.models WHERE name = ?", [name]).fetchall()
+    say(f"\nResult: execution accuracy on {before.total} held-out questions")
+    say(f"   {base_model:<16} {before}")
+    say(f"   {name:<16} {after}")
+    say(f"\nThe model '{name}' lives in {path}: the LoRA adapter "
+        f"({size[0][0] / 1e6:.2f} MB) in table duckdb_ft.models, beside its job, metrics and data. Try it:")
+    say(f"   duckdb-ft {path}")
+    say(f"   SELECT complete('{name}', sql_prompt('How many customers live in Oslo?'));")
+    say(f"   FROM finetune_history('{job_id}');")
+    say(f"\nDemo finished in {seconds / 60:.1f} min.")
