@@ -59,7 +59,7 @@ def connect(path: str | None = None, *, user: str | None = None, read_only: bool
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
     session = _install(con, user=user, resume_jobs=resume_jobs)
-    return Connection(con, session)
+    return Connection(con, session, root=True)
 
 
 def execute(con: Any, sql: str, params: Any = None) -> Any:

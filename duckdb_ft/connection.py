@@ -25,9 +25,10 @@ USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
 class Connection:
     """A DuckDB connection with a duckdb-ft session (see the module docstring)."""
 
-    def __init__(self, raw: Any, session: Session):
+    def __init__(self, raw: Any, session: Session, *, root: bool = False):
         self._raw = raw
         self.session = session
+        self._root = root  # the connection connect() opened: closing it closes the database
         self._table: pa.Table | None = None  # the pending result of execute(), when not DuckDB's own
         self._offset = 0
 
@@ -108,7 +109,11 @@ class Connection:
         return Connection(raw, session)
 
     def close(self) -> None:
+        """Close the connection. Closing the one ``connect()`` opened closes the database: a running job is
+        checkpointed and stopped first (ERROR, resumable with ``finetune('RESUME', id)``), never cut mid-write."""
         self.session.engine.sessions.pop(self.session.id, None)
+        if self._root:
+            self.session.engine.jobs.stop("its database was closed")
         self._raw.close()
 
     def __enter__(self) -> "Connection":

@@ -40,6 +40,7 @@ class JobRunner:
         self._shutdown = threading.Event()
         self._create_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.stop_reason = ""
         _RUNNERS.add(self)
 
     # ------------------------------------------------------------------------------------------------ actions
@@ -218,11 +219,14 @@ class JobRunner:
         with self._cv:
             return ([self._running] if self._running else []) + list(self._queue)
 
-    def stop(self) -> None:
-        """Stop the worker at the next step; the running job stays resumable (ERROR with a checkpoint)."""
+    def stop(self, reason: str = "its process exited", timeout: float | None = 60) -> None:
+        """Stop the worker at the next step; the running job is checkpointed and left resumable (ERROR)."""
+        self.stop_reason = reason
         self._shutdown.set()
         with self._cv:
             self._cv.notify_all()
+        if timeout and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
         while True:
@@ -261,7 +265,7 @@ class Worker:
         except training.Cancelled:
             if self.runner._shutdown.is_set():
                 self._update(status="ERROR", finished_on=catalog.now_ms(),
-                             error="stopped when its process exited; finetune('RESUME', id) continues it")
+                             error=f"stopped when {self.runner.stop_reason}; finetune('RESUME', id) continues it")
             else:
                 catalog.delete_checkpoint(self.cur, self.id)
                 self._update(status="CANCELLED", finished_on=catalog.now_ms())
@@ -338,6 +342,7 @@ class Worker:
             on_step=on_step,
             should_stop=lambda: cancel.is_set() or self.runner._shutdown.is_set(),
             save_checkpoint=save_checkpoint,
+            checkpoint_on_stop=self.runner._shutdown.is_set,
         )
         try:
             result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
@@ -402,9 +407,7 @@ def _wait_at_exit() -> None:
                 r.wait(j)
     except KeyboardInterrupt:
         for r in runners:
-            r.stop()
-            if r._thread is not None:
-                r._thread.join(timeout=60)
+            r.stop("its process was interrupted at exit")
 
 
 # Wait before the interpreter starts shutting threads down: concurrent.futures refuses new work once its own

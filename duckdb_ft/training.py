@@ -52,6 +52,7 @@ class Hooks:
     on_step: Callable[[dict[str, Any]], None] = lambda m: None
     should_stop: Callable[[], bool] = lambda: False
     save_checkpoint: Callable[[int, bytes], None] = lambda step, state: None
+    checkpoint_on_stop: Callable[[], bool] = lambda: False  # save before stopping (shutdown, not a CANCEL)
 
 
 def target_modules(model: Any, opts: TrainingOptions) -> list[str]:
@@ -85,18 +86,23 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Sum of cross-entropy over completion tokens, and their count; logits only where labels are."""
+    """Sum of cross-entropy over completion tokens, and their count; logits only where labels are.
+
+    Batches are right-padded (``data.collate``), so a causal model needs no attention mask: a real token only
+    attends to earlier positions, which are all real. Without a mask, attention takes its plain causal path.
+    """
     import torch.nn.functional as F
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = inner.get_decoder()(input_ids=batch["input_ids"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
-def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str) -> float | None:
+def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str,
+             dtype: Any = None) -> float | None:
     import torch
 
     if not examples:
@@ -105,7 +111,7 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, 
     total, n = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, dtype):
         for batch in iter_batches(examples, batches, pad_id):
             loss, count = completion_loss(model, _to(batch, device))
             total, n = total + loss.item(), n + count
@@ -117,12 +123,28 @@ def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _autocast(device: str) -> Any:
+def compute_dtype(opts: TrainingOptions, device: str) -> Any:
+    """The dtype matrix products run in: ``opts.dtype``, where "auto" is bfloat16 on hardware that multiplies it
+    natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere."""
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device, enabled=False)
+    if opts.dtype != "auto":
+        return getattr(torch, opts.dtype)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device == "cpu":
+        native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return torch.bfloat16 if any(f() for f in native) else torch.float32
+    return torch.float32
+
+
+def _autocast(device: str, dtype: Any = None) -> Any:
+    """bf16 autocast (weights stay fp32: the cached base model is shared with COMPLETE), or no autocast."""
+    import torch
+
+    if dtype is None or dtype == torch.float32:
+        return torch.autocast(device, enabled=False)
+    return torch.autocast(device, dtype=dtype)
 
 
 def schedule(opts: TrainingOptions, total_steps: int) -> Callable[[int], float]:
@@ -152,6 +174,7 @@ def train(
 
     hooks = hooks or Hooks()
     device = next(base.parameters()).device.type
+    dtype = compute_dtype(opts, device)
     torch.manual_seed(opts.seed)
     cfg = lora_config(base, opts)
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
@@ -195,6 +218,8 @@ def train(
             if epoch * steps_per_epoch + k < step:
                 continue  # replaying a resumed job: these steps are in the checkpoint
             if hooks.should_stop():
+                if hooks.checkpoint_on_stop() and step > 0:
+                    checkpoint()
                 raise Cancelled()
             lr = opts.learning_rate * lr_factor(step)
             for g in optimizer.param_groups:
@@ -203,7 +228,7 @@ def train(
             n_step = sum(train_examples[i].n_trained for b in group for i in b) or 1
             loss_sum = 0.0
             for batch in iter_batches(train_examples, group, pad_id):
-                with _autocast(device):
+                with _autocast(device, dtype):
                     loss, _ = completion_loss(model, _to(batch, device))
                 (loss / n_step).backward()
                 loss_sum += loss.item()
@@ -220,7 +245,7 @@ def train(
                                       "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
             end_of_epoch = k == len(groups) - 1
             if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
-                val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+                val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
                 metric["validation_loss"] = val_loss
             hooks.on_step(metric)
             if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
@@ -229,7 +254,7 @@ def train(
                 last_ckpt = time.perf_counter()
 
     if val_loss is None:
-        val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+        val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
     final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                    if epoch_losses else float("nan"))
     adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
