@@ -185,9 +185,10 @@ class Shell:
                     statements, buffer = sqltext.split(buffer)
                     good = True
                     for sql in statements:
-                        good = self.run_sql(sql)
-                        if not good and (bail or self.interrupted):
-                            break
+                        if not self.run_sql(sql):
+                            good = False
+                            if bail or self.interrupted:
+                                break
                 ok = ok and good
                 if (not good and bail) or self.interrupted:
                     return False

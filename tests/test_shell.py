@@ -133,9 +133,9 @@ def test_error_message_forms():
 
 
 def test_stdin_script_goes_on_after_an_error_and_exits_1_like_duckdb(tmp_path):
-    script = "CREATE TABLE t AS SELECT 41 AS x;\nSELECT nope;\nSELECT x + 1 AS y\nFROM t;\n"
+    script = "CREATE TABLE t AS SELECT 41 AS x;\nSELECT nope; SELECT x + 1 AS y FROM t;\nSELECT x\nFROM t WHERE x > 99;\n"
     r = run(str(tmp_path / "db.duckdb"), "-csv", stdin=script)
-    assert r.returncode == 1 and r.stdout == "y\n42\n" and r.stderr.startswith("Binder Error:")
+    assert r.returncode == 1 and r.stdout == "y\n42\nx\n" and r.stderr.startswith("Binder Error:")
     r = run(str(tmp_path / "db2.duckdb"), "-csv", "-bail", stdin=script)
     assert r.returncode == 1 and r.stdout == ""
 
