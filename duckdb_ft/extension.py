@@ -88,8 +88,8 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_try_complete_opts", complete(True, True), [V, V, V, V]),
     ]
     for name, fn, params in udfs:
-        con.create_function(name, _udf(fn, len(params)), params, V, type="arrow", null_handling="special", side_effects=False)
-    con.create_function("__ft_engine", lambda: engine.id, [], V, side_effects=False)
+        con.create_function(name, _udf(fn, len(params)), params, V, type="arrow", null_handling="special", side_effects=True)
+    con.create_function("__ft_engine", lambda: engine.id, [], V, side_effects=True)
 
 
 def _show(engine: Engine, session: Session, args: list) -> str:
