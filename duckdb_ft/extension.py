@@ -182,6 +182,31 @@ def _macros(session_id: str) -> list[str]:
     ]
 
 
+def _cortex_macros() -> list[str]:
+    """``SNOWFLAKE.CORTEX.FINETUNE / COMPLETE / TRY_COMPLETE``, so Cortex scripts run unchanged.
+
+    They live in an in-memory database attached as ``snowflake`` (instance-wide, never written to the user's file)
+    and find the calling connection's session through its temporary macro ``__ft_session_id()``.
+    """
+    s = "__ft_session_id()"
+
+    def ft(n: int) -> str:
+        args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
+        return f"__ft_finetune({s}, action::VARCHAR, {', '.join(args)})"
+
+    overloads = ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {ft(n)}" for n in range(1, 7))
+    return [
+        "ATTACH IF NOT EXISTS ':memory:' AS snowflake",
+        "CREATE SCHEMA IF NOT EXISTS snowflake.cortex",
+        f"CREATE OR REPLACE MACRO snowflake.cortex.finetune{overloads}",
+        f"""CREATE OR REPLACE MACRO snowflake.cortex.complete(model, prompt) AS __ft_complete(model, prompt, {s}),
+            (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+        f"""CREATE OR REPLACE MACRO snowflake.cortex.try_complete(model, prompt)
+                AS __ft_try_complete(model, prompt, {s}),
+            (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+    ]
+
+
 def _engine_of(con: Any) -> Engine | None:
     try:
         engine_id = con.execute("SELECT __ft_engine()").fetchall()[0][0]
@@ -208,9 +233,17 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
             engine = Engine(con, resume_jobs=resume_jobs)
             _register_udfs(con, engine)
             _engines[engine.id] = engine
+            new = True
+        else:
+            new = False
         session = engine.new_session(user)
         for sql in _macros(session.id):
             con.execute(sql)
+        if new:  # after the session's macros: the Cortex macros call __ft_session_id()
+            attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+            if "snowflake" not in attached:  # a user's own database of that name wins
+                for sql in _cortex_macros():
+                    con.execute(sql)
         return session
 
 

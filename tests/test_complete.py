@@ -130,3 +130,15 @@ def test_install_twice_is_harmless_and_works_on_cursors(tiny_model_path):
 def test_options_parse_defaults():
     assert completion.CompleteOptions.parse(None) == completion.CompleteOptions()
     assert completion.CompleteOptions.parse('{"max_tokens": 7}').max_tokens == 7
+
+
+def test_snowflake_cortex_names_work_unchanged(con, tiny_model_path):
+    """Cortex scripts call SNOWFLAKE.CORTEX.COMPLETE / TRY_COMPLETE / FINETUNE: the same functions answer."""
+    plain = q(con, "SELECT complete(?, 'hi', '{\"max_tokens\": 3}')::JSON->'choices'", tiny_model_path)
+    cortex = q(con, "SELECT SNOWFLAKE.CORTEX.COMPLETE(?, 'hi', '{\"max_tokens\": 3}')::JSON->'choices'",
+               tiny_model_path)
+    assert plain == cortex
+    assert q(con, "SELECT SNOWFLAKE.CORTEX.TRY_COMPLETE('nope', 'hi')") == [(None,)]
+    assert q(con, "SELECT SNOWFLAKE.CORTEX.FINETUNE('SHOW')") == [("[]",)]
+    cur = con.cursor()  # another connection finds its own session through the same macros
+    assert q(cur, "SELECT snowflake.cortex.finetune('SHOW')") == [("[]",)]
