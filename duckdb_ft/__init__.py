@@ -26,7 +26,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "install", "execute", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
+    "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
     "AlreadyExists", "PermissionDenied", "JobError", "__version__",
 ]
 
@@ -70,6 +70,18 @@ def execute(con: Any, sql: str, params: Any = None) -> Any:
     from .router import execute as _execute
 
     return _execute(con, sql, params)
+
+
+def export_model(con: Any, name: str, folder: str) -> str:
+    """Write fine-tuned model ``name`` as a PEFT adapter folder (adapter weights, config, tokenizer); its path.
+
+    ``PeftModel.from_pretrained(base_model, folder)`` loads it. Needs OWNERSHIP of the model.
+    """
+    from .export import export_model as _export
+    from .router import session_of
+
+    session = con.session if hasattr(con, "session") else session_of(con)
+    return _export(session, name, folder)
 
 
 def wait(con: Any, job_id: str, timeout: float | None = None) -> str:

@@ -133,8 +133,30 @@ def _complete_demo(database: str | None) -> int:
     return 0
 
 
+def export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="duckdb-ft export",
+                                description="Write a fine-tuned model as a PEFT adapter folder "
+                                            "(PeftModel.from_pretrained(base, FOLDER) loads it).")
+    p.add_argument("database", help="database file holding the model")
+    p.add_argument("model", help="model name (name or schema.name)")
+    p.add_argument("folder", help="folder to create")
+    args = p.parse_args(argv)
+    import duckdb_ft
+
+    from .shell import error_message
+
+    try:
+        con = duckdb_ft.connect(args.database, read_only=True)
+        path = duckdb_ft.export_model(con, args.model, args.folder)
+    except Exception as e:  # noqa: BLE001 - one message, no traceback
+        print(f"Error: {error_message(e)}", file=sys.stderr)
+        return 1
+    print(f"Exported {args.model} to {path}")
+    return 0
+
+
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.
-SUBCOMMANDS = {"demo": demo}
+SUBCOMMANDS = {"demo": demo, "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,7 +241,7 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
             con.execute(sql)
         if new:  # after the session's macros: the Cortex macros call __ft_session_id()
             attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
-            if "snowflake" not in attached:  # a user's own database of that name wins
+            if "snowflake" not in attached and not engine.read_only:  # a user's own database of that name wins
                 for sql in _cortex_macros():
                     con.execute(sql)
         return session

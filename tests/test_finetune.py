@@ -256,3 +256,40 @@ def test_model_persists_in_the_database_file(tmp_path, tiny_model_path):
     assert one(con, "SELECT complete('keeper', 'Say the word 2')") == before
     assert describe(con, job)["status"] == "SUCCESS"
     con.close()
+
+
+def test_export_writes_a_peft_folder_that_peft_loads(tmp_path, tiny_model_path):
+    """duckdb-ft export: PeftModel.from_pretrained(base, folder) gives the same completion as COMPLETE."""
+    import subprocess
+    import sys
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    db = str(tmp_path / "export.duckdb")
+    con = duckdb_ft.connect(db)
+    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
+    job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
+    assert wait(con, job) == "SUCCESS"
+    ours = json.loads(one(con, "SELECT complete('exported', 'Say the word 3', '{\"max_tokens\": 6}')"))
+    con.close()
+
+    folder = tmp_path / "adapter"
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", "export", db, "exported", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
+    again = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", "export", db, "exported", str(folder)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), folder).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "Say the word 3"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert text.startswith(ours["choices"][0]["messages"][:10])
+    assert "apple" in text
