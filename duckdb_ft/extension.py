@@ -157,20 +157,27 @@ _HISTORY_TYPE = json.dumps([{"step": "BIGINT", "epoch": "DOUBLE", "training_loss
                              "elapsed_s": "DOUBLE"}])
 
 
+def _finetune_call(session: str, n: int) -> str:
+    """The UDF call behind an ``n``-argument finetune(...): every argument as VARCHAR, the rest NULL."""
+    args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
+    return f"__ft_finetune({session}, action::VARCHAR, {', '.join(args)})"
+
+
+def _finetune_overloads(session: str) -> str:
+    """finetune's 1- to 6-argument overloads, for CREATE MACRO."""
+    return ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {_finetune_call(session, n)}"
+                     for n in range(1, 7))
+
+
 def _macros(session_id: str) -> list[str]:
     s = f"'{session_id}'"
     yield_ = [f"CREATE OR REPLACE TEMP MACRO __ft_session_id() AS {s}"]
     # to_json lets the 3-argument form take a prompt string or a list of {role, content} structs alike.
-    def ft(n: int) -> str:
-        args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
-        return f"__ft_finetune({s}, action::VARCHAR, {', '.join(args)})"
-
-    overloads = ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {ft(n)}" for n in range(1, 7))
     return yield_ + [
-        f"CREATE OR REPLACE TEMP MACRO finetune{overloads}",
+        f"CREATE OR REPLACE TEMP MACRO finetune{_finetune_overloads(s)}",
         f"""CREATE OR REPLACE TEMP MACRO finetune(action) AS TABLE
-              (SELECT unnest(from_json({ft(1)}, '{_SHOW_TYPE}'), recursive := true)),
-            (action, a1) AS TABLE (SELECT unnest(from_json({ft(2)}, '{_DESCRIBE_TYPE}')))""",
+              (SELECT unnest(from_json({_finetune_call(s, 1)}, '{_SHOW_TYPE}'), recursive := true)),
+            (action, a1) AS TABLE (SELECT unnest(from_json({_finetune_call(s, 2)}, '{_DESCRIBE_TYPE}')))""",
         f"CREATE OR REPLACE TEMP MACRO ft_execute(statement) AS __ft_execute({s}, statement::VARCHAR)",
         f"""CREATE OR REPLACE TEMP MACRO finetune_history(job_id) AS TABLE
               (SELECT unnest(from_json(__ft_finetune_history({s}, job_id::VARCHAR), '{_HISTORY_TYPE}'),
@@ -189,16 +196,10 @@ def _cortex_macros() -> list[str]:
     and find the calling connection's session through its temporary macro ``__ft_session_id()``.
     """
     s = "__ft_session_id()"
-
-    def ft(n: int) -> str:
-        args = [f"a{i}::VARCHAR" for i in range(1, n)] + ["NULL"] * (6 - n)
-        return f"__ft_finetune({s}, action::VARCHAR, {', '.join(args)})"
-
-    overloads = ", ".join(f"({', '.join(['action'] + [f'a{i}' for i in range(1, n)])}) AS {ft(n)}" for n in range(1, 7))
     return [
         "ATTACH IF NOT EXISTS ':memory:' AS snowflake",
         "CREATE SCHEMA IF NOT EXISTS snowflake.cortex",
-        f"CREATE OR REPLACE MACRO snowflake.cortex.finetune{overloads}",
+        f"CREATE OR REPLACE MACRO snowflake.cortex.finetune{_finetune_overloads(s)}",
         f"""CREATE OR REPLACE MACRO snowflake.cortex.complete(model, prompt) AS __ft_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE MACRO snowflake.cortex.try_complete(model, prompt)
