@@ -58,6 +58,10 @@ def connect(path: str | None = None, *, user: str | None = None, read_only: bool
     from .extension import install as _install
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
+    if "enable_progress_bar" not in (config or {}):
+        # DuckDB draws a bar on stdout for queries over 2 s (a CREATE copying rows, a COMPLETE over a table):
+        # it would corrupt a script's output. The shell and notebooks show their own progress.
+        con.execute("SET enable_progress_bar = false")
     session = _install(con, user=user, resume_jobs=resume_jobs)
     return Connection(con, session, root=True)
 

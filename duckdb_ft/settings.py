@@ -47,6 +47,9 @@ class TrainingOptions:
     """Seed of LoRA initialisation and batch order."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third slower."""
+    dtype: str = "auto"
+    """Matrix products in "bfloat16" (autocast; the weights stay float32) or "float32"; "auto" is bfloat16 where
+    the hardware computes it natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16), else float32."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -135,6 +138,12 @@ def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
 
+def _one_of(*values: str):
+    def check(v: Any) -> str | None:
+        return None if v in values else "must be one of " + ", ".join(f'"{x}"' for x in values)
+    return check
+
+
 _lr = _float(0.0, 1.0, lo_open=True)
 _frac = _float(0.0, 0.5)
 _dropout = _float(0.0, 0.9)
@@ -159,5 +168,6 @@ _CHECKS = {
     "eval_steps": _int(0, 1_000_000),
     "seed": _int(0, 2**31 - 1),
     "gradient_checkpointing": _bool,
+    "dtype": _one_of("auto", "float32", "bfloat16"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
