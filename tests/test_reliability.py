@@ -222,7 +222,7 @@ def fuzz_db(tiny_model_path):
     con.execute("CREATE TABLE faq AS SELECT 'q' || i AS q, 'a' || i AS a FROM range(12) t(i)")
     job = con.execute("SELECT finetune('CREATE', 'taken', ?, 'SELECT q AS prompt, a AS completion FROM faq', "
                       "NULL, '{\"max_epochs\": 1}')", [tiny_model_path]).fetchall()[0][0]
-    duckdb_ft.wait(con, job)
+    assert duckdb_ft.wait(con, job) == "SUCCESS"  # the name 'taken' must be held by a model
     yield con
     con.close()
 
