@@ -58,10 +58,15 @@ def connect(path: str | None = None, *, user: str | None = None, read_only: bool
     from .extension import install as _install
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
-    if "enable_progress_bar" not in (config or {}):
+    if "enable_progress_bar" not in (config or {}) and con.execute(
+            "SELECT current_setting('enable_progress_bar')").fetchall()[0][0]:
         # DuckDB draws a bar on stdout for queries over 2 s (a CREATE copying rows, a COMPLETE over a table):
-        # it would corrupt a script's output. The shell and notebooks show their own progress.
-        con.execute("SET enable_progress_bar = false")
+        # it would corrupt a script's output. The shell and notebooks show their own progress. (In Jupyter
+        # without ipywidgets the bar is already off, and DuckDB refuses any SET of it: hence the check.)
+        try:
+            con.execute("SET enable_progress_bar = false")
+        except duckdb.Error:  # in Jupyter DuckDB refuses to touch the setting without ipywidgets: leave it
+            pass
     session = _install(con, user=user, resume_jobs=resume_jobs)
     return Connection(con, session, root=True)
 
