@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 import duckdb_ft
-from duckdb_ft.demo import dataset, run, scoring
+from duckdb_ft.demo import dataset, run, runner, scoring
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +76,11 @@ def test_extract_sql_strips_fences_and_semicolons():
     assert scoring.extract_sql(None) == ""
 
 
-def test_prompt_macro_matches_the_python_prompt(tmp_path):
+def test_prompt_macro_matches_the_python_prompt():
     con = duckdb.connect()
-    from duckdb_ft.demo import runner
-
     runner._build(con, lambda *a: None, quick=True)
     q = "How many customers live in Lima?"
-    assert con.execute("SELECT sql_prompt(?)", [q]).fetchone()[0] == dataset.prompt_for(q)
+    assert con.execute("SELECT sql_prompt(?)", [q]).fetchall()[0][0] == dataset.prompt_for(q)
 
 
 def test_quick_run_end_to_end(tmp_path, tiny_model_path):
@@ -92,7 +90,7 @@ def test_quick_run_end_to_end(tmp_path, tiny_model_path):
     text = out.getvalue()
     assert "execution accuracy of shop_sql" in text and f"lives in {path}" in text
     con = duckdb_ft.connect(path)
-    assert con.execute("SELECT count(*) FROM sql_predictions").fetchone()[0] == 2 * run.__globals__["QUICK_SIZES"][1]
+    assert con.execute("SELECT count(*) FROM sql_predictions").fetchall()[0][0] == 2 * runner.QUICK_SIZES[1]
     assert con.execute("SELECT status FROM finetune('SHOW')").fetchall() == [("SUCCESS",)]
     con.close()
     # a second run in the same file trains a model of another name

@@ -39,7 +39,6 @@ def test_quickstart_notebook_runs(tmp_path, tiny_model_path, kernel_manager, mon
     from nbclient import NotebookClient
 
     monkeypatch.setenv("DUCKDB_FT_NOTEBOOK_MODEL", tiny_model_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PLOOMBER_STATS_ENABLED", "false")  # jupysql's telemetry: nothing leaves a test run
     # The tiny model's steps are too small for two threads: on a busy 2-core machine OpenMP's waiting made them
     # ~8x slower (2.7 s a step, against 0.35 s with one thread).

@@ -95,6 +95,8 @@ class Template:
     phrasings: tuple[str, ...]
     sql: str
     values: Callable[[Shop], list[dict[str, Any]]]
+    train: int = 12
+    """Training pairs wanted (fewer when the phrasings and values do not make that many): joins need more."""
 
 
 def _each(key: str, items: list[Any]) -> Callable[[Shop], list[dict[str, Any]]]:
@@ -124,7 +126,7 @@ TEMPLATES = [
     Template("city_of_customer", (
         "Where does {customer} live?", "Which city is {customer} from?", "What city does {customer} live in?",
         "In which city is the customer {customer}?"),
-        "SELECT city FROM customers WHERE name = '{customer}'", _customers),
+        "SELECT city FROM customers WHERE name = '{customer}'", _customers, train=14),
     Template("joined_in_year", (
         "Which customers joined in {year}?", "List the customers who signed up in {year}.",
         "Show customers that joined during {year}.", "Name the customers whose join date is in {year}."),
@@ -145,7 +147,7 @@ TEMPLATES = [
     Template("price_of", (
         "What does the {product} cost?", "How much is the {product}?", "What is the price of the {product}?",
         "Tell me the price of {product}."),
-        "SELECT price FROM products WHERE name = '{product}'", _products),
+        "SELECT price FROM products WHERE name = '{product}'", _products, train=14),
     Template("average_price", (
         "What is the average price of {category} products?", "Average price in the {category} category?",
         "How much does a {category} product cost on average?", "Compute the mean price of products in {category}."),
@@ -170,7 +172,8 @@ TEMPLATES = [
         "How many orders were placed in {month} {year}?", "Count the orders from {month} {year}.",
         "Number of orders in {month} {year}?", "How many orders did we get during {month} {year}?"),
         "SELECT count(*) FROM orders WHERE year(ordered_on) = {year} AND month(ordered_on) = {m}",
-        lambda shop: [{"month": MONTHS[m - 1], "m": m, "year": y} for y in (2023, 2024) for m in range(1, 13)]),
+        lambda shop: [{"month": MONTHS[m - 1], "m": m, "year": y} for y in (2023, 2024) for m in range(1, 13)],
+        train=14),
     Template("big_orders", (
         "How many orders have a quantity of at least {n}?", "Count the orders with {n} or more units.",
         "Number of orders where the quantity is at least {n}?", "How many orders contain {n} units or more?"),
@@ -178,11 +181,11 @@ TEMPLATES = [
     Template("units_sold", (
         "How many units of {product} have been sold?", "What is the total quantity ordered of {product}?",
         "How many {product} items did we sell?", "Give the number of units sold of {product}."),
-        f"SELECT sum(o.quantity) {_J_OP} WHERE p.name = '{{product}}'", _products),
+        f"SELECT sum(o.quantity) {_J_OP} WHERE p.name = '{{product}}'", _products, train=24),
     Template("orders_of_customer", (
         "How many orders has {customer} placed?", "Count the orders of {customer}.",
         "What is the number of orders made by {customer}?", "How many times has {customer} ordered?"),
-        f"SELECT count(*) {_J_OC} WHERE c.name = '{{customer}}'", _customers),
+        f"SELECT count(*) {_J_OC} WHERE c.name = '{{customer}}'", _customers, train=24),
     Template("revenue_of_category", (
         "What is the total revenue from {category} products?", "How much money did {category} products bring in?",
         "Total sales amount of the {category} category?", "Compute the revenue of {category}."),
@@ -191,12 +194,12 @@ TEMPLATES = [
         "How much has {customer} spent in total?", "What is the total amount spent by {customer}?",
         "How much money has {customer} spent with us?", "Sum up what {customer} paid for all orders."),
         f"SELECT sum(o.quantity * p.price) {_J_OP} JOIN customers c ON o.customer_id = c.id "
-        f"WHERE c.name = '{{customer}}'", _customers),
+        f"WHERE c.name = '{{customer}}'", _customers, train=24),
     Template("buyers_of_product", (
         "Which customers bought the {product}?", "Who ordered the {product}?",
         "List the customers who purchased {product}.", "Name everyone who has bought a {product}."),
         f"SELECT DISTINCT c.name {_J_OC} JOIN products p ON o.product_id = p.id WHERE p.name = '{{product}}'",
-        _products),
+        _products, train=24),
 ]
 
 
@@ -213,11 +216,10 @@ class Pair:
         return prompt_for(self.question)
 
 
-def make_pairs(shop: Shop | None = None, *, train_per_template: int = 16, seed: int = SEED
-               ) -> tuple[list[Pair], list[Pair]]:
+def make_pairs(shop: Shop | None = None, *, seed: int = SEED) -> tuple[list[Pair], list[Pair]]:
     """(training pairs, held-out pairs), deterministic.
 
-    Per template: up to ``train_per_template`` training pairs from the first phrasings and some of the values;
+    Per template: up to ``Template.train`` training pairs from the first phrasings and some of the values;
     held out: one pair with the last phrasing (never trained on), and, where the template has values to spare,
     one or two pairs with a trained phrasing and a value the template never saw in training.
     """
@@ -236,7 +238,7 @@ def make_pairs(shop: Shop | None = None, *, train_per_template: int = 16, seed: 
         combos = [(k, v) for v in values for k in trained]
         rng.shuffle(combos)
         train.extend(Pair(t.name, t.phrasings[k].format(**v), t.sql.format(**v), k)
-                     for k, v in combos[:train_per_template])
+                     for k, v in combos[:t.train])
         held, last = rng.choice(values), len(t.phrasings) - 1
         test.append(Pair(t.name, t.phrasings[last].format(**held), t.sql.format(**held), last, "phrasing"))
         for v in fresh:
