@@ -100,7 +100,10 @@ def _run(database: str | None, base_model: str, quick: bool, out: TextIO) -> int
         return 130
     finally:
         con.close()
-    return 0 if quick or after.right > before.right else 1
+    if quick or after.right > before.right:
+        return 0
+    out.write("The fine-tuned model did not beat the base model.\n")
+    return 1
 
 
 def _printer(out: TextIO):
@@ -144,7 +147,7 @@ def _build(con: Any, say, quick: bool) -> tuple[int, int]:
 
 
 def _evaluate(con: Any, scorer: scoring.Scorer, say, model: str, options: dict[str, Any]) -> Score:
-    sql = (f"SELECT id, sql, complete('{model}', sql_prompt(question), '{json.dumps(options)}')::JSON\n"
+    sql = (f"SELECT id, sql, complete({_sql_literal(model)}, sql_prompt(question), '{json.dumps(options)}')::JSON\n"
            f"       ->> '$.choices[0].messages' AS answer\n"
            f"FROM sql_pairs WHERE split = 'test' ORDER BY id")
     _show_sql(say, sql)
@@ -168,7 +171,7 @@ def _finetune(con: Any, say, out: TextIO, base_model: str, options: dict[str, An
     name = _free_name(con, MODEL_NAME)
     training = "SELECT sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs WHERE split = 'train'"
     validation = "SELECT sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs WHERE split = 'test'"
-    sql = (f"SELECT finetune('CREATE', '{name}', '{base_model}',\n"
+    sql = (f"SELECT finetune('CREATE', '{name}', {_sql_literal(base_model)},\n"
            f"    {_sql_literal(training)},\n"
            f"    {_sql_literal(validation)},\n"
            f"    '{json.dumps(options)}')")
