@@ -12,6 +12,7 @@ Loaded models are kept in the process and shared by every call and query that na
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import re
@@ -131,7 +132,7 @@ def resolve(name: str) -> str:
         raise ModelNotFound("a model name must be a non-empty string, for example 'smollm2-135m'")
     key = name.strip()
     if key.lower() in BUILTIN:
-        return str(BUILTIN[key.lower()]())
+        return str(BUILTIN[key.lower()]().resolve())
     path = Path(key).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -194,6 +195,9 @@ class LoadedModel:
     tokenizer: Any
     lock: threading.RLock = field(default_factory=threading.RLock)
     adapters: set[str] = field(default_factory=set)
+    weights: dict[str, Any] = field(default_factory=dict)
+    """Every parameter and buffer by name, taken at load time, before an adapter wraps ``model``: what training
+    modules share (``load_for_training``)."""
 
     @property
     def context_length(self) -> int:
@@ -216,6 +220,8 @@ def load_tokenizer(path: str) -> Any:
 def load(name: str) -> LoadedModel:
     """Load (or reuse) a base model by name. Thread-safe; one copy per resolved folder per process."""
     path = resolve(name)
+    if os.path.isdir(path):
+        path = os.path.realpath(path)  # one key per folder, however it was named
     with _load_lock:
         if path in _loaded:
             return _loaded[path]
@@ -231,7 +237,9 @@ def load(name: str) -> LoadedModel:
         model.to(device())
         model.eval()
         model.requires_grad_(False)
-        loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer)
+        weights = dict(model.named_parameters(remove_duplicate=False))
+        weights.update(model.named_buffers(remove_duplicate=False))
+        loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, weights=weights)
         _loaded[path] = loaded
         return loaded
 
@@ -245,14 +253,41 @@ def unload_all() -> None:
 # --------------------------------------------------------------------------------------------------- training
 
 
-def load_for_training(path: str) -> Any:
-    """A private fp32 copy of a base model to train LoRA on (peft wraps the module in place)."""
+def load_for_training(name: str, attn_implementation: str | None = None) -> Any:
+    """A module to train LoRA on, sharing every weight with the cached base model that COMPLETE uses.
+
+    peft wraps the module it trains in place, so training needs a module tree of its own, but not weights of its
+    own: the base weights stay frozen while LoRA trains, so the tree is built on the meta device (nothing is
+    allocated) and each of its parameters and buffers is then the cached model's tensor. One copy of the base model
+    serves COMPLETE (with any adapters) and training jobs at once (a COMPLETE during training reads the same
+    tensors), and the base model is loaded once per process, not once per job.
+
+    Args:
+        name: a base-model name or a resolved folder (anything ``load`` takes).
+        attn_implementation: the training module's attention (None: the model's default); the cached model keeps
+            its own.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    _quiet()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.to(device())
+    loaded = load(name)
+    config = copy.deepcopy(loaded.model.config)  # from_config writes the attention choice into the config it gets
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
+    for full_name, tensor in loaded.weights.items():
+        owner, _, leaf = full_name.rpartition(".")
+        module = model.get_submodule(owner)
+        if leaf in module._parameters:
+            module._parameters[leaf] = tensor
+        elif leaf in module._buffers:
+            module._buffers[leaf] = tensor
+        else:
+            raise ModelLoadError(f"cannot share the weights of '{name}': {full_name} has no place in a fresh module")
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelLoadError(f"cannot share the weights of '{name}': {', '.join(left[:5])} missing at load time")
+    model.requires_grad_(False)
     return model
 
 

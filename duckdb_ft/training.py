@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import kernels
 from .data import IGNORE, Example, iter_batches, length_grouped_batches
 from .settings import TrainingOptions
 
@@ -147,6 +148,14 @@ def _autocast(device: str, dtype: Any = None) -> Any:
     return torch.autocast(device, dtype=dtype)
 
 
+def _cpu_fast_paths(base: Any) -> None:
+    """Attention by explicit products for short batches (``kernels``), where the model lets us choose."""
+    try:
+        base.set_attn_implementation(kernels.register_attention())
+    except Exception:  # an architecture without the attention interface keeps its own
+        pass
+
+
 def schedule(opts: TrainingOptions, total_steps: int) -> Callable[[int], float]:
     """Linear warm-up to 1, then linear decay to 0, as a multiplier of the peak learning rate."""
     warmup = int(math.ceil(opts.warmup_ratio * total_steps))
@@ -168,7 +177,8 @@ def train(
     hooks: Hooks | None = None,
     resume: bytes | None = None,
 ) -> TrainResult:
-    """Train LoRA adapters on ``base`` (a fresh, private copy of the base model: peft wraps it in place)."""
+    """Train LoRA adapters on ``base``: a module tree of its own (peft wraps it in place), whose frozen weights may
+    be shared with other modules (``models.load_for_training``): they are only read."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -177,9 +187,13 @@ def train(
     dtype = compute_dtype(opts, device)
     torch.manual_seed(opts.seed)
     cfg = lora_config(base, opts)
+    if device == "cpu":
+        _cpu_fast_paths(base)
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(base, cfg)
+    if device == "cpu":
+        kernels.fast_dropout(model)
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
