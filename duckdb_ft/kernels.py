@@ -5,6 +5,9 @@
   ~300 tokens. It is registered with transformers as the attention implementation ``duckdb_ft``: short right-padded
   batches take the explicit path (keeping only the bf16 probabilities for the backward pass, a third of what the
   eager implementation keeps); anything else goes to ``sdpa``, unchanged.
+- ``completion_cross_entropy``: the loss on completion tokens through the LM head, which keeps only the logits
+  as the matrix product gave them (bf16 under autocast) for the backward pass, instead of those plus their fp32
+  copy, the log-softmax and its gradient: a quarter of the memory of the plain path, and no more arithmetic.
 - ``FastDropout``: peft's LoRA dropout draws one Bernoulli sample per element with torch's serial sampler (about
   12% of a one-thread training step, more with two threads, as the sampler does not parallelize); this draws 16
   random bits per element, four per 64-bit draw, and compares them with a threshold.
@@ -18,8 +21,9 @@ from typing import Any
 import torch
 
 ATTENTION = "duckdb_ft"
-EXPLICIT_MAX_LENGTH = 320  # past this, torch's fused kernel is faster on a CPU
-EXPLICIT_MAX_SCORES = 8 * 9 * 320 * 320  # probabilities kept per layer (bf16): about 15 MB
+EXPLICIT_MAX_LENGTH = 256  # about where torch's fused kernel catches up on a CPU
+EXPLICIT_MAX_SCORES = 8 * 9 * 256 * 256  # probabilities kept per layer (bf16): at most about 9 MB
+LOGIT_CHUNK = 1 << 24  # logits scored at once in the loss (rows x vocabulary): 64 MB in fp32
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -148,3 +152,52 @@ def fast_dropout(model: Any) -> int:
                 dropouts[name] = fast
                 swapped += 1
     return swapped
+
+
+class _CompletionCrossEntropy(torch.autograd.Function):
+    """Sum over rows of cross-entropy(hidden @ weightᵀ, targets), the LM head frozen; logits scored in chunks."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        rows = max(1, LOGIT_CHUNK // weight.shape[0])
+        logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype, device=hidden.device)
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, hidden.shape[0], rows):
+                chunk = torch.mm(hidden[i:i + rows], weight.t(), out=logits[i:i + rows]).float()
+                lse[i:i + rows] = torch.logsumexp(chunk, dim=-1)
+                total += (lse[i:i + rows] - chunk.gather(1, targets[i:i + rows, None])[:, 0]).sum()
+        ctx.save_for_backward(hidden, weight, targets, logits, lse)
+        ctx.rows = rows
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        hidden, weight, targets, logits, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        rows = ctx.rows
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, hidden.shape[0], rows):
+                # d loss / d logits = softmax - onehot(target)
+                p = logits[i:i + rows].float().sub_(lse[i:i + rows, None]).exp_()
+                p[torch.arange(p.shape[0], device=p.device), targets[i:i + rows]] -= 1.0
+                torch.mm(p.mul_(grad).to(hidden.dtype), weight, out=grad_hidden[i:i + rows])
+        return grad_hidden, None, None
+
+
+def completion_cross_entropy(hidden: torch.Tensor, head: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` against ``targets`` (rows: completion positions).
+
+    Takes the fast path for a frozen, bias-free linear head (the usual LM head, tied or not); anything else is
+    computed the plain way.
+    """
+    import torch.nn.functional as F
+
+    weight = getattr(head, "weight", None)
+    if (not isinstance(head, torch.nn.Linear) or head.bias is not None or weight is None or weight.requires_grad
+            or hidden.shape[0] == 0):
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+        else hidden.dtype
+    return _CompletionCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets)

@@ -92,14 +92,12 @@ def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     Batches are right-padded (``data.collate``), so a causal model needs no attention mask: a real token only
     attends to earlier positions, which are all real. Without a mask, attention takes its plain causal path.
     """
-    import torch.nn.functional as F
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = inner.get_decoder()(input_ids=batch["input_ids"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), int(keep.sum())
+    loss = kernels.completion_cross_entropy(hidden[:, :-1][keep], inner.get_output_embeddings(), labels[keep])
+    return loss, int(keep.sum())
 
 
 def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str,

@@ -1,0 +1,212 @@
+"""The training step's speed-ups change no result: loss, gradients, dropout, batching, dtype, shared weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from duckdb_ft import data, kernels, models, training
+from duckdb_ft.settings import TrainingOptions
+
+PAIRS = [
+    ("What is the capital of France?", "Paris."),
+    ("Write a SQL query counting the rows of table orders.", "SELECT count(*) FROM orders;"),
+    ("Summarize: the parcel arrived late and the box was crushed, so the customer wants a refund.",
+     "A late, damaged parcel; the customer asks for a refund."),
+    ("Hi", "Hello! How can I help you today? Ask me anything about your order, and I will look it up."),
+    ("Translate 'good morning' to Spanish.", "Buenos días."),
+    ("List three primary colours.", "Red, yellow and blue."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    tokenizer = models.load_tokenizer(tiny_model_path)
+    examples = data.tokenize_pairs(tokenizer, PAIRS, 128)
+    return tiny_model_path, tokenizer, examples
+
+
+def peft_model(path, dropout=0.0, attention=None):
+    from peft import get_peft_model
+
+    base = models.load_for_training(path, attention)
+    torch.manual_seed(0)
+    model = get_peft_model(base, training.lora_config(base, TrainingOptions(lora_dropout=dropout, lora_r=4)))
+    for name, p in model.named_parameters():  # LoRA B starts at zero: give it weights, so the adapter matters
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def reference_loss(model, batch):
+    """The textbook loss: full-vocabulary logits at every position, with the attention mask, fp32."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != data.IGNORE
+    return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), int(keep.sum())
+
+
+def lora_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_loss_and_gradients_equal_the_full_logits_reference(tiny):
+    """No mask on right-padded batches, logits only at completion positions, explicit attention: same numbers."""
+    path, tokenizer, examples = tiny
+    batch = data.collate(examples, tokenizer.pad_token_id)
+    assert (batch["attention_mask"] == 0).any()  # the batch is padded: the mask matters to the reference
+    kernels.register_attention()
+    ours = peft_model(path, attention=kernels.ATTENTION)
+    ref = peft_model(path)
+    loss, n = training.completion_loss(ours, batch)
+    expected, n_ref = reference_loss(ref, batch)
+    assert n == n_ref == sum(e.n_trained for e in examples)  # position 0 is always prompt
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    (loss / n).backward()
+    (expected / n).backward()
+    got, want = lora_grads(ours), lora_grads(ref)
+    assert got.keys() == want.keys() and got
+    for name in got:
+        scale = want[name].abs().max().item()
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_bf16_loss_is_close_to_fp32(tiny):
+    path, tokenizer, examples = tiny
+    model = peft_model(path)
+    fp32 = training.evaluate(model, examples, 4, tokenizer.pad_token_id, "cpu", torch.float32)
+    bf16 = training.evaluate(model, examples, 4, tokenizer.pad_token_id, "cpu", torch.bfloat16)
+    assert bf16 == pytest.approx(fp32, rel=0.01)
+
+
+def test_compute_dtype_option():
+    assert training.compute_dtype(TrainingOptions(dtype="float32"), "cpu") == torch.float32
+    assert training.compute_dtype(TrainingOptions(dtype="bfloat16"), "cpu") == torch.bfloat16
+    assert training.compute_dtype(TrainingOptions(), "cpu") in (torch.float32, torch.bfloat16)
+    assert TrainingOptions.parse('{"dtype": "bfloat16"}').dtype == "bfloat16"
+    with pytest.raises(Exception, match='dtype must be one of "auto", "float32", "bfloat16"'):
+        TrainingOptions.parse('{"dtype": "float16"}')
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_matches_sdpa(dtype):
+    torch.manual_seed(0)
+    b, heads, kv, length, dim = 3, 6, 2, 41, 16
+    q = torch.randn(b, heads, length, dim, requires_grad=True)
+    k = torch.randn(b, kv, length, dim, requires_grad=True)
+    v = torch.randn(b, kv, length, dim, requires_grad=True)
+    weights = torch.randn(b, length, heads, dim)
+
+    class Module(torch.nn.Module):
+        pass
+
+    out, _ = kernels.causal_attention(Module(), q.to(dtype), k.to(dtype), v.to(dtype), None)
+    (out.float() * weights).sum().backward()
+    got = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+    (ref * weights).sum().backward()
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
+    torch.testing.assert_close(out.float(), ref, **tol)
+    for g, t in zip(got, (q, k, v)):
+        torch.testing.assert_close(g, t.grad, **tol)
+
+
+def test_explicit_attention_leaves_long_and_masked_batches_to_sdpa(monkeypatch):
+    calls = []
+    import transformers.integrations.sdpa_attention as sdpa
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape) or ("sdpa", None))
+
+    class Module(torch.nn.Module):
+        pass
+
+    long = torch.randn(1, 2, kernels.EXPLICIT_MAX_LENGTH + 1, 8)
+    assert kernels.causal_attention(Module(), long, long, long, None)[0] == "sdpa"
+    short = torch.randn(1, 2, 5, 8)
+    assert kernels.causal_attention(Module(), short, short, short, torch.ones(1, 1, 5, 5, dtype=torch.bool))[0] == "sdpa"
+    assert len(calls) == 2
+
+
+def test_completion_cross_entropy_matches_reference(monkeypatch):
+    monkeypatch.setattr(kernels, "LOGIT_CHUNK", 300 * 7)  # several chunks
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False).requires_grad_(False)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (23,))
+    loss = kernels.completion_cross_entropy(hidden, head, targets)
+    (2 * loss).backward()
+    got = hidden.grad.clone()
+    hidden.grad = None
+    ref = F.cross_entropy(head(hidden), targets, reduction="sum")
+    (2 * ref).backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(got, hidden.grad)
+
+
+def test_fast_dropout_keeps_the_distribution_and_the_gradient():
+    torch.manual_seed(0)
+    drop = kernels.FastDropout(0.05)
+    x = torch.randn(400, 500, requires_grad=True)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.05, abs=0.003)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - 0.05), rtol=1e-4, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - 0.05), rtol=1e-4, atol=0)
+    assert not torch.equal(drop(x), y)  # fresh randomness each call
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_training_swaps_in_the_cpu_fast_paths(tiny):
+    path, tokenizer, examples = tiny
+    base = models.load_for_training(path)
+    seen = []
+    training.train(base, examples, examples, TrainingOptions(max_epochs=1, batch_size=3, lora_r=4),
+                   tokenizer.pad_token_id, training.Hooks(on_step=seen.append))
+    assert base.config._attn_implementation == kernels.ATTENTION
+    assert any(isinstance(m, kernels.FastDropout) for m in base.modules())
+    assert len(seen) == 2 and all(m["training_loss"] > 0 for m in seen)
+
+
+def test_length_grouping_spends_little_on_padding():
+    """Grouped batches pad under 3% of their positions on lengths as uneven as real rows; random ones pad ~40%."""
+    rng = random.Random(0)
+    examples = [data.Example([1] * n, [1] * n) for n in (min(512, int(rng.lognormvariate(5, 0.5))) for _ in range(400))]
+
+    def padding(batches):
+        positions = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
+        return 1 - sum(len(e.input_ids) for e in examples) / positions
+
+    for epoch in range(3):
+        batches = data.length_grouped_batches(examples, 8, seed=epoch)
+        assert sorted(i for b in batches for i in b) == list(range(400))  # every row once per epoch
+        assert padding(batches) < 0.03
+    order = list(range(400))
+    rng.shuffle(order)
+    assert padding([order[k:k + 8] for k in range(0, 400, 8)]) > 0.25
+
+
+def test_training_module_shares_the_cached_weights(tiny):
+    """One copy of the base weights for COMPLETE and training; training never writes them."""
+    path, tokenizer, examples = tiny
+    loaded = models.load(path)
+    before = {n: t.clone() for n, t in loaded.weights.items()}
+    base = models.load_for_training(path)
+    shared = dict(base.named_parameters(remove_duplicate=False))
+    shared.update(base.named_buffers(remove_duplicate=False))
+    assert shared.keys() == loaded.weights.keys()
+    assert all(shared[n].data_ptr() == loaded.weights[n].data_ptr() for n in shared)
+    attention = loaded.model.config._attn_implementation
+    training.train(base, examples, examples, TrainingOptions(max_epochs=2, batch_size=3, learning_rate=0.05),
+                   tokenizer.pad_token_id)
+    assert loaded.model.config._attn_implementation == attention  # the cached model keeps its own attention
+    for n, t in loaded.weights.items():
+        assert torch.equal(t, before[n]), n
+    assert not any(p.requires_grad for p in loaded.model.parameters())
