@@ -2,7 +2,7 @@
 
     >>> import duckdb_ft
     >>> con = duckdb_ft.connect("shop.duckdb")
-    >>> con.execute("SELECT complete('smollm2-135m', 'What is the capital of France?')").fetchone()
+    >>> con.execute("SELECT complete('smollm2-135m', 'What is the capital of France?')").fetchall()
 
 ``connect()`` opens a database and installs the extension; ``install(con)`` installs it on a connection you
 already have (a notebook's, a BI tool's).
