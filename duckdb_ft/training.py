@@ -7,6 +7,7 @@ saves most of the LM head's time and memory on prompt-heavy data.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -217,58 +218,61 @@ def train(
                     "step": step, "tokens": tokens_seen}, buf)
         hooks.save_checkpoint(step, buf.getvalue())
 
-    start = time.perf_counter()
-    last_ckpt = start
-    val_loss: float | None = None
-    epoch_losses: list[tuple[float, int]] = []
-    for epoch in range(step // steps_per_epoch, opts.max_epochs):
-        batches = length_grouped_batches(train_examples, opts.batch_size, opts.seed + epoch)
-        groups = [batches[k:k + opts.gradient_accumulation_steps]
-                  for k in range(0, len(batches), opts.gradient_accumulation_steps)]
-        epoch_losses = []
-        for k, group in enumerate(groups):
-            if epoch * steps_per_epoch + k < step:
-                continue  # replaying a resumed job: these steps are in the checkpoint
-            if hooks.should_stop():
-                if hooks.checkpoint_on_stop() and step > 0:
-                    checkpoint()
-                raise Cancelled()
-            lr = opts.learning_rate * lr_factor(step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
-            n_step = sum(train_examples[i].n_trained for b in group for i in b) or 1
-            loss_sum = 0.0
-            for batch in iter_batches(train_examples, group, pad_id):
-                with _autocast(device, dtype):
-                    loss, _ = completion_loss(model, _to(batch, device))
-                (loss / n_step).backward()
-                loss_sum += loss.item()
-                tokens_seen += int(batch["attention_mask"].sum())
-            if opts.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_loss = loss_sum / n_step
-            epoch_losses.append((loss_sum, n_step))
-            metric: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "training_loss": train_loss,
-                                      "learning_rate": lr, "tokens": tokens_seen,
-                                      "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
-            end_of_epoch = k == len(groups) - 1
-            if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
-                val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
-                metric["validation_loss"] = val_loss
-            hooks.on_step(metric)
-            if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
-                if step < total_steps:
-                    checkpoint()
-                last_ckpt = time.perf_counter()
+    session = kernels.cpu_session() if device == "cpu" else contextlib.nullcontext(lambda: None)
+    with session as fit_threads:
+        start = time.perf_counter()
+        last_ckpt = start
+        val_loss: float | None = None
+        epoch_losses: list[tuple[float, int]] = []
+        for epoch in range(step // steps_per_epoch, opts.max_epochs):
+            batches = length_grouped_batches(train_examples, opts.batch_size, opts.seed + epoch)
+            groups = [batches[k:k + opts.gradient_accumulation_steps]
+                      for k in range(0, len(batches), opts.gradient_accumulation_steps)]
+            epoch_losses = []
+            for k, group in enumerate(groups):
+                if epoch * steps_per_epoch + k < step:
+                    continue  # replaying a resumed job: these steps are in the checkpoint
+                fit_threads()
+                if hooks.should_stop():
+                    if hooks.checkpoint_on_stop() and step > 0:
+                        checkpoint()
+                    raise Cancelled()
+                lr = opts.learning_rate * lr_factor(step)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
+                n_step = sum(train_examples[i].n_trained for b in group for i in b) or 1
+                loss_sum = 0.0
+                for batch in iter_batches(train_examples, group, pad_id):
+                    with _autocast(device, dtype):
+                        loss, _ = completion_loss(model, _to(batch, device))
+                    (loss / n_step).backward()
+                    loss_sum += loss.item()
+                    tokens_seen += int(batch["attention_mask"].sum())
+                if opts.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_loss = loss_sum / n_step
+                epoch_losses.append((loss_sum, n_step))
+                metric: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "training_loss": train_loss,
+                                          "learning_rate": lr, "tokens": tokens_seen,
+                                          "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
+                end_of_epoch = k == len(groups) - 1
+                if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
+                    val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
+                    metric["validation_loss"] = val_loss
+                hooks.on_step(metric)
+                if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
+                    if step < total_steps:
+                        checkpoint()
+                    last_ckpt = time.perf_counter()
 
-    if val_loss is None:
-        val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
-    final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
-                   if epoch_losses else float("nan"))
+        if val_loss is None:
+            val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
+        final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
+                       if epoch_losses else float("nan"))
     adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
     return TrainResult(adapter=adapter, lora_config=config_dict(cfg), training_loss=final_train,
                        validation_loss=val_loss, steps=step, epochs=opts.max_epochs)

@@ -210,3 +210,30 @@ def test_training_module_shares_the_cached_weights(tiny):
     for n, t in loaded.weights.items():
         assert torch.equal(t, before[n]), n
     assert not any(t.requires_grad for t in loaded.weights.values())
+
+
+def test_thread_fit_leaves_the_cores_other_processes_use(monkeypatch):
+    start = torch.get_num_threads()
+    fit = kernels.ThreadFit(interval=5.0)
+    fit.start_threads, fit.cores = 4, 4
+    samples = iter([(10.0, 30.0, 10.0), (12.0, 36.0, 12.0), (20.0, 50.0, 30.0)])
+    monkeypatch.setattr(fit, "_sample", lambda: next(samples))
+    fit._last = (0.0, 0.0, 0.0)
+    try:
+        assert fit() == 2  # 10 s: 30 s busy, 10 s of it ours: 2 cores busy elsewhere
+        assert fit() == 2  # 2 s later: too soon to measure again
+        assert fit() == 4  # the machine is ours again
+    finally:
+        fit.start_threads = start
+        fit.restore()
+    assert torch.get_num_threads() == start
+
+
+def test_steady_allocator_pins_glibc():
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or not ctypes.util.find_library("c"):
+        pytest.skip("glibc only")
+    assert kernels.steady_allocator()
+    kernels.release_free_memory()
