@@ -103,6 +103,11 @@ def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
 
 def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str,
              dtype: Any = None) -> float | None:
+    """Mean loss over the completion tokens of ``examples``, computed in ``dtype`` (None: the weights' float32).
+
+    Training evaluates in float32, as COMPLETE generates: bf16 rounds every layer's output, which blurs a LoRA
+    update of a few percent and read 1.5% higher after training on the benchmark (0.1% before training).
+    """
     import torch
 
     if not examples:
@@ -261,7 +266,7 @@ def train(
                                           "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
                 end_of_epoch = k == len(groups) - 1
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
-                    val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
+                    val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
                     metric["validation_loss"] = val_loss
                 hooks.on_step(metric)
                 if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
@@ -270,7 +275,7 @@ def train(
                     last_ckpt = time.perf_counter()
 
         if val_loss is None:
-            val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device, dtype)
+            val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
         final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                        if epoch_losses else float("nan"))
     adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
