@@ -237,3 +237,24 @@ def test_steady_allocator_pins_glibc():
         pytest.skip("glibc only")
     assert kernels.steady_allocator()
     kernels.release_free_memory()
+
+
+def test_gradient_checkpointing_recomputes_the_same_step(tiny):
+    """Checkpointing with the CPU fast paths (fast dropout included: its mask must be drawn again identically)."""
+    path, tokenizer, examples = tiny
+    batch = data.collate(examples, tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        model = peft_model(path, dropout=0.3, attention=kernels.register_attention())
+        kernels.fast_dropout(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, n = training.completion_loss(model, batch)
+        (loss / n).backward()
+        grads.append(lora_grads(model))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
