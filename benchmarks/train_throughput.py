@@ -347,8 +347,8 @@ def child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
     ex = data.tokenize_pairs(tok, read_pairs_con(con, "train"), spec["hyper"]["max_seq_length"])
     positions = 0
     for epoch in range(spec["hyper"]["max_epochs"]):
-        for b in data.length_grouped_batches(ex, spec["hyper"]["batch_size"], spec["hyper"]["seed"] + epoch):
-            positions += len(b) * max(len(ex[i].input_ids) for i in b)
+        for rows in data.packed_batches(ex, spec["hyper"]["batch_size"], spec["hyper"]["seed"] + epoch):
+            positions += len(rows) * max(sum(len(ex[i].input_ids) for i in row) for row in rows)
     con.close()
     return {"wall_s": wall, "load_s": load_s[0], "trained_tokens": d["trained_tokens"], "positions": positions,
             "steps": d["step"], "own_val_loss": d["training_result"]["validation_loss"],

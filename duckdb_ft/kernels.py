@@ -2,9 +2,11 @@
 
 - ``causal_attention``: on a CPU, for the short sequences fine-tuning rows usually are, explicit matrix products
   beat torch's fused attention kernel (about 3x forward + backward at 150 tokens in bf16), which pays off only past
-  ~300 tokens. It is registered with transformers as the attention implementation ``duckdb_ft``: short right-padded
-  batches take the explicit path (keeping only the bf16 probabilities for the backward pass, a third of what the
-  eager implementation keeps); anything else goes to ``sdpa``, unchanged.
+  ~300 tokens without a mask; with a packed row's mask, sdpa is slower still (on the benchmark's packed rows of up
+  to ~460 tokens, a training step took 10% longer when rows past 256 tokens went to sdpa). It is registered with
+  transformers as the attention implementation ``duckdb_ft``: short right-padded batches, packed rows included
+  (with their boolean block-diagonal causal mask), take the explicit path (keeping only the bf16 probabilities for
+  the backward pass, a third of what the eager implementation keeps); anything else goes to ``sdpa``, unchanged.
 - ``completion_cross_entropy``: the loss on completion tokens through the LM head, which keeps only the logits
   as the matrix product gave them (bf16 under autocast) for the backward pass, instead of those plus their fp32
   copy, the log-softmax and its gradient: a quarter of the memory of the plain path, and no more arithmetic.
@@ -34,27 +36,32 @@ from typing import Any, Iterator
 import torch
 
 ATTENTION = "duckdb_ft"
-EXPLICIT_MAX_LENGTH = 256  # about where torch's fused kernel catches up on a CPU
-EXPLICIT_MAX_SCORES = 8 * 9 * 256 * 256  # probabilities kept per layer (bf16): at most about 9 MB
+EXPLICIT_MAX_LENGTH = 512  # packed rows run to ~460 tokens; with their mask, sdpa was slower there (10% a step)
+EXPLICIT_MAX_SCORES = 4 * 9 * 512 * 512  # probabilities kept per layer (bf16): at most about 19 MB
 MMAP_THRESHOLD = 4 << 20  # bytes: larger blocks are mapped and returned to the system when freed
 LOGIT_CHUNK = 1 << 24  # logits scored at once in the loss (rows x vocabulary): 64 MB in fp32
 
 
 class _CausalAttention(torch.autograd.Function):
-    """softmax(q kᵀ · scale + causal mask) v, with query heads grouped onto their key/value head.
+    """softmax(q kᵀ · scale + mask) v, with query heads grouped onto their key/value head; the mask is causal, or
+    the boolean ``allowed`` (causal within each example of a packed row).
 
     Shapes: q (B, KV, R·L, D), the R query heads sharing each key/value head stacked along the rows; k, v (B, KV, L, D).
     Saves q, k, v, the output and the probabilities (in the inputs' dtype) for the backward pass.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                allowed: torch.Tensor | None) -> torch.Tensor:
         length = k.shape[-2]
         rows = q.shape[-2]
-        future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
-        future = future.repeat(rows // length, 1)
+        if allowed is None:  # plain causal
+            blocked = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+        else:  # (B, 1, L, L), True where a query may attend: causal and inside its packed example
+            blocked = allowed.logical_not()
+        blocked = blocked.repeat(*([1] * (blocked.dim() - 2)), rows // length, 1)
         with torch.autocast(q.device.type, enabled=False):
-            scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).masked_fill_(future, float("-inf"))
+            scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).masked_fill_(blocked, float("-inf"))
             probs = torch.softmax(scores, dim=-1).to(q.dtype)
             del scores
             out = torch.matmul(probs, v)
@@ -74,7 +81,7 @@ class _CausalAttention(torch.autograd.Function):
             grad_scores = (grad_probs.sub_(row).mul_(probs.float()).mul_(ctx.scale)).to(q.dtype)
             grad_q = torch.matmul(grad_scores, k)
             grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
-        return grad_q, grad_k, grad_v, None
+        return grad_q, grad_k, grad_v, None, None
 
 
 def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -85,7 +92,10 @@ def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 
     b, heads, length, dim = query.shape
     kv = key.shape[1]
-    explicit = (attention_mask is None and query.device.type == "cpu" and key.shape[-2] == length
+    packed = (attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
+              and attention_mask.shape[1] == 1 and attention_mask.shape[-2:] == (length, length)
+              and bool(attention_mask.any(-1).all()))  # every query attends somewhere (no all-padding rows)
+    explicit = ((attention_mask is None or packed) and query.device.type == "cpu" and key.shape[-2] == length
                 and length <= EXPLICIT_MAX_LENGTH and b * heads * length * length <= EXPLICIT_MAX_SCORES
                 and heads % kv == 0 and (dropout == 0.0 or not module.training)
                 and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
@@ -96,7 +106,8 @@ def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     # Under autocast the rotary embedding leaves q and k in fp32 and v in bf16: compute in the autocast dtype.
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
     grouped = query.to(dtype).reshape(b, kv, (heads // kv) * length, dim)
-    out = _CausalAttention.apply(grouped, key.to(dtype), value.to(dtype), scale).reshape(b, heads, length, dim)
+    out = _CausalAttention.apply(grouped, key.to(dtype), value.to(dtype), scale,
+                                 attention_mask if packed else None).reshape(b, heads, length, dim)
     return out.transpose(1, 2).contiguous(), None
 
 

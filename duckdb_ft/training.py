@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import kernels
-from .data import IGNORE, Example, iter_batches, length_grouped_batches
+from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches
 from .settings import TrainingOptions
 
 # Attention projections by architecture: the usual LoRA targets.
@@ -90,11 +90,13 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     """Sum of cross-entropy over completion tokens, and their count; logits only where labels are.
 
-    Batches are right-padded (``data.collate``), so a causal model needs no attention mask: a real token only
-    attends to earlier positions, which are all real. Without a mask, attention takes its plain causal path.
+    Batches are right-padded (``data.collate_rows``), so a causal model needs no padding mask: a real token only
+    attends to earlier positions, which are all real. Rows holding one example each take attention's plain causal
+    path; packed rows are recognized by transformers from ``position_ids``, which keeps each example to itself.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.get_decoder()(input_ids=batch["input_ids"]).last_hidden_state
+    hidden = inner.get_decoder()(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                                 use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     loss = kernels.completion_cross_entropy(hidden[:, :-1][keep], inner.get_output_embeddings(), labels[keep])
@@ -230,7 +232,7 @@ def train(
         val_loss: float | None = None
         epoch_losses: list[tuple[float, int]] = []
         for epoch in range(step // steps_per_epoch, opts.max_epochs):
-            batches = length_grouped_batches(train_examples, opts.batch_size, opts.seed + epoch)
+            batches = packed_batches(train_examples, opts.batch_size, opts.seed + epoch)
             groups = [batches[k:k + opts.gradient_accumulation_steps]
                       for k in range(0, len(batches), opts.gradient_accumulation_steps)]
             epoch_losses = []
@@ -246,9 +248,9 @@ def train(
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
-                n_step = sum(train_examples[i].n_trained for b in group for i in b) or 1
+                n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
                 loss_sum = 0.0
-                for batch in iter_batches(train_examples, group, pad_id):
+                for batch in iter_packed(train_examples, group, pad_id):
                     with _autocast(device, dtype):
                         loss, _ = completion_loss(model, _to(batch, device))
                     (loss / n_step).backward()

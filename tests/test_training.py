@@ -116,6 +116,35 @@ def test_explicit_attention_matches_sdpa(dtype):
         torch.testing.assert_close(g, t.grad, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_with_a_packed_mask_matches_sdpa(dtype):
+    """Two examples packed in each row (block-diagonal causal mask): the explicit path equals sdpa with that mask."""
+    torch.manual_seed(0)
+    b, heads, kv, length, dim = 2, 6, 2, 30, 16
+    segment = torch.tensor([[0] * 12 + [1] * 18, [0] * 25 + [1] * 5])
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]
+    q = torch.randn(b, heads, length, dim, requires_grad=True)
+    k = torch.randn(b, kv, length, dim, requires_grad=True)
+    v = torch.randn(b, kv, length, dim, requires_grad=True)
+    weights = torch.randn(b, length, heads, dim)
+
+    class Module(torch.nn.Module):
+        pass
+
+    out, _ = kernels.causal_attention(Module(), q.to(dtype), k.to(dtype), v.to(dtype), allowed)
+    (out.float() * weights).sum().backward()
+    got = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True).transpose(1, 2)
+    (ref * weights).sum().backward()
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
+    torch.testing.assert_close(out.float(), ref, **tol)
+    for g, t in zip(got, (q, k, v)):
+        torch.testing.assert_close(g, t.grad, **tol)
+
+
 def test_explicit_attention_leaves_long_and_masked_batches_to_sdpa(monkeypatch):
     calls = []
     import transformers.integrations.sdpa_attention as sdpa
@@ -128,8 +157,11 @@ def test_explicit_attention_leaves_long_and_masked_batches_to_sdpa(monkeypatch):
     long = torch.randn(1, 2, kernels.EXPLICIT_MAX_LENGTH + 1, 8)
     assert kernels.causal_attention(Module(), long, long, long, None)[0] == "sdpa"
     short = torch.randn(1, 2, 5, 8)
-    assert kernels.causal_attention(Module(), short, short, short, torch.ones(1, 1, 5, 5, dtype=torch.bool))[0] == "sdpa"
-    assert len(calls) == 2
+    assert kernels.causal_attention(Module(), short, short, short, torch.zeros(1, 1, 5, 5))[0] == "sdpa"  # additive
+    empty_row = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    empty_row[0, 0, 2] = False  # a query that attends nowhere (left padding): sdpa's business
+    assert kernels.causal_attention(Module(), short, short, short, empty_row)[0] == "sdpa"
+    assert len(calls) == 3
 
 
 def test_completion_cross_entropy_matches_reference(monkeypatch):
@@ -175,22 +207,59 @@ def test_training_swaps_in_the_cpu_fast_paths(tiny):
     assert len(seen) == 2 and all(m["training_loss"] > 0 for m in seen)
 
 
-def test_length_grouping_spends_little_on_padding():
-    """Grouped batches pad under 3% of their positions on lengths as uneven as real rows; random ones pad ~40%."""
+def test_packed_batches_are_random_batches_with_little_padding():
+    """Each step draws a random batch (not one grouped by length); packing leaves under 10% padding where padding
+    each example to its batch's longest costs over a quarter, on lengths as uneven as real rows."""
     rng = random.Random(0)
     examples = [data.Example([1] * n, [1] * n) for n in (min(512, int(rng.lognormvariate(5, 0.5))) for _ in range(400))]
-
-    def padding(batches):
-        positions = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
-        return 1 - sum(len(e.input_ids) for e in examples) / positions
+    total = sum(len(e.input_ids) for e in examples)
 
     for epoch in range(3):
-        batches = data.length_grouped_batches(examples, 8, seed=epoch)
-        assert sorted(i for b in batches for i in b) == list(range(400))  # every row once per epoch
-        assert padding(batches) < 0.03
-    order = list(range(400))
-    rng.shuffle(order)
-    assert padding([order[k:k + 8] for k in range(0, 400, 8)]) > 0.25
+        batches = data.packed_batches(examples, 8, seed=epoch)
+        members = [sorted(i for row in rows for i in row) for rows in batches]
+        assert sorted(i for m in members for i in m) == list(range(400))  # every row once per epoch
+        assert [len(m) for m in members] == [8] * 50
+        # the same batches a random sampler draws from the seeded shuffle
+        order = list(range(400))
+        random.Random(epoch).shuffle(order)
+        assert members == [sorted(order[k:k + 8]) for k in range(0, 400, 8)]
+        longest = [max(len(examples[i].input_ids) for i in m) for m in members]
+        widths = [max(sum(len(examples[i].input_ids) for i in row) for row in rows) for rows in batches]
+        assert all(w <= n + data.PACK_SLACK for w, n in zip(widths, longest))  # rows stay short
+        packed = sum(len(rows) * w for rows, w in zip(batches, widths))
+        padded = sum(8 * n for n in longest)
+        assert 1 - total / packed < 0.10
+        assert 1 - total / padded > 0.25
+    assert data.packed_batches(examples, 8, seed=1) == data.packed_batches(examples, 8, seed=1)  # resume replays
+
+
+def test_packed_rows_give_the_loss_and_gradients_of_separate_rows(tiny, monkeypatch):
+    """Examples packed into one row attend only inside themselves: the same loss and LoRA gradients as one
+    example per row, through the explicit attention path and through transformers' sdpa."""
+    path, tokenizer, examples = tiny
+    rows = [examples[:3], examples[3:]]
+    packed = data.collate_rows(rows, tokenizer.pad_token_id)
+    assert packed["input_ids"].shape[0] == 2
+    assert (packed["position_ids"][0] == 0).sum() == 3  # three examples restart their positions in row 0
+    separate = data.collate(examples, tokenizer.pad_token_id)
+    kernels.register_attention()
+    masks = []
+    explicit = kernels._CausalAttention.apply
+    monkeypatch.setattr(kernels._CausalAttention, "apply", lambda *a: masks.append(a[-1]) or explicit(*a))
+    for attention in (kernels.ATTENTION, None):
+        got_model, want_model = peft_model(path, attention=attention), peft_model(path, attention=attention)
+        loss, n = training.completion_loss(got_model, packed)
+        expected, n_ref = training.completion_loss(want_model, separate)
+        assert n == n_ref == sum(e.n_trained for e in examples)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        (loss / n).backward()
+        (expected / n).backward()
+        got, want = lora_grads(got_model), lora_grads(want_model)
+        for name in got:
+            scale = want[name].abs().max().item()
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+        if attention == kernels.ATTENTION:  # the packed rows took the explicit path, with their mask
+            assert any(m is not None for m in masks) and any(m is None for m in masks)
 
 
 def test_training_module_shares_the_cached_weights(tiny):
