@@ -36,6 +36,7 @@ class Connection:
 
     def sql(self, query: str, *, params: Any = None) -> Any:
         """Run one statement; a relation for results, None otherwise (as DuckDB's ``sql``)."""
+        self.session.interrupted.clear()
         result = router.run(self.session, self._raw, query, params)
         if isinstance(result, pa.Table):
             return self._relation(result)
@@ -46,6 +47,7 @@ class Connection:
     def execute(self, query: str, parameters: Any = None) -> "Connection":
         """Run one statement; fetch its rows with fetchall() and friends (as DuckDB's ``execute``)."""
         self._table, self._offset = None, 0
+        self.session.interrupted.clear()
         if self.session.is_admin and statements.parse_ft_statement(query) is None:
             self._raw.execute(query, parameters)  # the administrator's plain SQL: DuckDB as it is
             return self
@@ -55,6 +57,11 @@ class Connection:
         elif self.session.user is not None:
             self._table = _arrow(result) if result is not None else pa.table({})
         return self
+
+    def interrupt(self) -> None:
+        """Stop the running statement (from another thread), ``finetune('WAIT', ...)`` included; the job goes on."""
+        self.session.interrupted.set()
+        self._raw.interrupt()
 
     def _relation(self, table: pa.Table) -> Any:
         return duckdb.connect(":memory:").from_arrow(table)

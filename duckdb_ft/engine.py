@@ -99,6 +99,9 @@ class Session:
     role: str = "admin"
     schema: str = "main"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Set by ``Connection.interrupt()``, cleared when a statement starts: what a blocking call (WAIT) polls, as
+    #: DuckDB's own interrupt cannot stop a Python function that is running.
+    interrupted: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:

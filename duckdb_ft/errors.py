@@ -35,5 +35,9 @@ class PermissionDenied(FtError):
     """The current role lacks a privilege; the message names the privilege and the object."""
 
 
+class Interrupted(FtError):
+    """A blocking call was interrupted (``Connection.interrupt()``, Ctrl-C in the shell)."""
+
+
 class JobError(FtError):
     """A fine-tuning job cannot do what was asked in its current state."""

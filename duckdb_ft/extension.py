@@ -122,7 +122,7 @@ def _wait(engine: Engine, session: Session, args: list) -> str:
             raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
     job_id = _job_arg(args, "WAIT")
     engine.jobs.describe(job_id, session)  # the same visibility as DESCRIBE
-    return engine.jobs.wait(job_id, timeout)
+    return engine.jobs.wait(job_id, timeout, session.interrupted)
 
 
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.

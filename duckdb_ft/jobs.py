@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any
 
 from . import catalog, data, models, statements, training
-from .errors import AlreadyExists, FtError, InvalidArgument, JobError, NotFound, PermissionDenied
+from .errors import AlreadyExists, FtError, Interrupted, InvalidArgument, JobError, NotFound, PermissionDenied
 from .settings import TrainingOptions
 
 MIN_ROWS_FOR_SPLIT = 10
@@ -166,13 +166,20 @@ class JobRunner:
         self.submit(job_id)
         return f"Resumed fine-tuning job: {job_id}"
 
-    def wait(self, job_id: str, timeout: float | None = None) -> str:
-        """Block until the job is no longer PENDING or IN_PROGRESS (or ``timeout`` seconds); return its status."""
+    def wait(self, job_id: str, timeout: float | None = None, interrupted: threading.Event | None = None) -> str:
+        """Block until the job is no longer PENDING or IN_PROGRESS (or ``timeout`` seconds); return its status.
+
+        ``interrupted`` (the caller's session event) stops the wait within 0.2 s with :class:`Interrupted`; the job
+        itself goes on.
+        """
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while True:
+                if interrupted is not None and interrupted.is_set():
+                    raise Interrupted(f"finetune('WAIT', '{job_id}') was interrupted; the job goes on: "
+                                      f"finetune('DESCRIBE', '{job_id}') shows it, finetune('CANCEL', ...) stops it")
                 status = self._get(job_id)["status"]
                 if status not in catalog.ACTIVE:
                     return status
@@ -181,7 +188,7 @@ class JobRunner:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return status
-                self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
+                self._cv.wait(timeout=0.2 if left is None else min(left, 0.2))
 
     def _get(self, job_id: str, session: Any = None) -> dict[str, Any]:
         job = catalog.get_job(self.engine.cursor(), job_id) if isinstance(job_id, str) else None

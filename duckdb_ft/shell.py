@@ -156,14 +156,13 @@ class Shell:
                 interrupted = interrupted or time.monotonic()
                 self.con.interrupt()
             if interrupted and not hinted and time.monotonic() - interrupted > 2.0:
-                # DuckDB stops a statement between chunks: one blocked inside a function runs until it returns.
-                self.error("Interrupting: the statement stops when the function it is running returns "
-                           "(finetune('WAIT', ...) at its timeout; .wait is the interruptible way to wait).")
+                # DuckDB stops a statement between chunks: one busy inside a function runs until it returns.
+                self.error("Interrupting: the statement stops when the function it is running returns.")
                 hinted = True
+        if interrupted:  # whatever the statement ended with, Ctrl-C stopped it
+            raise KeyboardInterrupt
         if "error" in box:
             raise box["error"]
-        if interrupted:
-            raise KeyboardInterrupt
         return box.get("value")
 
     # ----------------------------------------------------------------------------------------------- input

@@ -32,6 +32,10 @@ DEFAULT_TARGETS = {
 }
 CHECKPOINT_SECONDS = 30.0
 
+# peft asks transformers a deprecated question when it wraps a model; nothing for our users to do. A filter set
+# once here, not around the call: ``warnings.catch_warnings`` is not thread-safe, and jobs run in worker threads.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 
 class Cancelled(Exception):
     """Raised inside the loop when the job's cancel event is set; the job becomes CANCELLED."""
@@ -195,13 +199,14 @@ def train(
     cfg = lora_config(base, opts)
     if device == "cpu":
         _cpu_fast_paths(base)
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(base, cfg)
+    model = get_peft_model(base, cfg)
     if device == "cpu":
         kernels.fast_dropout(model)
     if opts.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

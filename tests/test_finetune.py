@@ -218,6 +218,40 @@ def test_unknown_action_lists_the_valid_ones(con):
         one(con, "SELECT finetune('DESCRIBE', 'ft_nope')")
 
 
+def test_interrupt_ends_wait_and_the_job_goes_on(faq, tiny_model_path):
+    """Ctrl-C in the shell (``con.interrupt()`` from another thread) ends finetune('WAIT') at once, not at its
+    timeout; the job keeps training, and the connection works."""
+    import threading
+    import time
+
+    con = faq
+    con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(400) t(i)")
+    slow = create(con, "slow", tiny_model_path, "SELECT p AS prompt, c AS completion FROM big",
+                  options={"max_epochs": 10, "batch_size": 1})
+    seen = {}
+
+    def waiter():
+        start = time.monotonic()
+        try:
+            seen["status"] = wait(con, slow, 300)
+        except duckdb.Error as e:
+            seen["error"] = str(e)
+        seen["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(1.0)
+    con.interrupt()
+    thread.join(10)
+    assert not thread.is_alive() and seen["seconds"] < 3, seen
+    # DuckDB reports its own "Interrupted!" or, when the function's error reaches it first, WAIT's message.
+    assert "Interrupted!" in seen["error"] or f"finetune('WAIT', '{slow}') was interrupted" in seen["error"]
+    assert describe(con, slow)["status"] in ("PENDING", "IN_PROGRESS")
+    assert one(con, "SELECT 42") == 42
+    assert one(con, "SELECT finetune('CANCEL', ?)", slow) == f"Canceled fine-tuning job: {slow}"
+    assert wait(con, slow, 60) == "CANCELLED"  # a later WAIT is not interrupted by the earlier Ctrl-C
+
+
 def test_cancel_running_and_pending_jobs(faq, tiny_model_path):
     con = faq
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(400) t(i)")

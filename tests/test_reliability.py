@@ -87,8 +87,8 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
     # The last run is left alone: the job resumes from its checkpoint and finishes.
     final = subprocess.run([sys.executable, "-c", CHILD, db, tiny_model_path], capture_output=True, text=True,
                            timeout=600)
-    assert "DONE SUCCESS" in final.stdout, final.stderr[-2000:]
     con = duckdb_ft.connect(db)
+    assert "DONE SUCCESS" in final.stdout, (final.stderr[-2000:], con.execute("FROM duckdb_ft.jobs").fetchall())
     d = json.loads(con.execute("SELECT finetune('DESCRIBE', id) FROM duckdb_ft.jobs").fetchall()[0][0])
     assert d["status"] == "SUCCESS" and d["step"] == d["total_steps"]
     steps = [r[0] for r in con.execute("SELECT step FROM finetune_history(?)", [d["id"]]).fetchall()]
