@@ -35,8 +35,8 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
     """Register duckdb-ft's functions on an existing DuckDB connection and return the connection.
 
     Installing twice is harmless. ``user`` opens the connection's session as that user (None: administrator).
-    ``resume_jobs``: resume at once the jobs a dead process left unfinished (default: they are marked ERROR and
-    ``finetune('RESUME', id)`` resumes one).
+    ``resume_jobs``: resume at once the jobs that stopped unfinished, a dead process's included (default: they are
+    marked ERROR and ``finetune('RESUME', id)`` resumes one).
     """
     from .extension import install as _install
 

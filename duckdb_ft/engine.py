@@ -36,10 +36,9 @@ class Engine:
             self.read_only = True
         self.jobs = JobRunner(self)
         if not self.read_only:
-            stale = self.jobs.recover()
+            self.jobs.recover()
             if resume_jobs:
-                for job_id in stale:
-                    self.jobs.resume(job_id)
+                self.jobs.resume_stopped()
 
     def cursor(self) -> Any:
         """A new cursor on this database, safe to use while an outer query runs (and from other threads)."""

@@ -222,8 +222,9 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
     Args:
         con: a ``duckdb.DuckDBPyConnection`` (or cursor).
         user: open the session as this user; None is the database administrator.
-        resume_jobs: when this opens the database, resume jobs a dead process left unfinished (default: they
-            are marked ERROR, and ``finetune('RESUME', id)`` resumes one).
+        resume_jobs: when this opens the database, resume the jobs that stopped unfinished (a process died or
+            closed the database while they ran), whether or not another open marked them ERROR first (default:
+            they are marked ERROR, and ``finetune('RESUME', id)`` resumes one).
 
     Returns:
         the connection's :class:`Session`.

@@ -26,6 +26,7 @@ from .settings import TrainingOptions
 MIN_ROWS_FOR_SPLIT = 10
 FLUSH_SECONDS = 1.0  # metrics and progress reach the catalog at least this often (and at every evaluation)
 DIED = "the process running this job stopped at step {step} (killed, crashed or exited)"
+RESUMABLE = "finetune('RESUME', id)"  # in the error of every job that stopped unfinished and can go on
 
 
 class JobRunner:
@@ -207,12 +208,26 @@ class JobRunner:
         cur = self.engine.cursor()
         found = []
         for job in catalog.list_jobs(cur, catalog.ACTIVE):
-            reason = DIED.format(step=job["step"] or 0) + "; finetune('RESUME', id) continues it"
+            reason = DIED.format(step=job["step"] or 0) + f"; {RESUMABLE} continues it"
             if job["status"] == "PENDING":
-                reason = "the process that created this job stopped before it started; finetune('RESUME', id) runs it"
+                reason = f"the process that created this job stopped before it started; {RESUMABLE} runs it"
             catalog.update_job(cur, job["id"], status="ERROR", error=reason, finished_on=catalog.now_ms())
             found.append(job["id"])
         return found
+
+    def resume_stopped(self) -> list[str]:
+        """Resume every job that stopped unfinished (its process died or closed the database), oldest first, whoever
+        marked it ERROR: another open of the database may have recovered it before this one. Returns their ids; a
+        job that cannot go on (its model name taken since) stays ERROR with its reason."""
+        resumed = []
+        for job in catalog.list_jobs(self.engine.cursor(), ["ERROR"]):
+            if RESUMABLE in (job["error"] or ""):
+                try:
+                    self.resume(job["id"])
+                except FtError:
+                    continue
+                resumed.append(job["id"])
+        return resumed
 
     def submit(self, job_id: str) -> None:
         with self._cv:
@@ -272,7 +287,7 @@ class Worker:
         except training.Cancelled:
             if self.runner._shutdown.is_set():
                 self._update(status="ERROR", finished_on=catalog.now_ms(),
-                             error=f"stopped when {self.runner.stop_reason}; finetune('RESUME', id) continues it")
+                             error=f"stopped when {self.runner.stop_reason}; {RESUMABLE} continues it")
             else:
                 catalog.delete_checkpoint(self.cur, self.id)
                 self._update(status="CANCELLED", finished_on=catalog.now_ms())
