@@ -297,6 +297,19 @@ def _save_adapter(model: Any, out: Path) -> None:
     (out / "lora_config.json").write_text(json.dumps(training.config_dict(model.peft_config["default"])))
 
 
+def chat_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], int]]:
+    """Each pair through the chat template, tokenized one at a time (as a plain loop would): the ids cut at
+    ``max_length``, and the prompt's token count (with the generation prompt)."""
+    out = []
+    for p, c in pairs:
+        user = [{"role": "user", "content": p}]
+        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": c}], tokenize=True,
+                                             return_dict=False)
+        out.append((full[:max_length], len(prompt)))
+    return out
+
+
 def _load_base(path: str) -> tuple[Any, float]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -432,13 +445,8 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
 
     def encode(split: str) -> list[tuple[list[int], list[int]]]:
         out = []
-        for p, c in read_pairs(spec["db"], split):
-            user = [{"role": "user", "content": p}]
-            prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
-            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": c}], tokenize=True,
-                                                 return_dict=False)
-            ids = full[:h["max_seq_length"]]
-            labels = ([-100] * len(prompt) + full[len(prompt):])[:h["max_seq_length"]]
+        for ids, n_prompt in chat_ids(tokenizer, read_pairs(spec["db"], split), h["max_seq_length"]):
+            labels = ([-100] * n_prompt + ids[n_prompt:])[:len(ids)]
             if any(x != -100 for x in labels):
                 out.append((ids, labels))
         return out
@@ -526,14 +534,7 @@ def child_eval(spec: dict[str, Any]) -> dict[str, Any]:
     h = spec["hyper"]
 
     def encode(split: str) -> list[tuple[list[int], int]]:
-        out = []
-        for p, c in read_pairs(spec["db"], split):
-            user = [{"role": "user", "content": p}]
-            prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
-            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": c}], tokenize=True,
-                                                 return_dict=False)
-            out.append((full[:h["max_seq_length"]], len(prompt)))
-        return out
+        return chat_ids(tokenizer, read_pairs(spec["db"], split), h["max_seq_length"])
 
     val = encode("validation")
     result: dict[str, Any] = {"val_loss": {}}

@@ -91,39 +91,10 @@ def test_compute_dtype_option():
         TrainingOptions.parse('{"dtype": "float16"}')
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_explicit_attention_matches_sdpa(dtype):
+def check_explicit_attention_against_sdpa(b, length, allowed, dtype):
+    """Output and q/k/v gradients of the explicit path equal sdpa's: causal (``allowed`` None) or with that mask."""
     torch.manual_seed(0)
-    b, heads, kv, length, dim = 3, 6, 2, 41, 16
-    q = torch.randn(b, heads, length, dim, requires_grad=True)
-    k = torch.randn(b, kv, length, dim, requires_grad=True)
-    v = torch.randn(b, kv, length, dim, requires_grad=True)
-    weights = torch.randn(b, length, heads, dim)
-
-    class Module(torch.nn.Module):
-        pass
-
-    out, _ = kernels.causal_attention(Module(), q.to(dtype), k.to(dtype), v.to(dtype), None)
-    (out.float() * weights).sum().backward()
-    got = [t.grad.clone() for t in (q, k, v)]
-    for t in (q, k, v):
-        t.grad = None
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
-    (ref * weights).sum().backward()
-    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
-    torch.testing.assert_close(out.float(), ref, **tol)
-    for g, t in zip(got, (q, k, v)):
-        torch.testing.assert_close(g, t.grad, **tol)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_explicit_attention_with_a_packed_mask_matches_sdpa(dtype):
-    """Two examples packed in each row (block-diagonal causal mask): the explicit path equals sdpa with that mask."""
-    torch.manual_seed(0)
-    b, heads, kv, length, dim = 2, 6, 2, 30, 16
-    segment = torch.tensor([[0] * 12 + [1] * 18, [0] * 25 + [1] * 5])
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]
+    heads, kv, dim = 6, 2, 16
     q = torch.randn(b, heads, length, dim, requires_grad=True)
     k = torch.randn(b, kv, length, dim, requires_grad=True)
     v = torch.randn(b, kv, length, dim, requires_grad=True)
@@ -137,12 +108,28 @@ def test_explicit_attention_with_a_packed_mask_matches_sdpa(dtype):
     got = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True).transpose(1, 2)
+    mask = {"is_causal": True} if allowed is None else {"attn_mask": allowed}
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask).transpose(1, 2)
     (ref * weights).sum().backward()
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
     torch.testing.assert_close(out.float(), ref, **tol)
     for g, t in zip(got, (q, k, v)):
         torch.testing.assert_close(g, t.grad, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_matches_sdpa(dtype):
+    check_explicit_attention_against_sdpa(3, 41, None, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_with_a_packed_mask_matches_sdpa(dtype):
+    """Two examples packed in each row (block-diagonal causal mask): the explicit path equals sdpa with that mask."""
+    length = 30
+    segment = torch.tensor([[0] * 12 + [1] * 18, [0] * 25 + [1] * 5])
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]
+    check_explicit_attention_against_sdpa(2, length, allowed, dtype)
 
 
 def test_explicit_attention_leaves_long_and_masked_batches_to_sdpa(monkeypatch):
