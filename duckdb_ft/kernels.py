@@ -92,13 +92,11 @@ def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 
     b, heads, length, dim = query.shape
     kv = key.shape[1]
-    packed = (attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
-              and attention_mask.shape[1] == 1 and attention_mask.shape[-2:] == (length, length)
-              and bool(attention_mask.any(-1).all()))  # every query attends somewhere (no all-padding rows)
-    explicit = ((attention_mask is None or packed) and query.device.type == "cpu" and key.shape[-2] == length
+    explicit = (query.device.type == "cpu" and key.shape[-2] == length
                 and length <= EXPLICIT_MAX_LENGTH and b * heads * length * length <= EXPLICIT_MAX_SCORES
                 and heads % kv == 0 and (dropout == 0.0 or not module.training)
-                and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
+                and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+                and (attention_mask is None or _packed_mask(attention_mask, length)))
     if not explicit:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -107,8 +105,15 @@ def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
     grouped = query.to(dtype).reshape(b, kv, (heads // kv) * length, dim)
     out = _CausalAttention.apply(grouped, key.to(dtype), value.to(dtype), scale,
-                                 attention_mask if packed else None).reshape(b, heads, length, dim)
+                                 attention_mask).reshape(b, heads, length, dim)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_mask(mask: torch.Tensor, length: int) -> bool:
+    """A boolean (B, 1, L, L) mask in which every query attends somewhere: what packed rows get (a left-padded
+    batch's all-padding queries, which attend nowhere, are sdpa's business)."""
+    return (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1
+            and mask.shape[-2:] == (length, length) and bool(mask.any(-1).all()))
 
 
 def register_attention() -> str:
