@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 
 import duckdb_ft
-from duckdb_ft import models
+from duckdb_ft.ml import models
 
 MODEL = "smollm2-135m"
 MATCH_TARGET = 0.95

@@ -7,7 +7,7 @@ One run, the same work for the three contenders:
   extraction to JSON, ticket summaries, one-line questions: about 45 to 450 tokens after the chat template), stored
   in a DuckDB table; a fixed ``--validation`` share of them is held out, the same rows for everyone;
 - LoRA r=8, alpha=16, dropout 0.05 on q/k/v/o_proj; ``max_seq_length`` 512; AdamW, peak learning rate 2e-4,
-  linear warm-up over 10% of the steps then linear decay (the same per-step multiplier, ``duckdb_ft.training.schedule``,
+  linear warm-up over 10% of the steps then linear decay (the same per-step multiplier, ``duckdb_ft.ml.training.schedule``,
   is given to TRL and to the plain loop as a ``LambdaLR``); effective batch 8; ``--epochs`` epochs; clip 1.0; seed 42;
   the loss on completion tokens only, a mean over the completion tokens of each optimizer step; validation at each
   epoch's end; the same compute dtype for all (``--dtype``; "auto" is bf16 autocast on a CPU with AVX512-BF16/AMX);
@@ -256,8 +256,8 @@ def _env_setup() -> None:
 def _dtype(name: str) -> Any:
     import torch
 
-    from duckdb_ft import training
-    from duckdb_ft.settings import TrainingOptions
+    from duckdb_ft.ml import training
+    from duckdb_ft.options import TrainingOptions
 
     return training.compute_dtype(TrainingOptions(dtype=name), "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -266,8 +266,8 @@ def _optimizer(model: Any, spec: dict[str, Any], total_steps: int) -> tuple[Any,
     """FINETUNE's optimizer and schedule: AdamW on the trainable weights, the same per-step multiplier."""
     import torch
 
-    from duckdb_ft import training
-    from duckdb_ft.settings import TrainingOptions
+    from duckdb_ft.ml import training
+    from duckdb_ft.options import TrainingOptions
 
     h = spec["hyper"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -289,7 +289,7 @@ def _peft(model: Any, h: dict[str, Any]) -> Any:
 def _save_adapter(model: Any, out: Path) -> None:
     from peft import get_peft_model_state_dict
 
-    from duckdb_ft import models, training
+    from duckdb_ft.ml import models, training
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
@@ -325,7 +325,7 @@ def _load_base(path: str) -> tuple[Any, float]:
 def child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
     """FINETUNE from SQL, CREATE to SUCCESS; the model load inside the job timed apart."""
     import duckdb_ft
-    from duckdb_ft import data, models
+    from duckdb_ft.ml import data, models
 
     load_s = [0.0]
     real_load = models.load
@@ -379,7 +379,7 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from duckdb_ft import models
+    from duckdb_ft.ml import models
 
     h = spec["hyper"]
     path = models.resolve(MODEL)
@@ -434,8 +434,8 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers + peft, random batches padded to their longest row, full-vocabulary logits."""
     import torch
 
-    from duckdb_ft import models, training
-    from duckdb_ft.settings import TrainingOptions
+    from duckdb_ft.ml import models, training
+    from duckdb_ft.options import TrainingOptions
 
     h = spec["hyper"]
     path = models.resolve(MODEL)
@@ -527,7 +527,7 @@ def child_eval(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from peft import PeftModel, set_peft_model_state_dict
 
-    from duckdb_ft import models
+    from duckdb_ft.ml import models
 
     path = models.resolve(MODEL)
     tokenizer = models.load_tokenizer(path)

@@ -6,6 +6,20 @@
 
 ``connect()`` opens a database and installs the extension; ``install(con)`` installs it on a connection you
 already have (a notebook's, a BI tool's).
+
+The package, by room (imports flow down this list, never up):
+
+- ``cli.py``: the ``duckdb-ft`` command and its subcommands; ``demo/``: ``duckdb-ft demo``.
+- ``shell/``: the interactive shell and scripts, dot commands, output modes, job watching.
+- ``surface/``: the SQL surface: UDF and macro registration, the statement router, the Connection wrapper.
+- ``jobs/``: fine-tuning jobs: CREATE's checks and snapshot, the queue and worker, the answers' shapes.
+- ``governance/``: roles, grants, privilege checks, authorization of plain SQL.
+- ``ml/``: base models, tokenizing and packing, training, kernels, generation, export: the only modules that
+  import torch, transformers or peft (inside the functions that run models).
+- ``catalog/``: the ``duckdb_ft`` schema: migrations, one repository per kind of object, one transaction helper.
+- ``options.py``, ``queries.py``, ``errors.py``: options JSON, query and name checks, the error hierarchy.
+
+``import duckdb_ft``, ``connect()`` and plain SQL load no torch; the first COMPLETE, FINETUNE or export does.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from typing import Any
 from .errors import (
     AlreadyExists,
     FtError,
+    Interrupted,
     InvalidArgument,
     JobError,
     ModelLoadError,
@@ -27,7 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
-    "AlreadyExists", "PermissionDenied", "JobError", "__version__",
+    "AlreadyExists", "PermissionDenied", "JobError", "Interrupted", "__version__",
 ]
 
 
@@ -38,7 +53,7 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
     ``resume_jobs``: resume at once the jobs that stopped unfinished, a dead process's included (default: they are
     marked ERROR and ``finetune('RESUME', id)`` resumes one).
     """
-    from .extension import install as _install
+    from .surface.functions import install as _install
 
     _install(con, user=user, resume_jobs=resume_jobs)
     return con
@@ -54,8 +69,8 @@ def connect(path: str | None = None, *, user: str | None = None, read_only: bool
     """
     import duckdb
 
-    from .connection import Connection
-    from .extension import install as _install
+    from .surface.connection import Connection
+    from .surface.functions import install as _install
 
     con = duckdb.connect(path or ":memory:", read_only=read_only, config=config or {})
     if "enable_progress_bar" not in (config or {}) and con.execute(
@@ -76,7 +91,7 @@ def execute(con: Any, sql: str, params: Any = None) -> Any:
 
     Use this (or the ``duckdb-ft`` shell) rather than ``con.sql`` for statements DuckDB itself cannot parse.
     """
-    from .router import execute as _execute
+    from .surface.connection import execute as _execute
 
     return _execute(con, sql, params)
 
@@ -86,8 +101,8 @@ def export_model(con: Any, name: str, folder: str) -> str:
 
     ``PeftModel.from_pretrained(base_model, folder)`` loads it. Needs OWNERSHIP of the model.
     """
-    from .export import export_model as _export
-    from .router import session_of
+    from .ml.export import export_model as _export
+    from .surface.engine import session_of
 
     session = con.session if hasattr(con, "session") else session_of(con)
     return _export(session, name, folder)
@@ -98,6 +113,6 @@ def wait(con: Any, job_id: str, timeout: float | None = None) -> str:
 
     The SQL form is ``SELECT finetune('WAIT', job_id [, timeout_seconds])``.
     """
-    from .extension import engine_of
+    from .surface.engine import engine_of
 
     return engine_of(con).jobs.wait(job_id, timeout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 
@@ -32,7 +31,7 @@ def _shell_parser() -> argparse.ArgumentParser:
     p.add_argument("-readonly", "--readonly", action="store_true", help="open the database read-only")
     p.add_argument("--history", metavar="FILE", help="history file (default: $DUCKDB_FT_HISTORY or "
                                                      "~/.duckdb_ft_history)")
-    from .render import MODES
+    from .shell.render import MODES
 
     for m in MODES:
         p.add_argument(f"-{m}", dest="mode", action="store_const", const=m, help=f"set the output mode to {m}")
@@ -52,7 +51,8 @@ def shell(argv: list[str]) -> int:
 
     import duckdb_ft
 
-    from .shell import Quit, Shell, error_message
+    from .shell.commands import Quit
+    from .shell.repl import Shell, error_message
 
     if args.version:
         print(f"duckdb-ft {duckdb_ft.__version__} (DuckDB {duckdb.__version__})")
@@ -100,37 +100,9 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--database", dest="database_opt", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     database = args.database or args.database_opt
-    try:
-        from . import demo as module
-    except ModuleNotFoundError as e:
-        if e.name != "duckdb_ft.demo":
-            raise
-        module = None
-    run = getattr(module, "run", None)
-    if run is None:  # no duckdb_ft.demo.run yet: the small COMPLETE demo
-        return _complete_demo(database)
+    from .demo import run
+
     return run(database)
-
-
-def _complete_demo(database: str | None) -> int:
-    """COMPLETE over a small table with the default model."""
-    import duckdb_ft
-
-    con = duckdb_ft.connect(database)
-    con.execute("""CREATE OR REPLACE TABLE questions AS SELECT * FROM (VALUES
-        (1, 'What is the capital of France?'),
-        (2, 'Name the largest planet in the solar system.'),
-        (3, 'What language is spoken in Brazil?'),
-        (4, 'How many days are in a leap year?')) t(id, question)""")
-    print("duckdb-ft demo: COMPLETE over a table with smollm2-135m\n")
-    print("SELECT id, question, complete('smollm2-135m', question) AS answer FROM questions;\n")
-    start = time.perf_counter()
-    rows = con.sql("SELECT id, question, complete('smollm2-135m', question, '{\"max_tokens\": 48}')::JSON->>"
-                   "'$.choices[0].messages' AS answer FROM questions ORDER BY id").fetchall()
-    for i, qn, answer in rows:
-        print(f"{i}. {qn}\n   -> {answer}\n")
-    print(f"{len(rows)} rows in {time.perf_counter() - start:.1f} s")
-    return 0
 
 
 def export(argv: list[str]) -> int:
@@ -143,7 +115,7 @@ def export(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import duckdb_ft
 
-    from .shell import error_message
+    from .shell.repl import error_message
 
     try:
         con = duckdb_ft.connect(args.database, read_only=True)

@@ -1,21 +1,32 @@
 """One error hierarchy for duckdb-ft.
 
-Every error the package raises on purpose derives from :class:`FtError`. Messages say what failed, on which
-object, and what to do next; they are turned into SQL errors only at the edge (the UDFs in ``extension.py``).
+Every error the package raises on purpose derives from :class:`FtError`, and each class also derives from the
+matching DuckDB exception (``PermissionDenied`` is a ``duckdb.PermissionException``, ``NotFound`` a
+``duckdb.CatalogException``, ...), so a caller may catch either. Messages say what failed, on which object, and
+what to do next.
+
+Inside SQL, duckdb-ft's functions are Python UDFs, and DuckDB reports any exception a UDF raises as
+``InvalidInputException("... while executing the UDF: <Class>: <message>")``. :func:`from_duckdb` turns such an
+error back into the duckdb-ft exception it was; the connection ``duckdb_ft.connect()`` returns and
+``duckdb_ft.execute()`` do so for every statement, so ``except duckdb_ft.PermissionDenied:`` works there.
 """
 
 from __future__ import annotations
 
+import re
 
-class FtError(Exception):
+import duckdb
+
+
+class FtError(duckdb.Error):
     """Base class of every error raised by duckdb-ft."""
 
 
-class InvalidArgument(FtError):
+class InvalidArgument(FtError, duckdb.InvalidInputException):
     """An argument of a call is malformed or out of range (bad JSON, unknown option, wrong type...)."""
 
 
-class NotFound(FtError):
+class NotFound(FtError, duckdb.CatalogException):
     """A named object (model, job, role) does not exist."""
 
 
@@ -23,21 +34,46 @@ class ModelNotFound(NotFound):
     """A model name resolves to neither a fine-tuned model, a built-in alias, a local folder nor a hub id."""
 
 
-class ModelLoadError(FtError):
+class ModelLoadError(FtError, duckdb.IOException):
     """A model exists but could not be loaded or converted (disk full, unwritable cache, corrupt file)."""
 
 
-class AlreadyExists(FtError):
+class AlreadyExists(FtError, duckdb.CatalogException):
     """An object of that name exists already."""
 
 
-class PermissionDenied(FtError):
+class PermissionDenied(FtError, duckdb.PermissionException):
     """The current role lacks a privilege; the message names the privilege and the object."""
 
 
-class Interrupted(FtError):
+class Interrupted(FtError, duckdb.InterruptException):
     """A blocking call was interrupted (``Connection.interrupt()``, Ctrl-C in the shell)."""
 
 
-class JobError(FtError):
+class JobError(FtError, duckdb.InvalidInputException):
     """A fine-tuning job cannot do what was asked in its current state."""
+
+
+_UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (\w+): (.*)", re.S)
+
+
+def _classes(cls: type[FtError] = FtError) -> dict[str, type[FtError]]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_classes(sub))
+    return out
+
+
+def udf_error(error: BaseException) -> tuple[str, str] | None:
+    """(exception class name, message) of an exception raised inside a Python UDF, as DuckDB reported it; or None."""
+    if isinstance(error, FtError) or not isinstance(error, duckdb.Error):
+        return None
+    m = _UDF_ERROR.search(str(error))
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
+def from_duckdb(error: BaseException) -> FtError | None:
+    """The duckdb-ft error that DuckDB reported from inside one of our UDFs, or None for any other error."""
+    found = udf_error(error)
+    cls = _classes().get(found[0]) if found else None
+    return cls(found[1]) if cls is not None else None

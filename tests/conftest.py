@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def default_model_path() -> str:
     """The real SmolLM2-135M-Instruct, converted into the test cache (about 20 s the first time)."""
-    from duckdb_ft import models
+    from duckdb_ft.ml import models
 
     return models.resolve(models.DEFAULT_MODEL)
 

@@ -8,8 +8,7 @@ import duckdb
 import pytest
 
 import duckdb_ft
-from duckdb_ft import complete as completion
-from duckdb_ft import models
+from duckdb_ft.ml import complete as completion, models
 
 
 def q(con, sql, *params):
@@ -56,11 +55,11 @@ def test_messages_as_list_of_structs_and_as_json_string(con, tiny_model_path):
 @pytest.mark.parametrize("options, message", [
     ('{bad json', "not valid JSON"),
     ('[1, 2]', "must be a JSON object"),
-    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\) temprature; valid options: max_tokens, temperature, top_p"),
-    ('{"max_tokens": 0}', "max_tokens must be a positive integer"),
-    ('{"max_tokens": "ten"}', "max_tokens must be a positive integer"),
-    ('{"temperature": -1}', "temperature must be between 0 and 2"),
-    ('{"top_p": 0}', r"top_p must be in \(0, 1\]"),
+    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\): temprature; valid options: max_tokens, temperature, top_p"),
+    ('{"max_tokens": 0}', "max_tokens must be an integer of at least 1"),
+    ('{"max_tokens": "ten"}', "max_tokens must be an integer of at least 1"),
+    ('{"temperature": -1}', r"temperature must be in \[0.0, 2.0\]"),
+    ('{"top_p": 0}', r"top_p must be in \(0.0, 1.0\]"),
     ('{"max_tokens": 100000}', "exceeds the context of 512 tokens"),
 ])
 def test_bad_options_are_errors_naming_the_problem(con, tiny_model_path, options, message):

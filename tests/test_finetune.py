@@ -310,11 +310,11 @@ def test_export_writes_a_peft_folder_that_peft_loads(tmp_path, tiny_model_path):
     con.close()
 
     folder = tmp_path / "adapter"
-    run = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", "export", db, "exported", str(folder)],
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(folder)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
-    again = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", "export", db, "exported", str(folder)],
+    again = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(folder)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from duckdb_ft import models
+from duckdb_ft.ml import models
 from duckdb_ft.errors import ModelLoadError, ModelNotFound
 
 

@@ -248,7 +248,7 @@ def test_privileges_walkthrough_script_runs_in_the_shell(tmp_path, tiny_model_pa
 
     script = (Path(__file__).resolve().parent.parent / "sql" / "privileges.sql").read_text()
     script = script.replace("'smollm2-135m'", f"'{tiny_model_path}'")
-    run = subprocess.run([sys.executable, "-m", "duckdb_ft.cli", str(tmp_path / "walk.duckdb")], input=script,
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft", str(tmp_path / "walk.duckdb")], input=script,
                          capture_output=True, text=True, timeout=300)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out

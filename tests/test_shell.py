@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from duckdb_ft import cli, progress, render, sqltext
-from duckdb_ft.shell import Shell, error_message
+from duckdb_ft import cli
+from duckdb_ft.shell import progress, render, sqltext
+from duckdb_ft.shell.repl import Shell, error_message
 
 EXE = Path(sys.executable).with_name("duckdb-ft")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft.cli"]
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
 ROWS = "SELECT * FROM (VALUES (1, 'x', NULL), (22, 'y,z', true)) t(a, b, c)"
 
 
@@ -206,7 +207,7 @@ def test_wait_option_after_c_follows_the_new_job_in_plain_lines(tmp_path, tiny_m
 
 
 def test_every_dot_command_is_in_help_and_in_the_readme(capsys):
-    from duckdb_ft.commands import COMMANDS
+    from duckdb_ft.shell.commands import COMMANDS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     shell_section = readme.split("## The shell")[1].split("\n## ")[0]

@@ -16,7 +16,7 @@ import pytest
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 EXE = Path(sys.executable).with_name("duckdb-ft")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft.cli"]
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
 
 #: What each script's output must show, beyond a clean exit (scripts not listed: a clean exit is enough).
 EXPECTED = {

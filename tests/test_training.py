@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from duckdb_ft import data, kernels, models, training
-from duckdb_ft.settings import TrainingOptions
+from duckdb_ft.ml import data, kernels, models, training
+from duckdb_ft.options import TrainingOptions
 
 PAIRS = [
     ("What is the capital of France?", "Paris."),

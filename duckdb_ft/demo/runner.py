@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .. import models
+from ..ml import models
 from . import dataset, scoring
 
 DEFAULT_DATABASE = "duckdb_ft_demo.duckdb"
@@ -166,7 +166,7 @@ def _evaluate(con: Any, scorer: scoring.Scorer, say, model: str, options: dict[s
 
 
 def _finetune(con: Any, say, out: TextIO, base_model: str, options: dict[str, Any]) -> tuple[str, str, str]:
-    from ..progress import watch
+    from ..shell.progress import watch
 
     name = _free_name(con, MODEL_NAME)
     training = "SELECT sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs WHERE split = 'train'"

@@ -14,7 +14,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any, Sequence
 
-from ..statements import check_query
+from ..queries import check_query
 from . import dataset
 
 TIME_LIMIT_S = 5.0

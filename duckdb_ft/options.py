@@ -1,11 +1,15 @@
-"""FINETUNE options: one dataclass with typed defaults, validated once, stored as JSON with the job."""
+"""Options JSON of FINETUNE and COMPLETE: a dataclass each, with typed defaults, read by one parser.
+
+The parser gathers every problem and raises once; unknown names, duplicated names, NaN and out-of-range values are
+errors, never silently ignored. FINETUNE's options are stored as JSON with the job.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArgument
@@ -58,34 +62,11 @@ class TrainingOptions:
     @classmethod
     def parse(cls, text: str | None) -> "TrainingOptions":
         """Parse and validate options JSON; every problem is gathered and raised at once."""
-        if text is None or not str(text).strip():
-            return cls()
-        try:
-            raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise InvalidArgument(f"FINETUNE options are not valid JSON: {e}") from None
-        if not isinstance(raw, dict):
-            raise InvalidArgument(f"FINETUNE options must be a JSON object like '{{\"max_epochs\": 2}}', got {text!r}")
-        unknown = sorted(set(raw) - set(cls.names()))
-        if unknown:
-            raise InvalidArgument(
-                f"unknown FINETUNE option(s): {', '.join(unknown)}; valid options: {', '.join(sorted(cls.names()))}"
-            )
-        problems: list[str] = []
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in raw:
-                continue
-            v = raw[f.name]
-            check = _CHECKS[f.name]
-            err = check(v)
-            if err:
-                problems.append(f"{f.name} {err}, got {json.dumps(v)[:60]}")
-            else:
-                values[f.name] = float(v) if _CHECKS[f.name] in _FLOATS else v
-        if problems:
-            raise InvalidArgument("invalid FINETUNE options: " + "; ".join(problems))
-        return cls(**values)
+        return parse_options(cls, text, "FINETUNE", _CHECKS)
+
+    def steps_per_epoch(self, n_examples: int) -> int:
+        """Optimizer steps in one pass over ``n_examples`` training pairs (the last micro-batch may be short)."""
+        return math.ceil(math.ceil(n_examples / self.batch_size) / self.gradient_accumulation_steps)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -93,6 +74,58 @@ class TrainingOptions:
     @classmethod
     def from_json(cls, text: str) -> "TrainingOptions":
         return cls(**json.loads(text))
+
+
+def parse_options(cls: type, text: str | None, what: str, checks: dict[str, Any]) -> Any:
+    """``cls`` built from options JSON ``text``; ``checks`` maps each field to a check that returns a problem or None.
+
+    NULL or '' gives the defaults. Raises InvalidArgument naming every problem (``what`` is FINETUNE or COMPLETE).
+    """
+    if text is None or not str(text).strip():
+        return cls()
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise InvalidArgument(f"{what} options are not valid JSON ({e}): {str(text)[:80]!r}") from None
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{what} options must be a JSON object like '{{\"{next(iter(checks))}\": ...}}', "
+                              f"got {type(raw).__name__}: {str(text)[:80]!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise InvalidArgument(f"unknown {what} option(s): {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name in names:
+        if name not in raw:
+            continue
+        v = raw[name]
+        err = checks[name](v)
+        if err:
+            problems.append(f"{name} {err}, got {json.dumps(v)[:60]}")
+        else:
+            values[name] = float(v) if checks[name] in _FLOATS else v
+    if problems:
+        raise InvalidArgument(f"invalid {what} options: " + "; ".join(problems))
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class CompleteOptions:
+    """Generation options of COMPLETE / TRY_COMPLETE, named as Cortex COMPLETE names them."""
+
+    temperature: float = 0.0
+    """0 is greedy decoding (deterministic); above 0 samples with that temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (only with temperature > 0)."""
+    max_tokens: int | None = None
+    """Most tokens to generate. Unset: up to the default cap, as far as the context allows; set: the prompt plus
+    max_tokens must fit the model's context."""
+
+    @classmethod
+    def parse(cls, text: str | None) -> "CompleteOptions":
+        """Parse Cortex-style options JSON (``'{"temperature": 0.2, "max_tokens": 64}'``); NULL or '' is defaults."""
+        return parse_options(cls, text, "COMPLETE", _COMPLETE_CHECKS)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -108,10 +141,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def _int(lo: int, hi: int):
+def _int(lo: int, hi: int | None = None):
     def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            return f"must be an integer from {lo} to {hi}"
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            return f"must be an integer from {lo} to {hi}" if hi is not None else f"must be an integer of at least {lo}"
         return None
     return check
 
@@ -150,7 +183,9 @@ _dropout = _float(0.0, 0.9)
 _warm = _float(0.0, 0.5)
 _decay = _float(0.0, 1.0)
 _clip = _float(0.0, 1e6)
-_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip}
+_temperature = _float(0.0, 2.0)
+_top_p = _float(0.0, 1.0, lo_open=True)
+_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip, _temperature, _top_p}
 _CHECKS = {
     "max_epochs": _int(1, 10),
     "learning_rate": _lr,
@@ -171,3 +206,5 @@ _CHECKS = {
     "dtype": _one_of("auto", "float32", "bfloat16"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
+_COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}
+assert set(_COMPLETE_CHECKS) == {f.name for f in dataclasses.fields(CompleteOptions)}

@@ -1,7 +1,7 @@
 """The ``duckdb-ft`` shell: DuckDB's shell habits over a duckdb-ft connection.
 
-UI only: every statement goes through :func:`duckdb_ft.execute`, its result is rendered by :mod:`duckdb_ft.render`,
-and a job is watched by :mod:`duckdb_ft.progress`. Statements end with ``;`` and may span lines; lines starting with
+UI only: every statement goes through :func:`duckdb_ft.execute`, its result is rendered by :mod:`.render`,
+and a job is watched by :mod:`.progress`. Statements end with ``;`` and may span lines; lines starting with
 ``.`` are dot commands. A statement runs on a worker thread so that Ctrl-C (in the main thread) can interrupt it
 with ``con.interrupt()`` and the shell stays.
 """
@@ -18,62 +18,43 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, TextIO
 
+import duckdb
+
+from ..errors import FtError, from_duckdb, udf_error
+from ..surface.connection import execute
 from . import render, sqltext
+from .commands import COMMANDS, CommandError, Quit, find
 
 PROMPT = "D "
 CONTINUATION = "‣ "
 BATCH_ROWS = 2048
 DEFAULT_HISTORY = "~/.duckdb_ft_history"
-_UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (\w+): (.*)", re.S)
 _DUCKDB_ERROR = re.compile(r"([A-Z][A-Za-z ]*Error): (.*)", re.S)
-
-
-class Quit(Exception):
-    """``.quit`` / ``.exit [CODE]``: leave the shell."""
-
-    def __init__(self, code: int = 0):
-        super().__init__(code)
-        self.code = code
-
-
-class CommandError(Exception):
-    """A dot command was misused; the message says how to use it."""
 
 
 def error_message(e: BaseException) -> str:
     """One clear message for an error, never a traceback.
 
-    duckdb-ft's own errors reach DuckDB through a UDF, which wraps them: "Invalid Input Error: Python exception
-    occurred while executing the UDF: InvalidArgument: <message>" is shown as "Error: <message>". DuckDB's errors are
-    shown as DuckDB's shell shows them: the kind of error on a line, then the message.
+    duckdb-ft's own errors (those DuckDB reports from inside a UDF included, see :func:`duckdb_ft.errors.from_duckdb`)
+    are shown as "Error: <message>". DuckDB's errors are shown as DuckDB's shell shows them: the kind of error on a
+    line, then the message.
     """
-    from .errors import FtError
-
+    ours = e if isinstance(e, FtError) else from_duckdb(e)
+    if ours is not None or isinstance(e, CommandError):
+        return f"Error: {str(ours if ours is not None else e).strip()}"
     text = str(e).strip()
-    m = _UDF_ERROR.search(text)
-    if m:
-        name, message = m.groups()
-        ours = {c.__name__ for c in _subclasses(FtError)}
-        return f"Error: {message.strip()}" if name in ours else f"Error: {name}: {message.strip()}"
-    if isinstance(e, (FtError, CommandError)):
-        return f"Error: {text}"
-    m = _DUCKDB_ERROR.match(text)
-    if m and type(e).__module__.startswith(("duckdb", "_duckdb")):
-        return f"{m.group(1)}:\n{m.group(2)}"
-    if type(e).__module__.startswith(("duckdb", "_duckdb")):
-        return f"Error: {text}"
+    foreign = udf_error(e)
+    if foreign:  # a bug's exception inside a UDF (not one of ours): its class says most
+        return f"Error: {foreign[0]}: {foreign[1]}"
+    if isinstance(e, duckdb.Error):
+        m = _DUCKDB_ERROR.match(text)
+        return f"{m.group(1)}:\n{m.group(2)}" if m else f"Error: {text}"
     return f"Error: {type(e).__name__}: {text}"
 
 
-def _subclasses(cls: type) -> list[type]:
-    out = [cls]
-    for sub in cls.__subclasses__():
-        out += _subclasses(sub)
-    return out
-
-
 def _interrupted(e: BaseException) -> bool:
-    return type(e).__name__ == "InterruptException"
+    """DuckDB's own interrupt (Ctrl-C of a query): not an FtError such as an interrupted WAIT, which says more."""
+    return isinstance(e, duckdb.InterruptException) and not isinstance(e, FtError)
 
 
 class Shell:
@@ -114,9 +95,7 @@ class Shell:
         return ok
 
     def _execute(self, sql: str) -> None:
-        import duckdb_ft
-
-        rel = duckdb_ft.execute(self.con, sql)
+        rel = execute(self.con, sql)
         if rel is None:
             return
         columns = list(rel.columns)
@@ -201,7 +180,6 @@ class Shell:
 
     def run_command(self, line: str) -> bool:
         """Run one dot command; True when it succeeded."""
-        from .commands import COMMANDS, find
 
         try:
             args = shlex.split(line[1:])

@@ -8,12 +8,12 @@ row. Prompts go through the model's chat template. ``temperature`` 0 (the defaul
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import FtError, InvalidArgument
+from ..errors import FtError, InvalidArgument
+from ..options import CompleteOptions
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
@@ -21,59 +21,6 @@ from .models import LoadedModel
 DEFAULT_MAX_TOKENS = 512
 BATCH_ROWS = 64
 ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class CompleteOptions:
-    """Generation options, named as Cortex COMPLETE names them."""
-
-    temperature: float = 0.0
-    """0 is greedy decoding (deterministic); above 0 samples with that temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (only with temperature > 0)."""
-    max_tokens: int | None = None
-    """Most tokens to generate. Unset: up to DEFAULT_MAX_TOKENS, as far as the context allows; set: the prompt
-    plus max_tokens must fit the model's context."""
-
-    @classmethod
-    def parse(cls, text: str | None) -> "CompleteOptions":
-        """Parse Cortex-style options JSON (``'{"temperature": 0.2, "max_tokens": 64}'``); NULL or '' is defaults."""
-        if text is None or not str(text).strip():
-            return cls()
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidArgument(f"COMPLETE options are not valid JSON ({e.msg} at position {e.pos}): {text!r}") from e
-        if not isinstance(raw, dict):
-            raise InvalidArgument(f"COMPLETE options must be a JSON object, got {type(raw).__name__}: {text!r}")
-        known = {"temperature", "top_p", "max_tokens"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InvalidArgument(
-                f"unknown COMPLETE option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
-            )
-        problems = []
-        values: dict[str, Any] = {}
-        for key in ("temperature", "top_p"):
-            if key in raw:
-                v = raw[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    problems.append(f"{key} must be a number, got {v!r}")
-                    continue
-                values[key] = float(v)
-        if "temperature" in values and not 0 <= values["temperature"] <= 2:
-            problems.append(f"temperature must be between 0 and 2, got {values['temperature']}")
-        if "top_p" in values and not 0 < values["top_p"] <= 1:
-            problems.append(f"top_p must be in (0, 1], got {values['top_p']}")
-        if "max_tokens" in raw:
-            v = raw["max_tokens"]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.append(f"max_tokens must be a positive integer, got {v!r}")
-            else:
-                values["max_tokens"] = v
-        if problems:
-            raise InvalidArgument("invalid COMPLETE options: " + "; ".join(problems))
-        return cls(**values)
 
 
 def parse_messages(value: str, *, encoded: bool) -> list[dict[str, str]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ModelLoadError, ModelNotFound
+from ..errors import ModelLoadError, ModelNotFound
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "DUCKDB_FT_CACHE"
@@ -205,7 +205,8 @@ class LoadedModel:
 
 
 _loaded: dict[str, LoadedModel] = {}
-_load_lock = threading.Lock()
+_load_locks: dict[str, threading.Lock] = {}  # one per resolved folder: loading one model never blocks another
+_locks_lock = threading.Lock()
 
 
 def load_tokenizer(path: str) -> Any:
@@ -222,7 +223,12 @@ def load(name: str) -> LoadedModel:
     path = resolve(name)
     if os.path.isdir(path):
         path = os.path.realpath(path)  # one key per folder, however it was named
-    with _load_lock:
+    hit = _loaded.get(path)  # a cache hit takes no lock: it never waits for another model's multi-second load
+    if hit is not None:
+        return hit
+    with _locks_lock:
+        lock = _load_locks.setdefault(path, threading.Lock())
+    with lock:
         if path in _loaded:
             return _loaded[path]
         import torch
@@ -246,7 +252,7 @@ def load(name: str) -> LoadedModel:
 
 def unload_all() -> None:
     """Forget every cached model (tests; freeing memory)."""
-    with _load_lock:
+    with _locks_lock:
         _loaded.clear()
 
 

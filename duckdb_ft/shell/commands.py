@@ -1,18 +1,29 @@
 """The shell's dot commands: ``.tables``, ``.schema``, ``.read``, ``.mode``, ``.timer``, ``.wait``, ``.help``, ``.quit``.
 
 Each takes the shell and its arguments; it prints what it has to say and returns False when it failed (or raises
-:class:`~duckdb_ft.shell.CommandError` with the usage).
+:class:`CommandError` with the usage).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from . import render
-from .shell import CommandError, Quit
+from . import progress, render
 
 if TYPE_CHECKING:
-    from .shell import Shell
+    from .repl import Shell
+
+
+class Quit(Exception):
+    """``.quit`` / ``.exit [CODE]``: leave the shell."""
+
+    def __init__(self, code: int = 0):
+        super().__init__(code)
+        self.code = code
+
+
+class CommandError(Exception):
+    """A dot command was misused; the message says how to use it."""
 
 # duckdb-ft's own catalog (jobs, models, ...) is not the user's: .tables and .schema leave it out.
 _USER_OBJECTS = """
@@ -104,8 +115,6 @@ def schema(shell: Shell, args: list[str]) -> None:
 
 
 def wait(shell: Shell, args: list[str]) -> bool:
-    from . import progress
-
     if len(args) > 1:
         raise CommandError("usage: .wait [JOB_ID]")
     ids = args or progress.running_jobs(shell.con)

@@ -15,9 +15,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import kernels
+from ..options import TrainingOptions
 from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches
-from .settings import TrainingOptions
 
 # Attention projections by architecture: the usual LoRA targets.
 DEFAULT_TARGETS = {
@@ -98,6 +97,8 @@ def completion_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     attends to earlier positions, which are all real. Rows holding one example each take attention's plain causal
     path; packed rows are recognized by transformers from ``position_ids``, which keeps each example to itself.
     """
+    from . import kernels  # imports torch: loaded with the first step, not with this module
+
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = inner.get_decoder()(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                                  use_cache=False).last_hidden_state
@@ -161,6 +162,8 @@ def _autocast(device: str, dtype: Any = None) -> Any:
 def _cpu_fast_paths(base: Any) -> None:
     """Attention by explicit products for short batches (``kernels``), where the model lets us choose."""
     try:
+        from . import kernels
+
         base.set_attn_implementation(kernels.register_attention())
     except Exception:  # an architecture without the attention interface keeps its own
         pass
@@ -192,6 +195,8 @@ def train(
     import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+    from . import kernels
+
     hooks = hooks or Hooks()
     device = next(base.parameters()).device.type
     dtype = compute_dtype(opts, device)
@@ -212,14 +217,15 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
 
-    micro_per_epoch = math.ceil(len(train_examples) / opts.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / opts.gradient_accumulation_steps)
+    steps_per_epoch = opts.steps_per_epoch(len(train_examples))
     total_steps = steps_per_epoch * opts.max_epochs
     lr_factor = schedule(opts, total_steps)
 
     step, tokens_seen = 0, 0
     if resume is not None:
-        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=False)
+        # weights_only: a checkpoint holds tensors and plain values only (the optimizer's state_dict, the step),
+        # so loading it cannot run code even if the database file came from someone else.
+        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=True)
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen = state["step"], state["tokens"]

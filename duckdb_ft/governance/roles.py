@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import catalog
-from .errors import PermissionDenied
+from .. import catalog
+from ..catalog import access as accessdb, objects
+from ..errors import PermissionDenied
+from ..queries import parse
+from .reads import SAFE_TABLE_FUNCTIONS, tables_read
 
 ADMIN = "admin"
 PUBLIC = "public"
@@ -26,7 +29,7 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 def effective_roles(cur: Any, role: str) -> set[str]:
     """``role``, every role granted to it (transitively), and ``public``."""
     inherits: dict[str, set[str]] = {}
-    for granted, kind, member in catalog.members(cur):
+    for granted, kind, member in accessdb.members(cur):
         if kind == "ROLE":
             inherits.setdefault(member, set()).add(granted)
     seen, todo = {role, PUBLIC}, [role]
@@ -40,7 +43,7 @@ def effective_roles(cur: Any, role: str) -> set[str]:
 
 def user_roles(cur: Any, user: str) -> list[str]:
     """Roles granted directly to a user, oldest grant first."""
-    return [role for role, kind, member in catalog.members(cur) if kind == "USER" and member == user]
+    return [role for role, kind, member in accessdb.members(cur) if kind == "USER" and member == user]
 
 
 def default_role(cur: Any, user: str | None) -> str:
@@ -57,10 +60,10 @@ class Checker:
         self.cur, self.role = cur, role
         self.admin = role == ADMIN
         self.roles = {ADMIN} if self.admin else effective_roles(cur, role)
-        self._grants = None if self.admin else [g for g in catalog.grants(cur) if g[0] in self.roles]
+        self._grants = None if self.admin else [g for g in accessdb.grants(cur) if g[0] in self.roles]
 
     def owns(self, kind: str, name: str) -> bool:
-        return self.admin or catalog.owner_of(self.cur, kind, name) in self.roles
+        return self.admin or accessdb.owner_of(self.cur, kind, name) in self.roles
 
     def has(self, privilege: str, kind: str, name: str) -> bool:
         if self.admin:
@@ -98,8 +101,6 @@ class Checker:
 
     def require_read(self, names: Iterable[str], functions: Iterable[str] = (), _depth: int = 0) -> None:
         """SELECT on every table and view read, views followed to what they read; external reads: admin only."""
-        from .statements import SAFE_TABLE_FUNCTIONS, parse, tables_read
-
         if self.admin:
             return
         external = sorted(set(functions) - SAFE_TABLE_FUNCTIONS)
@@ -111,13 +112,13 @@ class Checker:
             if name.split(".", 1)[0] == catalog.SCHEMA:
                 raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the "
                                        "duckdb-ft catalog is reached only through its functions and statements")
-            kind = catalog.relation_kind(self.cur, name)
+            kind = objects.relation_kind(self.cur, name)
             if kind is None:
                 raise PermissionDenied(f"Insufficient privileges to operate on table '{name}': it does not exist "
                                        f"or is not a table of this database (current role: {self.role})")
             self.require("SELECT", kind, name)
             if kind == "VIEW" and _depth < 16:
-                sql = catalog.view_sql(self.cur, name)
+                sql = objects.view_sql(self.cur, name)
                 if sql:
                     stmt = parse(sql)[0]
                     tables, funcs = tables_read(stmt, name.split(".", 1)[0])

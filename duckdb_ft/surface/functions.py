@@ -15,11 +15,14 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from . import complete as completion
-from .engine import Engine, Session
-from .errors import FtError, InvalidArgument
+from ..errors import FtError, InvalidArgument
+from ..jobs import shapes
+from ..ml import complete as completion
+from . import router
+from .actions import finetune_action
+from .engine import Engine, Session, find_engine, register
+from .grammar import parse_ft_statement
 
-_engines: dict[str, Engine] = {}
 _install_lock = threading.Lock()
 
 
@@ -63,14 +66,12 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         return [json.dumps(engine.jobs.history(j, session)) if j is not None else None for j in job_ids]
 
     def statement(session_ids, texts):
-        from . import router, statements
-
         out = []
         for sid, text in zip(session_ids, texts):
             if text is None:
                 out.append(None)
                 continue
-            if statements.parse_ft_statement(text) is None:
+            if parse_ft_statement(text) is None:
                 raise InvalidArgument("ft_execute() runs duckdb-ft's own statements (GRANT, REVOKE, CREATE ROLE, "
                                       "USE ROLE, SHOW MODELS, DROP MODEL, ...); run other SQL directly")
             table = router.run(engine.session(sid), None, text)
@@ -92,69 +93,9 @@ def _register_udfs(con: Any, engine: Engine) -> None:
     con.create_function("__ft_engine", lambda: engine.id, [], V, side_effects=True)
 
 
-def _show(engine: Engine, session: Session, args: list) -> str:
-    return json.dumps(engine.jobs.show(session))
-
-
-def _create(engine: Engine, session: Session, args: list) -> str:
-    name, base, train_q, val_q, options = args
-    for label, value in (("model name", name), ("base model", base), ("training query", train_q)):
-        if value is None:
-            raise InvalidArgument(f"finetune('CREATE', name, base_model, training_query [, validation_query "
-                                  f"[, options]]): the {label} is missing")
-    if engine.read_only:
-        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
-    return engine.jobs.create(session, name, base, train_q, val_q or None, options)
-
-
-def _job_arg(args: list, action: str) -> str:
-    if args[0] is None:
-        raise InvalidArgument(f"finetune('{action}', job_id) needs a job id, e.g. finetune('{action}', 'ft_...')")
-    return args[0]
-
-
-def _wait(engine: Engine, session: Session, args: list) -> str:
-    timeout = None
-    if args[1] is not None:
-        try:
-            timeout = float(args[1])
-        except ValueError:
-            raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
-    job_id = _job_arg(args, "WAIT")
-    engine.jobs.describe(job_id, session)  # the same visibility as DESCRIBE
-    return engine.jobs.wait(job_id, timeout, session.interrupted)
-
-
-#: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
-ACTIONS: dict[str, Callable[[Engine, Session, list], str]] = {
-    "CREATE": _create,
-    "SHOW": _show,
-    "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"), s)),
-    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL"), s),
-    "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
-    "WAIT": _wait,
-}
-
-
-def finetune_action(engine: Engine, session: Session, action: str | None, args: list) -> str:
-    key = (action or "").strip().upper()
-    if key not in ACTIONS:
-        raise InvalidArgument(f"unknown FINETUNE action {action!r}; valid actions: {', '.join(ACTIONS)}")
-    return ACTIONS[key](engine, session, args)
-
-
-_SHOW_TYPE = json.dumps([{"id": "VARCHAR", "status": "VARCHAR", "base_model": "VARCHAR", "created_on": "BIGINT"}])
-_DESCRIBE_TYPE = json.dumps({
-    "id": "VARCHAR", "status": "VARCHAR", "progress": "DOUBLE", "base_model": "VARCHAR", "created_on": "BIGINT",
-    "started_on": "BIGINT", "finished_on": "BIGINT", "model": "VARCHAR", "training_data": "VARCHAR",
-    "validation_data": "VARCHAR", "trained_tokens": "BIGINT",
-    "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON",
-    "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
-    "step": "BIGINT", "total_steps": "BIGINT", "error": {"message": "VARCHAR"},
-})
-_HISTORY_TYPE = json.dumps([{"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE",
-                             "validation_loss": "DOUBLE", "learning_rate": "DOUBLE", "tokens": "BIGINT",
-                             "elapsed_s": "DOUBLE"}])
+_SHOW_TYPE = shapes.from_json_type(shapes.SHOW_FIELDS, array=True)
+_DESCRIBE_TYPE = shapes.from_json_type(shapes.DESCRIBE_FIELDS)
+_HISTORY_TYPE = shapes.from_json_type(shapes.HISTORY_FIELDS, array=True)
 
 
 def _finetune_call(session: str, n: int) -> str:
@@ -208,14 +149,6 @@ def _cortex_macros() -> list[str]:
     ]
 
 
-def _engine_of(con: Any) -> Engine | None:
-    try:
-        engine_id = con.execute("SELECT __ft_engine()").fetchall()[0][0]
-    except Exception:
-        return None
-    return _engines.get(engine_id)
-
-
 def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> Session:
     """Register duckdb-ft on ``con`` (any DuckDB connection). Installing again is harmless.
 
@@ -230,11 +163,11 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
         the connection's :class:`Session`.
     """
     with _install_lock:
-        engine = _engine_of(con)
+        engine = find_engine(con)
         if engine is None:
             engine = Engine(con, resume_jobs=resume_jobs)
             _register_udfs(con, engine)
-            _engines[engine.id] = engine
+            register(engine)
             new = True
         else:
             new = False
@@ -247,11 +180,3 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
                 for sql in _cortex_macros():
                     con.execute(sql)
         return session
-
-
-def engine_of(con: Any) -> Engine:
-    """The engine of a connection on which duckdb-ft is installed."""
-    engine = _engine_of(con)
-    if engine is None:
-        raise FtError("duckdb-ft is not installed on this connection: call duckdb_ft.install(con)")
-    return engine

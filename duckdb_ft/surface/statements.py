@@ -1,8 +1,5 @@
-"""Routes one SQL statement: duckdb-ft's own statements to the core, everything else to DuckDB.
-
-The shell, ``duckdb_ft.connect()``'s connections and ``duckdb_ft.execute(con, sql)`` send every statement through
-:func:`execute`, so statements DuckDB cannot parse (GRANT, CREATE ROLE, SHOW MODELS, ...) work there, and a
-non-administrator session's plain SQL is authorized before DuckDB runs it.
+"""duckdb-ft's own statements, one handler each: roles, grants, models. Each checks the caller's privileges, changes
+the catalog, and answers with a small table (pyarrow), as Snowflake answers the same statements.
 """
 
 from __future__ import annotations
@@ -11,14 +8,14 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from . import access, catalog, statements
+from ..catalog import access as accessdb, models as modeldb, objects
+from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from ..governance import roles
+from ..queries import parse_model_name
 from .engine import Session
-from .errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from .statements import FtStatement
+from .grammar import FtStatement
 
-#: Plain statements a non-administrator may run (each authorized by what it reads, writes or creates).
-USER_STATEMENTS = {"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE TABLE", "CREATE VIEW", "DROP TABLE",
-                   "DROP VIEW", "DESCRIBE", "SHOW", "TRANSACTION", "COMMIT", "ROLLBACK", "SET VARIABLE"}
+#: The privileges GRANT accepts on each kind of object.
 OBJECT_PRIVILEGES = {
     "TABLE": {"SELECT", "INSERT", "UPDATE", "DELETE", "OWNERSHIP", "ALL"},
     "VIEW": {"SELECT", "OWNERSHIP", "ALL"},
@@ -26,83 +23,6 @@ OBJECT_PRIVILEGES = {
     "SCHEMA": {"USAGE", "CREATE MODEL", "CREATE TABLE", "CREATE VIEW", "ALL"},
     "MODEL": {"USAGE", "OWNERSHIP", "ALL"},
 }
-
-
-def session_of(con: Any) -> Session:
-    from .extension import engine_of
-
-    engine = engine_of(con)
-    return engine.session(con.execute("SELECT __ft_session_id()").fetchall()[0][0])
-
-
-def execute(con: Any, sql: str, params: Any = None) -> Any:
-    """Run one statement on a raw DuckDB connection with duckdb-ft installed.
-
-    Returns a DuckDB relation (or None for statements without a result); duckdb-ft's own statements return
-    their rows as a relation too.
-    """
-    from .connection import Connection
-
-    if isinstance(con, Connection):
-        return con.sql(sql, params=params) if params is None else con.execute(sql, params)
-    session = session_of(con)
-    result = run(session, con, sql, params)
-    if isinstance(result, pa.Table):
-        return con.from_arrow(result)
-    return result
-
-
-def run(session: Session, con: Any, sql: str, params: Any = None) -> Any:
-    """Run one statement for ``session``: a pyarrow Table for duckdb-ft statements, else DuckDB's result."""
-    st = statements.parse_ft_statement(sql) if isinstance(sql, str) else None
-    if st is not None:
-        return HANDLERS[st.kind](session, st)
-    if not session.is_admin:
-        authorize(session, sql)
-    result = con.sql(sql, params=params) if params else con.sql(sql)
-    if not session.is_admin:
-        _record_owner(session, sql)
-    return result
-
-
-def authorize(session: Session, sql: str) -> None:
-    """Check a non-administrator's plain SQL before DuckDB runs it; raise PermissionDenied if not allowed."""
-    try:
-        parsed = statements.parse(sql)
-    except InvalidArgument as e:
-        raise PermissionDenied(f"cannot check this statement, so role {session.role} may not run it: {e}") from None
-    for stmt in parsed:
-        acc = statements.analyze(stmt.sql(dialect=statements.DIALECT), session.schema)
-        check = session.checker()
-        if acc.kind not in USER_STATEMENTS:
-            raise PermissionDenied(f"Insufficient privileges: {acc.kind} is for the administrator only "
-                                   f"(current role: {session.role})")
-        touched = acc.writes | ({acc.creates[1]} if acc.creates else set())
-        if any(n.split(".", 1)[0] == catalog.SCHEMA for n in touched):
-            raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the duckdb-ft "
-                                   "catalog changes only through its functions and statements")
-        check.require_read(acc.reads, acc.table_functions)
-        if acc.kind in ("INSERT", "UPDATE", "DELETE"):
-            for name in acc.writes:
-                check.require(acc.kind, catalog.relation_kind(session.engine.cursor(), name) or "TABLE", name)
-        elif acc.creates:
-            kind, name = acc.creates
-            check.require(f"CREATE {kind}", "SCHEMA", name.split(".", 1)[0])
-        elif acc.kind in ("DROP TABLE", "DROP VIEW"):
-            for name in acc.writes:
-                check.require_owner(acc.kind.split()[1], name, acc.kind)
-
-
-def _record_owner(session: Session, sql: str) -> None:
-    for stmt in statements.parse(sql):
-        acc = statements.analyze(stmt.sql(dialect=statements.DIALECT), session.schema)
-        if acc.creates:
-            catalog.set_owner(session.engine.cursor(), acc.creates[0], acc.creates[1], session.role)
-
-
-# ------------------------------------------------------------------------------------------------ statements
-
-
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
     def column(c: str) -> pa.Array:
         values = [r.get(c) for r in rows]
@@ -116,31 +36,31 @@ def _status(message: str) -> pa.Table:
 
 
 def _role_must_exist(cur: Any, role: str) -> None:
-    if role != access.ADMIN and not catalog.role_exists(cur, role):
+    if role != roles.ADMIN and not accessdb.role_exists(cur, role):
         raise NotFound(f"role '{role}' does not exist: CREATE ROLE {role} first (SHOW ROLES lists them)")
 
 
 def _create_role(session: Session, st: FtStatement) -> pa.Table:
     session.checker().require_admin("CREATE ROLE")
     cur = session.engine.cursor()
-    if st.role == access.ADMIN or catalog.role_exists(cur, st.role):
+    if st.role == roles.ADMIN or accessdb.role_exists(cur, st.role):
         if st.if_exists:
             return _status(f"Role {st.role} already exists, statement succeeded.")
         raise AlreadyExists(f"role '{st.role}' already exists")
-    catalog.create_role(cur, st.role)
+    accessdb.create_role(cur, st.role)
     return _status(f"Role {st.role} successfully created.")
 
 
 def _drop_role(session: Session, st: FtStatement) -> pa.Table:
     session.checker().require_admin("DROP ROLE")
     cur = session.engine.cursor()
-    if st.role in (access.ADMIN, access.PUBLIC):
+    if st.role in (roles.ADMIN, roles.PUBLIC):
         raise InvalidArgument(f"role '{st.role}' is built in and cannot be dropped")
-    if not catalog.role_exists(cur, st.role):
+    if not accessdb.role_exists(cur, st.role):
         if st.if_exists:
             return _status(f"Role {st.role} does not exist, statement succeeded.")
         _role_must_exist(cur, st.role)
-    catalog.drop_role(cur, st.role)
+    accessdb.drop_role(cur, st.role)
     return _status(f"{st.role} successfully dropped.")
 
 
@@ -149,17 +69,17 @@ def _object(session: Session, st: FtStatement) -> tuple[str, str]:
     cur = session.engine.cursor()
     kind, name = st.object_kind, st.object_name
     if kind in ("SCHEMA", "ALL TABLES"):
-        if not catalog.schema_exists(cur, name):
+        if not objects.schema_exists(cur, name):
             raise NotFound(f"schema '{name}' does not exist")
         return kind, name
     if "." not in name:
         name = f"{session.schema}.{name}"
     if kind == "MODEL":
         schema, model = name.split(".", 1)
-        if catalog.get_model(cur, schema, model) is None:
+        if modeldb.get_model(cur, schema, model) is None:
             raise NotFound(f"model '{name}' does not exist (SHOW MODELS lists them)")
         return kind, name
-    actual = catalog.relation_kind(cur, name)
+    actual = objects.relation_kind(cur, name)
     if actual is None:
         raise NotFound(f"{kind.lower()} '{name}' does not exist")
     return actual, name
@@ -183,15 +103,15 @@ def _grant(session: Session, st: FtStatement, revoke: bool = False) -> pa.Table:
         if revoke:
             raise InvalidArgument("OWNERSHIP cannot be revoked: GRANT OWNERSHIP to another role instead")
         if kind == "MODEL":
-            catalog.set_model_owner(cur, *name.split(".", 1), st.role)
+            modeldb.set_model_owner(cur, *name.split(".", 1), st.role)
         else:
-            catalog.set_owner(cur, kind, name, st.role)
+            accessdb.set_owner(cur, kind, name, st.role)
         return _status(f"Ownership of {kind.lower()} {name} granted to role {st.role}.")
     for p in st.privileges:
         if revoke:
-            catalog.remove_grant(cur, st.role, p, kind, name)
+            accessdb.remove_grant(cur, st.role, p, kind, name)
         else:
-            catalog.add_grant(cur, st.role, p, kind, name)
+            accessdb.add_grant(cur, st.role, p, kind, name)
     verb = "revoked from" if revoke else "granted to"
     return _status(f"{', '.join(st.privileges)} on {kind.lower()} {name} {verb} role {st.role}.")
 
@@ -202,20 +122,19 @@ def _grant_role(session: Session, st: FtStatement, revoke: bool = False) -> pa.T
     _role_must_exist(cur, st.role)
     if st.grantee_kind == "ROLE":
         _role_must_exist(cur, st.grantee)
-        if not revoke and st.role in access.effective_roles(cur, st.role) and \
-                st.grantee in access.effective_roles(cur, st.role):
+        if not revoke and st.grantee in roles.effective_roles(cur, st.role):  # the role already has the grantee's
             raise InvalidArgument(f"granting role {st.role} to role {st.grantee} would make a cycle")
     if revoke:
-        catalog.remove_member(cur, st.role, st.grantee_kind, st.grantee)
+        accessdb.remove_member(cur, st.role, st.grantee_kind, st.grantee)
         return _status(f"Role {st.role} revoked from {st.grantee_kind.lower()} {st.grantee}.")
-    catalog.add_member(cur, st.role, st.grantee_kind, st.grantee)
+    accessdb.add_member(cur, st.role, st.grantee_kind, st.grantee)
     return _status(f"Role {st.role} granted to {st.grantee_kind.lower()} {st.grantee}.")
 
 
 def _use_role(session: Session, st: FtStatement) -> pa.Table:
     cur = session.engine.cursor()
     _role_must_exist(cur, st.role)
-    if session.user is not None and st.role not in access.user_roles(cur, session.user) + [access.PUBLIC]:
+    if session.user is not None and st.role not in roles.user_roles(cur, session.user) + [roles.PUBLIC]:
         raise PermissionDenied(f"role '{st.role}' is not granted to user {session.user}: "
                                f"GRANT ROLE {st.role} TO USER {session.user} first")
     session.role = st.role
@@ -223,7 +142,7 @@ def _use_role(session: Session, st: FtStatement) -> pa.Table:
 
 
 def _show_roles(session: Session, st: FtStatement) -> pa.Table:
-    rows = [{"name": access.ADMIN, "created_on": None}] + catalog.list_roles(session.engine.cursor())
+    rows = [{"name": roles.ADMIN, "created_on": None}] + accessdb.list_roles(session.engine.cursor())
     return _table(rows, ["name", "created_on"])
 
 
@@ -232,13 +151,13 @@ def _show_grants(session: Session, st: FtStatement) -> pa.Table:
     check = session.checker()
     rows = []
     if st.grantee_kind == "USER":
-        for role, kind, member in catalog.members(cur):
+        for role, kind, member in accessdb.members(cur):
             if kind == "USER" and member == st.grantee and (check.admin or role in check.roles):
                 rows.append({"privilege": "USAGE", "granted_on": "ROLE", "name": role,
                              "granted_to": "USER", "grantee_name": member})
         return _table(rows, ["privilege", "granted_on", "name", "granted_to", "grantee_name"])
     target = _object(session, st) if st.object_kind else None
-    for role, priv, kind, name in catalog.grants(cur):
+    for role, priv, kind, name in accessdb.grants(cur):
         if st.grantee_kind == "ROLE" and role != st.grantee:
             continue
         if target and (kind, name) != target:
@@ -246,13 +165,13 @@ def _show_grants(session: Session, st: FtStatement) -> pa.Table:
         if check.admin or role in check.roles:
             rows.append({"privilege": priv, "granted_on": kind, "name": name, "granted_to": "ROLE",
                          "grantee_name": role})
-    for role, kind, member in catalog.members(cur):
+    for role, kind, member in accessdb.members(cur):
         if kind == "ROLE" and not target and (st.grantee_kind != "ROLE" or member == st.grantee) and \
                 (check.admin or member in check.roles):
             rows.append({"privilege": "USAGE", "granted_on": "ROLE", "name": role, "granted_to": "ROLE",
                          "grantee_name": member})
     if target and target[0] == "MODEL":
-        owner = catalog.owner_of(cur, "MODEL", target[1])
+        owner = accessdb.owner_of(cur, "MODEL", target[1])
         rows.insert(0, {"privilege": "OWNERSHIP", "granted_on": "MODEL", "name": target[1], "granted_to": "ROLE",
                         "grantee_name": owner})
     return _table(rows, ["privilege", "granted_on", "name", "granted_to", "grantee_name"])
@@ -266,16 +185,16 @@ def _show_models(session: Session, st: FtStatement) -> pa.Table:
     cur = session.engine.cursor()
     check = session.checker()
     schema = st.object_name if st.object_kind == "SCHEMA" else None
-    if schema and not catalog.schema_exists(cur, schema):
+    if schema and not objects.schema_exists(cur, schema):
         raise NotFound(f"schema '{schema}' does not exist")
-    rows = [m for m in catalog.list_models(cur, schema)
+    rows = [m for m in modeldb.list_models(cur, schema)
             if check.has("USAGE", "MODEL", f"{m['schema_name']}.{m['name']}")]
     return _table(rows, MODEL_COLUMNS)
 
 
 def _model(session: Session, st: FtStatement) -> tuple[str, str, dict | None]:
-    schema, name = statements.parse_model_name(st.object_name, session.schema)
-    return schema, name, catalog.get_model(session.engine.cursor(), schema, name)
+    schema, name = parse_model_name(st.object_name, session.schema)
+    return schema, name, modeldb.get_model(session.engine.cursor(), schema, name)
 
 
 def _drop_model(session: Session, st: FtStatement) -> pa.Table:
@@ -286,10 +205,10 @@ def _drop_model(session: Session, st: FtStatement) -> pa.Table:
         raise NotFound(f"model '{schema}.{name}' does not exist (SHOW MODELS lists them)")
     session.checker().require_owner("MODEL", f"{schema}.{name}", "DROP MODEL")
     cur = session.engine.cursor()
-    catalog.drop_model(cur, schema, name)
-    for role, priv, kind, obj in catalog.grants(cur):
+    modeldb.drop_model(cur, schema, name)
+    for role, priv, kind, obj in accessdb.grants(cur):
         if kind == "MODEL" and obj == f"{schema}.{name}":
-            catalog.remove_grant(cur, role, priv, kind, obj)
+            accessdb.remove_grant(cur, role, priv, kind, obj)
     return _status(f"{schema}.{name} successfully dropped.")
 
 
@@ -299,7 +218,7 @@ def _describe_model(session: Session, st: FtStatement) -> pa.Table:
         raise NotFound(f"model '{schema}.{name}' does not exist (SHOW MODELS lists them)")
     session.checker().require("USAGE", "MODEL", f"{schema}.{name}")
     model = {k: v for k, v in model.items() if k != "adapter"}
-    model["adapter_bytes"] = len(catalog.model_adapter(session.engine.cursor(), model["job_id"]))
+    model["adapter_bytes"] = len(modeldb.model_adapter(session.engine.cursor(), model["job_id"]))
     return _table([model], list(model))
 
 

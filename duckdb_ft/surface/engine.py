@@ -1,4 +1,5 @@
-"""Per-database state: one :class:`Engine` per DuckDB database instance, one :class:`Session` per connection.
+"""Per-database state: one :class:`Engine` per DuckDB database instance, one :class:`Session` per connection,
+and the registry that finds a connection's engine.
 
 DuckDB registers Python functions on the database instance (every connection and cursor of it sees them), while
 macros are per connection. So the engine (internal cursors, catalog, job worker, model resolution) lives with
@@ -13,23 +14,25 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catalog, models, statements
-from .errors import FtError, InvalidArgument
+from ..catalog import migrations, models as modeldb, objects
+from ..errors import FtError, InvalidArgument
+from ..governance import roles
+from ..jobs.runner import JobRunner
+from ..ml import models
+from ..queries import parse_model_name
 
 
 class Engine:
     """What duckdb-ft keeps for one open database: a private cursor to run its own queries, and the sessions."""
 
     def __init__(self, con: Any, *, resume_jobs: bool = False):
-        from .jobs import JobRunner
-
         self.id = uuid.uuid4().hex
         self._root = con.cursor()
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
         self.read_only = False
         try:
-            catalog.migrate(self.cursor())
+            migrations.migrate(self.cursor())
         except Exception as e:  # a read-only database: COMPLETE works, FINETUNE cannot record jobs
             if "read-only" not in str(e).lower() and "read only" not in str(e).lower():
                 raise
@@ -52,9 +55,7 @@ class Engine:
             raise FtError(f"unknown duckdb-ft session {session_id!r}: call duckdb_ft.install(con) on this connection")
 
     def new_session(self, user: str | None = None) -> "Session":
-        from . import access
-
-        role = access.ADMIN if user is None or self.read_only else access.default_role(self.cursor(), user)
+        role = roles.ADMIN if user is None or self.read_only else roles.default_role(self.cursor(), user)
         s = Session(engine=self, user=user, role=role)
         self.sessions[s.id] = s
         return s
@@ -71,19 +72,19 @@ class Engine:
         loaded = models.load(row["base_model"])
         key = "ft_" + row["job_id"].replace("-", "_")  # one adapter per job: a re-created name gets new weights
         if key not in loaded.adapters:
-            blob = catalog.model_adapter(self.cursor(), row["job_id"])
+            blob = modeldb.model_adapter(self.cursor(), row["job_id"])
             models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
         return loaded, key
 
     def find_model(self, name: str) -> dict | None:
         """The catalog row of a fine-tuned model named ``name`` (``schema.name`` or current schema), or None."""
-        if self.read_only and not catalog.has_catalog(self.cursor()):
+        if self.read_only and not objects.has_catalog(self.cursor()):
             return None
         try:
-            schema, model = statements.parse_model_name(name)
+            schema, model = parse_model_name(name)
         except InvalidArgument:
             return None
-        return catalog.list_models_named(self.cursor(), schema, model)
+        return modeldb.list_models_named(self.cursor(), schema, model)
 
 
 @dataclass(eq=False)
@@ -106,8 +107,38 @@ class Session:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
-    def checker(self) -> Any:
+    def checker(self) -> roles.Checker:
         """The privilege checks of the current role, against the catalog as it is now."""
-        from .access import Checker
+        return roles.Checker(self.engine.cursor(), self.role)
 
-        return Checker(self.engine.cursor(), self.role)
+
+# ------------------------------------------------------------------------------------------------------ registry
+
+_engines: dict[str, Engine] = {}
+
+
+def register(engine: Engine) -> None:
+    """Make ``engine`` findable from its connections (through the ``__ft_engine()`` UDF it registered)."""
+    _engines[engine.id] = engine
+
+
+def find_engine(con: Any) -> Engine | None:
+    """The engine of a connection, or None when duckdb-ft is not installed on it."""
+    try:
+        engine_id = con.execute("SELECT __ft_engine()").fetchall()[0][0]
+    except Exception:
+        return None
+    return _engines.get(engine_id)
+
+
+def engine_of(con: Any) -> Engine:
+    """The engine of a connection on which duckdb-ft is installed."""
+    engine = find_engine(con)
+    if engine is None:
+        raise FtError("duckdb-ft is not installed on this connection: call duckdb_ft.install(con)")
+    return engine
+
+
+def session_of(con: Any) -> Session:
+    """The session of a raw DuckDB connection on which duckdb-ft is installed (its ``__ft_session_id()`` macro)."""
+    return engine_of(con).session(con.execute("SELECT __ft_session_id()").fetchall()[0][0])

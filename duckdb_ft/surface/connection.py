@@ -9,17 +9,36 @@ entry points (``table()``, ``read_csv()``, ``register()``, ...) are refused.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
 
-from . import router, statements
-from .engine import Session
-from .errors import PermissionDenied
+from ..errors import PermissionDenied, from_duckdb
+from . import router
+from .engine import Session, session_of
+from .functions import install
+from .grammar import parse_ft_statement
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
 USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
+
+
+def _typed_errors(method: Callable) -> Callable:
+    """DuckDB's report of an error raised inside a duckdb-ft UDF becomes that duckdb-ft error again."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except duckdb.Error as e:
+            ours = from_duckdb(e)
+            if ours is None:
+                raise
+            raise ours from None
+
+    return wrapper
 
 
 class Connection:
@@ -34,6 +53,7 @@ class Connection:
 
     # ------------------------------------------------------------------------------------------- statements
 
+    @_typed_errors
     def sql(self, query: str, *, params: Any = None) -> Any:
         """Run one statement; a relation for results, None otherwise (as DuckDB's ``sql``)."""
         self.session.interrupted.clear()
@@ -44,11 +64,12 @@ class Connection:
             return result
         return self._relation(_arrow(result))  # detached: no path back into the database
 
+    @_typed_errors
     def execute(self, query: str, parameters: Any = None) -> "Connection":
         """Run one statement; fetch its rows with fetchall() and friends (as DuckDB's ``execute``)."""
         self._table, self._offset = None, 0
         self.session.interrupted.clear()
-        if self.session.is_admin and statements.parse_ft_statement(query) is None:
+        if self.session.is_admin and parse_ft_statement(query) is None:
             self._raw.execute(query, parameters)  # the administrator's plain SQL: DuckDB as it is
             return self
         result = router.run(self.session, self._raw, query, parameters if parameters is not None else [])
@@ -68,6 +89,7 @@ class Connection:
 
     # ---------------------------------------------------------------------------------------------- fetching
 
+    @_typed_errors
     def fetchall(self) -> list[tuple]:
         if self._table is None:
             return self._raw.fetchall()
@@ -75,6 +97,7 @@ class Connection:
         self._offset = self._table.num_rows
         return [tuple(r.values()) for r in rows]
 
+    @_typed_errors
     def fetchone(self) -> tuple | None:
         if self._table is None:
             return self._raw.fetchone()
@@ -87,11 +110,13 @@ class Connection:
     def fetchmany(self, size: int = 1) -> list[tuple]:
         return [r for r in (self.fetchone() for _ in range(size)) if r is not None]
 
+    @_typed_errors
     def fetchdf(self) -> Any:
         return self._raw.fetchdf() if self._table is None else self._table.slice(self._offset).to_pandas()
 
     df = fetchdf
 
+    @_typed_errors
     def fetch_arrow_table(self) -> pa.Table:
         return self._raw.fetch_arrow_table() if self._table is None else self._table.slice(self._offset)
 
@@ -108,8 +133,6 @@ class Connection:
 
     def cursor(self) -> "Connection":
         """Another connection to the same database, as the same user and role."""
-        from .extension import install
-
         raw = self._raw.cursor()
         session = install(raw, user=self.session.user)
         session.role = self.session.role
@@ -148,3 +171,18 @@ class Connection:
 
 def _arrow(relation: Any) -> pa.Table:
     return relation.to_arrow_table()
+
+
+@_typed_errors
+def execute(con: Any, sql: str, params: Any = None) -> Any:
+    """Run one statement on a connection with duckdb-ft installed (a :class:`Connection` or a raw DuckDB one).
+
+    Returns a DuckDB relation (or None for statements without a result); duckdb-ft's own statements return
+    their rows as a relation too. Errors of duckdb-ft's functions are raised as duckdb-ft's exceptions.
+    """
+    if isinstance(con, Connection):
+        return con.sql(sql, params=params) if params is None else con.execute(sql, params)
+    result = router.run(session_of(con), con, sql, params)
+    if isinstance(result, pa.Table):
+        return con.from_arrow(result)
+    return result

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 TEXT_TYPES = ("VARCHAR", "STRING", "TEXT", "CHAR", "BPCHAR")
 IGNORE = -100  # label of tokens outside the loss (the prompt, padding)

@@ -14,8 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import catalog, models, statements
-from .errors import AlreadyExists, NotFound
+from ..catalog import models as modeldb
+from ..errors import AlreadyExists, NotFound
+from ..queries import parse_model_name
+from . import models
 
 
 def export_model(session: Any, name: str, folder: str) -> str:
@@ -23,9 +25,9 @@ def export_model(session: Any, name: str, folder: str) -> str:
 
     Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
     """
-    schema, model = statements.parse_model_name(name, session.schema)
+    schema, model = parse_model_name(name, session.schema)
     cur = session.engine.cursor()
-    row = catalog.get_model(cur, schema, model)
+    row = modeldb.get_model(cur, schema, model)
     if row is None:
         raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
     session.checker().require_owner("MODEL", f"{schema}.{model}", "export")

@@ -1,0 +1,119 @@
+"""Catalog migrations: an append-only list of named functions, each applied once, in one transaction with its record
+in ``duckdb_ft.migrations``; migrating again is a no-op, so it runs on every open. Never edit a migration that has
+shipped: append a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import SCHEMA, now_ms, transaction
+
+Migration = Callable[[Any], None]
+MIGRATIONS: list[Migration] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_jobs_metrics_models(cur: Any) -> None:
+    cur.execute(f"""
+        CREATE TABLE {SCHEMA}.jobs (
+            id VARCHAR PRIMARY KEY,
+            schema_name VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            base_model VARCHAR NOT NULL,
+            training_query VARCHAR NOT NULL,
+            validation_query VARCHAR,
+            options VARCHAR NOT NULL,
+            owner VARCHAR,
+            status VARCHAR NOT NULL,
+            progress DOUBLE NOT NULL DEFAULT 0,
+            created_on BIGINT NOT NULL,
+            started_on BIGINT,
+            finished_on BIGINT,
+            train_rows BIGINT,
+            validation_rows BIGINT,
+            validation_source VARCHAR,
+            skipped_rows BIGINT,
+            truncated_rows BIGINT,
+            train_tokens BIGINT,
+            trained_tokens BIGINT,
+            total_steps BIGINT,
+            step BIGINT,
+            training_loss DOUBLE,
+            validation_loss DOUBLE,
+            error VARCHAR
+        )""")
+    # The rows a job trains on, copied from its queries at CREATE: the job is reproducible and resumable even
+    # if the user's tables change or the process dies before the job starts.
+    cur.execute(f"""
+        CREATE TABLE {SCHEMA}.job_rows (
+            job_id VARCHAR NOT NULL,
+            split VARCHAR NOT NULL,
+            idx BIGINT NOT NULL,
+            prompt VARCHAR NOT NULL,
+            completion VARCHAR NOT NULL
+        )""")
+    cur.execute(f"""
+        CREATE TABLE {SCHEMA}.metrics (
+            job_id VARCHAR NOT NULL,
+            step BIGINT NOT NULL,
+            epoch DOUBLE NOT NULL,
+            training_loss DOUBLE,
+            validation_loss DOUBLE,
+            learning_rate DOUBLE,
+            tokens BIGINT,
+            elapsed_s DOUBLE
+        )""")
+    cur.execute(f"""
+        CREATE TABLE {SCHEMA}.checkpoints (
+            job_id VARCHAR PRIMARY KEY,
+            step BIGINT NOT NULL,
+            state BLOB NOT NULL,
+            saved_on BIGINT NOT NULL
+        )""")
+    cur.execute(f"""
+        CREATE TABLE {SCHEMA}.models (
+            schema_name VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            base_model VARCHAR NOT NULL,
+            lora_config VARCHAR NOT NULL,
+            adapter BLOB NOT NULL,
+            job_id VARCHAR NOT NULL,
+            owner VARCHAR,
+            created_on BIGINT NOT NULL,
+            training_loss DOUBLE,
+            validation_loss DOUBLE,
+            PRIMARY KEY (schema_name, name)
+        )""")
+
+
+@migration
+def m002_roles_and_grants(cur: Any) -> None:
+    cur.execute(f"CREATE TABLE {SCHEMA}.roles (name VARCHAR PRIMARY KEY, created_on BIGINT NOT NULL)")
+    # member_kind USER: a user may use the role; ROLE: the member role inherits its privileges (a hierarchy).
+    cur.execute(f"""CREATE TABLE {SCHEMA}.role_members (
+        role VARCHAR NOT NULL, member_kind VARCHAR NOT NULL, member VARCHAR NOT NULL, granted_on BIGINT NOT NULL)""")
+    cur.execute(f"""CREATE TABLE {SCHEMA}.grants (
+        role VARCHAR NOT NULL, privilege VARCHAR NOT NULL, object_kind VARCHAR NOT NULL,
+        object_name VARCHAR NOT NULL, granted_on BIGINT NOT NULL)""")
+    # Tables and views created by a role other than the administrator belong to it.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.object_owners (
+        object_kind VARCHAR NOT NULL, object_name VARCHAR NOT NULL, owner VARCHAR NOT NULL)""")
+    cur.execute(f"INSERT INTO {SCHEMA}.roles VALUES ('public', ?)", [now_ms()])
+
+
+def migrate(cur: Any) -> list[str]:
+    """Apply the migrations not yet recorded; return their names."""
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (name VARCHAR PRIMARY KEY, applied_on BIGINT)")
+    done = {r[0] for r in cur.execute(f"SELECT name FROM {SCHEMA}.migrations").fetchall()}
+    applied = []
+    for m in MIGRATIONS:
+        if m.__name__ in done:
+            continue
+        with transaction(cur):
+            m(cur)
+            cur.execute(f"INSERT INTO {SCHEMA}.migrations VALUES (?, ?)", [m.__name__, now_ms()])
+        applied.append(m.__name__)
+    return applied

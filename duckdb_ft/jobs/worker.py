@@ -1,0 +1,131 @@
+"""One job's run on the worker thread: load, tokenize, train, store; progress and metrics written as it goes.
+
+A job that fails records why (ERROR); one cancelled is CANCELLED; one stopped because its database or process
+closed is checkpointed and left ERROR, resumable with finetune('RESUME', id). On success the model and the job's
+SUCCESS are written in one transaction: either both exist, or neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import catalog
+from ..catalog import jobs as jobdb, models as modeldb
+from ..errors import FtError, InvalidArgument
+from ..ml import data, models, training
+from ..options import TrainingOptions
+
+if TYPE_CHECKING:
+    from .runner import JobRunner
+
+FLUSH_SECONDS = 1.0  # metrics and progress reach the catalog at least this often (and at every evaluation)
+RESUMABLE = "finetune('RESUME', id)"  # in the error of every job that stopped unfinished and can go on
+
+
+class Worker:
+    """Runs one job: load, tokenize, train, store; writes progress and metrics as it goes."""
+
+    def __init__(self, runner: JobRunner, job: dict[str, Any]):
+        self.runner, self.job, self.id = runner, job, job["id"]
+        self.cur = runner.engine.cursor()
+        self.opts = TrainingOptions.from_json(job["options"])
+
+    def run(self) -> None:
+        try:
+            self._train()
+        except training.Cancelled:
+            if self.runner.shutdown.is_set():
+                self._update(status="ERROR", finished_on=catalog.now_ms(),
+                             error=f"stopped when {self.runner.stop_reason}; {RESUMABLE} continues it")
+            else:
+                jobdb.delete_checkpoint(self.cur, self.id)
+                self._update(status="CANCELLED", finished_on=catalog.now_ms())
+        except Exception as e:  # the job records any failure; the worker goes on with the next job
+            msg = str(e) if isinstance(e, FtError) else f"{type(e).__name__}: {e}"
+            try:
+                self._update(status="ERROR", error=msg, finished_on=catalog.now_ms())
+            except Exception:
+                print(f"duckdb-ft: job {self.id} failed ({msg}) and could not be recorded", file=sys.stderr)
+
+    def _update(self, **fields: Any) -> None:
+        jobdb.update_job(self.cur, self.id, **fields)
+
+    def _train(self) -> None:
+        job, opts = self.job, self.opts
+        path = models.resolve(job["base_model"])
+        tokenizer = models.load_tokenizer(path)
+        stats = data.TokenStats()
+        train_ex = data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, self.id, "train"),
+                                        opts.max_seq_length, stats)
+        if not train_ex:
+            raise InvalidArgument(f"every training pair was dropped: each prompt fills max_seq_length "
+                                  f"({opts.max_seq_length}); raise it or shorten the prompts")
+        val_stats = data.TokenStats()
+        val_ex = (data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, self.id, "validation"),
+                                       opts.max_seq_length, val_stats)
+                  if job["validation_rows"] else train_ex)
+        steps_per_epoch = opts.steps_per_epoch(len(train_ex))
+        total = steps_per_epoch * opts.max_epochs
+        self._update(train_tokens=stats.tokens, truncated_rows=stats.truncated + val_stats.truncated,
+                     total_steps=total, step=0)
+        resume = jobdb.load_checkpoint(self.cur, self.id)
+        if resume:
+            jobdb.delete_metrics_after(self.cur, self.id, resume[0])
+        else:
+            jobdb.delete_metrics_after(self.cur, self.id, 0)
+        base = models.load_for_training(path)
+        cancel = self.runner.cancels[self.id]
+
+        pending: list[dict[str, Any]] = []
+        last_flush = [time.monotonic()]
+
+        def flush() -> None:
+            """Metrics and progress in one transaction: one commit (one fsync) for many steps."""
+            if not pending:
+                return
+            m = pending[-1]
+            losses = [x["validation_loss"] for x in pending if "validation_loss" in x]
+            with catalog.transaction(self.cur):
+                for x in pending:
+                    jobdb.insert_metric(self.cur, self.id, x)
+                self._update(progress=min(1.0, m["step"] / total), step=m["step"],
+                             trained_tokens=int(round(stats.tokens * m["step"] / steps_per_epoch)),
+                             training_loss=m["training_loss"],
+                             **({"validation_loss": losses[-1]} if losses else {}))
+            pending.clear()
+            last_flush[0] = time.monotonic()
+
+        def on_step(m: dict[str, Any]) -> None:
+            pending.append(m)
+            if "validation_loss" in m or time.monotonic() - last_flush[0] >= FLUSH_SECONDS:
+                flush()
+
+        def save_checkpoint(step: int, state: bytes) -> None:
+            flush()
+            jobdb.save_checkpoint(self.cur, self.id, step, state)
+
+        hooks = training.Hooks(
+            on_step=on_step,
+            should_stop=lambda: cancel.is_set() or self.runner.shutdown.is_set(),
+            save_checkpoint=save_checkpoint,
+            checkpoint_on_stop=self.runner.shutdown.is_set,
+        )
+        try:
+            result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
+                                    resume=resume[1] if resume else None)
+        finally:
+            flush()
+        finished = catalog.now_ms()
+        modeldb.finish_job_with_model(self.cur, self.id, {
+            "schema_name": job["schema_name"], "name": job["model_name"], "base_model": job["base_model"],
+            "lora_config": json.dumps(result.lora_config), "adapter": models.adapter_to_bytes(result.adapter),
+            "job_id": self.id, "owner": job["owner"], "created_on": finished,
+            "training_loss": result.training_loss, "validation_loss": result.validation_loss,
+        }, {
+            "status": "SUCCESS", "progress": 1.0, "finished_on": finished, "step": result.steps,
+            "trained_tokens": stats.tokens * result.epochs, "training_loss": result.training_loss,
+            "validation_loss": result.validation_loss,
+        })

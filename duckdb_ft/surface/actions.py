@@ -1,0 +1,60 @@
+"""FINETUNE's actions: a table from the action's name to a core function; an unknown action's error lists the
+valid ones. Each takes (engine, session, [arg1..arg5]) and returns the SQL result as text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from ..errors import InvalidArgument
+
+
+def _show(engine: Any, session: Any, args: list) -> str:
+    return json.dumps(engine.jobs.show(session))
+
+
+def _create(engine: Any, session: Any, args: list) -> str:
+    name, base, train_q, val_q, options = args
+    for label, value in (("model name", name), ("base model", base), ("training query", train_q)):
+        if value is None:
+            raise InvalidArgument(f"finetune('CREATE', name, base_model, training_query [, validation_query "
+                                  f"[, options]]): the {label} is missing")
+    if engine.read_only:
+        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
+    return engine.jobs.create(session, name, base, train_q, val_q or None, options)
+
+
+def _job_arg(args: list, action: str) -> str:
+    if args[0] is None:
+        raise InvalidArgument(f"finetune('{action}', job_id) needs a job id, e.g. finetune('{action}', 'ft_...')")
+    return args[0]
+
+
+def _wait(engine: Any, session: Any, args: list) -> str:
+    timeout = None
+    if args[1] is not None:
+        try:
+            timeout = float(args[1])
+        except ValueError:
+            raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
+    job_id = _job_arg(args, "WAIT")
+    engine.jobs.describe(job_id, session)  # the same visibility as DESCRIBE
+    return engine.jobs.wait(job_id, timeout, session.interrupted)
+
+
+#: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
+ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
+    "CREATE": _create,
+    "SHOW": _show,
+    "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"), s)),
+    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL"), s),
+    "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
+    "WAIT": _wait,
+}
+
+
+def finetune_action(engine: Any, session: Any, action: str | None, args: list) -> str:
+    key = (action or "").strip().upper()
+    if key not in ACTIONS:
+        raise InvalidArgument(f"unknown FINETUNE action {action!r}; valid actions: {', '.join(ACTIONS)}")
+    return ACTIONS[key](engine, session, args)

@@ -1,0 +1,204 @@
+"""duckdb-ft's own statements, which DuckDB cannot parse: roles, grants, models.
+
+They are read from sqlglot's DuckDB token stream by the small grammar below: a table from a statement's leading
+words to its parser, as sqlglot's STATEMENT_PARSERS. Anything else is DuckDB's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+
+from ..errors import InvalidArgument
+
+
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "USAGE", "OWNERSHIP", "CREATE MODEL", "CREATE TABLE",
+              "CREATE VIEW")
+OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL")
+
+
+@dataclass
+class FtStatement:
+    """One parsed duckdb-ft statement: ``kind`` (e.g. 'GRANT', 'SHOW MODELS') and its parts."""
+
+    kind: str
+    privileges: list[str] = field(default_factory=list)
+    object_kind: str | None = None  # TABLE, VIEW, SCHEMA, MODEL, ALL TABLES (in a schema)
+    object_name: str | None = None
+    role: str | None = None
+    grantee_kind: str | None = None  # USER or ROLE (GRANT ROLE r TO ...)
+    grantee: str | None = None
+    if_exists: bool = False
+    text: str = ""
+
+
+class _Tokens:
+    def __init__(self, sql: str):
+        from sqlglot.dialects.duckdb import DuckDB
+
+        try:
+            toks = DuckDB().tokenize(sql)
+        except sqlglot.errors.TokenError as e:
+            raise InvalidArgument(f"cannot parse SQL: {e}") from None
+        toks = [t for t in toks if t.token_type.name != "SEMICOLON"] if toks and toks[-1].token_type.name == "SEMICOLON" else toks
+        self.toks, self.i, self.sql = toks, 0, sql
+
+    def peek(self, k: int = 0) -> str:
+        j = self.i + k
+        if j >= len(self.toks):
+            return ""
+        t = self.toks[j]
+        return t.text if t.token_type.name in ("IDENTIFIER", "STRING") else t.text.upper()
+
+    def done(self) -> bool:
+        return self.i >= len(self.toks)
+
+    def accept(self, *words: str) -> bool:
+        if all(self.peek(k) == w for k, w in enumerate(words)):
+            self.i += len(words)
+            return True
+        return False
+
+    def expect(self, *words: str) -> None:
+        if not self.accept(*words):
+            raise self.error(" ".join(words))
+
+    def error(self, wanted: str) -> InvalidArgument:
+        got = self.peek() or "end of statement"
+        return InvalidArgument(f"syntax error in {self.sql.strip()[:80]!r}: expected {wanted}, got {got!r}")
+
+    def name(self) -> str:
+        """An identifier: a quoted one keeps its case, an unquoted one folds to lower case."""
+        if self.done():
+            raise self.error("a name")
+        t = self.toks[self.i]
+        if t.token_type.name in ("COMMA", "DOT", "L_PAREN", "R_PAREN", "SEMICOLON", "STRING", "NUMBER"):
+            raise self.error("a name")
+        self.i += 1
+        return t.text if t.token_type.name == "IDENTIFIER" else t.text.lower()
+
+    def qualified(self) -> str:
+        parts = [self.name()]
+        while self.accept("."):
+            parts.append(self.name())
+        if len(parts) > 2:
+            raise InvalidArgument(f"name {'.'.join(parts)!r} has too many parts: use schema.name")
+        return ".".join(parts)
+
+    def end(self) -> None:
+        if not self.done():
+            raise self.error("end of statement")
+
+
+def _privileges(t: _Tokens) -> list[str]:
+    privs = []
+    while True:
+        if t.accept("ALL"):
+            t.accept("PRIVILEGES")
+            privs.append("ALL")
+        else:
+            word = t.peek()
+            if word == "CREATE" and t.peek(1) in ("MODEL", "TABLE", "VIEW"):
+                privs.append(f"CREATE {t.peek(1)}")
+                t.i += 2
+            elif word in PRIVILEGES:
+                privs.append(word)
+                t.i += 1
+            else:
+                raise t.error(f"a privilege ({', '.join(PRIVILEGES)}, ALL)")
+        if not t.accept(","):
+            return privs
+
+
+def _object(t: _Tokens, st: FtStatement) -> None:
+    if t.accept("ALL", "TABLES", "IN", "SCHEMA"):
+        st.object_kind, st.object_name = "ALL TABLES", t.name()
+        return
+    kind = t.peek()
+    if kind not in OBJECT_KINDS:
+        raise t.error("TABLE, VIEW, SCHEMA, MODEL or ALL TABLES IN SCHEMA")
+    t.i += 1
+    st.object_kind = kind
+    st.object_name = t.name() if kind == "SCHEMA" else t.qualified()
+
+
+def _grant_or_revoke(t: _Tokens, kind: str) -> FtStatement:
+    to = "TO" if kind == "GRANT" else "FROM"
+    if t.accept("ROLE"):
+        st = FtStatement(kind=f"{kind} ROLE", role=t.name())
+        t.expect(to)
+        if t.peek() not in ("USER", "ROLE"):
+            raise t.error("USER or ROLE")
+        st.grantee_kind = t.peek()
+        t.i += 1
+        st.grantee = t.name()
+        return st
+    st = FtStatement(kind=kind, privileges=_privileges(t))
+    t.expect("ON")
+    _object(t, st)
+    t.expect(to)
+    t.accept("ROLE")
+    st.role = t.name()
+    return st
+
+
+def _show(t: _Tokens) -> FtStatement:
+    if t.accept("ROLES"):
+        return FtStatement(kind="SHOW ROLES")
+    if t.accept("MODELS"):
+        st = FtStatement(kind="SHOW MODELS")
+        if t.accept("IN"):
+            t.accept("SCHEMA")
+            st.object_kind, st.object_name = "SCHEMA", t.name()
+        return st
+    if t.accept("GRANTS"):
+        st = FtStatement(kind="SHOW GRANTS")
+        if t.accept("TO"):
+            if t.peek() not in ("ROLE", "USER"):
+                raise t.error("ROLE or USER")
+            st.grantee_kind = t.peek()
+            t.i += 1
+            st.grantee = t.name()
+        elif t.accept("ON"):
+            _object(t, st)
+        return st
+    raise t.error("ROLES, MODELS or GRANTS")
+
+
+def _model_name(t: _Tokens, st: FtStatement) -> FtStatement:
+    st.object_kind, st.object_name = "MODEL", t.qualified()
+    return st
+
+
+# Leading words → parser of the rest. Anything else is DuckDB's.
+FT_STATEMENTS: dict[tuple[str, ...], Any] = {
+    ("CREATE", "ROLE"): lambda t: FtStatement(kind="CREATE ROLE", if_exists=t.accept("IF", "NOT", "EXISTS"),
+                                               role=t.name()),
+    ("DROP", "ROLE"): lambda t: FtStatement(kind="DROP ROLE", if_exists=t.accept("IF", "EXISTS"), role=t.name()),
+    ("GRANT",): lambda t: _grant_or_revoke(t, "GRANT"),
+    ("REVOKE",): lambda t: _grant_or_revoke(t, "REVOKE"),
+    ("USE", "ROLE"): lambda t: FtStatement(kind="USE ROLE", role=t.name()),
+    ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all three by _show
+    ("DROP", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DROP MODEL", if_exists=t.accept("IF", "EXISTS"))),
+    ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
+    ("DESC", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
+}
+
+
+def parse_ft_statement(sql: str) -> FtStatement | None:
+    """Parse a duckdb-ft statement; None when the statement is not one of ours (DuckDB runs it)."""
+    t = _Tokens(sql)
+    for head, parser in FT_STATEMENTS.items():
+        if all(t.peek(k) == w for k, w in enumerate(head)):
+            if head[0] == "SHOW":
+                t.i += 1
+                st = _show(t)
+            else:
+                t.i += len(head)
+                st = parser(t)
+            t.end()
+            st.text = sql
+            return st
+    return None

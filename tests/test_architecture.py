@@ -1,0 +1,158 @@
+"""The package's shape: rooms whose imports flow one way, no import circle (not even through imports inside
+functions), torch and its stack imported only under ``duckdb_ft/ml``, and a light start-up for plain SQL."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "duckdb_ft"
+HEAVY = {"torch", "transformers", "peft", "safetensors", "accelerate", "datasets"}
+
+#: Each room's rank: a module may import its own room or a room of lower rank, never a higher one or a sibling.
+RANKS = {"errors": 0, "options": 0.5, "queries": 0.5, "catalog": 1, "governance": 2, "ml": 2, "jobs": 3,
+         "surface": 4, "__init__": 5, "shell": 6, "demo": 7, "cli": 8, "__main__": 9}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every duckdb_ft module ``name`` imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # type-only imports (under ``if TYPE_CHECKING:``) run nothing: not edges
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_every_module_belongs_to_a_room_with_a_docstring_and_stays_small():
+    for name, path in _modules().items():
+        assert _room(name) in RANKS, f"{name} is in no known room: add it to RANKS and the README's layout"
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{name} has no docstring saying what it holds"
+        lines = len(path.read_text().splitlines())
+        assert lines <= 420, f"{name} has {lines} lines: split it by concept"
+
+
+def test_imports_flow_one_way_between_rooms():
+    graph = _graph()
+    wrong = []
+    for src, targets in graph.items():
+        for dst in targets:
+            rs, rd = _room(src), _room(dst)
+            if rd == "__init__" and dst == "duckdb_ft" and rs in ("shell", "demo", "cli"):
+                continue  # the UI layers use the public API
+            if rs != rd and not RANKS[rs] > RANKS[rd]:
+                wrong.append(f"{src} -> {dst}")
+    assert not wrong, "imports against the flow (shell > surface > jobs > ml, governance > catalog > base):\n" + \
+        "\n".join(sorted(wrong))
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    graph = _graph()
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node.rpartition(".")[0] or node.startswith(nxt + "."):
+                continue  # a module reaching its own package's __init__ (shared helpers) is not a circle
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_torch_transformers_and_peft_are_imported_only_under_ml():
+    for name, path in _modules().items():
+        if _room(name) == "ml":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            heavy = {n.split(".")[0] for n in names} & HEAVY
+            assert not heavy, f"{name} imports {heavy}: model code belongs in duckdb_ft/ml"
+
+
+LIGHT_SESSION = """
+import sys
+import duckdb_ft
+con = duckdb_ft.connect()
+con.execute("CREATE TABLE t AS SELECT 1 AS x")
+assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+con.execute("CREATE ROLE analyst")
+con.execute("GRANT SELECT ON TABLE t TO ROLE analyst")
+assert con.execute("SELECT count(*) FROM finetune('SHOW')").fetchall() == [(0,)]
+user = duckdb_ft.connect(None, user="u1")
+assert user.execute("SELECT 41 + 1").fetchall() == [(42,)]
+from duckdb_ft.cli import main
+assert main(["-c", "SELECT 1"]) == 0
+loaded = sorted(m for m in {"torch", "transformers", "peft"} if m in sys.modules)
+print("LOADED", loaded)
+"""
+
+
+def test_connect_plain_sql_and_the_shell_load_no_torch():
+    run = subprocess.run([sys.executable, "-c", LIGHT_SESSION], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "LOADED []" in run.stdout, run.stdout[-500:]
+
+
+FRESH_IMPORTS = """
+import importlib, sys
+for module in sys.argv[1:]:
+    for name in [m for m in sys.modules if m == "duckdb_ft" or m.startswith("duckdb_ft.")]:
+        del sys.modules[name]  # each module first, on its own: an import circle fails here whatever the order
+    importlib.import_module(module)
+print("OK", len(sys.argv) - 1)
+"""
+
+
+def test_every_module_imports_first_on_its_own():
+    modules = sorted(m for m in _modules() if not m.endswith("__main__"))
+    run = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, *modules], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"OK {len(modules)}" in run.stdout
