@@ -1,4 +1,6 @@
-"""Shared fixtures: a temporary model cache, the real default model, and a tiny two-layer Llama.
+"""Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama, an in-memory database,
+the ``faq`` table) and the helpers every test file uses (``rows``, ``one``, ``create``, ``describe``, ``wait``,
+``catalog_counts``; ``from conftest import ...``).
 
 The tiny model has random weights but the real SmolLM2 tokenizer and chat template, so every code path
 (chat templating, padding, masking, LoRA) is the real one; it trains and generates in milliseconds.
@@ -6,6 +8,7 @@ The tiny model has random weights but the real SmolLM2 tokenizer and chat templa
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +19,39 @@ _CACHE = Path(os.environ.get("DUCKDB_FT_TEST_CACHE") or Path(__file__).resolve()
 os.environ["DUCKDB_FT_CACHE"] = str(_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: A short job on the tiny model.
+FAST = {"max_epochs": 2, "batch_size": 4}
+
+
+def rows(con, sql, *params):
+    """Every row of a query (fully fetched: DuckDB 2 keeps a connection busy after a partial fetch)."""
+    return con.execute(sql, list(params)).fetchall()
+
+
+def one(con, sql, *params):
+    """The single value of a one-row, one-column query."""
+    return rows(con, sql, *params)[0][0]
+
+
+def create(con, name, base, query, validation=None, options=None):
+    """finetune('CREATE', ...) with options as a dict; the job id."""
+    return one(con, "SELECT finetune('CREATE', ?, ?, ?, ?, ?)", name, base, query, validation,
+               json.dumps(options) if options is not None else None)
+
+
+def describe(con, job_id):
+    return json.loads(one(con, "SELECT finetune('DESCRIBE', ?)", job_id))
+
+
+def wait(con, job_id, timeout=300):
+    return one(con, "SELECT finetune('WAIT', ?, ?)", job_id, timeout)
+
+
+def catalog_counts(con):
+    """Rows in each table of the duckdb-ft catalog that a job writes."""
+    return {t: one(con, f"SELECT count(*) FROM duckdb_ft.{t}")
+            for t in ("jobs", "job_rows", "metrics", "models", "checkpoints")}
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +95,11 @@ def con():
     c = duckdb_ft.connect()
     yield c
     c.close()
+
+
+@pytest.fixture
+def faq(con):
+    """``con`` with table faq: 24 question/answer pairs (and a number column n)."""
+    con.execute("CREATE TABLE faq AS SELECT 'What is code number ' || i || '?' AS question, "
+                "'The code is ' || (i * 7) || '.' AS answer, i AS n FROM range(24) t(i)")
+    return con

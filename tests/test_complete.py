@@ -8,11 +8,8 @@ import duckdb
 import pytest
 
 import duckdb_ft
+from conftest import rows as q
 from duckdb_ft.ml import complete as completion, models
-
-
-def q(con, sql, *params):
-    return con.execute(sql, list(params)).fetchall()
 
 
 def test_complete_returns_text(con, tiny_model_path):
