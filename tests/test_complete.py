@@ -101,10 +101,34 @@ def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(loaded.model, "generate", counting)
-    rows = q(con, "SELECT complete(?, 'Question ' || repeat('x ', (i % 7)::INT), '{\"max_tokens\": 2}') "
+    rows = q(con, "SELECT complete(?, 'Question ' || i || repeat(' x', (i % 7)::INT), '{\"max_tokens\": 2}') "
                   "FROM range(100) t(i)", tiny_model_path)
     assert len(rows) == 100 and all(r[0] is not None for r in rows)
     assert calls == [64, 36]
+
+
+def test_identical_greedy_rows_are_generated_once_and_answered_alike(con, tiny_model_path, monkeypatch):
+    loaded = models.load(tiny_model_path)
+    alone = {i: json.loads(q(con, "SELECT complete(?, ?, '{\"max_tokens\": 4}')", tiny_model_path,
+                              f"Question {i}")[0][0]) for i in range(7)}
+    calls = []
+    original = loaded.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", counting)
+    rows = q(con, "SELECT i % 7, complete(?, 'Question ' || (i % 7), '{\"max_tokens\": 4}') FROM range(100) t(i)",
+             tiny_model_path)
+    assert calls == [7]  # 100 rows, 7 distinct prompts: one batch of 7
+    for k, out in rows:
+        got = json.loads(out)
+        assert got["choices"] == alone[k]["choices"]
+        assert got["usage"] == alone[k]["usage"]  # each row reports the tokens its own answer took
+    sampled = q(con, "SELECT complete(?, 'Question 1', '{\"max_tokens\": 4, \"temperature\": 1.0}') "
+                     "FROM range(5)", tiny_model_path)
+    assert len(sampled) == 5 and calls[1:] == [5]  # sampling: every row draws its own answer
 
 
 def test_rows_with_different_models_in_one_query(con, tiny_model_path):

@@ -85,8 +85,30 @@ def generate(
 ) -> None:
     """Complete every request in place, in length-sorted left-padded batches; per-row errors go to ``.error``.
 
-    With ``fail_fast`` the first row that cannot be generated raises before any generation is spent.
+    With ``fail_fast`` the first row that cannot be generated raises before any generation is spent. Identical
+    requests at temperature 0 (same messages, same options) are generated once and share the result: greedy
+    decoding gives them the same answer anyway, and tables repeat values.
     """
+    tok = loaded.tokenizer
+    ctx = loaded.context_length
+    firsts: dict[tuple, Request] = {}
+    copies: list[tuple[Request, Request]] = []
+    unique: list[Request] = []
+    for r in requests:
+        if r.options.temperature == 0:
+            key = (json.dumps(r.messages), r.options)
+            if key in firsts:
+                copies.append((r, firsts[key]))
+                continue
+            firsts[key] = r
+        unique.append(r)
+    _generate_unique(loaded, unique, adapter, fail_fast=fail_fast)
+    for r, first in copies:
+        r.ids, r.max_new, r.result, r.error = first.ids, first.max_new, first.result, first.error
+
+
+def _generate_unique(loaded: LoadedModel, requests: Sequence[Request], adapter: str | None, *,
+                     fail_fast: bool) -> None:
     tok = loaded.tokenizer
     ctx = loaded.context_length
     todo: list[Request] = []
