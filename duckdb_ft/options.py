@@ -54,6 +54,12 @@ class TrainingOptions:
     dtype: str = "auto"
     """Matrix products in "bfloat16" (autocast; the weights stay float32) or "float32"; "auto" is bfloat16 where
     the hardware computes it natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16), else float32."""
+    keep_best: bool = True
+    """Store the adapter of the evaluation with the lowest validation loss (as transformers'
+    load_best_model_at_end), not the last step's; DESCRIBE's best_step says which."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations in a row without a lower validation loss (0: never stop early); evaluations
+    come at each epoch's end and every eval_steps steps."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -204,6 +210,8 @@ _CHECKS = {
     "seed": _int(0, 2**31 - 1),
     "gradient_checkpointing": _bool,
     "dtype": _one_of("auto", "float32", "bfloat16"),
+    "keep_best": _bool,
+    "early_stopping_patience": _int(0, 1000),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
 _COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}

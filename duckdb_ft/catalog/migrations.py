@@ -103,6 +103,13 @@ def m002_roles_and_grants(cur: Any) -> None:
     cur.execute(f"INSERT INTO {SCHEMA}.roles VALUES ('public', ?)", [now_ms()])
 
 
+@migration
+def m006_best_checkpoint(cur: Any) -> None:
+    # keep_best / early_stopping_patience: which evaluation's adapter a job stored, and whether it stopped early.
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN best_step BIGINT")
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN stopped_early BOOLEAN")
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

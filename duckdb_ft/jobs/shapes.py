@@ -15,9 +15,10 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "id": "VARCHAR", "status": "VARCHAR", "progress": "DOUBLE", "base_model": "VARCHAR", "created_on": "BIGINT",
     "started_on": "BIGINT", "finished_on": "BIGINT", "model": "VARCHAR", "training_data": "VARCHAR",
     "validation_data": "VARCHAR", "trained_tokens": "BIGINT",
-    "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON",
+    "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON", "cleaning": "JSON",
     "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
-    "step": "BIGINT", "total_steps": "BIGINT", "error": {"message": "VARCHAR"},
+    "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
+    "error": {"message": "VARCHAR"},
 }
 HISTORY_FIELDS = {"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE", "validation_loss": "DOUBLE",
                   "learning_rate": "DOUBLE", "tokens": "BIGINT", "elapsed_s": "DOUBLE"}
@@ -43,6 +44,8 @@ def describe(job: dict[str, Any]) -> dict[str, Any]:
         "trained_tokens": job["trained_tokens"] or 0,
         "training_result": {"training_loss": job["training_loss"], "validation_loss": job["validation_loss"]},
         "options": json.loads(job["options"]),
+        "cleaning": json.loads(job["cleaning"]) if job.get("cleaning") else None,
+        "stopped_early": bool(job.get("stopped_early")),
         "error": {"message": job["error"]} if job["error"] else None,
     }
     out = {k: values[k] if k in values else job[k] for k in DESCRIBE_FIELDS}

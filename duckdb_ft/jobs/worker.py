@@ -126,6 +126,7 @@ class Worker:
             "training_loss": result.training_loss, "validation_loss": result.validation_loss,
         }, {
             "status": "SUCCESS", "progress": 1.0, "finished_on": finished, "step": result.steps,
-            "trained_tokens": stats.tokens * result.epochs, "training_loss": result.training_loss,
-            "validation_loss": result.validation_loss,
+            "trained_tokens": int(round(stats.tokens * result.epochs)), "training_loss": result.training_loss,
+            "validation_loss": result.validation_loss, "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
         })

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ..options import TrainingOptions
 from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches
+from .selection import Selection
 
 # Attention projections by architecture: the usual LoRA targets.
 DEFAULT_TARGETS = {
@@ -46,8 +47,13 @@ class TrainResult:
     lora_config: dict[str, Any]
     training_loss: float
     validation_loss: float | None
+    """Of the kept adapter: the best evaluation's with ``keep_best``, else the last one's."""
     steps: int
-    epochs: int
+    epochs: float
+    """Passes over the training rows actually made (fewer than max_epochs when the job stopped early)."""
+    best_step: int | None = None
+    """The step whose adapter is kept (the best evaluation's with ``keep_best``)."""
+    stopped_early: bool = False
 
 
 @dataclass
@@ -222,6 +228,7 @@ def train(
     lr_factor = schedule(opts, total_steps)
 
     step, tokens_seen = 0, 0
+    selection = Selection(opts.keep_best, opts.early_stopping_patience)
     if resume is not None:
         # weights_only: a checkpoint holds tensors and plain values only (the optimizer's state_dict, the step),
         # so loading it cannot run code even if the database file came from someone else.
@@ -229,11 +236,12 @@ def train(
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_seen = state["step"], state["tokens"]
+        selection.load(state.get("selection"))
 
     def checkpoint() -> None:
         buf = io.BytesIO()
         torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
-                    "step": step, "tokens": tokens_seen}, buf)
+                    "step": step, "tokens": tokens_seen, "selection": selection.state()}, buf)
         hooks.save_checkpoint(step, buf.getvalue())
 
     session = kernels.cpu_session() if device == "cpu" else contextlib.nullcontext(lambda: None)
@@ -243,6 +251,8 @@ def train(
         val_loss: float | None = None
         epoch_losses: list[tuple[float, int]] = []
         for epoch in range(step // steps_per_epoch, opts.max_epochs):
+            if selection.stopped_early:
+                break
             batches = packed_batches(train_examples, opts.batch_size, opts.seed + epoch)
             groups = [batches[k:k + opts.gradient_accumulation_steps]
                       for k in range(0, len(batches), opts.gradient_accumulation_steps)]
@@ -281,7 +291,10 @@ def train(
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
                     val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
                     metric["validation_loss"] = val_loss
+                    selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
                 hooks.on_step(metric)
+                if selection.stopped_early:
+                    break
                 if end_of_epoch or time.perf_counter() - last_ckpt > CHECKPOINT_SECONDS:
                     if step < total_steps:
                         checkpoint()
@@ -289,8 +302,13 @@ def train(
 
         if val_loss is None:
             val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+            selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
         final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                        if epoch_losses else float("nan"))
     adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    best_step = step
+    if selection.best_adapter is not None and val_loss is not None and selection.best_loss < val_loss:
+        adapter, val_loss, best_step = selection.best_adapter, selection.best_loss, selection.best_step
     return TrainResult(adapter=adapter, lora_config=config_dict(cfg), training_loss=final_train,
-                       validation_loss=val_loss, steps=step, epochs=opts.max_epochs)
+                       validation_loss=val_loss, steps=step, epochs=step / steps_per_epoch, best_step=best_step,
+                       stopped_early=selection.stopped_early)
