@@ -12,6 +12,7 @@ The package, by room (imports flow down this list, never up):
 - ``cli.py``: the ``duckdb-ft`` command and its subcommands; ``demo/``: ``duckdb-ft demo``.
 - ``shell/``: the interactive shell and scripts, dot commands, output modes, job watching.
 - ``surface/``: the SQL surface: UDF and macro registration, the statement router, the Connection wrapper.
+- ``evaluation/``: ``finetune('EVALUATE')``: per-row metrics, paired comparison with significance, retention.
 - ``jobs/``: fine-tuning jobs: CREATE's checks and snapshot, the queue and worker, the answers' shapes.
 - ``governance/``: roles, grants, privilege checks, authorization of plain SQL.
 - ``ml/``: base models, tokenizing and packing, training, kernels, generation, export: the only modules that

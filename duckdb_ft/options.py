@@ -134,6 +134,36 @@ class CompleteOptions:
         return parse_options(cls, text, "COMPLETE", _COMPLETE_CHECKS)
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Options of FINETUNE 'EVALUATE': what to score, and how to generate (as COMPLETE)."""
+
+    metrics: list | None = None
+    """Metric names and user metrics ``{"name": ..., "sql": ...}``; None is the default set (names are checked by
+    :mod:`duckdb_ft.evaluation.evaluate`, which knows them)."""
+    temperature: float = 0.0
+    """As COMPLETE: 0 is greedy decoding."""
+    top_p: float = 1.0
+    """As COMPLETE."""
+    max_tokens: int | None = None
+    """As COMPLETE: most tokens to generate per row (unset: up to COMPLETE's default cap)."""
+    sql_database: str | None = None
+    """sql_match: a DuckDB file to run the SQL on (opened read-only; the administrator only). Unset: copies of the
+    tables and views the reference queries read in this database."""
+    retention: bool = False
+    """Also measure forgetting: each fine-tuned model against its base model on duckdb-ft's general prompt set."""
+    bootstrap_samples: int = 1000
+    """Resamples of the paired bootstrap."""
+    seed: int = 0
+    """Seed of the bootstrap resampling."""
+
+    @classmethod
+    def parse(cls, text: str | None) -> "EvaluateOptions":
+        return parse_options(cls, text, "EVALUATE", _EVALUATE_CHECKS)
+
+    def complete_options(self) -> CompleteOptions:
+        return CompleteOptions(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for k, v in pairs:
@@ -216,3 +246,22 @@ _CHECKS = {
 assert set(_CHECKS) == set(TrainingOptions.names())
 _COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}
 assert set(_COMPLETE_CHECKS) == {f.name for f in dataclasses.fields(CompleteOptions)}
+
+
+def _metric_list(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(m, (str, dict)) for m in v):
+        return ('must be a non-empty list of metric names and {"name": ..., "sql": ...} objects, '
+                'e.g. ["exact_match", "rouge_l"]')
+    return None
+
+
+def _path(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, str) and v.strip()) else "must be a path to a DuckDB file"
+
+
+_EVALUATE_CHECKS = {"metrics": _metric_list, "temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1),
+                    "sql_database": _path, "retention": _bool, "bootstrap_samples": _int(100, 100_000),
+                    "seed": _int(0, 2**31 - 1)}
+assert set(_EVALUATE_CHECKS) == {f.name for f in dataclasses.fields(EvaluateOptions)}

@@ -110,6 +110,16 @@ def m006_best_checkpoint(cur: Any) -> None:
     cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN stopped_early BOOLEAN")
 
 
+@migration
+def m007_sweeps(cur: Any) -> None:
+    # FINETUNE('SWEEP'): one row per sweep; its jobs point at it, and all but the first read the first's rows.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.sweeps (
+        id VARCHAR PRIMARY KEY, schema_name VARCHAR NOT NULL, name VARCHAR NOT NULL, base_model VARCHAR NOT NULL,
+        swept VARCHAR NOT NULL, owner VARCHAR, created_on BIGINT NOT NULL)""")
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN sweep_id VARCHAR")
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN snapshot_of VARCHAR")
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -20,6 +20,9 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
     "error": {"message": "VARCHAR"},
 }
+SWEEP_FIELDS = {"rank": "BIGINT", "job_id": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR", "swept": "JSON",
+                "validation_loss": "DOUBLE", "training_loss": "DOUBLE", "best_step": "BIGINT",
+                "trained_tokens": "BIGINT", "wall_s": "DOUBLE", "options": "JSON"}
 HISTORY_FIELDS = {"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE", "validation_loss": "DOUBLE",
                   "learning_rate": "DOUBLE", "tokens": "BIGINT", "elapsed_s": "DOUBLE"}
 

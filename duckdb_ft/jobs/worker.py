@@ -57,14 +57,15 @@ class Worker:
         job, opts = self.job, self.opts
         path = models.resolve(job["base_model"])
         tokenizer = models.load_tokenizer(path)
+        rows_of = job.get("snapshot_of") or self.id  # a sweep's jobs read its first job's snapshot
         stats = data.TokenStats()
-        train_ex = data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, self.id, "train"),
+        train_ex = data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, rows_of, "train"),
                                         opts.max_seq_length, stats)
         if not train_ex:
             raise InvalidArgument(f"every training pair was dropped: each prompt fills max_seq_length "
                                   f"({opts.max_seq_length}); raise it or shorten the prompts")
         val_stats = data.TokenStats()
-        val_ex = (data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, self.id, "validation"),
+        val_ex = (data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, rows_of, "validation"),
                                        opts.max_seq_length, val_stats)
                   if job["validation_rows"] else train_ex)
         steps_per_epoch = opts.steps_per_epoch(len(train_ex))

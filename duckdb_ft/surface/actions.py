@@ -7,6 +7,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import InvalidArgument
+from ..jobs import sweep
 
 
 def _show(engine: Any, session: Any, args: list) -> str:
@@ -42,19 +43,34 @@ def _wait(engine: Any, session: Any, args: list) -> str:
     return engine.jobs.wait(job_id, timeout, session.interrupted)
 
 
+def _sweep(engine: Any, session: Any, args: list) -> str:
+    name, base, train_q, val_q, options = args
+    for label, value in (("sweep name", name), ("base model", base), ("training query", train_q),
+                         ("options", options)):
+        if value is None:
+            raise InvalidArgument(f"finetune('SWEEP', name, base_model, training_query, validation_query, options): "
+                                  f"the {label} is missing (options name the values to try as lists)")
+    if engine.read_only:
+        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
+    return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options)
+
+
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
 ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
     "CREATE": _create,
     "SHOW": _show,
     "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"), s)),
-    "CANCEL": lambda e, s, a: e.jobs.cancel(_job_arg(a, "CANCEL"), s),
+    "CANCEL": lambda e, s, a: (sweep.cancel(e.jobs, s, a[0]) if str(a[0]).startswith("sw_")
+                               else e.jobs.cancel(_job_arg(a, "CANCEL"), s)),
     "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
     "WAIT": _wait,
+    "SWEEP": _sweep,
+    "SHOW SWEEP": lambda e, s, a: json.dumps(sweep.rank(e.jobs, s, _job_arg(a, "SHOW SWEEP"))),
 }
 
 
 def finetune_action(engine: Any, session: Any, action: str | None, args: list) -> str:
-    key = (action or "").strip().upper()
+    key = " ".join((action or "").split()).upper()
     if key not in ACTIONS:
         raise InvalidArgument(f"unknown FINETUNE action {action!r}; valid actions: {', '.join(ACTIONS)}")
     return ACTIONS[key](engine, session, args)

@@ -96,6 +96,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
 _SHOW_TYPE = shapes.from_json_type(shapes.SHOW_FIELDS, array=True)
 _DESCRIBE_TYPE = shapes.from_json_type(shapes.DESCRIBE_FIELDS)
 _HISTORY_TYPE = shapes.from_json_type(shapes.HISTORY_FIELDS, array=True)
+_SWEEP_TYPE = shapes.from_json_type(shapes.SWEEP_FIELDS, array=True)
 
 
 def _finetune_call(session: str, n: int) -> str:
@@ -123,6 +124,9 @@ def _macros(session_id: str) -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO finetune_history(job_id) AS TABLE
               (SELECT unnest(from_json(__ft_finetune_history({s}, job_id::VARCHAR), '{_HISTORY_TYPE}'),
                              recursive := true))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_sweep(sweep_id) AS TABLE
+              (SELECT unnest(from_json(__ft_finetune({s}, 'SHOW SWEEP', sweep_id::VARCHAR, NULL, NULL, NULL, NULL),
+                                       '{_SWEEP_TYPE}'), recursive := true))""",
         f"""CREATE OR REPLACE TEMP MACRO complete(model, prompt) AS __ft_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),

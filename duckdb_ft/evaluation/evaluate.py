@@ -1,0 +1,296 @@
+"""FINETUNE('EVALUATE', models, query [, options]): generate with every model on the same rows, score every
+prediction, store everything, and return a JSON summary with a paired comparison of the models.
+
+Every check comes first, before any generation, and a failed check changes nothing: the options, the metric
+names and user metrics, the model list (each model exists; USAGE on each fine-tuned one), the query (one
+read-only query; SELECT on what it reads, as FINETUNE 'CREATE' checks it; text columns ``prompt`` and
+``completion``, optional ``id``), sql_match's references (SELECT on what they read; each one runs), and every
+prompt fits every model's context. Then an ``IN_PROGRESS`` evaluation is recorded, owned by the caller's role,
+and its progress updated after each batch; ``Connection.interrupt()`` (Ctrl-C in the shell) stops it between
+batches (status ``CANCELLED``). At the end the rows and the summary are stored in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any, Sequence
+
+from .. import catalog
+from ..catalog import evaluations as evaldb
+from ..errors import FtError, Interrupted, InvalidArgument, NotFound
+from ..governance.reads import tables_read
+from ..ml import complete as completion, data, likelihood, models as mlmodels
+from ..options import CompleteOptions, EvaluateOptions
+from ..queries import check_query, parse
+from . import metrics as M, retention, significance, usermetrics
+from .sqlmatch import Sandbox, extract_sql
+
+CHUNK_ROWS = 16  # rows generated per batch: the unit of progress and of cancelling
+
+
+def parse_models(text: Any) -> list[str]:
+    """One model name, or a JSON array of distinct names."""
+    usage = "pass one model name or a JSON array of names, e.g. '[\"smollm2-135m\", \"shop_sql\"]'"
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidArgument(f"finetune('EVALUATE', models, query [, options]): the models are missing: {usage}")
+    if not text.lstrip().startswith("["):
+        return [text.strip()]
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"the model list is not valid JSON ({e.msg} at position {e.pos}): {usage}") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InvalidArgument(f"the model list must be a non-empty array of model names: {usage}")
+    names = [n.strip() for n in names]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"the model list names a model twice: {names}")
+    return names
+
+
+def parse_metrics(spec: list | None) -> list[M.Metric]:
+    """The metrics to compute, from the ``metrics`` option (None: :data:`metrics.DEFAULT`)."""
+    out: list[M.Metric] = []
+    for item in spec if spec is not None else M.DEFAULT:
+        if isinstance(item, str):
+            if item not in M.BUILTIN:
+                raise InvalidArgument(f"unknown metric {item!r}; valid metrics: {', '.join(M.BUILTIN)}, or a user "
+                                      'metric {"name": "short", "sql": "length(prediction) < 200"}')
+            out.append(M.BUILTIN[item])
+        else:
+            out.append(usermetrics.parse_spec(item))
+    names = [m.name for m in out]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"the metrics list names a metric twice: {names}")
+    return out
+
+
+def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: Any = None) -> str:
+    """Run one evaluation; the JSON summary (see the README's EVALUATE section)."""
+    opts = EvaluateOptions.parse(options)
+    wanted = parse_metrics(opts.metrics)
+    names = parse_models(models_arg)
+    if query is None:
+        raise InvalidArgument("finetune('EVALUATE', models, query [, options]): the query is missing: pass a SELECT "
+                              "returning prompt and completion (the reference), and optionally id")
+    if engine.read_only:
+        raise InvalidArgument("the database is read-only: open it read-write to record evaluations")
+    cur = engine.cursor()
+    check = session.checker()
+    found = {n: _check_model(engine, check, n) for n in names}
+    sql = check_query(query, "evaluation query")
+    check.require_read(*tables_read(parse(sql)[0], session.schema))
+    data.check_columns(cur, sql, "evaluation query")
+    wanted = [usermetrics.check(cur, check, session.schema, m) if m.sql else m for m in wanted]
+    if opts.sql_database is not None:
+        check.require_admin("sql_match on another database file (option sql_database)")
+        if not os.path.isfile(opts.sql_database):
+            raise NotFound(f"sql_database {opts.sql_database!r} is not a file: pass the path of a DuckDB database")
+    ids, prompts, refs, skipped = _rows(cur, sql)
+    names_of = [m.name for m in wanted]
+    sandbox = _sandbox(engine, check, session.schema, refs, ids, opts) if "sql_match" in names_of else None
+    try:
+        loaded = {n: engine.resolve_model(session, n) for n in names}
+        copts = opts.complete_options()
+        requests = {n: [completion.Request([{"role": "user", "content": p}], copts) for p in prompts] for n in names}
+        for n in names:
+            _check_fits(loaded[n][0], requests[n])
+        ev_id = f"ev_{uuid.uuid4()}"
+        evaldb.insert(cur, {"id": ev_id, "owner": session.role, "models": json.dumps(names), "query": sql,
+                            "options": json.dumps(json.loads(options) if options else {}), "status": "IN_PROGRESS",
+                            "progress": 0.0, "rows": len(prompts), "skipped_rows": skipped,
+                            "created_on": catalog.now_ms()})
+        try:
+            summary = _run(engine, session, ev_id, names, found, loaded, requests, ids, prompts, refs, skipped,
+                           wanted, sandbox, opts)
+        except BaseException as e:
+            stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
+            evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
+                          error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+    return json.dumps(summary)
+
+
+def _check_model(engine: Any, check: Any, name: str) -> dict | None:
+    """USAGE on a fine-tuned model (its catalog row), or the base model exists (no weights loaded yet)."""
+    row = engine.find_model(name)
+    if row is not None:
+        check.require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
+        return row
+    mlmodels.resolve(name)  # ModelNotFound with what to do
+    return None
+
+
+def _rows(cur: Any, sql: str) -> tuple[list[str], list[str], list[str], int]:
+    """The query, run once: (ids, prompts, references, rows skipped for a NULL prompt or completion)."""
+    columns = {r[0] for r in cur.execute(f"DESCRIBE (\n{sql}\n)").fetchall()}
+    id_expr = "id::VARCHAR" if "id" in columns else "NULL"
+    try:
+        got = cur.execute(f"SELECT {id_expr}, prompt::VARCHAR, completion::VARCHAR FROM (\n{sql}\n) AS q").fetchall()
+    except Exception as e:  # duckdb.Error while running the user's query
+        raise InvalidArgument(f"the evaluation query fails: {str(e).splitlines()[0]}") from None
+    kept = [(str(k) if i is None else i, p, c) for k, (i, p, c) in enumerate(got, start=1)
+            if p is not None and c is not None]
+    if not kept:
+        raise InvalidArgument(f"the evaluation query returned no row with both prompt and completion non-NULL "
+                              f"({len(got)} rows): check its WHERE clause and the NULLs in your columns")
+    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], len(got) - len(kept)
+
+
+def _sandbox(engine: Any, check: Any, schema: str, refs: Sequence[str], ids: Sequence[str],
+             opts: EvaluateOptions) -> Sandbox:
+    """sql_match's sandbox: the tables the references read, copied after SELECT is checked; or a database file."""
+    if opts.sql_database is not None:
+        path = opts.sql_database.replace("'", "''")
+        box = Sandbox(setup=lambda con: (con.execute(f"ATTACH '{path}' AS sql_db (READ_ONLY)"),
+                                         con.execute("USE sql_db")))
+    else:
+        tables: set[str] = set()
+        for ref, rid in zip(refs, ids):
+            try:
+                stmt = parse(check_query(extract_sql(ref), f"reference of row {rid}"))[0]
+            except FtError as e:
+                raise InvalidArgument(f"sql_match: the reference completion of row {rid} is not one SQL query "
+                                      f"({e}); fix it, or drop sql_match from the metrics") from None
+            read, functions = tables_read(stmt, schema)
+            check.require_read(read, functions)
+            tables |= read
+        cur = engine.cursor()
+        copies = {}
+        for name in sorted(tables):
+            s, t = name.split(".", 1)
+            copies[name] = cur.sql(f'SELECT * FROM "{s}"."{t}"').to_arrow_table()
+        box = Sandbox(tables=copies)
+    try:
+        box.check_references(refs, ids)
+    except BaseException:
+        box.close()
+        raise
+    return box
+
+
+def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> None:
+    """Every prompt (and max_tokens) fits the model's context: an error now, not after other models generated."""
+    tok, ctx = loaded.tokenizer, loaded.context_length
+    for r in requests:
+        ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
+        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        need = n + (r.options.max_tokens or 1)
+        if need > ctx:
+            raise InvalidArgument(f"a prompt of {n} tokens{' plus max_tokens' if r.options.max_tokens else ''} does "
+                                  f"not fit the context of {ctx} tokens of model '{loaded.name}': shorten the prompts"
+                                  f"{' or lower max_tokens' if r.options.max_tokens else ''}")
+
+
+def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | None,
+              requests: list[completion.Request], done: int, total: int) -> list[float]:
+    """Generate in chunks, longest prompts together; per-row latency (the chunk's time shared by its rows)."""
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].messages[0]["content"]))
+    latency = [0.0] * len(requests)
+    for start in range(0, len(order), CHUNK_ROWS):
+        if session.interrupted.is_set():
+            raise Interrupted(f"evaluation {ev_id} was interrupted: nothing of it is kept but its record "
+                              "(status CANCELLED)")
+        chunk = [requests[i] for i in order[start:start + CHUNK_ROWS]]
+        began = time.perf_counter()
+        completion.generate(loaded, chunk, adapter, fail_fast=True)
+        per_row = (time.perf_counter() - began) * 1000 / len(chunk)
+        for i in order[start:start + CHUNK_ROWS]:
+            latency[i] = per_row
+        done += len(chunk)
+        evaldb.update(cur, ev_id, progress=round(done / total, 4))
+    return latency
+
+
+def _run(engine, session, ev_id, names, found, loaded, requests, ids, prompts, refs, skipped, wanted, sandbox,
+         opts) -> dict[str, Any]:
+    cur = engine.cursor()
+    total = len(names) * len(prompts)
+    per_model: dict[str, dict[str, list]] = {}
+    for k, name in enumerate(names):
+        model, adapter = loaded[name]
+        latency = _generate(session, cur, ev_id, model, adapter, requests[name], k * len(prompts), total)
+        preds = [r.result.text for r in requests[name]]
+        values: dict[str, list] = {}
+        for m in wanted:
+            if m.name in M.TEXT_METRICS:
+                values[m.name] = M.text_scores(m.name, preds, refs)
+            elif m.name == "sql_match":
+                values[m.name] = [float(sandbox.match(p, r)) for p, r in zip(preds, refs)]
+            elif m.name == "completion_loss":
+                values[m.name] = likelihood.completion_losses(model, list(zip(prompts, refs)), adapter)
+            else:
+                values[m.name] = usermetrics.scores(cur, m, {"id": ids, "model": [name] * len(ids),
+                                                            "prompt": prompts, "completion": refs,
+                                                            "prediction": preds})
+        per_model[name] = {"preds": preds, "values": values, "latency": latency}
+    summary = _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, opts)
+    if opts.retention:
+        summary["retention"] = _retention(names, found, loaded, opts)
+    rows = []
+    for name in names:
+        got = per_model[name]
+        for i, (rid, prompt, ref) in enumerate(zip(ids, prompts, refs)):
+            r = requests[name][i].result
+            row = {"evaluation_id": ev_id, "model": name, "idx": i, "id": rid, "prompt": prompt, "completion": ref,
+                   "prediction": got["preds"][i], "prompt_tokens": r.prompt_tokens,
+                   "completion_tokens": r.completion_tokens, "latency_ms": got["latency"][i]}
+            user = {m.name: got["values"][m.name][i] for m in wanted if m.sql}
+            row.update({m.name: got["values"][m.name][i] for m in wanted if not m.sql})
+            row["user_metrics"] = json.dumps(user) if user else None
+            rows.append(row)
+    with catalog.transaction(cur):
+        evaldb.insert_rows(cur, rows)
+        evaldb.update(cur, ev_id, status="SUCCESS", progress=1.0, finished_on=catalog.now_ms(),
+                      summary=json.dumps(summary))
+    return summary
+
+
+def _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, opts) -> dict[str, Any]:
+    models_out: dict[str, Any] = {}
+    stats: dict[tuple[str, str], Any] = {}
+    for name in names:
+        got = per_model[name]
+        entry: dict[str, Any] = {}
+        for m in wanted:
+            stats[name, m.name] = M.corpus_stats(m, got["values"][m.name], got["preds"], refs)
+            entry[m.name] = M.corpus_from_stats(m, stats[name, m.name].sum(axis=0))
+        results = [r.result for r in requests[name]]
+        entry.update(mean_latency_ms=sum(got["latency"]) / len(prompts),
+                     prompt_tokens=sum(r.prompt_tokens for r in results),
+                     completion_tokens=sum(r.completion_tokens for r in results))
+        models_out[name] = entry
+    comparison = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for m in wanted:
+                comparison.append(significance.compare(
+                    m, a, b, per_model[a]["values"][m.name], per_model[b]["values"][m.name], stats[a, m.name],
+                    stats[b, m.name], samples=opts.bootstrap_samples, seed=opts.seed))
+    return {"evaluation_id": ev_id, "status": "SUCCESS", "rows": len(prompts), "skipped_rows": skipped,
+            "metrics": [m.name for m in wanted], "models": models_out, "comparison": comparison}
+
+
+def _retention(names, found, loaded, opts) -> dict[str, Any]:
+    """Forgetting figures for each fine-tuned model of the list (base models have nothing to compare with)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if found[name] is None:
+            continue
+        model, adapter = loaded[name]
+
+        def answer(prompts: list[str], which: str | None) -> list[str]:
+            reqs = [completion.Request([{"role": "user", "content": p}],
+                                       CompleteOptions(max_tokens=retention.MAX_TOKENS)) for p in prompts]
+            completion.generate(model, reqs, which, fail_fast=True)
+            return [r.result.text for r in reqs]
+
+        figures = retention.measure(answer, lambda pairs, which: likelihood.completion_losses(model, pairs, which),
+                                    adapter)
+        out[name] = {"base_model": found[name]["base_model"], **figures}
+    return out

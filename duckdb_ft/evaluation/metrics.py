@@ -1,0 +1,169 @@
+"""EVALUATE's metrics: what each one means, its per-row score, and its corpus score.
+
+Per row, every metric scores one prediction against its reference (the ``completion`` column). Over an
+evaluation, a metric's corpus score is the mean of its row scores, except ``bleu`` and ``chrf``, whose corpus
+scores are sacrebleu's corpus BLEU and chrF (n-gram statistics summed over the rows, then scored: not the mean of
+sentence scores), so they equal what ``sacrebleu`` prints on the same predictions and references.
+
+- ``exact_match``: 1 when prediction and reference are equal after trimming whitespace at both ends, else 0.
+- ``normalized_match``: 1 when equal after lower-casing, removing punctuation and collapsing whitespace.
+- ``contains``: 1 when the normalized reference occurs in the normalized prediction.
+- ``token_f1``: F1 of the bag of normalized tokens (SQuAD's token overlap, without dropping articles).
+- ``rouge_l``: ROUGE-L F-measure of ``rouge-score`` (``RougeScorer(["rougeL"])``, no stemming).
+- ``bleu``, ``chrf``: sacrebleu's sentence BLEU (effective order) and chrF per row; corpus BLEU and chrF over
+  the evaluation; 0 to 100, as sacrebleu prints them.
+- ``json_valid``: 1 when the prediction (or the inside of its ``` fence) parses as JSON.
+- ``sql_match``: execution match in a sandbox (:mod:`.sqlmatch`).
+- ``completion_loss``: the model's mean cross-entropy (nats per token) on the reference completion given the
+  prompt: perplexity is ``exp`` of it. Needs no generation; lower is better.
+
+User metrics are SQL expressions over ``id, prompt, completion, prediction`` (:mod:`.usermetrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric's name and how to compare it: ``binary`` (0/1 per row: McNemar's test), ``higher_is_better``."""
+
+    name: str
+    binary: bool = False
+    higher_is_better: bool = True
+    corpus: str = "mean"  # "mean", or "bleu"/"chrf": sacrebleu's corpus score from summed statistics
+    sql: str | None = None  # a user metric's SQL expression
+
+
+BUILTIN: dict[str, Metric] = {m.name: m for m in [
+    Metric("exact_match", binary=True),
+    Metric("normalized_match", binary=True),
+    Metric("contains", binary=True),
+    Metric("token_f1"),
+    Metric("rouge_l"),
+    Metric("bleu", corpus="bleu"),
+    Metric("chrf", corpus="chrf"),
+    Metric("json_valid", binary=True),
+    Metric("sql_match", binary=True),
+    Metric("completion_loss", higher_is_better=False),
+]}
+#: Metrics computed from the texts alone (the others need a sandbox or the model).
+TEXT_METRICS = ("exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf", "json_valid")
+DEFAULT = ["exact_match", "normalized_match", "token_f1", "rouge_l", "bleu", "chrf", "completion_loss"]
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_FENCE = re.compile(r"```[ \t]*[A-Za-z]*[ \t]*\n?(.*?)(?:```|$)", re.S)
+
+
+def normalize(text: str | None) -> str:
+    """Lower-cased, punctuation removed, whitespace collapsed."""
+    return " ".join(_PUNCT.sub(" ", (text or "").lower()).split())
+
+
+def exact_match(pred: str, ref: str) -> float:
+    return float(pred.strip() == ref.strip())
+
+
+def normalized_match(pred: str, ref: str) -> float:
+    return float(normalize(pred) == normalize(ref))
+
+
+def contains(pred: str, ref: str) -> float:
+    return float(f" {normalize(ref)} " in f" {normalize(pred)} ")
+
+
+def token_f1(pred: str, ref: str) -> float:
+    p, r = normalize(pred).split(), normalize(ref).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def json_valid(pred: str, ref: str) -> float:
+    for text in (pred, *(m.group(1) for m in _FENCE.finditer(pred))):
+        try:
+            json.loads(text)
+            return 1.0
+        except ValueError:
+            continue
+    return 0.0
+
+
+def _rouge_l(preds: Sequence[str], refs: Sequence[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]
+
+
+def _sacre(name: str, sentence: bool = False) -> Any:
+    """sacrebleu's metric object: sentence BLEU uses effective order (as ``sacrebleu.sentence_bleu``), corpus BLEU
+    the plain default (as ``sacrebleu.corpus_bleu`` and the command line)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return (BLEU(effective_order=sentence)) if name == "bleu" else CHRF()
+
+
+def _sentence(name: str, preds: Sequence[str], refs: Sequence[str]) -> list[float]:
+    m = _sacre(name, sentence=True)
+    return [m.sentence_score(p, [r]).score for p, r in zip(preds, refs)]
+
+
+_ROW = {"exact_match": exact_match, "normalized_match": normalized_match, "contains": contains,
+        "token_f1": token_f1, "json_valid": json_valid}
+
+
+def text_scores(name: str, preds: Sequence[str | None], refs: Sequence[str]) -> list[float]:
+    """The per-row scores of a text metric (a missing prediction counts as the empty string)."""
+    preds = [p or "" for p in preds]
+    if name in _ROW:
+        return [_ROW[name](p, r) for p, r in zip(preds, refs)]
+    if name == "rouge_l":
+        return _rouge_l(preds, refs)
+    if name in ("bleu", "chrf"):
+        return _sentence(name, preds, refs)
+    raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------------- corpus scores
+
+
+def corpus_stats(metric: Metric, values: Sequence[float | None], preds: Sequence[str | None] = (),
+                 refs: Sequence[str] = ()) -> np.ndarray:
+    """Per-row statistics whose sum over any set of rows gives the corpus score (:func:`corpus_from_stats`).
+
+    For a mean metric: (value, 1), with (0, 0) where the value is missing; for bleu and chrf, sacrebleu's n-gram
+    statistics. Resampling rows of this array is what the paired bootstrap does.
+    """
+    if metric.corpus == "mean":
+        return np.array([(0.0, 0.0) if v is None else (float(v), 1.0) for v in values], dtype=float).reshape(-1, 2)
+    m = _sacre(metric.corpus)
+    stats = m._extract_corpus_statistics([p or "" for p in preds], [list(refs)])
+    return np.array(stats, dtype=float)
+
+
+def corpus_from_stats(metric: Metric, summed: np.ndarray) -> float | None:
+    """The corpus score from the column sums of :func:`corpus_stats` rows (None when no row has a value)."""
+    if metric.corpus == "mean":
+        return float(summed[0] / summed[1]) if summed[1] else None
+    m = _sacre(metric.corpus)
+    return float(m._compute_score_from_stats([int(round(x)) for x in summed]).score)
+
+
+def corpus_score(metric: Metric, values: Sequence[float | None], preds: Sequence[str | None] = (),
+                 refs: Sequence[str] = ()) -> float | None:
+    """A metric's score over the whole evaluation."""
+    stats = corpus_stats(metric, values, preds, refs)
+    return corpus_from_stats(metric, stats.sum(axis=0)) if len(stats) else None

@@ -1,0 +1,101 @@
+"""User metrics: a SQL expression over one evaluated row, evaluated by DuckDB, under the caller's privileges.
+
+``{"name": "short", "sql": "length(prediction) < 200"}`` scores each row with the expression, which may use the
+columns ``id, model, prompt, completion, prediction`` (all VARCHAR) and must be BOOLEAN (a 0/1 metric, tested
+with McNemar's test) or a number. It is checked before any generation: one expression (no statement around it),
+binding on the columns, its type, and SELECT on whatever tables a subquery in it reads, as for the query itself.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Sequence
+
+from sqlglot import exp
+
+from ..errors import InvalidArgument
+from ..governance.reads import tables_read
+from ..queries import check_query, parse
+from .metrics import BUILTIN, Metric
+
+ROWS = "__ft_eval_rows"
+COLUMNS = ("id", "model", "prompt", "completion", "prediction")
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+            "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def parse_spec(spec: Any) -> Metric:
+    """A user metric from its JSON object ``{"name": ..., "sql": ...}``; the binding check comes in :func:`check`."""
+    if not isinstance(spec, dict) or set(spec) != {"name", "sql"}:
+        raise InvalidArgument('a user metric is an object {"name": "short", "sql": "length(prediction) < 200"} '
+                              f"with exactly the keys name and sql, got {spec!r}"[:300])
+    name, sql = spec["name"], spec["sql"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidArgument(f"user metric name {name!r} must be a lower-case identifier (letters, digits, _)")
+    if name in BUILTIN or name in COLUMNS:
+        raise InvalidArgument(f"user metric name {name!r} is taken by a built-in metric or column: choose another")
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidArgument(f"user metric {name!r}: sql must be a SQL expression, e.g. \"length(prediction) < 200\"")
+    return Metric(name, sql=sql.strip())
+
+
+def _select(metric: Metric, source: str = ROWS) -> str:
+    return f"SELECT ({metric.sql}) AS value FROM {source}"
+
+
+def _one_expression(stmt: Any) -> bool:
+    """Is ``stmt`` exactly ``SELECT (expr) AS value FROM __ft_eval_rows``, nothing smuggled around the expression?"""
+    if not isinstance(stmt, exp.Select) or len(stmt.expressions) != 1:
+        return False
+    source = stmt.args.get("from_") or stmt.args.get("from")
+    extra = [k for k, v in stmt.args.items() if v and k not in ("expressions", "from_", "from")]
+    return not extra and source is not None and isinstance(source.this, exp.Table) and source.this.name == ROWS
+
+
+def check(cur: Any, checker: Any, schema: str, metric: Metric) -> Metric:
+    """Bind the expression on the evaluation's columns; returns the metric with ``binary`` set from its type.
+
+    Raises InvalidArgument (not one expression, does not bind, not BOOLEAN or numeric) or PermissionDenied.
+    """
+    what = f"user metric {metric.name!r}"
+    try:
+        sql = check_query(_select(metric), what)
+        stmt = parse(sql)[0]
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{e} (its sql must be one expression over {', '.join(COLUMNS)})") from None
+    if not _one_expression(stmt):
+        raise InvalidArgument(f"{what}: its sql must be one expression over {', '.join(COLUMNS)}, "
+                              f"got {metric.sql[:80]!r}")
+    tables, functions = tables_read(stmt, schema)
+    tables.discard(f"{schema}.{ROWS}")
+    checker.require_read(tables, functions)
+    empty = "(SELECT " + ", ".join(f"NULL::VARCHAR AS {c}" for c in COLUMNS) + f" LIMIT 0) AS {ROWS}"
+    try:
+        described = cur.execute(f"DESCRIBE {_select(metric, empty)}").fetchall()
+    except Exception as e:  # duckdb.Error: the expression does not bind
+        raise InvalidArgument(f"{what} fails: {str(e).splitlines()[0]} (columns: {', '.join(COLUMNS)})") from None
+    kind = str(described[0][1]).upper()
+    if kind != "BOOLEAN" and not kind.startswith(_NUMERIC):
+        raise InvalidArgument(f"{what} must be BOOLEAN or a number, got {kind}: e.g. length(prediction) < 200")
+    return Metric(metric.name, binary=kind == "BOOLEAN", sql=metric.sql)
+
+
+def scores(cur: Any, metric: Metric, rows: dict[str, Sequence[Any]]) -> list[float | None]:
+    """The expression on every row (``rows``: a column name to its values, every column of COLUMNS)."""
+    import pyarrow as pa
+
+    n = len(rows["prediction"])
+    table = pa.table({"__row": list(range(n)), **{c: pa.array(list(rows[c]), pa.string()) for c in COLUMNS}})
+    view = f"{ROWS}_{uuid.uuid4().hex}"
+    cur.register(view, table)
+    try:
+        sql = f"SELECT ({metric.sql})::DOUBLE FROM {view} AS {ROWS} ORDER BY __row"
+        values = [r[0] for r in cur.execute(sql).fetchall()]
+    except Exception as e:  # a runtime error of the user's expression (a cast that fails on one row...)
+        raise InvalidArgument(f"user metric {metric.name!r} failed on the predictions: {str(e).splitlines()[0]}") \
+            from None
+    finally:
+        cur.unregister(view)
+    return values
