@@ -72,3 +72,18 @@ def owner_of(cur: Any, kind: str, name: str) -> str | None:
         row = one(cur, f"SELECT owner FROM {SCHEMA}.object_owners WHERE object_kind = ? AND object_name = ?",
                   [kind, name])
     return row[0] if row else None
+
+
+def forget_object(cur: Any, name: str) -> None:
+    """A table or view was dropped: its owner row and the grants on it go with it."""
+    cur.execute(f"DELETE FROM {SCHEMA}.object_owners WHERE object_kind IN ('TABLE', 'VIEW') AND object_name = ?",
+                [name])
+    cur.execute(f"DELETE FROM {SCHEMA}.grants WHERE object_kind IN ('TABLE', 'VIEW') AND object_name = ?", [name])
+
+
+def prune_owners(cur: Any) -> None:
+    """Owner rows of tables and views that no longer exist (dropped by the administrator's plain SQL)."""
+    cur.execute(f"""DELETE FROM {SCHEMA}.object_owners WHERE object_kind IN ('TABLE', 'VIEW') AND object_name NOT IN (
+        SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = current_database()
+        UNION ALL SELECT schema_name || '.' || view_name FROM duckdb_views()
+        WHERE database_name = current_database() AND NOT internal)""")

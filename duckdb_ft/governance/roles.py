@@ -99,8 +99,10 @@ class Checker:
             raise PermissionDenied(f"Insufficient privileges: {action} is for the administrator only "
                                    f"(current role: {self.role})")
 
-    def require_read(self, names: Iterable[str], functions: Iterable[str] = (), _depth: int = 0) -> None:
-        """SELECT on every table and view read, views followed to what they read; external reads: admin only."""
+    def require_read(self, names: Iterable[str], functions: Iterable[str] = (), _depth: int = 0,
+                     follow_views: bool = True) -> None:
+        """SELECT on every table and view read, views followed to what they read (unless the caller follows them
+        itself, on DuckDB's own parse: :mod:`.authorize`); external reads: admin only."""
         if self.admin:
             return
         external = sorted(set(functions) - SAFE_TABLE_FUNCTIONS)
@@ -117,7 +119,7 @@ class Checker:
                 raise PermissionDenied(f"Insufficient privileges to operate on table '{name}': it does not exist "
                                        f"or is not a table of this database (current role: {self.role})")
             self.require("SELECT", kind, name)
-            if kind == "VIEW" and _depth < 16:
+            if kind == "VIEW" and follow_views and _depth < 16:
                 sql = objects.view_sql(self.cur, name)
                 if sql:
                     stmt = parse(sql)[0]

@@ -15,10 +15,10 @@ from typing import Any
 from .. import catalog
 from ..catalog import jobs as jobdb, objects
 from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
-from ..governance.reads import tables_read
+from ..governance.authorize import authorize_query
 from ..ml import data, models
 from ..options import TrainingOptions
-from ..queries import check_query, parse, parse_model_name
+from ..queries import check_query, parse_model_name
 
 MIN_ROWS_FOR_SPLIT = 10  # fewer rows than this and no validation query: validate on the training rows
 
@@ -38,10 +38,9 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
         raise NotFound(f"schema '{schema}' does not exist: CREATE SCHEMA {schema} first")
     check = session.checker()
     check.require("CREATE MODEL", "SCHEMA", schema)
-    for q in (train_q, val_q):
+    for q, what in ((train_q, "training query"), (val_q, "validation query")):
         if q:
-            tables, functions = tables_read(parse(q)[0], session.schema)
-            check.require_read(tables, functions)
+            authorize_query(session, cur, q, what)  # on DuckDB's own parse and plan; no FINETUNE inside
     data.check_columns(cur, train_q, "training query")
     if val_q:
         data.check_columns(cur, val_q, "validation query")

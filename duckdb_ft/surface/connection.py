@@ -71,6 +71,7 @@ class Connection:
         self.session.interrupted.clear()
         if self.session.is_admin and parse_ft_statement(query) is None:
             self._raw.execute(query, parameters)  # the administrator's plain SQL: DuckDB as it is
+            router.forget_dropped(self.session, query)
             return self
         result = router.run(self.session, self._raw, query, parameters if parameters is not None else [])
         if isinstance(result, pa.Table):

@@ -1,0 +1,166 @@
+"""Attacks on privileges and on other sessions (issue 12), each a test named after the behaviour it protects.
+
+The attacker is a user session with USAGE on ``main``, SELECT on ``pub``, INSERT on ``logt``, CREATE MODEL on
+``ml`` and CREATE TABLE/VIEW on ``main``; ``secret`` and the attached database ``hr`` are not granted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import duckdb
+import pytest
+
+import duckdb_ft
+from duckdb_ft.errors import PermissionDenied
+from duckdb_ft.surface.connection import Connection
+from duckdb_ft.surface.functions import install
+
+FAST = json.dumps({"max_epochs": 1, "batch_size": 8})
+
+
+def user_connection(admin: Connection, user: str) -> Connection:
+    """A user session on the administrator's database (an in-memory one: the same instance)."""
+    raw = admin.duckdb_connection.cursor()
+    return Connection(raw, install(raw, user=user))
+
+
+def setup_attack_db(admin: Connection) -> None:
+    for sql in [
+        "CREATE TABLE pub AS SELECT 'q' || i AS s, i AS x FROM range(5) t(i)",
+        "CREATE TABLE secret AS SELECT 'salary ' || i AS s, 1000 * i AS x FROM range(5) t(i)",
+        "CREATE TABLE logt (s VARCHAR, x BIGINT)",
+        "INSERT INTO logt VALUES ('private log line', 7)",
+        "CREATE VIEW v_pub AS SELECT * FROM pub",
+        "CREATE VIEW v_sec AS SELECT * FROM secret",
+        "CREATE SCHEMA ml",
+        "ATTACH ':memory:' AS hr",
+        "CREATE TABLE hr.main.salaries AS SELECT 'ceo' AS s, 999999 AS x",
+        "CREATE TABLE hr.main.pub AS SELECT 'hr row' AS s, 1 AS x",
+    ]:
+        admin.execute(sql)
+    for sql in [
+        "CREATE ROLE attacker", "GRANT ROLE attacker TO USER u1",
+        "GRANT USAGE ON SCHEMA main TO ROLE attacker", "GRANT USAGE ON SCHEMA ml TO ROLE attacker",
+        "GRANT SELECT ON TABLE pub TO ROLE attacker", "GRANT SELECT ON VIEW v_pub TO ROLE attacker",
+        "GRANT INSERT ON TABLE logt TO ROLE attacker", "GRANT CREATE MODEL ON SCHEMA ml TO ROLE attacker",
+        "GRANT CREATE TABLE, CREATE VIEW ON SCHEMA main TO ROLE attacker",
+    ]:
+        admin.execute(sql).fetchall()
+
+
+@pytest.fixture
+def attack():
+    admin = duckdb_ft.connect()
+    setup_attack_db(admin)
+    u1 = user_connection(admin, "u1")
+    yield admin, u1
+    u1.close()
+    admin.close()
+
+
+def denied(con, sql, *params, match="Insufficient privileges"):
+    with pytest.raises(PermissionDenied, match=match):
+        con.execute(sql, list(params)).fetchall()
+
+
+# ------------------------------------------------------------------------------------------ 1. CTE names
+
+def test_a_cte_name_hides_a_table_only_inside_its_own_scope(attack):
+    admin, u1 = attack
+    denied(u1, "SELECT * FROM secret WHERE 1 IN (WITH secret AS (SELECT 1) SELECT * FROM secret)",
+           match="'main.secret'")
+    denied(u1, "CREATE VIEW leak AS SELECT * FROM secret WHERE 1 IN (WITH secret AS (SELECT 1) SELECT * FROM secret)",
+           match="'main.secret'")
+    assert admin.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'leak'").fetchall() == [(0,)]
+    # a CTE that really shadows the table is fine: nothing of secret is read
+    assert u1.execute("WITH secret AS (SELECT 1 AS x) SELECT * FROM secret").fetchall() == [(1,)]
+    assert u1.execute("WITH a AS (SELECT * FROM pub), b AS (SELECT * FROM a) SELECT count(*) FROM b").fetchall() \
+        == [(5,)]
+
+
+def test_a_cte_name_cannot_smuggle_a_table_into_a_training_snapshot(attack, tiny_model_path):
+    admin, u1 = attack
+    q = ("SELECT s AS prompt, x::VARCHAR AS completion FROM secret "
+         "WHERE 1 IN (WITH secret AS (SELECT 1) SELECT * FROM secret)")
+    denied(u1, "SELECT finetune('CREATE', 'ml.leak', ?, ?, NULL, ?)", tiny_model_path, q, FAST, match="main.secret")
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.job_rows").fetchall() == [(0,)]
+
+
+# ------------------------------------------------------------------------------- 2. SHOW and PIVOT
+
+def test_show_of_a_pivot_without_in_list_is_refused_before_it_binds(attack):
+    admin, u1 = attack
+    denied(u1, "SHOW (PIVOT secret ON s USING count(*))")
+    denied(u1, "SHOW (PIVOT (SELECT * FROM read_csv('/etc/passwd', header=false)) ON column0 USING count(*))")
+    denied(u1, "SELECT * FROM (PIVOT pub ON s USING count(*))", match="PIVOT without an IN list")
+    denied(u1, "PIVOT pub ON s USING count(*)")
+    denied(u1, "DESCRIBE (PIVOT secret ON s USING count(*))")
+
+
+def test_pivot_with_an_in_list_is_authorized_as_the_query_it_runs(attack):
+    admin, u1 = attack
+    assert u1.execute("PIVOT pub ON s IN ('q1', 'q2') USING sum(x)").fetchall() == [(1, 2)]
+    denied(u1, "PIVOT secret ON s IN ('salary 1') USING sum(x)", match="'main.secret'")
+
+
+def test_show_lists_nothing_the_role_cannot_see(attack):
+    admin, u1 = attack
+    for sql in ("SHOW ALL TABLES", "SHOW TABLES", "SHOW secret", "DESCRIBE secret", "SUMMARIZE secret",
+                "SELECT * FROM duckdb_tables()", "SELECT * FROM information_schema.tables",
+                "SELECT * FROM duckdb_views", "DESCRIBE SELECT * FROM secret"):
+        denied(u1, sql)
+    assert u1.execute("DESCRIBE pub").fetchall()[0][0] == "s"
+    assert u1.execute("DESCRIBE SELECT x FROM pub").fetchall()[0][0] == "x"
+
+
+# ------------------------------------------------------------------------- 4. INSERT ... RETURNING
+
+def test_insert_privilege_does_not_read_the_table(attack):
+    admin, u1 = attack
+    denied(u1, "INSERT INTO logt SELECT * FROM logt RETURNING *", match="'main.logt'")
+    denied(u1, "INSERT INTO logt SELECT * FROM logt", match="'main.logt'")
+    denied(u1, "INSERT INTO logt VALUES ('a', 1) RETURNING *", match="'main.logt'")
+    denied(u1, "INSERT INTO logt SELECT * FROM secret", match="'main.secret'")
+    assert admin.execute("SELECT count(*) FROM logt").fetchall() == [(1,)]
+    u1.execute("INSERT INTO logt SELECT * FROM pub")
+    assert admin.execute("SELECT count(*) FROM logt").fetchall() == [(6,)]
+
+
+# ------------------------------------------------------------------------------ 5. other databases
+
+def test_three_part_names_are_checked_in_their_own_database(attack):
+    admin, u1 = attack
+    for sql in ("SELECT * FROM hr.main.salaries", "SELECT * FROM hr.salaries", "SELECT * FROM hr.main.pub",
+                "SELECT * FROM hr.pub", "SELECT * FROM pub UNION ALL SELECT * FROM hr.main.salaries",
+                "INSERT INTO logt SELECT * FROM hr.salaries", "INSERT INTO hr.main.pub VALUES ('x', 1)",
+                "CREATE TABLE hr.main.mine (x INT)", "SELECT * FROM temp.main.pub", "CREATE TEMP TABLE t (x INT)",
+                "SELECT * FROM system.main.duckdb_tables"):
+        denied(u1, sql)
+    assert u1.execute("SELECT count(*) FROM memory.main.pub").fetchall() == [(5,)]
+    denied(u1, "SELECT count(*) FROM memory.main.secret", match="'main.secret'")
+
+
+def test_a_user_view_over_a_forbidden_table_reads_nothing(attack):
+    admin, u1 = attack
+    admin.execute("CREATE VIEW v_hr AS SELECT * FROM hr.main.salaries")
+    admin.execute("GRANT SELECT ON VIEW v_hr TO ROLE attacker").fetchall()
+    denied(u1, "SELECT * FROM v_hr", match="database 'hr'")
+    denied(u1, "SELECT * FROM v_sec", match="v_sec|main.secret")
+    u1.execute("CREATE VIEW mine AS SELECT * FROM pub")
+    assert u1.execute("SELECT count(*) FROM mine").fetchall() == [(5,)]
+
+
+def test_internal_functions_and_session_ids_are_not_reachable_from_sql(attack, tiny_model_path):
+    admin, u1 = attack
+    for sql in ("SELECT __ft_session_id()", "SELECT __ft_engine()",
+                f"SELECT __ft_finetune(__ft_session_id(), 'SHOW', NULL, NULL, NULL, NULL, NULL)"):
+        denied(u1, sql, match="internal functions")
+
+
+def test_a_trailing_comment_after_the_semicolon_is_fine(attack):
+    admin, u1 = attack
+    assert u1.execute("SELECT count(*) FROM pub; -- how many").fetchall() == [(5,)]
