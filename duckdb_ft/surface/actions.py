@@ -7,6 +7,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import InvalidArgument
+from ..evaluation import evaluate as evaluation, results as evaluations
 from ..jobs import sweep
 
 
@@ -55,6 +56,11 @@ def _sweep(engine: Any, session: Any, args: list) -> str:
     return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options)
 
 
+def _evaluate(engine: Any, session: Any, args: list) -> str:
+    models, query, options = args[0], args[1], args[2]
+    return evaluation.evaluate(engine, session, models, query, options)
+
+
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
 ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
     "CREATE": _create,
@@ -64,6 +70,9 @@ ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
                                else e.jobs.cancel(_job_arg(a, "CANCEL"), s)),
     "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
     "WAIT": _wait,
+    "EVALUATE": _evaluate,
+    "SHOW EVALUATIONS": lambda e, s, a: json.dumps(evaluations.show(e, s)),
+    "DESCRIBE EVALUATION": lambda e, s, a: json.dumps(evaluations.describe(e, s, a[0])),
     "SWEEP": _sweep,
     "SHOW SWEEP": lambda e, s, a: json.dumps(sweep.rank(e.jobs, s, _job_arg(a, "SHOW SWEEP"))),
 }

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..errors import FtError, InvalidArgument
+from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import shapes
 from ..ml import complete as completion
 from . import router
@@ -65,6 +66,13 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         session = engine.session(session_ids[0]) if session_ids else None
         return [json.dumps(engine.jobs.history(j, session)) if j is not None else None for j in job_ids]
 
+    def evaluation_rows(session_ids, evaluation_ids):
+        session = engine.session(session_ids[0]) if session_ids else None
+        return [json.dumps(evaluations.rows(engine, session, e)) if e is not None else None for e in evaluation_ids]
+
+    def evaluation_list(session_ids):
+        return [json.dumps(evaluations.show(engine, engine.session(s))) for s in session_ids]
+
     def statement(session_ids, texts):
         out = []
         for sid, text in zip(session_ids, texts):
@@ -83,6 +91,8 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_execute", statement, [V, V]),
         ("__ft_finetune", finetune, [V] * 7),
         ("__ft_finetune_history", history, [V, V]),
+        ("__ft_finetune_evaluation", evaluation_rows, [V, V]),
+        ("__ft_finetune_evaluations", evaluation_list, [V]),
         ("__ft_complete", complete(False, False), [V, V, V]),
         ("__ft_complete_opts", complete(False, True), [V, V, V, V]),
         ("__ft_try_complete", complete(True, False), [V, V, V]),
@@ -96,6 +106,8 @@ def _register_udfs(con: Any, engine: Engine) -> None:
 _SHOW_TYPE = shapes.from_json_type(shapes.SHOW_FIELDS, array=True)
 _DESCRIBE_TYPE = shapes.from_json_type(shapes.DESCRIBE_FIELDS)
 _HISTORY_TYPE = shapes.from_json_type(shapes.HISTORY_FIELDS, array=True)
+_EVAL_ROWS_TYPE = evalshapes.from_json_type(evalshapes.ROW_FIELDS)
+_EVAL_LIST_TYPE = evalshapes.from_json_type(evalshapes.SHOW_FIELDS)
 _SWEEP_TYPE = shapes.from_json_type(shapes.SWEEP_FIELDS, array=True)
 
 
@@ -127,6 +139,12 @@ def _macros(session_id: str) -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO finetune_sweep(sweep_id) AS TABLE
               (SELECT unnest(from_json(__ft_finetune({s}, 'SHOW SWEEP', sweep_id::VARCHAR, NULL, NULL, NULL, NULL),
                                        '{_SWEEP_TYPE}'), recursive := true))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_evaluation(evaluation_id) AS TABLE
+              (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune_evaluation({s},
+                   evaluation_id::VARCHAR), '{_EVAL_ROWS_TYPE}')) AS r))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_evaluations() AS TABLE
+              (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune_evaluations({s}),
+                   '{_EVAL_LIST_TYPE}')) AS r))""",
         f"""CREATE OR REPLACE TEMP MACRO complete(model, prompt) AS __ft_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),
