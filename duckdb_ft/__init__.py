@@ -13,7 +13,9 @@ The package, by room (imports flow down this list, never up):
 - ``shell/``: the interactive shell and scripts, dot commands, output modes, job watching.
 - ``surface/``: the SQL surface: UDF and macro registration, the statement router, the Connection wrapper.
 - ``evaluation/``: ``finetune('EVALUATE')``: per-row metrics, paired comparison with significance, retention.
-- ``jobs/``: fine-tuning jobs: CREATE's checks and snapshot, the queue and worker, the answers' shapes.
+- ``jobs/``: fine-tuning jobs: CREATE's checks and snapshot, ESTIMATE, the queue and worker, the answers' shapes.
+- ``prep/``: data preparation: the staged snapshot, duplicates and personal data found in SQL, cleaning at
+  CREATE (dedupe, pii, drop_conflicting), ESTIMATE's report.
 - ``governance/``: roles, grants, privilege checks, authorization of plain SQL.
 - ``ml/``: base models, tokenizing and packing, training, kernels, generation, export: the only modules that
   import torch, transformers or peft (inside the functions that run models).

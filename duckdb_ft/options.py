@@ -54,6 +54,16 @@ class TrainingOptions:
     dtype: str = "auto"
     """Matrix products in "bfloat16" (autocast; the weights stay float32) or "float32"; "auto" is bfloat16 where
     the hardware computes it natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16), else float32."""
+    dedupe: str = "exact"
+    """Cleaning of the snapshot (never of your tables): "exact" drops rows that repeat an earlier row's prompt and
+    completion exactly; "near" also drops rows whose prompt is a near duplicate of an earlier, different prompt
+    (MinHash LSH, Jaccard similarity of character 5-grams of at least 0.8); "none" keeps every row."""
+    pii: str = "keep"
+    """Personal data in prompts and completions (e-mail addresses, phone numbers, Luhn-valid card numbers, IBANs,
+    IP addresses): "keep" trains on it as it is; "mask" replaces each value in the snapshot by a typed
+    placeholder (<EMAIL>, <PHONE>, <CARD>, <IBAN>, <IP>); "refuse" makes CREATE fail, listing the rows."""
+    drop_conflicting: bool = False
+    """Drop every row whose prompt also appears with a different completion (contradictory targets)."""
     keep_best: bool = True
     """Store the adapter of the evaluation with the lowest validation loss (as transformers'
     load_best_model_at_end), not the last step's; DESCRIBE's best_step says which."""
@@ -242,6 +252,9 @@ _CHECKS = {
     "dtype": _one_of("auto", "float32", "bfloat16"),
     "keep_best": _bool,
     "early_stopping_patience": _int(0, 1000),
+    "dedupe": _one_of("exact", "near", "none"),
+    "pii": _one_of("keep", "mask", "refuse"),
+    "drop_conflicting": _bool,
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
 _COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}

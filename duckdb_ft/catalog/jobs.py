@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Iterable
 
 from . import SCHEMA, dicts, now_ms, one
@@ -43,38 +42,19 @@ def name_in_use(cur: Any, schema: str, name: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------- job rows
 
 
-def snapshot_rows(cur: Any, job_id: str, query: str, split: str, holdout_percent: int = 0) -> dict[str, int]:
-    """Copy a query's (prompt, completion) rows into ``job_rows`` inside DuckDB (streamed, never in Python).
+def store_staged_rows(cur: Any, job_id: str, staged: str) -> int:
+    """Copy a staged snapshot's kept rows (:mod:`duckdb_ft.prep.stage`) into ``job_rows``, inside DuckDB; how many.
 
-    The query runs once. With ``holdout_percent`` > 0, rows whose hash falls under it go to split 'validation'
-    instead of ``split``: deterministic, and independent of the query's row order. Returns counts: rows (kept),
-    skipped (a NULL prompt or completion).
-    """
-    val = "validation"
-    split_expr = (f"CASE WHEN hash(prompt, completion) % 100 < {int(holdout_percent)} THEN '{val}' ELSE '{split}' END"
-                  if holdout_percent else f"'{split}'")
-    staged = f"__ft_snapshot_{uuid.uuid4().hex}"
-    cur.execute(f"CREATE TEMP TABLE {staged} AS SELECT prompt::VARCHAR AS prompt, completion::VARCHAR AS completion "
-                f"FROM (\n{query}\n) AS q")
-    try:
-        kept = cur.execute(f"""
-            INSERT INTO {SCHEMA}.job_rows
-            SELECT ?, {split_expr}, row_number() OVER () AS idx, prompt, completion
-            FROM {staged} WHERE prompt IS NOT NULL AND completion IS NOT NULL""", [job_id]).fetchall()[0][0]
-        total = one(cur, f"SELECT count(*) FROM {staged}")[0]
-    finally:
-        cur.execute(f"DROP TABLE IF EXISTS {staged}")
-    return {"rows": int(kept), "skipped": int(total) - int(kept)}
+    ``idx`` is the row's number in its query's result, so the stored order is the query's order."""
+    return int(cur.execute(f"""
+        INSERT INTO {SCHEMA}.job_rows
+        SELECT ?, split, row, prompt, completion FROM {staged} WHERE dropped IS NULL""", [job_id]).fetchall()[0][0])
 
 
 def count_rows(cur: Any, job_id: str) -> dict[str, int]:
     rows = cur.execute(f"SELECT split, count(*) FROM {SCHEMA}.job_rows WHERE job_id = ? GROUP BY split",
                        [job_id]).fetchall()
     return {s: int(n) for s, n in rows}
-
-
-def move_all_rows(cur: Any, job_id: str, src: str, dst: str) -> None:
-    cur.execute(f"UPDATE {SCHEMA}.job_rows SET split = ? WHERE job_id = ? AND split = ?", [dst, job_id, src])
 
 
 def read_rows(cur: Any, job_id: str, split: str, batch_rows: int = 4096) -> Any:

@@ -8,8 +8,10 @@ queries read), and the columns (``prompt`` and ``completion``, text).
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from .. import catalog
@@ -18,9 +20,45 @@ from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
 from ..ml import data, models
 from ..options import TrainingOptions
+from ..prep import clean as prep_clean, stage as prep_stage
 from ..queries import check_query, parse_model_name
 
-MIN_ROWS_FOR_SPLIT = 10  # fewer rows than this and no validation query: validate on the training rows
+@dataclass
+class Request:
+    """A checked CREATE (or ESTIMATE): the queries and options as they will run."""
+
+    schema: str
+    model_name: str | None
+    base_model: str
+    base_path: str
+    train_q: str
+    val_q: str | None
+    opts: TrainingOptions
+
+
+def check_request(cur: Any, session: Any, name: str | None, base_model: str, training_query: str,
+                  validation_query: str | None = None, options: str | None = None) -> Request:
+    """CREATE's checks, in order, for CREATE and ESTIMATE alike; raises the first problem, changes nothing.
+
+    ``name`` None (ESTIMATE) skips the model name and the CREATE MODEL privilege: nothing is created.
+    """
+    schema, model_name = parse_model_name(name, session.schema) if name is not None else (session.schema, None)
+    opts = TrainingOptions.parse(options)
+    path = check_base_model(base_model)
+    train_q = check_query(training_query, "training query")
+    val_q = check_query(validation_query, "validation query") if validation_query else None
+    if not objects.schema_exists(cur, schema):
+        raise NotFound(f"schema '{schema}' does not exist: CREATE SCHEMA {schema} first")
+    check = session.checker()
+    if name is not None:
+        check.require("CREATE MODEL", "SCHEMA", schema)
+    for q, what in ((train_q, "training query"), (val_q, "validation query")):
+        if q:
+            authorize_query(session, cur, q, what)  # on DuckDB's own parse and plan; no FINETUNE inside
+    data.check_columns(cur, train_q, "training query")
+    if val_q:
+        data.check_columns(cur, val_q, "validation query")
+    return Request(schema, model_name, base_model, path, train_q, val_q, opts)
 
 
 def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
@@ -29,21 +67,8 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
 
     ``name_lock`` serializes the check that the model name is free with the insert that takes it.
     """
-    schema, model_name = parse_model_name(name, session.schema)
-    opts = TrainingOptions.parse(options)
-    check_base_model(base_model)
-    train_q = check_query(training_query, "training query")
-    val_q = check_query(validation_query, "validation query") if validation_query else None
-    if not objects.schema_exists(cur, schema):
-        raise NotFound(f"schema '{schema}' does not exist: CREATE SCHEMA {schema} first")
-    check = session.checker()
-    check.require("CREATE MODEL", "SCHEMA", schema)
-    for q, what in ((train_q, "training query"), (val_q, "validation query")):
-        if q:
-            authorize_query(session, cur, q, what)  # on DuckDB's own parse and plan; no FINETUNE inside
-    data.check_columns(cur, train_q, "training query")
-    if val_q:
-        data.check_columns(cur, val_q, "validation query")
+    req = check_request(cur, session, name, base_model, training_query, validation_query, options)
+    schema, model_name, train_q, val_q, opts = req.schema, req.model_name, req.train_q, req.val_q, req.opts
     job_id = f"ft_{uuid.uuid4()}"
     with name_lock:
         holder = jobdb.name_in_use(cur, schema, model_name)
@@ -67,24 +92,18 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
 
 
 def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: TrainingOptions) -> None:
-    """Copy the rows the job trains and validates on into the catalog, and record their counts on the job."""
-    holdout = 0 if val_q else int(round(opts.validation_fraction * 100))
-    skipped = jobdb.snapshot_rows(cur, job_id, train_q, "train", holdout)["skipped"]
-    if val_q:
-        skipped += jobdb.snapshot_rows(cur, job_id, val_q, "validation")["skipped"]
-    counts = jobdb.count_rows(cur, job_id)
-    source = "validation query" if val_q else "held-out training rows"
-    if not val_q and (sum(counts.values()) < MIN_ROWS_FOR_SPLIT or not counts.get("validation")
-                      or not counts.get("train")):
-        jobdb.move_all_rows(cur, job_id, "validation", "train")
-        counts = jobdb.count_rows(cur, job_id)
-        source = "training rows (too few rows to hold some out)"
-    if not counts.get("train"):
-        raise InvalidArgument(
-            f"the training query returned no row with both prompt and completion non-NULL "
-            f"({skipped} rows skipped): check its WHERE clause and the NULLs in your columns")
-    jobdb.update_job(cur, job_id, train_rows=counts.get("train", 0), validation_rows=counts.get("validation", 0),
-                     validation_source=source, skipped_rows=skipped)
+    """Stage the rows, clean them as the options say (:mod:`duckdb_ft.prep`), store them in the catalog, and
+    record their counts and the cleaning on the job."""
+    st = prep_stage.stage(cur, train_q, val_q, opts)
+    try:
+        cleaning = prep_clean.clean(cur, st, opts)
+        counts = prep_stage.settle_splits(cur, st)
+        jobdb.store_staged_rows(cur, job_id, st.table)
+        jobdb.update_job(cur, job_id, train_rows=counts.get("train", 0), validation_rows=counts.get("validation", 0),
+                         validation_source=st.validation_source, skipped_rows=st.skipped(cur),
+                         cleaning=json.dumps(cleaning))
+    finally:
+        st.drop(cur)
 
 
 def check_base_model(base_model: str) -> str:

@@ -59,17 +59,13 @@ class TokenStats:
     dropped: int = 0  # no completion token left inside max_seq_length
 
 
-def tokenize_pairs(
-    tokenizer: Any, pairs: Iterable[tuple[str, str]], max_seq_length: int, stats: TokenStats | None = None
-) -> list[Example]:
-    """Tokenize (prompt, completion) pairs with the chat template; the loss covers the completion only.
+def encode_pairs(tokenizer: Any, pairs: Iterable[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each pair's prompt part and completion part in the chat template, before any truncation.
 
     The template is rendered to text for the prompt alone (with the generation prompt) and for the whole
     conversation; the completion's part is the difference, so the two are tokenized separately in batches with
-    the fast tokenizer and joined. Pairs longer than ``max_seq_length`` are cut at the end and counted.
+    the fast tokenizer. Training (:func:`tokenize_pairs`) and FINETUNE 'ESTIMATE' both count tokens with this.
     """
-    stats = stats if stats is not None else TokenStats()
-    pairs = list(pairs)
     prompt_texts, completion_texts = [], []
     for prompt, completion in pairs:
         user = [{"role": "user", "content": prompt}]
@@ -79,18 +75,40 @@ def tokenize_pairs(
             raise InvalidArgument("the base model's chat template does not extend the prompt; cannot mask the prompt")
         prompt_texts.append(p)
         completion_texts.append(full[len(p):])
-    enc_p = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"] if pairs else []
-    enc_c = tokenizer(completion_texts, add_special_tokens=False)["input_ids"] if pairs else []
+    if not prompt_texts:
+        return [], []
+    return (tokenizer(prompt_texts, add_special_tokens=False)["input_ids"],
+            tokenizer(completion_texts, add_special_tokens=False)["input_ids"])
+
+
+def fit_window(n_prompt: int, n_completion: int, max_seq_length: int) -> tuple[int, bool, bool]:
+    """(tokens kept, truncated?, anything to learn?) of a pair of ``n_prompt`` + ``n_completion`` tokens.
+
+    A pair longer than ``max_seq_length`` is cut at the end; it has something to learn when a completion token is
+    left at a position past the first (the loss predicts position i from the tokens before it).
+    """
+    n = n_prompt + n_completion
+    truncated = n > max_seq_length
+    n = min(n, max_seq_length)
+    return n, truncated, n - max(n_prompt, 1) > 0
+
+
+def tokenize_pairs(
+    tokenizer: Any, pairs: Iterable[tuple[str, str]], max_seq_length: int, stats: TokenStats | None = None
+) -> list[Example]:
+    """Tokenize (prompt, completion) pairs with the chat template (:func:`encode_pairs`); the loss covers the
+    completion only. Pairs longer than ``max_seq_length`` are cut at the end and counted (:func:`fit_window`)."""
+    stats = stats if stats is not None else TokenStats()
+    enc_p, enc_c = encode_pairs(tokenizer, pairs)
     out = []
     for p_ids, c_ids in zip(enc_p, enc_c):
-        ids = p_ids + c_ids
-        labels = [IGNORE] * len(p_ids) + list(c_ids)
-        if len(ids) > max_seq_length:
-            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-            stats.truncated += 1
-        if all(x == IGNORE for x in labels[1:]):  # nothing to learn: the prompt fills the window
+        n, truncated, learnable = fit_window(len(p_ids), len(c_ids), max_seq_length)
+        stats.truncated += truncated
+        if not learnable:  # nothing to learn: the prompt fills the window
             stats.dropped += 1
             continue
+        ids = (p_ids + c_ids)[:n]
+        labels = ([IGNORE] * len(p_ids) + list(c_ids))[:n]
         out.append(Example(ids, labels))
         stats.examples += 1
         stats.tokens += len(ids)

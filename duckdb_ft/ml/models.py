@@ -209,6 +209,18 @@ _load_locks: dict[str, threading.Lock] = {}  # one per resolved folder: loading 
 _locks_lock = threading.Lock()
 
 
+def context_length(path: str) -> int | None:
+    """The positions a model folder's config allows (``max_position_embeddings``), read without loading it."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            value = json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 

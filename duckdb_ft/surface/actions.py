@@ -61,6 +61,17 @@ def _evaluate(engine: Any, session: Any, args: list) -> str:
     return evaluation.evaluate(engine, session, models, query, options)
 
 
+def _estimate(engine: Any, session: Any, args: list) -> str:
+    base, train_q, val_q, options = args[0], args[1], args[2], args[3]
+    for label, value in (("base model", base), ("training query", train_q)):
+        if value is None:
+            raise InvalidArgument(f"finetune('ESTIMATE', base_model, training_query [, validation_query "
+                                  f"[, options]]): the {label} is missing")
+    from ..jobs.estimate import estimate
+
+    return json.dumps(estimate(engine.cursor(), session, base, train_q, val_q or None, options))
+
+
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
 ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
     "CREATE": _create,
@@ -70,6 +81,7 @@ ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
                                else e.jobs.cancel(_job_arg(a, "CANCEL"), s)),
     "RESUME": lambda e, s, a: e.jobs.resume(_job_arg(a, "RESUME"), s),
     "WAIT": _wait,
+    "ESTIMATE": _estimate,
     "EVALUATE": _evaluate,
     "SHOW EVALUATIONS": lambda e, s, a: json.dumps(evaluations.show(e, s)),
     "DESCRIBE EVALUATION": lambda e, s, a: json.dumps(evaluations.describe(e, s, a[0])),

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
-from ..jobs import shapes
+from ..jobs import estimate, shapes
 from ..ml import complete as completion
 from . import router
 from .actions import finetune_action
@@ -73,6 +73,16 @@ def _register_udfs(con: Any, engine: Engine) -> None:
     def evaluation_list(session_ids):
         return [json.dumps(evaluations.show(engine, engine.session(s))) for s in session_ids]
 
+    def data_report(session_ids, bases, train_qs, val_qs, options):
+        out = []
+        for sid, base, train_q, val_q, opts in zip(session_ids, bases, train_qs, val_qs, options):
+            if base is None or train_q is None:
+                raise InvalidArgument("finetune_data_report(base_model, training_query [, validation_query "
+                                      "[, options]]): the base model and the training query are needed")
+            out.append(json.dumps(estimate.data_report(engine.cursor(), engine.session(sid), base, train_q,
+                                                       val_q or None, opts), default=str))
+        return out
+
     def statement(session_ids, texts):
         out = []
         for sid, text in zip(session_ids, texts):
@@ -91,6 +101,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_execute", statement, [V, V]),
         ("__ft_finetune", finetune, [V] * 7),
         ("__ft_finetune_history", history, [V, V]),
+        ("__ft_data_report", data_report, [V] * 5),
         ("__ft_finetune_evaluation", evaluation_rows, [V, V]),
         ("__ft_finetune_evaluations", evaluation_list, [V]),
         ("__ft_complete", complete(False, False), [V, V, V]),
@@ -106,6 +117,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
 _SHOW_TYPE = shapes.from_json_type(shapes.SHOW_FIELDS, array=True)
 _DESCRIBE_TYPE = shapes.from_json_type(shapes.DESCRIBE_FIELDS)
 _HISTORY_TYPE = shapes.from_json_type(shapes.HISTORY_FIELDS, array=True)
+_DATA_REPORT_TYPE = shapes.from_json_type(estimate.DATA_REPORT_FIELDS, array=True)
 _EVAL_ROWS_TYPE = evalshapes.from_json_type(evalshapes.ROW_FIELDS)
 _EVAL_LIST_TYPE = evalshapes.from_json_type(evalshapes.SHOW_FIELDS)
 _SWEEP_TYPE = shapes.from_json_type(shapes.SWEEP_FIELDS, array=True)
@@ -123,6 +135,9 @@ def _finetune_overloads(session: str) -> str:
                      for n in range(1, 7))
 
 
+_DATA_REPORT_ARGS = ("base_model", "training_query", "validation_query", "options")
+
+
 def _macros(session_id: str) -> list[str]:
     s = f"'{session_id}'"
     yield_ = [f"CREATE OR REPLACE TEMP MACRO __ft_session_id() AS {s}"]
@@ -133,6 +148,11 @@ def _macros(session_id: str) -> list[str]:
               (SELECT unnest(from_json({_finetune_call(s, 1)}, '{_SHOW_TYPE}'), recursive := true)),
             (action, a1) AS TABLE (SELECT unnest(from_json({_finetune_call(s, 2)}, '{_DESCRIBE_TYPE}')))""",
         f"CREATE OR REPLACE TEMP MACRO ft_execute(statement) AS __ft_execute({s}, statement::VARCHAR)",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_data_report{", ".join(
+              f"({', '.join(args)}) AS TABLE (SELECT unnest(from_json(__ft_data_report({s}, "
+              f"{', '.join(f'{a}::VARCHAR' for a in args)}{', NULL' * (4 - len(args))}), "
+              f"'{_DATA_REPORT_TYPE}'), recursive := true))"
+              for args in (_DATA_REPORT_ARGS[:2], _DATA_REPORT_ARGS[:3], _DATA_REPORT_ARGS))}""",
         f"""CREATE OR REPLACE TEMP MACRO finetune_history(job_id) AS TABLE
               (SELECT unnest(from_json(__ft_finetune_history({s}, job_id::VARCHAR), '{_HISTORY_TYPE}'),
                              recursive := true))""",

@@ -1,0 +1,71 @@
+"""FINETUNE('ESTIMATE'): CREATE's checks and CREATE's snapshot, cleaning and tokenization, then a report instead of
+a job. Nothing is left behind: the staged rows live in temporary tables of a private cursor, inside a transaction
+that is rolled back.
+
+``estimate`` returns the JSON report; ``data_report`` the per-row findings behind it (``FROM
+finetune_data_report(...)``): one row per finding, with the row's number in its query's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ml import models
+from ..prep import clean, estimate as prep_estimate, stage
+from .create import check_request
+
+
+def _run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
+         options: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    req = check_request(cur, session, None, base_model, training_query, validation_query, options)
+    tokenizer = models.load_tokenizer(req.base_path)
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        st = stage.stage(cur, req.train_q, req.val_q, req.opts)
+        findings = clean.analyze(cur, st)
+        opts = req.opts
+        refused = None
+        try:
+            cleaning = clean.apply(cur, st, findings, opts)
+        except Exception as e:  # pii "refuse": CREATE would fail; the report says so and why
+            if opts.pii != "refuse":
+                raise
+            refused = str(e)
+            cleaning = clean.apply(cur, st, findings, type(opts)(**{**opts.__dict__, "pii": "keep"}))
+            cleaning["pii"] = "refuse"
+        counts = stage.settle_splits(cur, st)
+        prep_estimate.leaks(cur, st, findings)
+        tok = prep_estimate.tokens(cur, st, findings, tokenizer, opts, models.context_length(req.base_path))
+        report = prep_estimate.report(cur, st, findings, opts, cleaning, tok, counts, base_model)
+        if refused:
+            report["warnings"].insert(0, {"finding": "create_fails", "message": refused,
+                                          "fix": 'set {"pii": "mask"}, or remove the personal data'})
+        rows = cur.execute(f"""
+            SELECT f.query, f.row, s.split, f.finding, f.col AS "column", f.other_row, f.detail, s.dropped
+            FROM {findings} f LEFT JOIN {st.table} s USING (query, row)
+            UNION ALL
+            SELECT query, row, NULL, 'skipped', NULL, NULL,
+                   CASE WHEN prompt IS NULL THEN 'prompt is NULL' ELSE 'completion is NULL' END, dropped
+            FROM {st.table} WHERE dropped = 'skipped'
+            ORDER BY 1, 2, 4""").fetchall()
+    finally:
+        cur.execute("ROLLBACK")
+    keys = ("query", "row", "split", "finding", "column", "other_row", "detail", "dropped")
+    return report, [dict(zip(keys, r)) for r in rows]
+
+
+def estimate(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
+             options: str | None = None) -> dict[str, Any]:
+    """The ESTIMATE report of what CREATE with these arguments would train on."""
+    return _run(cur, session, base_model, training_query, validation_query, options)[0]
+
+
+def data_report(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
+                options: str | None = None) -> list[dict[str, Any]]:
+    """The per-row findings of ESTIMATE (skipped rows included), ordered by query and row."""
+    return _run(cur, session, base_model, training_query, validation_query, options)[1]
+
+
+#: The columns of ``FROM finetune_data_report(...)``.
+DATA_REPORT_FIELDS = {"query": "VARCHAR", "row": "BIGINT", "split": "VARCHAR", "finding": "VARCHAR",
+                      "column": "VARCHAR", "other_row": "BIGINT", "detail": "VARCHAR", "dropped": "VARCHAR"}

@@ -1,0 +1,130 @@
+"""Cleaning of a staged snapshot by CREATE's options (never of the user's tables), and the findings behind it.
+
+:func:`analyze` records every finding of the rows (duplicates, conflicts, near duplicates, personal data) in a
+findings table; :func:`apply` then drops and masks rows of the staged table as the options say, in this order:
+exact duplicates (``dedupe`` "exact" or "near"), conflicting rows (``drop_conflicting``), near duplicates
+(``dedupe`` "near"), then personal data (``pii`` "mask" replaces it in the rows left; "refuse" fails). A row
+dropped for one reason is counted under the first. Returns what it did, as DESCRIBE reports it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import InvalidArgument
+from ..options import TrainingOptions
+from . import duplicates, pii
+from .stage import Stage
+
+DROP_ORDER = ("exact_duplicate", "conflicting", "near_duplicate")
+SHOWN_ROWS = 20  # rows listed in an error or a report line
+
+
+def analyze(cur: Any, st: Stage, *, near: bool = True, personal: bool = True) -> str:
+    """A new findings table of the staged rows; its name. ``near``/``personal``: look for those too."""
+    findings = f"__ft_findings_{uuid.uuid4().hex}"
+    duplicates.findings_table(cur, findings)
+    duplicates.exact_and_conflicting(cur, st.table, findings)
+    if near:
+        duplicates.near_duplicates(cur, st.table, findings)
+    if personal:
+        _personal_data(cur, st.table, findings)
+    return findings
+
+
+def _personal_data(cur: Any, stage: str, findings: str) -> None:
+    """Findings of kind ``pii`` (detail: the kind of value, col: prompt or completion), one per value."""
+    reader = cur.sql(f"""
+        SELECT query, row, prompt, completion FROM {stage}
+        WHERE dropped IS DISTINCT FROM 'skipped'
+          AND (regexp_matches(prompt, ?) OR regexp_matches(completion, ?))""",
+                     params=[pii.SQL_PREFILTER, pii.SQL_PREFILTER]).to_arrow_reader(8192)
+    out: dict[str, list] = {"query": [], "row": [], "col": [], "detail": []}
+    for batch in reader:
+        cols = batch.to_pydict()
+        for q, r, p, c in zip(cols["query"], cols["row"], cols["prompt"], cols["completion"]):
+            for col, text in (("prompt", p), ("completion", c)):
+                for kind, _, _ in pii.find(text):
+                    out["query"].append(q)
+                    out["row"].append(r)
+                    out["col"].append(col)
+                    out["detail"].append(kind)
+    if out["row"]:
+        found = pa.table(out)
+        cur.register("__ft_pii_found", found)
+        try:
+            cur.execute(f"INSERT INTO {findings} SELECT query, row, 'pii', col, NULL, detail FROM __ft_pii_found")
+        finally:
+            cur.unregister("__ft_pii_found")
+
+
+def _drop(cur: Any, st: Stage, findings: str, finding: str) -> None:
+    cur.execute(f"""
+        UPDATE {st.table} SET dropped = '{finding}'
+        FROM (SELECT DISTINCT query, row FROM {findings} WHERE finding = '{finding}') f
+        WHERE {st.table}.query = f.query AND {st.table}.row = f.row AND {st.table}.dropped IS NULL""")
+
+
+def rows_listed(rows: list[tuple[str, int]], limit: int = SHOWN_ROWS) -> str:
+    """'training rows 2, 5; validation row 1' for (query, row) pairs, the first ``limit`` of them."""
+    parts = []
+    for q in ("training", "validation"):
+        nums = sorted(r for qq, r in rows if qq == q)
+        if nums:
+            shown = ", ".join(map(str, nums[:limit])) + (f" and {len(nums) - limit} more" if len(nums) > limit else "")
+            parts.append(f"{q} row{'s' if len(nums) > 1 else ''} {shown}")
+    return "; ".join(parts)
+
+
+def apply(cur: Any, st: Stage, findings: str, opts: TrainingOptions) -> dict[str, Any]:
+    """Drop and mask staged rows as ``opts`` say; what was done: {dedupe, pii, drop_conflicting, dropped, masked}."""
+    wanted = {"exact_duplicate": opts.dedupe in ("exact", "near"), "conflicting": opts.drop_conflicting,
+              "near_duplicate": opts.dedupe == "near"}
+    for finding in DROP_ORDER:
+        if wanted[finding]:
+            _drop(cur, st, findings, finding)
+    dropped = dict(cur.execute(f"SELECT dropped, count(*) FROM {st.table} WHERE dropped IN "
+                               f"({', '.join(repr(f) for f in DROP_ORDER)}) GROUP BY dropped").fetchall())
+    masked: Counter = Counter()
+    if opts.pii != "keep":
+        rows = cur.execute(f"""
+            SELECT s.query, s.row, s.prompt, s.completion FROM {st.table} s
+            WHERE s.dropped IS NULL AND EXISTS (SELECT 1 FROM {findings} f WHERE f.finding = 'pii'
+                                                AND f.query = s.query AND f.row = s.row)
+            ORDER BY s.query, s.row""").fetchall()
+        if rows and opts.pii == "refuse":
+            kinds = cur.execute(f"SELECT string_agg(DISTINCT detail, ', ' ORDER BY detail) FROM {findings} "
+                                f"WHERE finding = 'pii'").fetchall()[0][0]
+            raise InvalidArgument(
+                f"personal data ({kinds}) in {len(rows)} row(s), and the option pii is \"refuse\": "
+                f"{rows_listed([(q, r) for q, r, _, _ in rows])}. Remove it from the query, or train on it "
+                f"masked with {{\"pii\": \"mask\"}}; FROM finetune_data_report(...) lists every value")
+        if rows:
+            new: dict[str, list] = {"query": [], "row": [], "prompt": [], "completion": []}
+            for q, r, p, c in rows:
+                fp, fc = pii.find(p), pii.find(c)
+                masked.update(k for k, _, _ in fp + fc)
+                for key, value in (("query", q), ("row", r), ("prompt", pii.mask(p, fp)),
+                                   ("completion", pii.mask(c, fc))):
+                    new[key].append(value)
+            cur.register("__ft_masked", pa.table(new))
+            try:
+                cur.execute(f"""UPDATE {st.table} SET prompt = m.prompt, completion = m.completion
+                                FROM __ft_masked m WHERE {st.table}.query = m.query AND {st.table}.row = m.row""")
+            finally:
+                cur.unregister("__ft_masked")
+    return {"dedupe": opts.dedupe, "drop_conflicting": opts.drop_conflicting, "pii": opts.pii,
+            "dropped": {f: int(dropped.get(f, 0)) for f in DROP_ORDER}, "masked": dict(sorted(masked.items()))}
+
+
+def clean(cur: Any, st: Stage, opts: TrainingOptions) -> dict[str, Any]:
+    """CREATE's cleaning: find only what the options act on, apply them, drop the findings; what was done."""
+    findings = analyze(cur, st, near=opts.dedupe == "near", personal=opts.pii != "keep")
+    try:
+        return apply(cur, st, findings, opts)
+    finally:
+        cur.execute(f"DROP TABLE IF EXISTS {findings}")

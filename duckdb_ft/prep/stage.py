@@ -1,0 +1,86 @@
+"""The staged snapshot: CREATE's and ESTIMATE's one copy of the rows, in a temporary table, before it is stored.
+
+Each query runs once, into ``Stage.table`` (a TEMP table of the caller's cursor): one row per returned row,
+numbered from 1 in the query's order (``row``), with the split it goes to and why it is dropped, if it is (NULL
+prompt or completion: ``skipped``; cleaning: see :mod:`duckdb_ft.prep.clean`). CREATE copies the rows left into
+``duckdb_ft.job_rows``; ESTIMATE reads the same table, so both see exactly the same rows, split and cleaned alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..options import TrainingOptions
+
+MIN_ROWS_FOR_SPLIT = 10  # fewer rows than this and no validation query: validate on the training rows
+
+
+@dataclass
+class Stage:
+    """A staged snapshot: its temporary table and the facts CREATE records on the job."""
+
+    table: str
+    has_validation_query: bool
+    validation_source: str = ""
+
+    def counts(self, cur: Any) -> dict[str, int]:
+        """Rows kept per split."""
+        rows = cur.execute(f"SELECT split, count(*) FROM {self.table} WHERE dropped IS NULL GROUP BY split").fetchall()
+        return {s: int(n) for s, n in rows}
+
+    def skipped(self, cur: Any) -> int:
+        return int(cur.execute(f"SELECT count(*) FROM {self.table} WHERE dropped = 'skipped'").fetchall()[0][0])
+
+    def drop(self, cur: Any) -> None:
+        cur.execute(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions) -> Stage:
+    """Run the queries once into a new staged table; rows split as CREATE splits them (before cleaning).
+
+    With no validation query, rows whose ``hash(prompt, completion) % 100`` falls under the validation fraction
+    are held out: deterministic, and independent of the query's row order.
+    """
+    table = f"__ft_stage_{uuid.uuid4().hex}"
+    holdout = 0 if val_q else int(round(opts.validation_fraction * 100))
+    split = (f"CASE WHEN hash(prompt, completion) % 100 < {holdout} THEN 'validation' ELSE 'train' END"
+             if holdout else "'train'")
+    cur.execute(f"""
+        CREATE TEMP TABLE {table} AS
+        SELECT 'training' AS query, row, {split} AS split, prompt, completion,
+               CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END AS dropped
+        FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
+              FROM (\n{train_q}\n) AS q)""")
+    if val_q:
+        cur.execute(f"""
+            INSERT INTO {table}
+            SELECT 'validation', row, 'validation', prompt, completion,
+                   CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END
+            FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
+                  FROM (\n{val_q}\n) AS q)""")
+    return Stage(table, bool(val_q))
+
+
+def settle_splits(cur: Any, st: Stage) -> dict[str, int]:
+    """After cleaning: with too few rows to hold some out, every row trains (and validates); returns the counts.
+
+    Raises InvalidArgument when no training row is left.
+    """
+    counts = st.counts(cur)
+    st.validation_source = "validation query" if st.has_validation_query else "held-out training rows"
+    if not st.has_validation_query and (sum(counts.values()) < MIN_ROWS_FOR_SPLIT or not counts.get("validation")
+                                        or not counts.get("train")):
+        cur.execute(f"UPDATE {st.table} SET split = 'train' WHERE split = 'validation'")
+        counts = st.counts(cur)
+        st.validation_source = "training rows (too few rows to hold some out)"
+    if not counts.get("train"):
+        kept = cur.execute(f"SELECT count(*) FILTER (dropped = 'skipped'), count(*) FILTER (dropped <> 'skipped') "
+                           f"FROM {st.table} WHERE query = 'training'").fetchall()[0]
+        cleaned = f", {kept[1]} dropped by cleaning (the options dedupe, drop_conflicting)" if kept[1] else ""
+        raise InvalidArgument(
+            f"the training query returned no row with both prompt and completion non-NULL "
+            f"({kept[0]} rows skipped{cleaned}): check its WHERE clause and the NULLs in your columns")
+    return counts
