@@ -111,6 +111,12 @@ def m006_best_checkpoint(cur: Any) -> None:
 
 
 @migration
+def m004_job_cleaning(cur: Any) -> None:
+    # What CREATE's cleaning (options dedupe, pii, drop_conflicting) did to the snapshot, as JSON; DESCRIBE shows it.
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN cleaning VARCHAR")
+
+
+@migration
 def m007_sweeps(cur: Any) -> None:
     # FINETUNE('SWEEP'): one row per sweep; its jobs point at it, and all but the first read the first's rows.
     cur.execute(f"""CREATE TABLE {SCHEMA}.sweeps (
@@ -121,9 +127,18 @@ def m007_sweeps(cur: Any) -> None:
 
 
 @migration
-def m004_job_cleaning(cur: Any) -> None:
-    # What CREATE's cleaning (options dedupe, pii, drop_conflicting) did to the snapshot, as JSON; DESCRIBE shows it.
-    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN cleaning VARCHAR")
+def m003_evaluations(cur: Any) -> None:
+    # finetune('EVALUATE'): one row per evaluation (its summary JSON once done), one per (model, evaluated row).
+    cur.execute(f"""CREATE TABLE {SCHEMA}.evaluations (
+        id VARCHAR PRIMARY KEY, owner VARCHAR, models VARCHAR NOT NULL, query VARCHAR NOT NULL,
+        options VARCHAR NOT NULL, status VARCHAR NOT NULL, progress DOUBLE NOT NULL DEFAULT 0, rows BIGINT,
+        skipped_rows BIGINT, created_on BIGINT NOT NULL, finished_on BIGINT, summary VARCHAR, error VARCHAR)""")
+    cur.execute(f"""CREATE TABLE {SCHEMA}.evaluation_rows (
+        evaluation_id VARCHAR NOT NULL, model VARCHAR NOT NULL, idx BIGINT NOT NULL, id VARCHAR,
+        prompt VARCHAR, completion VARCHAR, prediction VARCHAR,
+        exact_match DOUBLE, normalized_match DOUBLE, "contains" DOUBLE, token_f1 DOUBLE, rouge_l DOUBLE,
+        bleu DOUBLE, chrf DOUBLE, json_valid DOUBLE, sql_match DOUBLE, completion_loss DOUBLE,
+        user_metrics VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, latency_ms DOUBLE)""")
 
 
 def migrate(cur: Any) -> list[str]:
