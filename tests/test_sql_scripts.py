@@ -28,6 +28,20 @@ EXPECTED = {
         r"│ +10 │ +10\.0 │",                                  # the history's last step
         r"│ Do you ship abroad\? +│",                         # COMPLETE with the new model
     ],
+    "evaluate.sql": [
+        r"SUCCESS in \d+:\d\d:\d\d: model main\.faq_a", r"SUCCESS in \d+:\d\d:\d\d: model main\.faq_b",  # .wait
+        r"│ evaluated │\n(.*\n){2}│ true +│",                    # EVALUATE returned an evaluation id
+        r"│ SUCCESS │ \[.*, faq_a, faq_b\] │ +6 │",              # finetune_evaluations()
+        r"│ faq_a +│ +6 │", r"│ faq_b +│ +6 │",                 # per-model rows of finetune_evaluation(id)
+        r"│ faq_a +│ faq_b +│ completion_loss +│",             # finetune_comparison(id): the A/B pair
+        r"\{\"exact_match\":",                                  # the summary JSON
+    ],
+    "sweep.sql": [
+        r"│ true +│",                                          # SWEEP returned a sweep id
+        *[rf"SUCCESS in \d+:\d\d:\d\d: model main\.faq_sweep_{k}" for k in range(1, 5)],  # .wait, every job
+        r"│ +1 │ main\.faq_sweep_\d │ SUCCESS │ \{\"learning_rate\":",  # the ranking, best first
+        r"│ +4 │ main\.faq_sweep_\d │ SUCCESS │",
+    ],
 }
 
 

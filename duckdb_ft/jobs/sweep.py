@@ -138,10 +138,10 @@ def rank(runner: Any, session: Any, sweep_id: str) -> list[dict[str, Any]]:
         opts = json.loads(j["options"])
         wall = (j["finished_on"] - j["started_on"]) / 1000 if j["finished_on"] and j["started_on"] else None
         out.append({"rank": k, "job_id": j["id"], "model": f"{j['schema_name']}.{j['model_name']}",
-                    "status": j["status"], "swept": json.dumps({key: opts[key] for key in swept}),
+                    "status": j["status"], "swept": {key: opts[key] for key in swept},
                     "validation_loss": j["validation_loss"], "training_loss": j["training_loss"],
                     "best_step": j["best_step"], "trained_tokens": j["trained_tokens"], "wall_s": wall,
-                    "options": j["options"]})
+                    "options": opts})
     return out
 
 
