@@ -162,3 +162,116 @@ def test_snowflake_cortex_names_work_unchanged(con, tiny_model_path):
     assert q(con, "SELECT SNOWFLAKE.CORTEX.FINETUNE('SHOW')") == [("[]",)]
     cur = con.cursor()  # another connection finds its own session through the same macros
     assert q(cur, "SELECT snowflake.cortex.finetune('SHOW')") == [("[]",)]
+
+
+# ------------------------------------------------------------------ shared prefixes, several adapters in one batch
+
+SCHEMA_PROMPT = ("Tables:\ncustomers(id, name, city, joined DATE)\nproducts(id, name, category, price)\n"
+                 "orders(id, customer_id, product_id, quantity, ordered_on DATE)\nQuestion: {q}\n"
+                 "Answer with one DuckDB SQL query.")
+QUESTIONS = ["Count the orders.", "How many customers live in Austin?", "x", "List every product of category "
+             "toys, cheapest first, with its price and the number of orders it appears in.", "Total revenue?",
+             "Who joined last?", "Name the city with the most customers and the number of its customers."]
+
+
+def _requests(questions, max_tokens=6):
+    opts = completion.CompleteOptions(max_tokens=max_tokens)
+    return [completion.Request([{"role": "user", "content": SCHEMA_PROMPT.format(q=q)}], opts) for q in questions]
+
+
+def _answers(reqs):
+    return [(r.result.text, r.result.completion_tokens) for r in reqs]
+
+
+def test_shared_prefix_layout_keeps_a_token_per_row_and_skips_short_prefixes():
+    from duckdb_ft.ml import prefix
+
+    assert prefix.shared_length([[1] * 20 + [2], [1] * 20 + [3, 4]]) == 20
+    assert prefix.shared_length([[1] * 20, [1] * 25]) == 19  # the shorter row keeps its last token
+    assert prefix.shared_length([[1] * 5 + [2], [1] * 5 + [3]]) == 0  # below MIN_PREFIX_TOKENS
+    assert prefix.shared_length([[1] * 20]) == 0
+    ids, mask = prefix.layout([[7, 7, 1], [7, 7, 1, 2, 3]], 2, 0)
+    assert ids.tolist() == [[7, 7, 0, 0, 1], [7, 7, 1, 2, 3]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def test_shared_prefix_cache_gives_the_uncached_answers_token_for_token(tiny_model_path, monkeypatch):
+    from duckdb_ft.ml import prefix
+
+    loaded = models.load(tiny_model_path)
+    before = dict(completion.stats)
+    cached = _requests(QUESTIONS, 12)
+    completion.generate(loaded, cached)
+    computed = completion.stats["prefill_tokens"] - before.get("prefill_tokens", 0)
+    prompt = sum(len(r.ids) for r in cached)
+    shared = prefix.shared_length([r.ids for r in cached])
+    assert shared > 40 and computed == prompt - shared * (len(cached) - 1)  # the prefix ran once, not 7 times
+    monkeypatch.setattr(prefix, "MIN_PREFIX_TOKENS", 10 ** 9)  # the reference: plain left-padded batches
+    plain = _requests(QUESTIONS, 12)
+    completion.generate(loaded, plain)
+    assert _answers(cached) == _answers(plain)
+    assert len({a for a, _ in _answers(plain)}) > 1  # the rows differ: the prefix path did not copy one answer
+
+
+def _tiny_with_adapters(path, names):
+    """A fresh (uncached) copy of the tiny model carrying random, non-zero LoRA adapters ``names``."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    loaded = models.LoadedModel(name="tiny", path=path, model=AutoModelForCausalLM.from_pretrained(path).eval(),
+                                tokenizer=models.load_tokenizer(path))
+    config = {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "up_proj"], "task_type": "CAUSAL_LM"}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        donor = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
+                               LoraConfig(**config, init_lora_weights=False))
+        state = {k: v * 3 for k, v in get_peft_model_state_dict(donor).items()}
+        models.attach_adapter(loaded, name, config, models.adapter_to_bytes(state))
+    return loaded
+
+
+def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny_model_path, monkeypatch):
+    from duckdb_ft.ml import prefix
+
+    loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b", "ad_c"])
+    names = [None, "ad_a", "ad_b", "ad_c"]
+    plan = [(q, names[k % 4]) for k, q in enumerate(QUESTIONS * 2)]  # 14 rows, each adapter on several prompts
+    calls = []
+    original = loaded.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", counting)
+    mixed = _requests([q for q, _ in plan], 10)
+    completion.generate(loaded, mixed, adapters=[a for _, a in plan])
+    assert calls == [14]  # one batch for the base and three adapters
+    monkeypatch.setattr(prefix, "MIN_PREFIX_TOKENS", 10 ** 9)
+    alone = {}
+    for a in names:  # the reference: one plain pass per adapter, the way COMPLETE ran before
+        reqs = _requests(QUESTIONS, 10)
+        completion.generate(loaded, reqs, a)
+        alone[a] = dict(zip(QUESTIONS, _answers(reqs)))
+    assert _answers(mixed) == [alone[a][q] for q, a in plan]
+    assert len({alone[a][QUESTIONS[0]] for a in names}) == 4  # the adapters really answer differently
+
+
+def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model_path, monkeypatch):
+    loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b"])
+    targets = {"base": (loaded, None), "m_a": (loaded, "ad_a"), "m_b": (loaded, "ad_b")}
+    calls = []
+    original = loaded.model.generate
+    monkeypatch.setattr(loaded.model, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    models_col = ["m_a", "base", "m_b", "m_a", None, "m_b", "base"]
+    prompts = [json.dumps(SCHEMA_PROMPT.format(q=q)) for q in QUESTIONS]  # the 3-argument form's to_json
+    out = completion.complete_rows(targets.__getitem__, models_col, prompts, ['{"max_tokens": 5}'] * 7,
+                                   try_mode=False)
+    assert len(calls) == 1 and out[4] is None
+    for m, p, got in zip(models_col, prompts, out):
+        if m is None:
+            continue
+        one = completion.complete_rows(targets.__getitem__, [m], [p], ['{"max_tokens": 5}'], try_mode=False)[0]
+        assert json.loads(got)["model"] == m
+        assert json.loads(got)["choices"] == json.loads(one)["choices"]

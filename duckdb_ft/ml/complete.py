@@ -1,19 +1,26 @@
 """COMPLETE / TRY_COMPLETE: batched generation over a chunk of rows.
 
-The SQL layer hands over whole chunks (up to 2048 rows). Rows are grouped by model and options, sorted by prompt
-length, and generated in left-padded batches, so a table of prompts costs a few ``generate`` calls, not one per
-row. Prompts go through the model's chat template. ``temperature`` 0 (the default) is greedy and deterministic.
+The SQL layer hands over whole chunks (up to 2048 rows). Rows are grouped by base model (fine-tuned models of one
+base generate in the same batches, peft's mixed-adapter batches) and options, sorted by adapter and prompt length,
+and generated in left-padded batches of up to 64, so a table of prompts costs a few ``generate`` calls, not one per
+row. Identical greedy rows are generated once. Prompts go through the model's chat template; the longest common
+token prefix of a batch is computed once and its key/value cache shared by every row (``prefix.py``).
+``temperature`` 0 (the default) is greedy and deterministic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument
 from ..options import CompleteOptions
+from . import prefix
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
@@ -81,38 +88,52 @@ class Request:
 
 
 def generate(
-    loaded: LoadedModel, requests: Sequence[Request], adapter: str | None = None, *, fail_fast: bool = False
+    loaded: LoadedModel, requests: Sequence[Request], adapter: str | None = None, *, fail_fast: bool = False,
+    adapters: Sequence[str | None] | None = None,
 ) -> None:
     """Complete every request in place, in length-sorted left-padded batches; per-row errors go to ``.error``.
 
+    ``adapter`` is the LoRA adapter of every row (None: the base model); ``adapters`` instead names one per row,
+    and rows of different adapters of this base then share batches (peft's mixed-adapter batches).
     With ``fail_fast`` the first row that cannot be generated raises before any generation is spent. Identical
-    requests at temperature 0 (same messages, same options) are generated once and share the result: greedy
-    decoding gives them the same answer anyway, and tables repeat values.
+    requests at temperature 0 (same adapter, messages and options) are generated once and share the result: greedy
+    decoding gives them the same answer anyway, and tables repeat values. The longest common token prefix of a
+    batch is computed once (``prefix.py``).
     """
-    tok = loaded.tokenizer
-    ctx = loaded.context_length
+    per_row = list(adapters) if adapters is not None else [adapter] * len(requests)
+    if len(per_row) != len(requests):
+        raise ValueError(f"{len(requests)} requests but {len(per_row)} adapters")
     firsts: dict[tuple, Request] = {}
     copies: list[tuple[Request, Request]] = []
-    unique: list[Request] = []
-    for r in requests:
+    unique: list[tuple[Request, str | None]] = []
+    for r, a in zip(requests, per_row):
         if r.options.temperature == 0:
-            key = (json.dumps(r.messages), r.options)
+            key = (a, json.dumps(r.messages), r.options)
             if key in firsts:
                 copies.append((r, firsts[key]))
                 continue
             firsts[key] = r
-        unique.append(r)
-    _generate_unique(loaded, unique, adapter, fail_fast=fail_fast)
+        unique.append((r, a))
+    _generate_unique(loaded, unique, fail_fast=fail_fast)
     for r, first in copies:
         r.ids, r.max_new, r.result, r.error = first.ids, first.max_new, first.result, first.error
+    with _stats_lock:
+        stats["rows"] += len(requests)
+        stats["prompt_tokens"] += sum(len(r.ids) for r in requests if r.ids is not None and r.error is None)
 
 
-def _generate_unique(loaded: LoadedModel, requests: Sequence[Request], adapter: str | None, *,
+#: Counters since the process started (the benchmark reads them): rows asked for, rows generated (after
+#: duplicates), ``generate`` calls, prompt tokens of every row, and prompt tokens the model actually computed.
+stats: Counter = Counter()
+_stats_lock = threading.Lock()
+
+
+def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str | None]], *,
                      fail_fast: bool) -> None:
     tok = loaded.tokenizer
     ctx = loaded.context_length
-    todo: list[Request] = []
-    for r in requests:
+    todo: list[tuple[Request, str | None]] = []
+    for r, a in requests:
         ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
         r.ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         if r.options.max_tokens is None:
@@ -133,42 +154,54 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[Request], adapter: 
             if fail_fast:
                 raise r.error
         else:
-            todo.append(r)
-    # Same options batch together; within them, similar lengths, so left padding stays small.
-    def kind(r: Request) -> tuple:
+            todo.append((r, a))
+
+    # Same options batch together; within them, rows of one adapter, then similar lengths, so left padding stays
+    # small and a batch mixes adapters only where one adapter's rows do not fill it.
+    def kind(item: tuple[Request, str | None]) -> tuple:
+        r = item[0]
         return (r.options.temperature, r.options.top_p, r.max_new)
 
-    todo.sort(key=lambda r: (kind(r), len(r.ids)))
+    todo.sort(key=lambda item: (kind(item), item[1] or "", len(item[0].ids)))
     i = 0
     while i < len(todo):
         j = i + 1
         while j < len(todo) and j - i < BATCH_ROWS and kind(todo[j]) == kind(todo[i]):
             j += 1
-        _generate_batch(loaded, todo[i:j], adapter)
+        _generate_batch(loaded, [r for r, _ in todo[i:j]], [a for _, a in todo[i:j]])
         i = j
 
 
-def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapter: str | None) -> None:
+def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Sequence[str | None]) -> None:
+    """One ``generate`` call: the batch's shared prefix from a cache, rows of several adapters mixed if need be."""
     import torch
 
     tok, model = loaded.tokenizer, loaded.model
     opts = batch[0].options
-    width = max(len(r.ids) for r in batch)
     pad = tok.pad_token_id
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for k, r in enumerate(batch):
-        input_ids[k, width - len(r.ids):] = torch.tensor(r.ids)
-        attention[k, width - len(r.ids):] = 1
+    seqs = [r.ids for r in batch]
+    shared = prefix.shared_length(seqs)
+    input_ids, attention = prefix.layout(seqs, shared, pad)
+    width = input_ids.shape[1]
     kwargs: dict[str, Any] = dict(max_new_tokens=batch[0].max_new, pad_token_id=pad)
     if opts.temperature > 0:
         kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    mixed = len(set(adapters)) > 1
+    names = [a or "__base__" for a in adapters] if mixed else None
+    if names is not None:
+        kwargs["adapter_names"] = names
     dev = next(model.parameters()).device
     with loaded.lock, torch.inference_mode():
-        with _adapter(model, adapter):
+        with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
+            if shared:
+                key, kwargs[key] = prefix.prefix_cache(model, seqs[0][:shared], len(batch), names)
             out = model.generate(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), **kwargs)
+    with _stats_lock:
+        stats["generated"] += len(batch)
+        stats["generate_calls"] += 1
+        stats["prefill_tokens"] += sum(len(s) - shared for s in seqs) + shared * (len(set(adapters)) if shared else 0)
     out = out[:, width:].cpu()
     stop = set(_eos_ids(model, tok))
     for k, r in enumerate(batch):
@@ -239,7 +272,7 @@ def complete_rows(
     error becomes NULL for that row; otherwise the first error is raised.
     """
     out: list[str | None] = [None] * len(prompts)
-    groups: dict[str, list[tuple[int, Request]]] = {}
+    parsed: dict[str, list[tuple[int, Request]]] = {}
     for i, (m, p) in enumerate(zip(models, prompts)):
         if p is None or m is None:
             continue
@@ -250,16 +283,21 @@ def complete_rows(
             if try_mode:
                 continue
             raise
-        groups.setdefault(m, []).append((i, req))
-    for model_name, rows in groups.items():
+        parsed.setdefault(m, []).append((i, req))
+    # Fine-tuned models of one base share its loaded module: their rows generate together, in mixed batches.
+    bases: dict[int, tuple[LoadedModel, list[tuple[int, Request, str | None, str]]]] = {}
+    for model_name, rows in parsed.items():
         try:
             loaded, adapter = resolve(model_name)
         except FtError:
             if try_mode:
                 continue
             raise
-        generate(loaded, [r for _, r in rows], adapter, fail_fast=not try_mode)
-        for i, r in rows:
+        group = bases.setdefault(id(loaded), (loaded, []))[1]
+        group.extend((i, r, adapter, model_name) for i, r in rows)
+    for loaded, rows in bases.values():
+        generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for _, _, a, _ in rows])
+        for i, r, _, model_name in rows:
             if r.error is not None:
                 if try_mode:
                     continue
