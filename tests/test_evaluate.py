@@ -102,6 +102,11 @@ def test_two_models_on_the_same_rows_stored_scored_and_compared(db):
     loss = next(c for c in comparison if c["metric"] == "completion_loss")
     assert loss["difference"] < 0 and loss["better"] == "ml.tuned", loss
 
+    table = admin.execute("FROM finetune_comparison(?)", [out["evaluation_id"]]).df()
+    keys = ("metric", "a", "b", "wins", "ties", "losses", "test", "significant")
+    assert [{k: r[k] for k in keys} for r in table.to_dict("records")] == [{k: c[k] for k in keys} for c in comparison]
+    assert table["p_value"].tolist() == pytest.approx([c["p_value"] for c in comparison])
+
     listed = admin.execute("FROM finetune_evaluations()").fetchall()
     assert (out["evaluation_id"], "SUCCESS") in [(r[0], r[1]) for r in listed]
     shown = json.loads(admin.execute("SELECT finetune('SHOW EVALUATIONS')").fetchall()[0][0])
@@ -250,6 +255,8 @@ def test_evaluations_belong_to_their_creators_role(db):
         eve.execute("FROM finetune_evaluation(?)", [ev]).fetchall()
     with pytest.raises(NotFound, match="does not exist"):
         eve.execute("SELECT finetune('DESCRIBE EVALUATION', ?)", [ev]).fetchall()
+    with pytest.raises(NotFound, match="does not exist"):
+        eve.execute("FROM finetune_comparison(?)", [ev]).fetchall()
     assert ev in [r[0] for r in db["admin"].execute("FROM finetune_evaluations()").fetchall()]
 
 

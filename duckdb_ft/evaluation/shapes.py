@@ -17,6 +17,14 @@ ROW_FIELDS: dict[str, Any] = {
     "latency_ms": "DOUBLE",
 }
 
+#: One entry of the summary's ``comparison`` (``FROM finetune_comparison(id)``): metric, models A and B, their
+#: scores, B minus A, B's wins/ties/losses per row, the 95% bootstrap interval, the test and its p-value.
+COMPARISON_FIELDS = {
+    "metric": "VARCHAR", "a": "VARCHAR", "b": "VARCHAR", "a_score": "DOUBLE", "b_score": "DOUBLE",
+    "difference": "DOUBLE", "wins": "BIGINT", "ties": "BIGINT", "losses": "BIGINT", "rows": "BIGINT",
+    "ci_low": "DOUBLE", "ci_high": "DOUBLE", "test": "VARCHAR", "p_value": "DOUBLE", "significant": "BOOLEAN",
+    "better": "VARCHAR",
+}
 
 def from_json_type(fields: dict[str, Any]) -> str:
     """``from_json``'s structure for a JSON array of the shape."""

@@ -23,7 +23,8 @@ class Access:
 #: Table functions that read nothing outside the database; any other (read_csv, glob, query, a file name in FROM)
 #: is external access, for the administrator only.
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest", "finetune", "finetune_history", "json_each",
-                        "json_tree", "explode", "finetune_evaluation", "finetune_evaluations"}
+                        "json_tree", "explode", "finetune_evaluation", "finetune_evaluations",
+                        "finetune_comparison"}
 
 
 def _qualify(table: exp.Table, default_schema: str) -> str:

@@ -120,6 +120,7 @@ _HISTORY_TYPE = shapes.from_json_type(shapes.HISTORY_FIELDS, array=True)
 _DATA_REPORT_TYPE = shapes.from_json_type(estimate.DATA_REPORT_FIELDS, array=True)
 _EVAL_ROWS_TYPE = evalshapes.from_json_type(evalshapes.ROW_FIELDS)
 _EVAL_LIST_TYPE = evalshapes.from_json_type(evalshapes.SHOW_FIELDS)
+_COMPARISON_TYPE = evalshapes.from_json_type(evalshapes.COMPARISON_FIELDS)
 _SWEEP_TYPE = shapes.from_json_type(shapes.SWEEP_FIELDS, array=True)
 
 
@@ -162,6 +163,10 @@ def _macros(session_id: str) -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO finetune_evaluation(evaluation_id) AS TABLE
               (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune_evaluation({s},
                    evaluation_id::VARCHAR), '{_EVAL_ROWS_TYPE}')) AS r))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_comparison(evaluation_id) AS TABLE
+              (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune({s}, 'DESCRIBE EVALUATION',
+                   evaluation_id::VARCHAR, NULL, NULL, NULL, NULL)::JSON->'summary'->'comparison',
+                   '{_COMPARISON_TYPE}')) AS r))""",
         f"""CREATE OR REPLACE TEMP MACRO finetune_evaluations() AS TABLE
               (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune_evaluations({s}),
                    '{_EVAL_LIST_TYPE}')) AS r))""",
