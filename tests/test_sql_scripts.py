@@ -20,6 +20,15 @@ COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
 
 #: What each script's output must show, beyond a clean exit (scripts not listed: a clean exit is enough).
 EXPECTED = {
+    "prepare.sql": [
+        r"│ 12 +│ 1 +│ 1 +│ 1 +│ 1 +│ 1 +│ \d+ +│",             # ESTIMATE: returned, skipped, exact, conflicting, near, truncated
+        r"│ CARD +│ 1 +│ \[6\] +│", r"│ EMAIL +│ 1 +│ \[7\] +│",  # personal data with the rows
+        r"│ +2 │ exact_duplicate +│", r"│ +3 │ near_duplicate +│", r"│ +12 │ skipped +│",  # finetune_data_report
+        r"train_rows = 7",                                      # DESCRIBE after cleaning
+        r'"dropped":\{"exact_duplicate":1,"conflicting":2,"near_duplicate":1\},"masked":\{"CARD":1,"EMAIL":1\}',
+        r"│ My card <CARD> was charged twice +│", r"│ Please e-mail the invoice to <EMAIL> +│",  # the snapshot
+        r"│ +12 │",                                             # the tickets table unchanged
+    ],
     "quickstart.sql": [
         r"│ true +│",                                          # CREATE returned a job id
         r"ft_[0-9a-f-]{36} SUCCESS in \d+:\d\d:\d\d: model main\.faq_bot",  # .wait's summary
