@@ -79,7 +79,9 @@ def authorize_query(session: Any, cur: Any, sql: str, what: str = "query") -> se
                                f"fine-tuning job ({', '.join(sorted(nested | reading.internal))})")
     if session.is_admin:
         return set()
-    return _check_query(session, cur, Resolver(cur, session.schema), reading, sql)
+    res = Resolver(cur, session.schema)
+    res.checker = session.checker()
+    return _check_query(session, cur, res, reading, sql)
 
 
 def _check_reading(session: Any, reading: Reading) -> None:
@@ -102,7 +104,7 @@ def _check_query(session: Any, cur: Any, res: Resolver, reading: Reading, plan_s
                  exclude_scans: set[str] = frozenset()) -> set[str]:
     """SELECT on what the parse names (checked before binding) and on what the plan scans."""
     _check_reading(session, reading)
-    check = session.checker()
+    check = res.checker
     names = _names_read(session, cur, res, reading, check, set())
     if plan_sql is None:
         return names
@@ -112,8 +114,24 @@ def _check_query(session: Any, cur: Any, res: Resolver, reading: Reading, plan_s
         raise _deny(f"reading files, other databases or the system catalog ({', '.join(unsafe).lower()}) is for "
                     "the administrator only", session)
     scanned = {res.local(t, session.role) for t in tables} - set(exclude_scans)
-    check.require_read(scanned, follow_views=False)
+    for name in tables:
+        if res.local(name, session.role) in scanned:
+            _require_select(session, res, name)
     return names | scanned
+
+
+def _require_select(session: Any, res: Resolver, name: tuple[str, str, str]) -> str:
+    """SELECT on one relation of the main database (resolved), which must exist and not be duckdb-ft's."""
+    local = res.local(name, session.role)
+    if name[1].lower() == catalog.SCHEMA:
+        raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the duckdb-ft "
+                               "catalog is reached only through its functions and statements")
+    kind = res.kind(name)
+    if kind is None:
+        raise PermissionDenied(f"Insufficient privileges to operate on table '{local}': it does not exist or is "
+                               f"not a table of this database (current role: {session.role})")
+    res.checker.require("SELECT", kind, local)
+    return local
 
 
 def _names_read(session: Any, cur: Any, res: Resolver, reading: Reading, check: Any, seen: set[str]) -> set[str]:
@@ -121,14 +139,14 @@ def _names_read(session: Any, cur: Any, res: Resolver, reading: Reading, check: 
     names = set()
     for ref in reading.refs:
         target = res.target(ref)
-        local = res.local(target, session.role)
-        check.require_read({local}, follow_views=False)
+        local = _require_select(session, res, target)
         names.add(local)
         if res.kind(target) == "VIEW" and local not in seen and len(seen) < 64:
             seen.add(local)
             sql = objects.view_sql(cur, local)
             if sql:
                 inner = Resolver(cur, local.split(".", 1)[0])
+                inner.checker = check
                 view = _queries(session, cur, _one_sqlglot(session, sql))
                 _check_reading(session, view)
                 names |= _names_read(session, cur, inner, view, check, seen)
@@ -176,7 +194,7 @@ def _target(session: Any, res: Resolver, table: Any) -> tuple[str, str, str]:
 
 def _statement(session: Any, cur: Any, kind: str, text: str, params: Any = None) -> Decision:
     res = Resolver(cur, session.schema, params)
-    res.text = text
+    res.text, res.checker = text, session.checker()
     d = Decision(text, kind)
     if kind == "SELECT":
         d.reads = _check_query(session, cur, res, parse_query(cur, text), text)
@@ -188,7 +206,7 @@ def _statement(session: Any, cur: Any, kind: str, text: str, params: Any = None)
     if kind not in ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "SET"):
         raise _deny(f"{kind} is for the administrator only", session)
     stmt = _one_sqlglot(session, text)
-    check = session.checker()
+    check = res.checker
     if kind == "SET":
         items = stmt.expressions if isinstance(stmt, exp.Set) else []
         if not items or any(str(i.args.get("kind") or "").upper() != "VARIABLE" for i in items):
@@ -209,7 +227,7 @@ def _statement(session: Any, cur: Any, kind: str, text: str, params: Any = None)
         returning = stmt.args.get("returning") is not None or "returning" in text.lower()
         keep = set() if returning or kind == "INSERT" else {local}  # UPDATE/DELETE scan their own target
         if returning:
-            check.require_read({local}, follow_views=False)  # RETURNING shows the target's rows
+            _require_select(session, res, target)  # RETURNING shows the target's rows
         d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), text, keep)
         d.writes = {local}
         return d

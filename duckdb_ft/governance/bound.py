@@ -153,18 +153,27 @@ class Resolver:
     """Names resolved as DuckDB's binder does, against the catalog as one connection sees it."""
 
     def __init__(self, cur: Any, default_schema: str, params: Any = None):
-        self.params, self.text = params, None  # the statement and its parameters, for binding it
-        self.main = cur.execute("SELECT current_database()").fetchall()[0][0]
+        self.params, self.text, self.checker = params, None, None  # the statement, its parameters, the checks
         self.default_schema = default_schema
-        self.databases = {r[0].lower() for r in cur.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
-        self.schemas = {(r[0].lower(), r[1].lower()) for r in
-                        cur.execute("SELECT database_name, schema_name FROM duckdb_schemas()").fetchall()}
+        self.databases: set[str] = set()
+        self.schemas: set[tuple[str, str]] = set()
         self.relations: dict[Name, tuple[Name, str]] = {}
-        for db, sch, name, kind in cur.execute(
-                "SELECT database_name, schema_name, table_name, 'TABLE' FROM duckdb_tables() UNION ALL "
-                "SELECT database_name, schema_name, view_name, 'VIEW' FROM duckdb_views() WHERE NOT internal"
+        self.main = ""
+        for what, db, sch, name in cur.execute(
+                "SELECT 'MAIN', current_database(), NULL, NULL UNION ALL "
+                "SELECT 'DATABASE', database_name, NULL, NULL FROM duckdb_databases() UNION ALL "
+                "SELECT 'SCHEMA', database_name, schema_name, NULL FROM duckdb_schemas() UNION ALL "
+                "SELECT 'TABLE', database_name, schema_name, table_name FROM duckdb_tables() UNION ALL "
+                "SELECT 'VIEW', database_name, schema_name, view_name FROM duckdb_views() WHERE NOT internal"
         ).fetchall():
-            self.relations[(db.lower(), sch.lower(), name.lower())] = ((db, sch, name), kind)
+            if what == "MAIN":
+                self.main = db
+            elif what == "DATABASE":
+                self.databases.add(db.lower())
+            elif what == "SCHEMA":
+                self.schemas.add((db.lower(), sch.lower()))
+            else:
+                self.relations[(db.lower(), sch.lower(), name.lower())] = ((db, sch, name), what)
 
     def is_main(self, database: str) -> bool:
         return database.lower() == self.main.lower()
