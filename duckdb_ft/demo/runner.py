@@ -1,7 +1,7 @@
 """The demo, end to end: build a shop and text-to-SQL pairs, score the base model, fine-tune, score again.
 
 Every step is SQL on one DuckDB file, as a user would type it; the demo prints each statement before running it.
-Scores are execution accuracy on the held-out questions (see :mod:`duckdb_ft.demo.scoring`).
+Scores are execution accuracy on the held-out questions: ``finetune('EVALUATE')`` with metric ``sql_match``.
 """
 
 from __future__ import annotations
@@ -74,22 +74,18 @@ def _run(database: str | None, base_model: str, quick: bool, out: TextIO) -> int
     try:
         n_train, n_test = _build(con, say, quick)
         complete_opts = QUICK_COMPLETE_OPTIONS if quick else COMPLETE_OPTIONS
-        scorer = scoring.Scorer()
-        try:
-            say(f"\n2. The base model on the {n_test} held-out questions (execution accuracy: run its SQL, compare "
-                "the result with the right query's).")
-            before = _evaluate(con, scorer, say, base_model, complete_opts)
-            say(f"\n3. Fine-tune {base_model} on the {n_train} training pairs (LoRA; the held-out pairs give the "
-                "validation loss).")
-            name, job_id, status = _finetune(con, say, out, base_model, QUICK_OPTIONS if quick else OPTIONS)
-            if status != "SUCCESS":
-                say(f"The fine-tuning job ended {status}; see FROM finetune('SHOW').")
-                return 1
-            say(f"\n4. The fine-tuned model '{name}' on the same {n_test} questions.")
-            after = _evaluate(con, scorer, say, name, complete_opts)
-            _examples(con, say, base_model, name)
-        finally:
-            scorer.close()
+        say(f"\n2. The base model on the {n_test} held-out questions (execution accuracy, EVALUATE's sql_match: run "
+            "its SQL, compare the result with the right query's).")
+        before = _evaluate(con, say, [base_model], complete_opts)[base_model]
+        say(f"\n3. Fine-tune {base_model} on the {n_train} training pairs (LoRA; the held-out pairs give the "
+            "validation loss).")
+        name, job_id, status = _finetune(con, say, out, base_model, QUICK_OPTIONS if quick else OPTIONS)
+        if status != "SUCCESS":
+            say(f"The fine-tuning job ended {status}; see FROM finetune('SHOW').")
+            return 1
+        say(f"\n4. The fine-tuned model '{name}' against the base model on the same {n_test} questions.")
+        after = _evaluate(con, say, [base_model, name], complete_opts)[name]
+        _examples(con, say, base_model, name)
         _summary(con, say, path, base_model, name, job_id, before, after, time.perf_counter() - started)
     except KeyboardInterrupt:
         say("\nInterrupted: running fine-tuning jobs are cancelled.")
@@ -146,23 +142,39 @@ def _build(con: Any, say, quick: bool) -> tuple[int, int]:
     return len(train), len(test)
 
 
-def _evaluate(con: Any, scorer: scoring.Scorer, say, model: str, options: dict[str, Any]) -> Score:
-    sql = (f"SELECT id, sql, complete({_sql_literal(model)}, sql_prompt(question), '{json.dumps(options)}')::JSON\n"
-           f"       ->> '$.choices[0].messages' AS answer\n"
-           f"FROM sql_pairs WHERE split = 'test' ORDER BY id")
+EVALUATION_QUERY = ("SELECT id, sql_prompt(question) AS prompt, sql AS completion FROM sql_pairs "
+                    "WHERE split = 'test' ORDER BY id")
+
+
+def _evaluate(con: Any, say, models_: list[str], options: dict[str, Any]) -> dict[str, Score]:
+    """EVALUATE the models on the held-out pairs (sql_match); the answers go to table sql_predictions."""
+    opts = json.dumps({**options, "metrics": ["sql_match"]})
+    sql = (f"SELECT finetune('EVALUATE', {_sql_literal(json.dumps(models_))},\n"
+           f"    {_sql_literal(EVALUATION_QUERY)},\n    '{opts}')")
     _show_sql(say, sql)
     start = time.perf_counter()
-    rows = con.execute(sql).fetchall()
+    summary = json.loads(con.execute(sql).fetchall()[0][0])
     seconds = time.perf_counter() - start
-    right, marks = scorer.accuracy([r[2] for r in rows], [r[1] for r in rows])
+    ev = summary["evaluation_id"]
+    rows = con.execute("SELECT model, id::INTEGER, prediction, sql_match = 1 FROM finetune_evaluation(?)",
+                       [ev]).fetchall()
     con.execute("CREATE TABLE IF NOT EXISTS sql_predictions (model VARCHAR, pair_id INTEGER, answer VARCHAR, "
                 "predicted_sql VARCHAR, correct BOOLEAN)")
-    con.execute("DELETE FROM sql_predictions WHERE model = ?", [model])
+    for m in models_:
+        con.execute("DELETE FROM sql_predictions WHERE model = ?", [m])
     con.executemany("INSERT INTO sql_predictions VALUES (?, ?, ?, ?, ?)",
-                    [(model, r[0], r[2], scoring.extract_sql(r[2]), ok) for r, ok in zip(rows, marks)])
-    score = Score(model, right, len(rows), seconds)
-    say(f"   execution accuracy of {model}: {score}   ({seconds:.0f} s; answers in table sql_predictions)")
-    return score
+                    [(m, i, answer, scoring.extract_sql(answer), ok) for m, i, answer, ok in rows])
+    scores = {}
+    for m in models_:
+        marks = [ok for model, _, _, ok in rows if model == m]
+        scores[m] = Score(m, sum(marks), len(marks), seconds)
+        say(f"   execution accuracy of {m}: {scores[m]}")
+    say(f"   ({seconds:.0f} s; rows in FROM finetune_evaluation('{ev}'), answers in table sql_predictions)")
+    for c in summary["comparison"]:
+        verdict = (f"{c['better']} is better beyond noise" if c["better"] else "not a significant difference")
+        say(f"   {c['b']} vs {c['a']}: {c['wins']} questions won, {c['losses']} lost, {c['ties']} tied; "
+            f"McNemar p = {c['p_value']:.2g}: {verdict}")
+    return scores
 
 
 def _finetune(con: Any, say, out: TextIO, base_model: str, options: dict[str, Any]) -> tuple[str, str, str]:
