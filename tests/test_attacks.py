@@ -164,3 +164,51 @@ def test_internal_functions_and_session_ids_are_not_reachable_from_sql(attack, t
 def test_a_trailing_comment_after_the_semicolon_is_fine(attack):
     admin, u1 = attack
     assert u1.execute("SELECT count(*) FROM pub; -- how many").fetchall() == [(5,)]
+
+
+# ------------------------------------------------------------------------------------------ 3. ownership
+
+def owners(admin):
+    return admin.execute("SELECT object_name, owner FROM duckdb_ft.object_owners ORDER BY ALL").fetchall()
+
+
+def test_create_if_not_exists_of_an_existing_table_does_not_take_its_ownership(attack):
+    admin, u1 = attack
+    u1.execute("CREATE TABLE IF NOT EXISTS secret (x INT)")
+    assert owners(admin) == []
+    denied(u1, "DROP TABLE secret", match="OWNERSHIP")
+    denied(u1, "SELECT * FROM secret", match="'main.secret'")
+    denied(u1, "CREATE OR REPLACE TABLE secret (x INT)", match="OWNERSHIP")
+    assert admin.execute("SELECT count(*) FROM secret").fetchall() == [(5,)]
+
+
+def test_ownership_of_a_table_created_in_a_rolled_back_transaction_is_rolled_back(attack):
+    admin, u1 = attack
+    u1.execute("BEGIN TRANSACTION")
+    u1.execute("CREATE TABLE later (x INT)")
+    u1.execute("ROLLBACK")
+    assert owners(admin) == []
+    admin.execute("CREATE TABLE later AS SELECT 42 AS x")
+    denied(u1, "SELECT * FROM later", match="'main.later'")
+    denied(u1, "DROP TABLE later", match="OWNERSHIP")
+    u1.execute("BEGIN TRANSACTION")
+    u1.execute("CREATE TABLE kept (x INT)")
+    u1.execute("COMMIT")
+    assert owners(admin) == [("main.kept", "attacker")]
+
+
+def test_drop_removes_ownership_so_a_reused_name_is_not_the_old_owners(attack):
+    admin, u1 = attack
+    u1.execute("CREATE TABLE scratch AS SELECT * FROM pub")
+    assert owners(admin) == [("main.scratch", "attacker")]
+    assert u1.execute("SELECT count(*) FROM scratch").fetchall() == [(5,)]
+    u1.execute("DROP TABLE scratch")
+    assert owners(admin) == []
+    admin.execute("CREATE TABLE scratch AS SELECT 'admin data' AS s")
+    denied(u1, "SELECT * FROM scratch", match="'main.scratch'")
+    # and when the administrator drops a user's table, the name is free of the user too
+    u1.execute("CREATE VIEW my_view AS SELECT * FROM pub")
+    admin.execute("DROP VIEW my_view")
+    admin.execute("CREATE VIEW my_view AS SELECT * FROM secret")
+    denied(u1, "SELECT * FROM my_view")
+    denied(u1, "DROP VIEW my_view", match="OWNERSHIP")

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import sqlglot
 from sqlglot import exp
 
@@ -200,6 +199,9 @@ def _statement(session: Any, cur: Any, kind: str, text: str, params: Any = None)
         d.reads = _check_query(session, cur, res, parse_query(cur, text), text)
         return d
     if kind == "TRANSACTION":
+        word = text.split()[0].upper() if text.split() else ""
+        session.in_transaction = word in ("BEGIN", "START") or (session.in_transaction and word not in (
+            "COMMIT", "END", "ROLLBACK", "ABORT"))
         return d
     if kind == "MULTI":  # DuckDB's PIVOT without an IN list: a query at bind time, then the statement
         _check_reading(session, Reading(unbound_pivots=1))
@@ -277,11 +279,9 @@ def run_owned(session: Any, con: Any, d: Decision, run: Any) -> Any:
     """Run a CREATE or DROP (``run()``) and record what the catalog then says was created or dropped, in one
     transaction: the session's own if it opened one (a ROLLBACK takes the owner row too), else a new one.
     ``CREATE ... IF NOT EXISTS`` of an existing object changes no owner; DROP removes the owner row and grants."""
-    try:
+    own = not session.in_transaction  # else: inside the session's transaction, which decides
+    if own:
         con.execute("BEGIN TRANSACTION")
-        own = True
-    except duckdb.TransactionException:
-        own = False  # inside the session's transaction
     try:
         names = [d.creates[1]] if d.creates else [n for _, n in d.drops]
         before = {n: _oid(con, n) for n in names}

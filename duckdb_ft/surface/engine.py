@@ -102,6 +102,10 @@ class Session:
     #: Set by ``Connection.interrupt()``, cleared when a statement starts: what a blocking call (WAIT) polls, as
     #: DuckDB's own interrupt cannot stop a Python function that is running.
     interrupted: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    #: Whether the session's connection is inside a transaction it opened (BEGIN ... COMMIT/ROLLBACK), so that
+    #: ownership is recorded in it; and the cursor running a CREATE's copy of rows, which interrupt() stops.
+    in_transaction: bool = False
+    busy_cursor: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
