@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import InvalidArgument
 from ..options import TrainingOptions
 from . import duplicates, pii
-from .stage import Stage
+from .stage import Stage, drop_tables
 
 DROP_ORDER = ("exact_duplicate", "conflicting", "near_duplicate")
 SHOWN_ROWS = 20  # rows listed in an error or a report line
@@ -127,4 +127,4 @@ def clean(cur: Any, st: Stage, opts: TrainingOptions) -> dict[str, Any]:
     try:
         return apply(cur, st, findings, opts)
     finally:
-        cur.execute(f"DROP TABLE IF EXISTS {findings}")
+        drop_tables(cur, findings)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .stage import drop_tables
+
 NEAR_THRESHOLD = 0.8
 LSH_THRESHOLD = 0.6
 NUM_PERM = 64
@@ -87,20 +89,26 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
                          lambda s: list_min(list_transform(sh, lambda h: hash(xor(h, s))))) AS sig
                   FROM {t}_p), range({bands}) AS r(b)""")
         cur.execute(f"""
+            CREATE TEMP TABLE {t}_r AS
+            SELECT *, row_number() OVER (PARTITION BY query, band, bucket ORDER BY first) AS k FROM {t}_b""")
+        cur.execute(f"CREATE TEMP TABLE {t}_n (pid BIGINT, other_first BIGINT, jaccard DOUBLE)")
+        # Two rounds: against each bucket's first prompt (on templated data that settles almost every prompt at a
+        # cost of one candidate per band), then, for the prompts still unsettled, its next BUCKET_PEERS - 1.
+        for lo, hi, unsettled in ((1, 1, ""), (2, BUCKET_PEERS, f"AND a.prompt_id NOT IN (SELECT pid FROM {t}_n)")):
+            cur.execute(f"""
+                INSERT INTO {t}_n
+                WITH pairs AS (
+                    SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid, b.first AS other_first
+                    FROM {t}_r a JOIN {t}_r b ON a.query = b.query AND a.band = b.band AND a.bucket = b.bucket
+                         AND b.k < a.k AND b.k BETWEEN {lo} AND {hi} {unsettled}),
+                scored AS (
+                    SELECT pid, other_first, len(list_intersect(x.sh, y.sh)) AS common, len(x.sh) + len(y.sh) AS total
+                    FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid JOIN {t}_p y ON y.prompt_id = pairs.other_pid)
+                SELECT pid, min(other_first), max(common / (total - common)) FROM scored
+                WHERE common / (total - common) >= {threshold} GROUP BY pid""")
+        cur.execute(f"""
             INSERT INTO {findings}
-            WITH ranked AS (
-                SELECT *, row_number() OVER (PARTITION BY query, band, bucket ORDER BY first) AS k FROM {t}_b),
-            pairs AS (
-                SELECT DISTINCT a.query, a.prompt_id AS pid, a.first, b.prompt_id AS other_pid, b.first AS other_first
-                FROM ranked a JOIN ranked b ON a.query = b.query AND a.band = b.band AND a.bucket = b.bucket
-                     AND b.k < a.k AND b.k <= {BUCKET_PEERS}),
-            scored AS (
-                SELECT pairs.*, len(list_intersect(x.sh, y.sh)) / (len(x.sh) + len(y.sh)
-                                                                   - len(list_intersect(x.sh, y.sh))) AS jaccard
-                FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid JOIN {t}_p y ON y.prompt_id = pairs.other_pid),
-            near AS (
-                SELECT query, pid, arg_min(other_first, other_first) AS other_first, max(jaccard) AS jaccard
-                FROM scored WHERE jaccard >= {threshold} GROUP BY query, pid)
+            WITH near AS (SELECT pid, min(other_first) AS other_first, max(jaccard) AS jaccard FROM {t}_n GROUP BY pid)
             SELECT s.query, s.row, 'near_duplicate', 'prompt', near.other_first,
                    'prompt similar to row ' || near.other_first || ' (Jaccard ' || round(near.jaccard, 2) || ')'
             FROM near JOIN {t}_p p ON p.prompt_id = near.pid
@@ -108,5 +116,4 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
             WHERE NOT EXISTS (SELECT 1 FROM {stage} e WHERE e.query = s.query AND e.prompt = s.prompt
                               AND e.completion = s.completion AND e.row < s.row)""")
     finally:
-        cur.execute(f"DROP TABLE IF EXISTS {t}_p")
-        cur.execute(f"DROP TABLE IF EXISTS {t}_b")
+        drop_tables(cur, *(f"{t}_{suffix}" for suffix in "pbrn"))

@@ -35,7 +35,17 @@ class Stage:
         return int(cur.execute(f"SELECT count(*) FROM {self.table} WHERE dropped = 'skipped'").fetchall()[0][0])
 
     def drop(self, cur: Any) -> None:
-        cur.execute(f"DROP TABLE IF EXISTS {self.table}")
+        drop_tables(cur, self.table)
+
+
+def drop_tables(cur: Any, *tables: str) -> None:
+    """Drop temporary tables; after a failed statement (an aborted transaction, which drops them itself on
+    rollback) quietly, so the first error is the one the user sees."""
+    for table in tables:
+        try:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        except Exception:
+            return
 
 
 def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions) -> Stage:

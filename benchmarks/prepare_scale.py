@@ -1,0 +1,116 @@
+"""ESTIMATE and CREATE's snapshot + tokenization over many short rows: rows/s and peak RSS, each in its own process.
+
+The table: ``--rows`` (default 1,000,000) short question/answer pairs made in SQL, about 1% exact duplicates,
+0.5% conflicting, 0.5% near-duplicate prompts, 0.2% with an e-mail address, 0.1% with a card number. Phases, each
+a fresh process on the same database file (peak RSS is the process's ``ru_maxrss``):
+
+- ``estimate``: ``SELECT finetune('ESTIMATE', model, query, NULL, options)``;
+- ``create``: ``SELECT finetune('CREATE', ...)`` (checks, snapshot, cleaning, stored rows), then the training
+  worker's own tokenization of the stored rows (``ml.data.tokenize_reader`` over ``catalog.jobs.read_rows``); the
+  job is cancelled before it trains.
+
+    DUCKDB_FT_CACHE=.pytest_cache/model-cache .venv/bin/python benchmarks/prepare_scale.py [--rows N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+OPTIONS = '{"max_seq_length": 128, "pii": "mask"}'
+QUERY = "SELECT q AS prompt, a AS completion FROM pairs"
+
+
+def build(path: str, rows: int) -> None:
+    import duckdb
+
+    con = duckdb.connect(path)
+    con.execute(f"""
+        CREATE TABLE pairs AS
+        SELECT CASE WHEN i % 200 = 7 THEN 'What is the status of order ' || (i - 1) || '?'  -- conflicting
+                    WHEN i % 200 = 9 THEN 'WHAT IS THE STATUS OF ORDER ' || (i - 2) || ' ?!'  -- near duplicate
+                    WHEN i % 100 = 3 THEN 'What is the status of order ' || (i - 3) || '?'  -- exact duplicate
+                    WHEN i % 500 = 11 THEN 'Please write to user' || i || '@example.com about order ' || i
+                    ELSE 'What is the status of order ' || i || '?' END AS q,
+               CASE WHEN i % 100 = 3 THEN 'Order ' || (i - 3) || ' shipped on day ' || ((i - 3) % 28 + 1) || '.'
+                    WHEN i % 1000 = 13 THEN 'Refunded to card 4111 1111 1111 1111.'
+                    ELSE 'Order ' || i || ' shipped on day ' || (i % 28 + 1) || '.' END AS a
+        FROM range({rows}) t(i)""")
+    con.close()
+
+
+def phase(path: str, model: str, which: str) -> dict:
+    import duckdb_ft
+
+    con = duckdb_ft.connect(path)
+    out: dict = {"phase": which}
+    start = time.perf_counter()
+    if which == "estimate":
+        report = json.loads(con.execute("SELECT finetune('ESTIMATE', ?, ?, NULL, ?)",
+                                        [model, QUERY, OPTIONS]).fetchall()[0][0])
+        out["seconds"] = time.perf_counter() - start
+        out["report"] = {k: report[k] for k in ("rows", "duplicates", "cost", "cleaning")}
+        out["report"]["personal_data"] = {k: v["values"] for k, v in report["personal_data"].items()}
+    else:
+        from duckdb_ft.catalog import jobs as jobdb
+        from duckdb_ft.ml import data, models
+
+        name = f"bench_{int(time.time())}"
+        job = con.execute("SELECT finetune('CREATE', ?, ?, ?, NULL, ?)", [name, model, QUERY, OPTIONS]).fetchall()[0][0]
+        con.execute("SELECT finetune('CANCEL', ?)", [job]).fetchall()
+        out["create_seconds"] = time.perf_counter() - start
+        t = time.perf_counter()
+        tok = models.load_tokenizer(models.resolve(model))
+        stats = data.TokenStats()
+        cur = con.cursor()
+        examples = data.tokenize_reader(tok, jobdb.read_rows(cur, job, "train"), 128, stats)
+        out["tokenize_seconds"] = time.perf_counter() - t
+        out["seconds"] = time.perf_counter() - start
+        out["train_examples"], out["train_tokens"] = len(examples), stats.tokens
+        out["describe"] = json.loads(con.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchall()[0][0])["cleaning"]
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    con.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--json")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.db, args.model, args.phase)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "bench.duckdb")
+        t = time.perf_counter()
+        build(db, args.rows)
+        print(f"table of {args.rows:,} rows built in {time.perf_counter() - t:.1f} s", flush=True)
+        results = []
+        for which in ("estimate", "create"):
+            run = subprocess.run([sys.executable, __file__, "--phase", which, "--db", db, "--model", args.model],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                print(run.stderr[-3000:], file=sys.stderr)
+                return 1
+            r = json.loads(run.stdout.strip().splitlines()[-1])
+            r["rows_per_s"] = args.rows / r["seconds"]
+            results.append(r)
+            print(json.dumps(r, indent=1), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": args.rows, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
