@@ -143,6 +143,20 @@ def test_sql_match_runs_predictions_on_copies_of_what_the_references_read(db, mo
     assert admin.execute("SELECT count(*) FROM items").fetchall() == [(20,)]  # the DROP ran nowhere
 
 
+def test_sql_match_on_another_database_file(db, monkeypatch, tmp_path):
+    import duckdb
+
+    other = str(tmp_path / "other.duckdb")
+    with duckdb.connect(other) as c:
+        c.execute("CREATE TABLE items AS SELECT i AS id, 'other ' || i AS name FROM range(1, 21) t(i)")
+    monkeypatch.setattr(completion, "generate", lambda loaded, requests, adapter=None, **k: [
+        setattr(r, "result", completion.Completion("SELECT 'other 1' AS name", 1, 1)) for r in requests])
+    out = evaluate(db["admin"], db["base"], SQL_Q + " WHERE id <= 2",
+                   {"metrics": ["sql_match"], "sql_database": other})
+    rows = db["admin"].execute("SELECT id, sql_match FROM finetune_evaluation(?)", [out["evaluation_id"]]).fetchall()
+    assert rows == [("1", 1.0), ("2", 0.0)]  # the references ran on the other file's items
+
+
 def test_retention_compares_a_tuned_model_with_its_base(db):
     out = evaluate(db["admin"], "ml.tuned", "SELECT 'What is item 1?' AS prompt, 'item 1' AS completion",
                    {"metrics": ["exact_match"], "max_tokens": 4, "retention": True})
@@ -199,6 +213,12 @@ BAD = [
      InvalidArgument, "taken by a built-in"),
     ("a reference that is not SQL", "ml.tuned", Q, {"metrics": ["sql_match"]}, InvalidArgument,
      "sql_match: the reference completion of row 1"),
+    ("a reference that fails", "ml.tuned", "SELECT 'q' AS prompt, 'SELECT nope FROM items' AS completion",
+     {"metrics": ["sql_match"]}, InvalidArgument, "not a query that runs"),
+    ("a query that calls finetune", "ml.tuned", "SELECT finetune('SHOW') AS prompt, 'x' AS completion", None,
+     FtError, "finetune"),
+    ("sql_database that is not a file", "ml.tuned", Q, {"metrics": ["sql_match"], "sql_database": "/no/such.db"},
+     NotFound, "is not a file"),
 ]
 
 

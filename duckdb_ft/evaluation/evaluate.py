@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from .. import catalog
 from ..catalog import evaluations as evaldb
 from ..errors import FtError, Interrupted, InvalidArgument, NotFound
+from ..governance.authorize import authorize_query
 from ..governance.reads import tables_read
 from ..ml import complete as completion, data, likelihood, models as mlmodels
 from ..options import CompleteOptions, EvaluateOptions
@@ -81,16 +82,16 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
     check = session.checker()
     found = {n: _check_model(engine, check, n) for n in names}
     sql = check_query(query, "evaluation query")
-    check.require_read(*tables_read(parse(sql)[0], session.schema))
+    authorize_query(session, cur, sql, "evaluation query")  # as CREATE: SELECT on what it reads, no FINETUNE
     data.check_columns(cur, sql, "evaluation query")
-    wanted = [usermetrics.check(cur, check, session.schema, m) if m.sql else m for m in wanted]
+    wanted = [usermetrics.check(cur, session, m) if m.sql else m for m in wanted]
     if opts.sql_database is not None:
         check.require_admin("sql_match on another database file (option sql_database)")
         if not os.path.isfile(opts.sql_database):
             raise NotFound(f"sql_database {opts.sql_database!r} is not a file: pass the path of a DuckDB database")
     ids, prompts, refs, skipped = _rows(cur, sql)
     names_of = [m.name for m in wanted]
-    sandbox = _sandbox(engine, check, session.schema, refs, ids, opts) if "sql_match" in names_of else None
+    sandbox = _sandbox(engine, session, refs, ids, opts) if "sql_match" in names_of else None
     try:
         loaded = {n: engine.resolve_model(session, n) for n in names}
         copts = opts.complete_options()
@@ -142,8 +143,7 @@ def _rows(cur: Any, sql: str) -> tuple[list[str], list[str], list[str], int]:
     return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], len(got) - len(kept)
 
 
-def _sandbox(engine: Any, check: Any, schema: str, refs: Sequence[str], ids: Sequence[str],
-             opts: EvaluateOptions) -> Sandbox:
+def _sandbox(engine: Any, session: Any, refs: Sequence[str], ids: Sequence[str], opts: EvaluateOptions) -> Sandbox:
     """sql_match's sandbox: the tables the references read, copied after SELECT is checked; or a database file."""
     if opts.sql_database is not None:
         path = opts.sql_database.replace("'", "''")
@@ -153,13 +153,14 @@ def _sandbox(engine: Any, check: Any, schema: str, refs: Sequence[str], ids: Seq
         tables: set[str] = set()
         for ref, rid in zip(refs, ids):
             try:
-                stmt = parse(check_query(extract_sql(ref), f"reference of row {rid}"))[0]
+                ref_sql = check_query(extract_sql(ref), f"reference of row {rid}")
+                stmt = parse(ref_sql)[0]
             except FtError as e:
                 raise InvalidArgument(f"sql_match: the reference completion of row {rid} is not one SQL query "
                                       f"({e}); fix it, or drop sql_match from the metrics") from None
-            read, functions = tables_read(stmt, schema)
-            check.require_read(read, functions)
-            tables |= read
+            cur = engine.cursor()
+            read = authorize_query(session, cur, ref_sql, f"sql_match reference of row {rid}")
+            tables |= read | tables_read(stmt, session.schema)[0]
         cur = engine.cursor()
         copies = {}
         for name in sorted(tables):

@@ -3,7 +3,8 @@
 ``{"name": "short", "sql": "length(prediction) < 200"}`` scores each row with the expression, which may use the
 columns ``id, model, prompt, completion, prediction`` (all VARCHAR) and must be BOOLEAN (a 0/1 metric, tested
 with McNemar's test) or a number. It is checked before any generation: one expression (no statement around it),
-binding on the columns, its type, and SELECT on whatever tables a subquery in it reads, as for the query itself.
+binding on the columns, its type, and SELECT on whatever tables a subquery in it reads (as FINETUNE checks its
+queries).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 from sqlglot import exp
 
 from ..errors import InvalidArgument
-from ..governance.reads import tables_read
+from ..governance.authorize import authorize_query
 from ..queries import check_query, parse
 from .metrics import BUILTIN, Metric
 
@@ -54,28 +55,26 @@ def _one_expression(stmt: Any) -> bool:
     return not extra and source is not None and isinstance(source.this, exp.Table) and source.this.name == ROWS
 
 
-def check(cur: Any, checker: Any, schema: str, metric: Metric) -> Metric:
+def check(cur: Any, session: Any, metric: Metric) -> Metric:
     """Bind the expression on the evaluation's columns; returns the metric with ``binary`` set from its type.
 
-    Raises InvalidArgument (not one expression, does not bind, not BOOLEAN or numeric) or PermissionDenied.
+    Raises InvalidArgument (not one expression, does not bind, not BOOLEAN or numeric) or PermissionDenied (it
+    reads what the session may not, checked as FINETUNE checks its queries).
     """
     what = f"user metric {metric.name!r}"
     try:
-        sql = check_query(_select(metric), what)
-        stmt = parse(sql)[0]
+        stmt = parse(check_query(_select(metric), what))[0]
     except InvalidArgument as e:
         raise InvalidArgument(f"{e} (its sql must be one expression over {', '.join(COLUMNS)})") from None
     if not _one_expression(stmt):
         raise InvalidArgument(f"{what}: its sql must be one expression over {', '.join(COLUMNS)}, "
                               f"got {metric.sql[:80]!r}")
-    tables, functions = tables_read(stmt, schema)
-    tables.discard(f"{schema}.{ROWS}")
-    checker.require_read(tables, functions)
     empty = "(SELECT " + ", ".join(f"NULL::VARCHAR AS {c}" for c in COLUMNS) + f" LIMIT 0) AS {ROWS}"
     try:
         described = cur.execute(f"DESCRIBE {_select(metric, empty)}").fetchall()
     except Exception as e:  # duckdb.Error: the expression does not bind
         raise InvalidArgument(f"{what} fails: {str(e).splitlines()[0]} (columns: {', '.join(COLUMNS)})") from None
+    authorize_query(session, cur, _select(metric, empty), what)
     kind = str(described[0][1]).upper()
     if kind != "BOOLEAN" and not kind.startswith(_NUMERIC):
         raise InvalidArgument(f"{what} must be BOOLEAN or a number, got {kind}: e.g. length(prediction) < 200")
