@@ -205,3 +205,16 @@ def test_personal_data_kinds(text, kinds):
     assert [k for k, _, _ in pii.find(text)] == kinds
     masked = pii.mask(text)
     assert all(f"<{k}>" in masked for k in kinds) and not pii.find(masked)
+
+
+def test_estimate_times_training_with_a_calibration_cached_per_machine_and_model(dirty, tiny_model_path):
+    from duckdb_ft.ml import calibrate
+
+    r = estimate(dirty, base=tiny_model_path)
+    c = r["cost"]
+    assert c["estimated_training_seconds"] > 0 and c["calibration"]["seconds_per_token"] > 0
+    again = estimate(dirty, base=tiny_model_path)["cost"]
+    assert again["calibration"]["cached"] and again["calibration"]["seconds_per_token"] == \
+        c["calibration"]["seconds_per_token"]
+    with open(calibrate._cache_file()) as f:
+        assert any(tiny_model_path in key for key in json.load(f))

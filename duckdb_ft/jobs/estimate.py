@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ml import models
+from ..ml import calibrate, models
 from ..prep import clean, estimate as prep_estimate, stage
 from .create import check_request
 
@@ -37,6 +37,7 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
         prep_estimate.leaks(cur, st, findings)
         tok = prep_estimate.tokens(cur, st, findings, tokenizer, opts, models.context_length(req.base_path))
         report = prep_estimate.report(cur, st, findings, opts, cleaning, tok, counts, base_model)
+        report["cost"].update(_time_estimate(cur, st, req.base_path, opts, tok, report))
         if refused:
             report["warnings"].insert(0, {"finding": "create_fails", "message": refused,
                                           "fix": 'set {"pii": "mask"}, or remove the personal data'})
@@ -52,6 +53,27 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
         cur.execute("ROLLBACK")
     keys = ("query", "row", "split", "finding", "column", "other_row", "detail", "dropped")
     return report, [dict(zip(keys, r)) for r in rows]
+
+
+def _time_estimate(cur: Any, st: Any, path: str, opts: Any, tok: dict[str, Any], report: dict[str, Any]) -> dict:
+    """Estimated training seconds on this machine: a calibration's seconds per token (:mod:`duckdb_ft.ml.calibrate`)
+    times the tokens trained, plus validation (forward only, a third of the cost per token) at each evaluation."""
+    if not report["cost"]["train_examples"]:
+        return {"estimated_training_seconds": None}
+    sample = cur.execute(f"SELECT prompt, completion FROM {st.table} WHERE dropped IS NULL AND split = 'train' "
+                         f"USING SAMPLE reservoir(64 ROWS) REPEATABLE (42)").fetchall()
+    try:
+        per_token, cached = calibrate.seconds_per_token(path, opts, sample)
+    except Exception as e:  # the estimate is a help: a failed calibration leaves the rest of the report
+        return {"estimated_training_seconds": None, "calibration": {"error": f"{type(e).__name__}: {e}"}}
+    a = tok["arrays"]
+    val_tokens = int(a["kept"][~tok["train"]].sum()) or report["tokens"]["train_tokens"]
+    evaluations = opts.max_epochs + (report["cost"]["total_steps"] // opts.eval_steps if opts.eval_steps else 0)
+    seconds = per_token * (report["cost"]["trained_tokens"] + val_tokens * evaluations / 3)
+    return {"estimated_training_seconds": round(seconds, 1),
+            "calibration": {"seconds_per_token": per_token, "cached": cached,
+                            "method": f"{calibrate.STEPS} measured LoRA steps on this machine, cached per machine "
+                                      f"and model"}}
 
 
 def estimate(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
