@@ -92,6 +92,7 @@ def test_prompt_longer_than_context(con, tiny_model_path):
 
 
 def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
+    monkeypatch.setattr(completion, "CONTINUOUS", False)  # model.generate per batch (continuous: see below)
     loaded = models.load(tiny_model_path)
     calls = []
     original = loaded.model.generate
@@ -108,6 +109,7 @@ def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
 
 
 def test_identical_greedy_rows_are_generated_once_and_answered_alike(con, tiny_model_path, monkeypatch):
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = models.load(tiny_model_path)
     alone = {i: json.loads(q(con, "SELECT complete(?, ?, '{\"max_tokens\": 4}')", tiny_model_path,
                               f"Question {i}")[0][0]) for i in range(7)}
@@ -198,6 +200,7 @@ def test_shared_prefix_layout_keeps_a_token_per_row_and_skips_short_prefixes():
 def test_shared_prefix_cache_gives_the_uncached_answers_token_for_token(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import prefix
 
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = models.load(tiny_model_path)
     before = dict(completion.stats)
     cached = _requests(QUESTIONS, 12)
@@ -234,6 +237,7 @@ def _tiny_with_adapters(path, names):
 def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import prefix
 
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b", "ad_c"])
     names = [None, "ad_a", "ad_b", "ad_c"]
     plan = [(q, names[k % 4]) for k, q in enumerate(QUESTIONS * 2)]  # 14 rows, each adapter on several prompts
@@ -259,6 +263,7 @@ def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny
 
 
 def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model_path, monkeypatch):
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b"])
     targets = {"base": (loaded, None), "m_a": (loaded, "ad_a"), "m_b": (loaded, "ad_b")}
     calls = []
@@ -275,3 +280,67 @@ def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model
         one = completion.complete_rows(targets.__getitem__, [m], [p], ['{"max_tokens": 5}'], try_mode=False)[0]
         assert json.loads(got)["model"] == m
         assert json.loads(got)["choices"] == json.loads(one)["choices"]
+
+
+def test_continuous_batching_gives_generates_answers_token_for_token(tiny_model_path, monkeypatch):
+    """Greedy rows of different max_tokens and adapters through decode.py, 5 slots for 21 rows (rows leave and
+    join mid-way), against model.generate per batch of one adapter and one max_tokens without a prefix cache."""
+    from duckdb_ft.ml import decode, prefix
+
+    loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b"])
+    questions = QUESTIONS * 3
+    maxes = [3 + (k * 7) % 20 for k in range(len(questions))]
+    mixed = [[None, "ad_a", "ad_b"][k % 3] for k in range(len(questions))]
+
+    def requests():
+        return [completion.Request([{"role": "user", "content": SCHEMA_PROMPT.format(q=q)}],
+                                   completion.CompleteOptions(max_tokens=m)) for q, m in zip(questions, maxes)]
+
+    widths = []
+    forward = loaded.model.forward
+    monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape) or forward(*a, **k))
+    monkeypatch.setattr(completion, "BATCH_ROWS", 5)
+    cont = {}
+    for label, adapters in (("base", [None] * len(questions)), ("one", ["ad_a"] * len(questions)), ("mixed", mixed)):
+        reqs = requests()
+        completion.generate(loaded, reqs, adapters=adapters)
+        cont[label] = _answers(reqs)
+    steps = [w for w in widths if w[1] == 1]
+    assert steps and max(w[0] for w in widths) <= 5  # never more than the slots
+    assert any(w[0] < 5 for w in steps[:-5])  # rows left before the end
+    assert [c for _, c in cont["base"]] == maxes  # each row its own max_tokens (the tiny model never ends early)
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    monkeypatch.setattr(prefix, "MIN_PREFIX_TOKENS", 10 ** 9)
+    for label, adapters in (("base", [None] * len(questions)), ("one", ["ad_a"] * len(questions)), ("mixed", mixed)):
+        ref = {}
+        for a in dict.fromkeys(adapters):
+            rows = [k for k, x in enumerate(adapters) if x == a]
+            reqs = requests()
+            completion.generate(loaded, [reqs[k] for k in rows], a)
+            ref.update(zip(rows, _answers([reqs[k] for k in rows])))
+        assert cont[label] == [ref[k] for k in range(len(questions))], label
+    assert decode.supported(loaded.model)
+
+
+def test_continuous_batching_stops_a_row_at_its_end_token(tiny_model_path, monkeypatch):
+    from duckdb_ft.ml import decode
+
+    loaded = models.load(tiny_model_path)
+    ref = _requests(QUESTIONS, 8)
+    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    completion.generate(loaded, ref)
+    # A stop token that row 0 produces third: the row ends there, and its answer is cut as generate's is.
+    import torch
+    ids = [loaded.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True) for r in ref]
+    ids = [list(i["input_ids"] if hasattr(i, "keys") else i) for i in ids]
+    rows = [decode.Row(ids=s, max_new=8) for s in ids]
+    with torch.inference_mode():
+        decode.greedy(loaded.model, rows, slots=4, pad=loaded.tokenizer.pad_token_id, stop={-1}, mixed=False)
+    stop = rows[0].new[2]
+    again = [decode.Row(ids=s, max_new=8) for s in ids]
+    with torch.inference_mode():
+        decode.greedy(loaded.model, again, slots=4, pad=loaded.tokenizer.pad_token_id, stop={stop}, mixed=False)
+    assert again[0].new == rows[0].new[:3]
+    for a, r in zip(again, rows):
+        cut = next((k for k, t in enumerate(r.new) if t == stop), len(r.new))
+        assert a.new == r.new[:cut + 1]

@@ -20,13 +20,15 @@ from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument
 from ..options import CompleteOptions
-from . import prefix
+from . import decode, prefix
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
 #: so duckdb-ft stops at 512 unless ``max_tokens`` asks for more.
 DEFAULT_MAX_TOKENS = 512
 BATCH_ROWS = 64
+#: Greedy rows decode with continuous batching (``decode.py``); False: ``model.generate`` per batch (the reference).
+CONTINUOUS = True
 ROLES = ("system", "user", "assistant")
 
 
@@ -163,6 +165,12 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
         return (r.options.temperature, r.options.top_p, r.max_new)
 
     todo.sort(key=lambda item: (kind(item), item[1] or "", len(item[0].ids)))
+    if CONTINUOUS and decode.supported(loaded.model):
+        greedy = [item for item in todo if item[0].options.temperature == 0]
+        if greedy:  # every greedy row of the call, whatever its max_tokens, shares one continuous batch
+            greedy.sort(key=lambda item: (item[1] or "", len(item[0].ids)))
+            _generate_continuous(loaded, greedy)
+            todo = [item for item in todo if item[0].options.temperature != 0]
     i = 0
     while i < len(todo):
         j = i + 1
@@ -209,6 +217,28 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
         n = next((t for t, x in enumerate(new) if x in stop), len(new))
         text = tok.decode(new[:n], skip_special_tokens=True).strip()
         r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
+
+
+def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str | None]]) -> None:
+    """Greedy rows through ``decode.greedy``: finished rows leave the batch, waiting ones take their slots."""
+    import torch
+
+    tok, model = loaded.tokenizer, loaded.model
+    rows = [decode.Row(ids=r.ids, max_new=r.max_new, adapter=a) for r, a in items]
+    adapters = list(dict.fromkeys(a for _, a in items))
+    mixed = len(adapters) > 1
+    stop = set(_eos_ids(model, tok))
+    with loaded.lock, torch.inference_mode():
+        with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
+            shared = decode.greedy(model, rows, slots=BATCH_ROWS, pad=tok.pad_token_id, stop=stop, mixed=mixed)
+    with _stats_lock:
+        stats["generated"] += len(rows)
+        stats["generate_calls"] += 1
+        stats["prefill_tokens"] += sum(len(r.ids) - shared for r in rows) + shared * (len(adapters) if mixed else 1)
+    for (r, _), row in zip(items, rows):
+        n = next((t for t, x in enumerate(row.new) if x in stop), len(row.new))
+        r.result = Completion(text=tok.decode(row.new[:n], skip_special_tokens=True).strip(),
+                              prompt_tokens=len(r.ids), completion_tokens=n)
 
 
 def _eos_ids(model: Any, tok: Any) -> list[int]:
@@ -279,7 +309,7 @@ def complete_rows(
         try:
             opts = CompleteOptions.parse(options[i]) if options is not None else CompleteOptions()
             req = Request(parse_messages(p, encoded=options is not None), opts)
-        except FtError:
+        except Exception:  # TRY_COMPLETE: any failure of a row is NULL (RecursionError of a deep JSON, ...)
             if try_mode:
                 continue
             raise
@@ -289,14 +319,19 @@ def complete_rows(
     for model_name, rows in parsed.items():
         try:
             loaded, adapter = resolve(model_name)
-        except FtError:
+        except Exception:  # an OSError of a 100,000-character name, ...
             if try_mode:
                 continue
             raise
         group = bases.setdefault(id(loaded), (loaded, []))[1]
         group.extend((i, r, adapter, model_name) for i, r in rows)
     for loaded, rows in bases.values():
-        generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for _, _, a, _ in rows])
+        try:
+            generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for _, _, a, _ in rows])
+        except Exception:
+            if try_mode:
+                continue
+            raise
         for i, r, _, model_name in rows:
             if r.error is not None:
                 if try_mode:
