@@ -89,6 +89,8 @@ def test_two_models_on_the_same_rows_stored_scored_and_compared(db):
             summary["completion_loss"] > 0
         assert summary["completion_tokens"] == got["completion_tokens"].sum() <= 6 * 20
         assert summary["prompt_tokens"] == got["prompt_tokens"].sum() > 0 and summary["mean_latency_ms"] > 0
+        low, high = summary["intervals"]["token_f1"]
+        assert low <= summary["token_f1"] <= high and set(summary["intervals"]) == set(names)
         assert got["sql_match"].isna().all()  # not asked for
     comparison = out["comparison"]
     assert len(comparison) == len(METRICS) and {c["a"] for c in comparison} == {base}

@@ -123,3 +123,11 @@ def test_sandbox_execution_match():
         assert not box.match(None, "SELECT id FROM t")
         assert box.result("SELECT count(*) FROM t") == [(10,)]
     assert extract_sql("Here you go:\n```sql\nSELECT 1;\n```") == "SELECT 1"
+
+
+def test_interval_of_one_model_brackets_its_score():
+    m = M.BUILTIN["token_f1"]
+    values = [0.2, 0.4, 0.6, 0.8] * 5
+    low, high = significance.interval(m, M.corpus_stats(m, values))
+    assert low < 0.5 < high and 0.2 <= low and high <= 0.8
+    assert significance.interval(m, M.corpus_stats(m, [1.0] * 5)) == [1.0, 1.0]

@@ -258,13 +258,15 @@ def _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, 
     for name in names:
         got = per_model[name]
         entry: dict[str, Any] = {}
+        intervals: dict[str, Any] = {}
         for m in wanted:
             stats[name, m.name] = M.corpus_stats(m, got["values"][m.name], got["preds"], refs)
             entry[m.name] = M.corpus_from_stats(m, stats[name, m.name].sum(axis=0))
+            intervals[m.name] = significance.interval(m, stats[name, m.name], opts.bootstrap_samples, opts.seed)
         results = [r.result for r in requests[name]]
         entry.update(mean_latency_ms=sum(got["latency"]) / len(prompts),
                      prompt_tokens=sum(r.prompt_tokens for r in results),
-                     completion_tokens=sum(r.completion_tokens for r in results))
+                     completion_tokens=sum(r.completion_tokens for r in results), intervals=intervals)
         models_out[name] = entry
     comparison = []
     for i, a in enumerate(names):

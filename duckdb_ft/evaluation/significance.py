@@ -59,6 +59,22 @@ def bootstrap(metric: Metric, stats_a: np.ndarray, stats_b: np.ndarray, samples:
     return float(low), float(high), float(min(1.0, p))
 
 
+def interval(metric: Metric, stats: np.ndarray, samples: int = 1000, seed: int = 0) -> list[float] | None:
+    """The 95% bootstrap interval of one model's corpus score ([low, high]; None without rows)."""
+    n = len(stats)
+    if n == 0:
+        return None
+    idx = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    summed = stats[idx].sum(axis=1)
+    if metric.corpus == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores = summed[:, 0] / summed[:, 1]
+    else:
+        scores = np.array([corpus_from_stats(metric, x) for x in summed], dtype=float)
+    scores = scores[np.isfinite(scores)]
+    return [float(x) for x in np.percentile(scores, [2.5, 97.5])] if len(scores) else None
+
+
 def _diff(metric: Metric, summed_a: np.ndarray, summed_b: np.ndarray) -> float | None:
     a, b = corpus_from_stats(metric, summed_a), corpus_from_stats(metric, summed_b)
     return None if a is None or b is None else b - a
