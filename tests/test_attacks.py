@@ -212,3 +212,121 @@ def test_drop_removes_ownership_so_a_reused_name_is_not_the_old_owners(attack):
     admin.execute("CREATE VIEW my_view AS SELECT * FROM secret")
     denied(u1, "SELECT * FROM my_view")
     denied(u1, "DROP VIEW my_view", match="OWNERSHIP")
+
+
+# -------------------------------------------------------------- 6, 7, 8. one session cannot stop the others
+
+def in_thread(fn, *args):
+    """Run fn in a thread; returns (thread, box) where box gets 'result' or 'error'."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_a_finetune_nested_in_a_training_query_is_refused_and_hangs_nothing(attack, tiny_model_path):
+    admin, u1 = attack
+    inner = (f"SELECT __ft_finetune(__ft_session_id(), ''CREATE'', ''ml.inner'', ''{tiny_model_path}'', "
+             f"''SELECT s AS prompt, s AS completion FROM pub'', NULL, NULL) AS prompt, s AS completion FROM pub")
+    t, box = in_thread(lambda: u1.execute(f"SELECT finetune('CREATE', 'ml.outer', ?, '{inner}', NULL, ?)",
+                                          [tiny_model_path, FAST]).fetchall())
+    t.join(30)
+    assert not t.is_alive(), "a nested FINETUNE hung the CREATE"
+    assert isinstance(box.get("error"), PermissionDenied) and "internal functions" in str(box["error"])
+    # the administrator's training query may not start a job either (the Cortex macro included)
+    nested = ("SELECT snowflake.cortex.finetune('CREATE', 'ml.inner2', 'x', 'SELECT 1') AS prompt, "
+              "'c' AS completion")
+    with pytest.raises(PermissionDenied, match="start another fine-tuning job"):
+        admin.execute("SELECT finetune('CREATE', 'ml.outer2', ?, ?, NULL, ?)", [tiny_model_path, nested, FAST])
+    job = admin.execute("SELECT finetune('CREATE', 'ml.after', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
+                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+    assert duckdb_ft.wait(admin, job, 120) == "SUCCESS"
+
+
+SLOW_QUERY = ("SELECT p.s AS prompt, p.s AS completion FROM pub p, range(2000000000) r(i) "
+              "WHERE hash(i) % 1000000007 = 3")
+
+
+def test_a_long_training_query_is_interruptible_and_blocks_no_other_create(attack, tiny_model_path):
+    admin, u1 = attack
+    t, box = in_thread(lambda: u1.execute("SELECT finetune('CREATE', 'ml.slow', ?, ?, NULL, ?)",
+                                          [tiny_model_path, SLOW_QUERY, FAST]).fetchall())
+    time.sleep(1.5)
+    assert t.is_alive(), f"the slow copy should still run: {box}"
+    start = time.monotonic()
+    other = admin.cursor()  # another session of the administrator: its CREATE does not wait for the copy
+    job = other.execute("SELECT finetune('CREATE', 'ml.quick', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
+                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+    assert time.monotonic() - start < 20
+    assert t.is_alive()
+    u1.interrupt()
+    t.join(20)
+    assert not t.is_alive(), "interrupt() did not stop the copy"
+    assert isinstance(box.get("error"), duckdb.InterruptException), box
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs WHERE model_name = 'slow'").fetchall() == [(0,)]
+    assert duckdb_ft.wait(admin, job, 120) == "SUCCESS"
+    other.close()
+
+
+def test_the_training_query_runs_once(attack, tiny_model_path):
+    admin, u1 = attack
+    admin.execute("CREATE SEQUENCE seq")
+    q = "SELECT 'p' || nextval('seq') AS prompt, 'c' AS completion FROM range(12)"
+    job = admin.execute("SELECT finetune('CREATE', 'ml.once', ?, ?, NULL, ?)", [tiny_model_path, q, FAST]).fetchall()
+    assert admin.execute("SELECT currval('seq')").fetchall() == [(12,)]
+    duckdb_ft.wait(admin, job[0][0], 120)
+
+
+def test_one_sessions_close_leaves_the_administrators_job_running(tmp_path, tiny_model_path):
+    path = str(tmp_path / "shared.duckdb")
+    admin = duckdb_ft.connect(path)
+    setup_attack_db(admin)
+    u1 = duckdb_ft.connect(path, user="u1")
+    assert u1.session.engine is admin.session.engine
+    long = json.dumps({"max_epochs": 10, "batch_size": 1})
+    q = "SELECT s AS prompt, s AS completion FROM pub"
+    job = admin.execute("SELECT finetune('CREATE', 'ml.adm', ?, ?, NULL, ?)", [tiny_model_path, q, long]).fetchall()[0][0]
+    u1.close()
+    with pytest.raises(duckdb.ConnectionException):
+        u1.execute("SELECT 1")
+    assert admin.execute("SELECT count(*) FROM pub").fetchall() == [(5,)]
+    assert duckdb_ft.wait(admin, job, 300) == "SUCCESS"
+    later = admin.execute("SELECT finetune('CREATE', 'ml.adm2', ?, ?, NULL, ?)", [tiny_model_path, q, FAST]).fetchall()
+    assert duckdb_ft.wait(admin, later[0][0], 120) == "SUCCESS"
+    admin.close()
+
+
+# ---------------------------------------------------------------------------------------------- 9, 10
+
+def test_try_complete_is_null_for_any_failure_of_a_row(attack):
+    admin, u1 = attack
+    deep = "[" * 100000 + "]" * 100000
+    assert admin.execute("SELECT try_complete(repeat('x', 100000), 'hi')").fetchall() == [(None,)]
+    assert admin.execute("SELECT try_complete('smollm2-135m', ?, '{}')", [deep]).fetchall() == [(None,)]
+    assert admin.execute("SELECT try_complete('smollm2-135m', 'hi', ?)", ['{"a": ' + deep + "}"]).fetchall() \
+        == [(None,)]
+
+
+def test_exit_after_closing_with_a_queued_job_prints_no_traceback(tmp_path, tiny_model_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import duckdb_ft, json
+con = duckdb_ft.connect({str(tmp_path / 'exit.duckdb')!r})
+con.execute("CREATE TABLE t AS SELECT 'q' || i AS prompt, 'a' AS completion FROM range(20) r(i)")
+opts = json.dumps({{"max_epochs": 10, "batch_size": 1}})
+for name in ("one", "two"):
+    con.execute("SELECT finetune('CREATE', ?, ?, 'SELECT * FROM t', NULL, ?)", [name, {tiny_model_path!r}, opts])
+con.close()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr

@@ -72,7 +72,7 @@ def authorize_query(session: Any, cur: Any, sql: str, what: str = "query") -> se
     if len(statements) != 1 or statements[0].type.name != "SELECT":
         raise PermissionDenied(f"the {what} must be one SELECT statement")
     reading = parse_query(cur, statements[0].query)
-    nested = {f for f in reading.functions | reading.internal if f.split(".")[-1] in ("finetune", "__ft_finetune")}
+    nested = {f for f in reading.functions | reading.calls if f.split(".")[-1] in ("finetune", "__ft_finetune")}
     if nested or reading.internal:
         raise PermissionDenied(f"the {what} may not call duckdb-ft's internal functions or start another "
                                f"fine-tuning job ({', '.join(sorted(nested | reading.internal))})")

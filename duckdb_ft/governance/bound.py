@@ -44,6 +44,7 @@ class Reading:
     shows: set[str] = field(default_factory=set)  # SHOW/DESCRIBE of something that is not a query
     unbound_pivots: int = 0  # PIVOT without an IN list: DuckDB runs a query to bind it
     internal: set[str] = field(default_factory=set)  # duckdb-ft's internal UDFs named directly
+    calls: set[str] = field(default_factory=set)  # every scalar function named (lower case, without its schema)
 
     def merge(self, other: "Reading") -> None:
         self.refs |= other.refs
@@ -51,6 +52,7 @@ class Reading:
         self.shows |= other.shows
         self.unbound_pivots += other.unbound_pivots
         self.internal |= other.internal
+        self.calls |= other.calls
 
 
 def parse_query(cur: Any, sql: str) -> Reading:
@@ -99,8 +101,11 @@ def _walk(node: Any, scope: frozenset, out: Reading) -> None:
         for p in node.get("pivots") or []:
             if not p.get("entries") and not p.get("pivot_enum"):
                 out.unbound_pivots += 1
-    if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower().startswith("__ft_"):
-        out.internal.add(str(node["function_name"]).lower())
+    if node.get("class") == "FUNCTION":
+        fname = str(node.get("function_name", "")).lower()
+        out.calls.add(fname)
+        if fname.startswith("__ft_"):
+            out.internal.add(fname)
     for key, value in node.items():
         if key != "cte_map":
             _walk(value, scope, out)

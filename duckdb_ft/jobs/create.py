@@ -14,9 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
+
 from .. import catalog
 from ..catalog import jobs as jobdb, objects
-from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
+from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
 from ..ml import data, models
 from ..options import TrainingOptions
@@ -70,25 +72,46 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
     req = check_request(cur, session, name, base_model, training_query, validation_query, options)
     schema, model_name, train_q, val_q, opts = req.schema, req.model_name, req.train_q, req.val_q, req.opts
     job_id = f"ft_{uuid.uuid4()}"
-    with name_lock:
-        holder = jobdb.name_in_use(cur, schema, model_name)
-        if holder:
-            what = "a model" if holder == "model" else f"job {holder}, which is creating it,"
-            raise AlreadyExists(f"model name '{schema}.{model_name}' is taken by {what}: choose another name "
-                                f"or DROP MODEL {schema}.{model_name}")
+    _name_free(cur.cursor(), schema, model_name)  # fail fast, before copying anything
+    # The copy runs the user's query once, on this cursor, which interrupt() and Ctrl-C of the session stop
+    # (session.busy_cursor); the name lock is held only for the last check, the job's insert and the commit.
+    session.busy_cursor = cur
+    try:
+        cur.execute("BEGIN TRANSACTION")
         try:
-            with catalog.transaction(cur):
-                jobdb.insert_job(cur, {
-                    "id": job_id, "schema_name": schema, "model_name": model_name, "base_model": base_model,
-                    "training_query": train_q, "validation_query": val_q, "options": opts.to_json(),
-                    "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
-                })
-                _snapshot(cur, job_id, train_q, val_q, opts)
-        except FtError:
+            jobdb.insert_job(cur, {
+                "id": job_id, "schema_name": schema, "model_name": model_name, "base_model": base_model,
+                "training_query": train_q, "validation_query": val_q, "options": opts.to_json(),
+                "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
+            })
+            _snapshot(cur, job_id, train_q, val_q, opts)
+            with name_lock:
+                _name_free(cur.cursor(), schema, model_name)  # a fresh cursor: what others committed meanwhile
+                cur.execute("COMMIT")
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:  # the failed statement already ended the transaction
+                pass
             raise
-        except Exception as e:
-            raise InvalidArgument(f"reading the training data failed: {str(e).splitlines()[0]}") from None
+    except FtError:
+        raise
+    except duckdb.InterruptException:
+        raise Interrupted(f"finetune('CREATE', '{schema}.{model_name}', ...) was interrupted while copying the "
+                          "training rows; nothing was created") from None
+    except Exception as e:
+        raise InvalidArgument(f"reading the training data failed: {str(e).splitlines()[0]}") from None
+    finally:
+        session.busy_cursor = None
     return job_id
+
+
+def _name_free(cur: Any, schema: str, model_name: str) -> None:
+    holder = jobdb.name_in_use(cur, schema, model_name)
+    if holder:
+        what = "a model" if holder == "model" else f"job {holder}, which is creating it,"
+        raise AlreadyExists(f"model name '{schema}.{model_name}' is taken by {what}: choose another name "
+                            f"or DROP MODEL {schema}.{model_name}")
 
 
 def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: TrainingOptions) -> None:

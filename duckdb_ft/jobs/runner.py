@@ -209,7 +209,7 @@ _RUNNERS: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
 
 def _wait_at_exit() -> None:
     """A script that creates a job and ends waits for it, so no job is lost silently."""
-    runners = [r for r in list(_RUNNERS) if r.active()]
+    runners = [r for r in list(_RUNNERS) if not r.shutdown.is_set() and r.active()]  # closed: nothing to wait for
     if not runners:
         return
     ids = [j for r in runners for j in r.active()]
@@ -222,6 +222,8 @@ def _wait_at_exit() -> None:
     except KeyboardInterrupt:
         for r in runners:
             r.stop("its process was interrupted at exit")
+    except Exception as e:  # the database went away meanwhile: say so in one line, no traceback at exit
+        print(f"duckdb-ft: stopped waiting for the jobs: {str(e).splitlines()[0]}", file=sys.stderr)
 
 
 # Wait before the interpreter starts shutting threads down: concurrent.futures refuses new work once its own

@@ -10,6 +10,7 @@ entry points (``table()``, ``read_csv()``, ``register()``, ...) are refused.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable
 
 import duckdb
@@ -20,6 +21,12 @@ from . import router
 from .engine import Session, session_of
 from .functions import install
 from .grammar import parse_ft_statement
+
+#: The open connections connect() made, per engine, and the DuckDB connections of those closed meanwhile: closed
+#: together with the last one (the engine's own cursors may derive from any of them).
+_open_roots: dict[str, list] = {}
+_parked: dict[str, list] = {}
+_roots_lock = threading.Lock()
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
 USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
@@ -50,12 +57,17 @@ class Connection:
         self._root = root  # the connection connect() opened: closing it closes the database
         self._table: pa.Table | None = None  # the pending result of execute(), when not DuckDB's own
         self._offset = 0
+        self._closed = False
+        if root:
+            with _roots_lock:
+                _open_roots.setdefault(session.engine.id, []).append(self)
 
     # ------------------------------------------------------------------------------------------- statements
 
     @_typed_errors
     def sql(self, query: str, *, params: Any = None) -> Any:
         """Run one statement; a relation for results, None otherwise (as DuckDB's ``sql``)."""
+        self._open()
         self.session.interrupted.clear()
         result = router.run(self.session, self._raw, query, params)
         if isinstance(result, pa.Table):
@@ -67,6 +79,7 @@ class Connection:
     @_typed_errors
     def execute(self, query: str, parameters: Any = None) -> "Connection":
         """Run one statement; fetch its rows with fetchall() and friends (as DuckDB's ``execute``)."""
+        self._open()
         self._table, self._offset = None, 0
         self.session.interrupted.clear()
         if self.session.is_admin and parse_ft_statement(query) is None:
@@ -83,7 +96,14 @@ class Connection:
     def interrupt(self) -> None:
         """Stop the running statement (from another thread), ``finetune('WAIT', ...)`` included; the job goes on."""
         self.session.interrupted.set()
+        copying = self.session.busy_cursor  # a CREATE copying rows on duckdb-ft's own cursor
+        if copying is not None:
+            copying.interrupt()
         self._raw.interrupt()
+
+    def _open(self) -> None:
+        if self._closed:
+            raise duckdb.ConnectionException("Connection Error: Connection already closed!")
 
     def _relation(self, table: pa.Table) -> Any:
         return duckdb.connect(":memory:").from_arrow(table)
@@ -140,12 +160,31 @@ class Connection:
         return Connection(raw, session)
 
     def close(self) -> None:
-        """Close the connection. Closing the one ``connect()`` opened closes the database: a running job is
-        checkpointed and stopped first (ERROR, resumable with ``finetune('RESUME', id)``), never cut mid-write."""
-        self.session.engine.sessions.pop(self.session.id, None)
-        if self._root:
-            self.session.engine.jobs.stop("its database was closed")
-        self._raw.close()
+        """Close this connection (its session only). The database stays open while any connection that
+        ``connect()`` opened on it in this process is open; when the last one closes, a running job is checkpointed
+        and stopped first (ERROR, resumable with ``finetune('RESUME', id)``), never cut mid-write, and queued jobs
+        stay for the next open."""
+        if self._closed:
+            return
+        self._closed = True
+        engine = self.session.engine
+        engine.sessions.pop(self.session.id, None)
+        if not self._root:
+            self._raw.close()
+            return
+        with _roots_lock:
+            roots = _open_roots.setdefault(engine.id, [])
+            if self in roots:
+                roots.remove(self)
+            parked = _parked.setdefault(engine.id, [])
+            parked.append(self._raw)  # other connections' cursors (the engine's too) may derive from it
+            if roots:
+                return
+            _open_roots.pop(engine.id, None)
+            raws = _parked.pop(engine.id, [])
+        engine.jobs.stop("its database was closed")
+        for raw in reversed(raws):
+            raw.close()
 
     def __enter__(self) -> "Connection":
         return self
