@@ -155,13 +155,13 @@ def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict
         warn("create_fails", "no training row has anything left to learn: CREATE's job would fail",
              "raise max_seq_length or shorten the prompts")
     for key, finding, what, fix in (
-            ("exact_duplicate_rows", "exact_duplicate", "rows repeat an earlier row exactly",
+            ("exact_duplicate_rows", "exact_duplicate", "row(s) repeat an earlier row exactly",
              "the default dedupe \"exact\" drops them" if opts.dedupe != "none" else 'set {"dedupe": "exact"}'),
-            ("conflicting_rows", "conflicting", "rows share a prompt with a different completion",
+            ("conflicting_rows", "conflicting", "row(s) share a prompt with a different completion",
              'set {"drop_conflicting": true}, or fix the labels'),
-            ("near_duplicate_rows", "near_duplicate", "rows have a prompt nearly equal to an earlier one",
+            ("near_duplicate_rows", "near_duplicate", "row(s) have a prompt nearly equal to an earlier one",
              'set {"dedupe": "near"} to drop them'),
-            ("validation_leak_rows", "validation_leak", "validation rows have a prompt that is also a training "
+            ("validation_leak_rows", "validation_leak", "validation row(s) have a prompt that is also a training "
              "prompt: the validation loss is optimistic", "exclude those prompts from the validation query")):
         if dup[key]:
             listed = rows_listed(_rows_of(cur, findings, "finding = ?", [finding]), 5)
