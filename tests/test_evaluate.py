@@ -13,6 +13,7 @@ from rouge_score import rouge_scorer
 
 import duckdb_ft
 from duckdb_ft.errors import FtError, Interrupted, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
+from duckdb_ft.evaluation import evaluate as evaluate_module
 from duckdb_ft.ml import complete as completion
 
 Q = "SELECT id, q AS prompt, a AS completion FROM main.pairs"
@@ -119,12 +120,12 @@ def test_two_models_on_the_same_rows_stored_scored_and_compared(db):
 
 
 def test_predictions_are_what_complete_returns(db):
+    """The same rows, batched as COMPLETE batches them: every prediction is COMPLETE's answer."""
     admin, base = db["admin"], db["base"]
-    out = evaluate(admin, base, "SELECT 1 AS id, 'What is item 3?' AS prompt, 'item 3' AS completion",
-                   {"max_tokens": 8, "metrics": ["exact_match"]})
-    got = admin.execute("SELECT prediction FROM finetune_evaluation(?)", [out["evaluation_id"]]).fetchall()[0][0]
-    alone = admin.execute("SELECT complete(?, 'What is item 3?', '{\"max_tokens\": 8}')::JSON->>'$.choices[0].messages'",
-                          [base]).fetchall()[0][0]
+    out = evaluate(admin, base, Q, {"max_tokens": 8, "metrics": ["exact_match"]})
+    got = admin.execute("SELECT id, prediction FROM finetune_evaluation(?)", [out["evaluation_id"]]).fetchall()
+    alone = admin.execute("""SELECT id::VARCHAR, complete(?, q, '{"max_tokens": 8}')::JSON->>'$.choices[0].messages'
+                             FROM pairs ORDER BY id""", [base]).fetchall()
     assert got == alone and out["comparison"] == []
 
 
@@ -180,6 +181,7 @@ def test_interrupt_stops_between_batches_and_marks_the_evaluation_cancelled(db, 
         return real(loaded, requests, adapter, fail_fast=fail_fast)
 
     monkeypatch.setattr(completion, "generate", interrupting)
+    monkeypatch.setattr(evaluate_module, "CHUNK_ROWS", 16)
     before = catalog_state(admin)
     with pytest.raises(Interrupted):
         evaluate(admin, db["base"], Q, {"max_tokens": 2, "metrics": ["exact_match"]})

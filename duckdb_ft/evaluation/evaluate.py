@@ -6,7 +6,7 @@ names and user metrics, the model list (each model exists; USAGE on each fine-tu
 read-only query; SELECT on what it reads, as FINETUNE 'CREATE' checks it; text columns ``prompt`` and
 ``completion``, optional ``id``), sql_match's references (SELECT on what they read; each one runs), and every
 prompt fits every model's context. Then an ``IN_PROGRESS`` evaluation is recorded, owned by the caller's role,
-and its progress updated after each batch; ``Connection.interrupt()`` (Ctrl-C in the shell) stops it between
+and its progress updated after each batch (of up to 64 rows, as COMPLETE batches them); ``Connection.interrupt()`` (Ctrl-C in the shell) stops it between
 batches (status ``CANCELLED``). At the end the rows and the summary are stored in one transaction.
 """
 
@@ -29,7 +29,9 @@ from ..queries import check_query, parse
 from . import metrics as M, retention, significance, usermetrics
 from .sqlmatch import Sandbox, extract_sql
 
-CHUNK_ROWS = 16  # rows generated per batch: the unit of progress and of cancelling
+#: Rows generated per batch, as COMPLETE batches them (so a model answers as it would in COMPLETE): the unit of
+#: progress and of cancelling.
+CHUNK_ROWS = completion.BATCH_ROWS
 
 
 def parse_models(text: Any) -> list[str]:
@@ -96,16 +98,15 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
         loaded = {n: engine.resolve_model(session, n) for n in names}
         copts = opts.complete_options()
         requests = {n: [completion.Request([{"role": "user", "content": p}], copts) for p in prompts] for n in names}
-        for n in names:
-            _check_fits(loaded[n][0], requests[n])
+        lengths = {n: _check_fits(loaded[n][0], requests[n]) for n in names}
         ev_id = f"ev_{uuid.uuid4()}"
         evaldb.insert(cur, {"id": ev_id, "owner": session.role, "models": json.dumps(names), "query": sql,
                             "options": json.dumps(json.loads(options) if options else {}), "status": "IN_PROGRESS",
                             "progress": 0.0, "rows": len(prompts), "skipped_rows": skipped,
                             "created_on": catalog.now_ms()})
         try:
-            summary = _run(engine, session, ev_id, names, found, loaded, requests, ids, prompts, refs, skipped,
-                           wanted, sandbox, opts)
+            summary = _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs,
+                           skipped, wanted, sandbox, opts)
         except BaseException as e:
             stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
             evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
@@ -175,9 +176,11 @@ def _sandbox(engine: Any, session: Any, refs: Sequence[str], ids: Sequence[str],
     return box
 
 
-def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> None:
-    """Every prompt (and max_tokens) fits the model's context: an error now, not after other models generated."""
+def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> list[int]:
+    """Every prompt (and max_tokens) fits the model's context: an error now, not after other models generated.
+    Returns each prompt's length in tokens."""
     tok, ctx = loaded.tokenizer, loaded.context_length
+    lengths = []
     for r in requests:
         ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
         n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -186,12 +189,15 @@ def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> None:
             raise InvalidArgument(f"a prompt of {n} tokens{' plus max_tokens' if r.options.max_tokens else ''} does "
                                   f"not fit the context of {ctx} tokens of model '{loaded.name}': shorten the prompts"
                                   f"{' or lower max_tokens' if r.options.max_tokens else ''}")
+        lengths.append(n)
+    return lengths
 
 
 def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | None,
-              requests: list[completion.Request], done: int, total: int) -> list[float]:
-    """Generate in chunks, longest prompts together; per-row latency (the chunk's time shared by its rows)."""
-    order = sorted(range(len(requests)), key=lambda i: len(requests[i].messages[0]["content"]))
+              requests: list[completion.Request], lengths: list[int], done: int, total: int) -> list[float]:
+    """Generate in chunks of similar prompt lengths, as COMPLETE does; per-row latency (the chunk's time shared by
+    its rows)."""
+    order = sorted(range(len(requests)), key=lambda i: lengths[i])
     latency = [0.0] * len(requests)
     for start in range(0, len(order), CHUNK_ROWS):
         if session.interrupted.is_set():
@@ -208,14 +214,15 @@ def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | No
     return latency
 
 
-def _run(engine, session, ev_id, names, found, loaded, requests, ids, prompts, refs, skipped, wanted, sandbox,
-         opts) -> dict[str, Any]:
+def _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs, skipped, wanted,
+         sandbox, opts) -> dict[str, Any]:
     cur = engine.cursor()
     total = len(names) * len(prompts)
     per_model: dict[str, dict[str, list]] = {}
     for k, name in enumerate(names):
         model, adapter = loaded[name]
-        latency = _generate(session, cur, ev_id, model, adapter, requests[name], k * len(prompts), total)
+        latency = _generate(session, cur, ev_id, model, adapter, requests[name], lengths[name], k * len(prompts),
+                            total)
         preds = [r.result.text for r in requests[name]]
         values: dict[str, list] = {}
         for m in wanted:
