@@ -63,17 +63,21 @@ def _time_estimate(cur: Any, st: Any, path: str, opts: Any, tok: dict[str, Any],
     sample = cur.execute(f"SELECT prompt, completion FROM {st.table} WHERE dropped IS NULL AND split = 'train' "
                          f"USING SAMPLE reservoir(64 ROWS) REPEATABLE (42)").fetchall()
     try:
-        per_token, cached = calibrate.seconds_per_token(path, opts, sample)
+        measured, cached = calibrate.calibration(path, opts, sample)
     except Exception as e:  # the estimate is a help: a failed calibration leaves the rest of the report
         return {"estimated_training_seconds": None, "calibration": {"error": f"{type(e).__name__}: {e}"}}
+    per_token = measured["seconds_per_token"]
     a = tok["arrays"]
     val_tokens = int(a["kept"][~tok["train"]].sum()) or report["tokens"]["train_tokens"]
     evaluations = opts.max_epochs + (report["cost"]["total_steps"] // opts.eval_steps if opts.eval_steps else 0)
     seconds = per_token * (report["cost"]["trained_tokens"] + val_tokens * evaluations / 3)
+    held = (report["tokens"]["train_tokens"] + int(a["kept"][~tok["train"]].sum())) * calibrate.BYTES_PER_EXAMPLE_TOKEN
     return {"estimated_training_seconds": round(seconds, 1),
-            "calibration": {"seconds_per_token": per_token, "cached": cached,
+            "estimated_peak_memory_mib": round(measured["peak_rss_mib"] + held / 2**20, 1),
+            "calibration": {**measured, "cached": cached,
                             "method": f"{calibrate.STEPS} measured LoRA steps on this machine, cached per machine "
-                                      f"and model"}}
+                                      f"and model; peak memory: the calibrating process's peak resident memory "
+                                      f"plus the tokenized rows the worker holds"}}
 
 
 def estimate(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,

@@ -42,10 +42,12 @@ def _cache_file() -> str:
     return os.path.join(models.cache_dir(), "calibration.json")
 
 
-def seconds_per_token(path: str, opts: TrainingOptions, sample: list[tuple[str, str]]) -> tuple[float, bool]:
-    """(measured training seconds per trained token, whether it came from the cache) for this machine and model.
+def calibration(path: str, opts: TrainingOptions, sample: list[tuple[str, str]]) -> tuple[dict[str, float], bool]:
+    """({seconds_per_token, peak_rss_mib}, whether it came from the cache) for this machine, model and options.
 
-    ``sample``: (prompt, completion) rows of the job, at least one; they are repeated to fill the steps.
+    ``seconds_per_token``: measured training seconds per trained token; ``peak_rss_mib``: the peak resident memory
+    of the measuring process once it had loaded the model and trained (the model, optimizer state, activations of
+    a step). ``sample``: (prompt, completion) rows of the job, at least one; they are repeated to fill the steps.
     """
     key = _key(path, opts)
     with _lock:
@@ -54,8 +56,8 @@ def seconds_per_token(path: str, opts: TrainingOptions, sample: list[tuple[str, 
                 cache = json.load(f)
         except (OSError, ValueError):
             cache = {}
-        if key in cache:
-            return float(cache[key]), True
+        if isinstance(cache.get(key), dict):
+            return cache[key], True
         value = _measure(path, opts, sample)
         cache[key] = value
         try:
@@ -91,5 +93,19 @@ def _measure(path: str, opts: TrainingOptions, sample: list[tuple[str, str]]) ->
     training.train(base, examples, examples[:1], run, tokenizer.pad_token_id, training.Hooks(on_step=on_step))
     if len(seen) >= 2:
         first, last = seen[0], seen[-1]
-        return (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["tokens"] - first["tokens"])
-    return (time.perf_counter() - start) / max(1, sum(len(e.input_ids) for e in examples))
+        per_token = (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["tokens"] - first["tokens"])
+    else:
+        per_token = (time.perf_counter() - start) / max(1, sum(len(e.input_ids) for e in examples))
+    return {"seconds_per_token": per_token, "peak_rss_mib": _peak_rss_mib()}
+
+
+def _peak_rss_mib() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB elsewhere
+
+
+#: Memory of one tokenized training token held by the worker (ids and labels: list slots and int objects).
+BYTES_PER_EXAMPLE_TOKEN = 44
