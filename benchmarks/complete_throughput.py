@@ -10,8 +10,9 @@ Three workloads (``--workloads a,b,c``), each in one process on one loaded copy 
 (b) **256 template prompts**: a ~100-token shared prefix after the chat template (a system line and a schema,
     like the demo's ``sql_prompt``), 192 distinct questions, a quarter of the rows duplicates, shuffled. COMPLETE
     over the plain table, COMPLETE over the same 256 rows picked by a ``WHERE`` from a 10240-row table (DuckDB
-    then hands the UDF one filtered vector at a time: about 51 rows per call, see benchmarks/README.md), and the
-    batched transformers loop.
+    then hands the UDF one filtered vector at a time: about 51 rows per call, see benchmarks/README.md), the same
+    ``WHERE`` in a subquery with ``ORDER BY`` (which hands over one compact chunk), and the batched transformers
+    loop.
 (c) **256 rows over 4 fine-tuned models of one base** (LoRA adapters made by four one-step FINETUNE jobs, a
     model name per row drawn at random): ``SELECT complete(model, prompt, ...) FROM mixed`` against the batched
     transformers loop run **one pass per adapter** (``set_adapter``, that adapter's rows in left-padded batches
@@ -261,7 +262,7 @@ def measure(w: Workload, runs: list[tuple[str, Callable[[], list[str]]]], repeat
             if name in results and out != results[name]:
                 print(f"  note: {name} gave different outputs in round {round_}", flush=True)
             results[name], w.seconds[name] = out, round(min(s, w.seconds.get(name, s)), 3)
-            print(f"  ({w.name}) {name:<18} {s:8.2f} s  {w.rows / s:7.2f} rows/s"
+            print(f"  ({w.name}) {name:<24} {s:8.2f} s  {w.rows / s:7.2f} rows/s"
                   + (f"  (round {round_})" if repeat > 1 else ""), flush=True)
     ref = results[w.reference]
     for name in results:
@@ -272,6 +273,10 @@ def measure(w: Workload, runs: list[tuple[str, Callable[[], list[str]]]], repeat
             w.ratios[f"{name} / {w.reference}"] = round(w.rows_per_s[name] / w.rows_per_s[w.reference], 2)
             w.mismatches += [{"run": name, "prompt": p[-80:], "got": a, "reference": b}
                              for p, a, b in zip(prompts, results[name], ref) if a != b][:3]
+    print(f"  ({w.name}) equal to {w.reference}: " + ", ".join(f"{k} {v}/{w.rows}" for k, v in
+                                                     w.equal_to_reference.items())
+          + "; " + ", ".join(f"{k} {v:.2f}x" for k, v in w.ratios.items())
+          + "".join(f"; {k} prefill saved {100 * v:.1f}%" for k, v in w.prefill_saved.items()), flush=True)
 
 
 def workload_a(con: Any, loaded: models.LoadedModel, args: Any) -> Workload:
@@ -305,6 +310,9 @@ def workload_b(con: Any, loaded: models.LoadedModel, args: Any) -> Workload:
         con, f"SELECT id, complete('{MODEL}', prompt, ?) FROM tmpl ORDER BY id", args.max_tokens)),
         ("complete_filtered", lambda: run_complete(
             con, f"SELECT id, complete('{MODEL}', prompt, ?) FROM tmpl_big WHERE pick ORDER BY id",
+            args.max_tokens)),
+        ("complete_filtered_sorted", lambda: run_complete(  # an ORDER BY below COMPLETE compacts the vectors
+            con, f"SELECT id, complete('{MODEL}', prompt, ?) FROM (SELECT * FROM tmpl_big WHERE pick ORDER BY id)",
             args.max_tokens)),
         ("batched", lambda: run_batched(loaded, prompts, args.max_tokens, args.batch))]
     measure(w, runs, args.repeat, prompts)
