@@ -289,3 +289,26 @@ def test_errors_keep_their_type_across_the_sql_edge(db):
         db["admin"].execute("SELECT finetune('EVALUATE', NULL, 'SELECT 1')").fetchall()
     with pytest.raises(InvalidArgument, match="the query is missing"):
         db["admin"].execute("SELECT finetune('EVALUATE', 'ml.tuned')").fetchall()
+
+
+def test_completion_loss_is_the_mean_cross_entropy_of_the_completion_tokens(db):
+    import torch
+
+    from duckdb_ft.ml import likelihood, models
+
+    loaded = models.load(db["base"])
+    tok = loaded.tokenizer
+    pairs = [("What is item 1?", "item 1"), ("A longer question, to pad the batch?", "a longer answer here")]
+    got = likelihood.completion_losses(loaded, pairs)
+    for (prompt, answer), loss in zip(pairs, got):
+        user = [{"role": "user", "content": prompt}]
+        p = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=False)
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        ids = p_ids + tok(full[len(p):], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits[:-1], dim=-1)
+        targets = torch.tensor(ids[1:])
+        nll = -logp[torch.arange(len(targets)), targets][len(p_ids) - 1:]  # the completion's tokens only
+        assert loss == pytest.approx(float(nll.mean()), rel=1e-4)
