@@ -330,3 +330,44 @@ con.close()
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
+
+
+# ------------------------------------------------------------------------------------------- smaller items
+
+def test_a_model_the_role_may_not_use_is_not_told_apart_from_none(attack, tiny_model_path):
+    admin, u1 = attack
+    job = admin.execute("SELECT finetune('CREATE', 'ml.private', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
+                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+    assert duckdb_ft.wait(admin, job, 120) == "SUCCESS"
+    for name in ("ml.private", "ml.nothing"):
+        for sql in (f"DESCRIBE MODEL {name}", f"SHOW GRANTS ON MODEL {name}", f"DROP MODEL {name}"):
+            with pytest.raises(PermissionDenied, match="does not exist or (USAGE|OWNERSHIP) is required") as e:
+                u1.execute(sql).fetchall()
+            assert "admin" not in str(e.value)
+        assert u1.execute(f"DROP MODEL IF EXISTS {name}").fetchall() == [
+            (f"Model {name} does not exist or not authorized, statement succeeded.",)]
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.models WHERE name = 'private'").fetchall() == [(1,)]
+
+
+def test_create_checks_what_the_base_model_bounds(attack, tiny_model_path):
+    admin, u1 = attack
+    q = "SELECT s AS prompt, s AS completion FROM pub"
+    with pytest.raises(duckdb_ft.InvalidArgument, match=r"target_modules \['nope'\] name no module"):
+        admin.execute("SELECT finetune('CREATE', 'ml.t1', ?, ?, NULL, ?)",
+                      [tiny_model_path, q, json.dumps({"target_modules": ["q_proj", "nope"]})])
+    with pytest.raises(duckdb_ft.InvalidArgument, match="beyond the context"):
+        admin.execute("SELECT finetune('CREATE', 'ml.t2', ?, ?, NULL, ?)",
+                      [tiny_model_path, q, json.dumps({"max_seq_length": 4096})])
+    with pytest.raises(duckdb_ft.InvalidArgument, match="the validation query returned no row"):
+        admin.execute("SELECT finetune('CREATE', 'ml.t3', ?, ?, ?, ?)",
+                      [tiny_model_path, q, q + " WHERE false", FAST])
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
+
+
+def test_wait_with_a_nan_timeout_is_an_error(attack, tiny_model_path):
+    admin, u1 = attack
+    job = admin.execute("SELECT finetune('CREATE', 'ml.w', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
+                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+    with pytest.raises(duckdb_ft.InvalidArgument, match="NaN"):
+        admin.execute("SELECT finetune('WAIT', ?, 'nan')", [job])
+    duckdb_ft.wait(admin, job, 120)

@@ -47,6 +47,7 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     schema, model_name = parse_model_name(name, session.schema) if name is not None else (session.schema, None)
     opts = TrainingOptions.parse(options)
     path = check_base_model(base_model)
+    check_fits_model(path, base_model, opts)
     train_q = check_query(training_query, "training query")
     val_q = check_query(validation_query, "validation query") if validation_query else None
     if not objects.schema_exists(cur, schema):
@@ -121,12 +122,47 @@ def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: Trai
     try:
         cleaning = prep_clean.clean(cur, st, opts)
         counts = prep_stage.settle_splits(cur, st)
+        if val_q and not counts.get("validation"):
+            raise InvalidArgument("the validation query returned no row with both prompt and completion non-NULL: "
+                                  "check its WHERE clause, or pass NULL to hold out some training rows instead")
         jobdb.store_staged_rows(cur, job_id, st.table)
         jobdb.update_job(cur, job_id, train_rows=counts.get("train", 0), validation_rows=counts.get("validation", 0),
                          validation_source=st.validation_source, skipped_rows=st.skipped(cur),
                          cleaning=json.dumps(cleaning))
     finally:
         st.drop(cur)
+
+
+def check_fits_model(path: str, base_model: str, opts: TrainingOptions) -> None:
+    """Options the base model itself bounds: ``max_seq_length`` within its context, ``target_modules`` naming
+    modules it has (read from its config and its safetensors headers, without loading it)."""
+    import glob
+    import os
+    import struct
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            context = json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError):
+        context = None
+    if isinstance(context, int) and opts.max_seq_length > context:
+        raise InvalidArgument(f"max_seq_length {opts.max_seq_length} is beyond the context of base model "
+                              f"'{base_model}' ({context} tokens): use at most {context}")
+    if not opts.target_modules:
+        return
+    names: set[str] = set()
+    for file in glob.glob(os.path.join(path, "*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                size = struct.unpack("<Q", f.read(8))[0]
+                names |= {k.rsplit(".", 1)[0] for k in json.loads(f.read(size)) if k != "__metadata__"}
+        except (OSError, ValueError, struct.error):
+            return  # the job's own loading will say what is wrong with the weights
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    missing = [m for m in opts.target_modules if m not in leaves and not any(n.endswith("." + m) for n in names)]
+    if names and missing:
+        raise InvalidArgument(f"target_modules {missing} name no module of base model '{base_model}'; it has "
+                              f"e.g. {', '.join(sorted(leaves - {'weight', 'bias'})[:12])}")
 
 
 def check_base_model(base_model: str) -> str:

@@ -39,6 +39,9 @@ def _wait(engine: Any, session: Any, args: list) -> str:
             timeout = float(args[1])
         except ValueError:
             raise InvalidArgument(f"finetune('WAIT', job_id, timeout_seconds): bad timeout {args[1]!r}") from None
+        if timeout != timeout:  # NaN: no comparison ends the wait
+            raise InvalidArgument("finetune('WAIT', job_id, timeout_seconds): the timeout is NaN; pass a number of "
+                                  "seconds, or NULL to wait until the job ends")
     job_id = _job_arg(args, "WAIT")
     engine.jobs.describe(job_id, session)  # the same visibility as DESCRIBE
     return engine.jobs.wait(job_id, timeout, session.interrupted)

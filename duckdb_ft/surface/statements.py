@@ -76,13 +76,21 @@ def _object(session: Session, st: FtStatement) -> tuple[str, str]:
         name = f"{session.schema}.{name}"
     if kind == "MODEL":
         schema, model = name.split(".", 1)
-        if modeldb.get_model(cur, schema, model) is None:
-            raise NotFound(f"model '{name}' does not exist (SHOW MODELS lists them)")
+        if modeldb.get_model(cur, schema, model) is None or not session.checker().has("USAGE", "MODEL", name):
+            _no_such_model(session, name, "OWNERSHIP" if st.kind in ("GRANT", "REVOKE") else "USAGE")
         return kind, name
     actual = objects.relation_kind(cur, name)
     if actual is None:
         raise NotFound(f"{kind.lower()} '{name}' does not exist")
     return actual, name
+
+
+def _no_such_model(session: Session, name: str, need: str = "USAGE") -> None:
+    """A model the role may not use is told apart from none at all only to the administrator."""
+    if session.is_admin:
+        raise NotFound(f"model '{name}' does not exist (SHOW MODELS lists them)")
+    raise PermissionDenied(f"Insufficient privileges to operate on model '{name}': it does not exist or {need} is "
+                           f"required (current role: {session.role}; SHOW MODELS lists the models you may use)")
 
 
 def _grant(session: Session, st: FtStatement, revoke: bool = False) -> pa.Table:
@@ -199,10 +207,11 @@ def _model(session: Session, st: FtStatement) -> tuple[str, str, dict | None]:
 
 def _drop_model(session: Session, st: FtStatement) -> pa.Table:
     schema, name, model = _model(session, st)
-    if model is None:
+    if model is None or not session.checker().has("USAGE", "MODEL", f"{schema}.{name}"):
         if st.if_exists:
-            return _status(f"Model {schema}.{name} does not exist, statement succeeded.")
-        raise NotFound(f"model '{schema}.{name}' does not exist (SHOW MODELS lists them)")
+            hidden = "" if session.is_admin else " or not authorized"
+            return _status(f"Model {schema}.{name} does not exist{hidden}, statement succeeded.")
+        _no_such_model(session, f"{schema}.{name}")
     session.checker().require_owner("MODEL", f"{schema}.{name}", "DROP MODEL")
     cur = session.engine.cursor()
     modeldb.drop_model(cur, schema, name)
@@ -214,8 +223,8 @@ def _drop_model(session: Session, st: FtStatement) -> pa.Table:
 
 def _describe_model(session: Session, st: FtStatement) -> pa.Table:
     schema, name, model = _model(session, st)
-    if model is None:
-        raise NotFound(f"model '{schema}.{name}' does not exist (SHOW MODELS lists them)")
+    if model is None or not session.checker().has("USAGE", "MODEL", f"{schema}.{name}"):
+        _no_such_model(session, f"{schema}.{name}")
     session.checker().require("USAGE", "MODEL", f"{schema}.{name}")
     model = {k: v for k, v in model.items() if k != "adapter"}
     model["adapter_bytes"] = len(modeldb.model_adapter(session.engine.cursor(), model["job_id"]))
