@@ -131,3 +131,24 @@ def test_interval_of_one_model_brackets_its_score():
     low, high = significance.interval(m, M.corpus_stats(m, values))
     assert low < 0.5 < high and 0.2 <= low and high <= 0.8
     assert significance.interval(m, M.corpus_stats(m, [1.0] * 5)) == [1.0, 1.0]
+
+
+def test_the_shell_line_of_a_running_evaluation(monkeypatch):
+    import io
+    import time
+
+    from duckdb_ft.evaluation import evaluate
+    from duckdb_ft.shell import progress, repl
+
+    assert progress.evaluation_line("s1") is None
+    monkeypatch.setitem(evaluate.RUNNING, "s1", {"id": "ev_1", "model": "shop_sql", "done": 64, "total": 128,
+                                                "started": time.monotonic() - 10})
+    line = progress.evaluation_line("s1")
+    assert line.startswith("ev_1  EVALUATE  64/128 rows  model shop_sql  ETA 0:00:1")
+    err = io.StringIO()
+    shown = repl._EvaluationProgress(err, "s1")
+    shown.update()
+    shown.update()  # the same line: not repeated
+    evaluate.RUNNING["s1"].update(model="other")
+    shown.update()  # another model: a new plain line at once
+    assert err.getvalue().count("\n") == 2 and "model other" in err.getvalue()

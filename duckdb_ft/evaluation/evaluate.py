@@ -32,6 +32,9 @@ from .sqlmatch import Sandbox, extract_sql
 #: Rows generated per batch, as COMPLETE batches them (so a model answers as it would in COMPLETE): the unit of
 #: progress and of cancelling.
 CHUNK_ROWS = completion.BATCH_ROWS
+#: The evaluation each session is running now, for a live display (the shell's): session id -> {id, model, done,
+#: total, started}. A statement that runs an EVALUATE blocks its connection, so this is read in process.
+RUNNING: dict[str, dict[str, Any]] = {}
 
 
 def parse_models(text: Any) -> list[str]:
@@ -104,6 +107,8 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
                             "options": json.dumps(json.loads(options) if options else {}), "status": "IN_PROGRESS",
                             "progress": 0.0, "rows": len(prompts), "skipped_rows": skipped,
                             "created_on": catalog.now_ms()})
+        RUNNING[session.id] = {"id": ev_id, "model": names[0], "done": 0, "total": len(names) * len(prompts),
+                               "started": time.monotonic()}
         try:
             summary = _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs,
                            skipped, wanted, sandbox, opts)
@@ -113,6 +118,7 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
                           error=str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
     finally:
+        RUNNING.pop(session.id, None)
         if sandbox is not None:
             sandbox.close()
     return json.dumps(summary)
@@ -211,6 +217,7 @@ def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | No
             latency[i] = per_row
         done += len(chunk)
         evaldb.update(cur, ev_id, progress=round(done / total, 4))
+        RUNNING.get(session.id, {}).update(done=done)
     return latency
 
 
@@ -221,6 +228,7 @@ def _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, p
     per_model: dict[str, dict[str, list]] = {}
     for k, name in enumerate(names):
         model, adapter = loaded[name]
+        RUNNING.get(session.id, {}).update(model=name)
         latency = _generate(session, cur, ev_id, model, adapter, requests[name], lengths[name], k * len(prompts),
                             total)
         preds = [r.result.text for r in requests[name]]

@@ -174,3 +174,18 @@ def _summary(state: State) -> str:
     if state.status == "ERROR":
         return f"{state.id} ERROR after step {state.step}: {state.error}"
     return f"{state.id} {state.status} at step {state.step}"
+
+
+def evaluation_line(session_id: str) -> str | None:
+    """A running EVALUATE of this session in one line (rows generated of all, the model now, ETA), or None."""
+    from ..evaluation.evaluate import RUNNING
+
+    run = RUNNING.get(session_id)
+    if not run:
+        return None
+    done, total = run["done"], run["total"]
+    elapsed = time.monotonic() - run["started"]
+    parts = [run["id"], "EVALUATE", f"{done}/{total} rows", f"model {run['model']}"]
+    if done:
+        parts.append(f"ETA {_clock(elapsed * (total - done) / done)}")
+    return "  ".join(parts)

@@ -22,7 +22,7 @@ import duckdb
 
 from ..errors import FtError, from_duckdb, udf_error
 from ..surface.connection import execute
-from . import render, sqltext
+from . import progress, render, sqltext
 from .commands import COMMANDS, CommandError, Quit, find
 
 PROMPT = "D "
@@ -55,6 +55,37 @@ def error_message(e: BaseException) -> str:
 def _interrupted(e: BaseException) -> bool:
     """DuckDB's own interrupt (Ctrl-C of a query): not an FtError such as an interrupted WAIT, which says more."""
     return isinstance(e, duckdb.InterruptException) and not isinstance(e, FtError)
+
+
+class _EvaluationProgress:
+    """While a statement runs an EVALUATE: its progress on stderr, a live line in a terminal, else a plain line
+    when the model changes and at most every 5 s."""
+
+    def __init__(self, err: TextIO, session_id: str | None):
+        self.err, self.session_id = err, session_id
+        self.live = hasattr(err, "isatty") and err.isatty()
+        self.last, self.last_at, self.drawn = "", 0.0, False
+
+    def update(self) -> None:
+        line = progress.evaluation_line(self.session_id) if self.session_id else None
+        if not line or line == self.last:
+            return
+        now = time.monotonic()
+        if self.live:
+            self.err.write("\r" + line[:shutil.get_terminal_size().columns - 1] + "\x1b[K")
+            self.drawn = True
+        elif now - self.last_at >= progress.PLAIN_EVERY_S or line.split("  ")[3] != (self.last.split("  ") + [""] * 4)[3]:
+            self.err.write(line + "\n")
+            self.last_at = now
+        else:
+            return
+        self.err.flush()
+        self.last = line
+
+    def close(self) -> None:
+        if self.drawn:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
 
 
 class Shell:
@@ -128,9 +159,11 @@ class Shell:
 
         threading.Thread(target=work, name="duckdb-ft-statement", daemon=True).start()
         interrupted, hinted = 0.0, False
+        shown = _EvaluationProgress(self.err, getattr(getattr(self.con, "session", None), "id", None))
         while not done.is_set():
             try:
                 done.wait(0.1)
+                shown.update()
             except KeyboardInterrupt:
                 interrupted = interrupted or time.monotonic()
                 self.con.interrupt()
@@ -138,6 +171,7 @@ class Shell:
                 # DuckDB stops a statement between chunks: one busy inside a function runs until it returns.
                 self.error("Interrupting: the statement stops when the function it is running returns.")
                 hinted = True
+        shown.close()
         if interrupted:  # whatever the statement ended with, Ctrl-C stopped it
             raise KeyboardInterrupt
         if "error" in box:
