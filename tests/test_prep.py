@@ -14,11 +14,11 @@ from duckdb_ft.prep import pii
 
 SMALL = {"max_epochs": 1, "batch_size": 8, "max_seq_length": 128}
 
-rng = random.Random(7)
+_rng = random.Random()
 
 
 def _words(n: int) -> str:
-    return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(n))
+    return " ".join("".join(_rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(n))
 
 
 def _one(con, sql, *params):
@@ -35,6 +35,7 @@ def dirty(con):
     e-mail; 2 with a Luhn-valid card number and 1 with an invalid one; 3 over-long (one over the tiny model's 512
     positions, one whose prompt fills max_seq_length 128); 1 whitespace-only completion. 12 validation rows, 2 of
     them with a training prompt."""
+    _rng.seed(7)  # the same rows in every test, whatever ran before
     base = [(f"Question: {_words(8)}", _words(4)) for _ in range(40)]
     rows = list(base)
     rows += [(None, "lost answer"), (None, "another"), (None, None), ("lost question", None), (_words(3), None)]
@@ -219,3 +220,33 @@ def test_estimate_times_training_with_a_calibration_cached_per_machine_and_model
         c["calibration"]["seconds_per_token"]
     with open(calibrate._cache_file()) as f:
         assert any(tiny_model_path in key for key in json.load(f))
+
+
+def test_a_query_that_fails_while_running_is_creates_error(dirty, tiny_model_path):
+    q = "SELECT question AS prompt, CASE WHEN id = 60 THEN error('bad row') ELSE answer END AS completion FROM pairs"
+    for call in ("SELECT finetune('ESTIMATE', ?, ?)", "SELECT finetune('CREATE', 'failing', ?, ?)"):
+        with pytest.raises(duckdb.Error, match="reading the training data failed: .*bad row"):
+            dirty.execute(call, [tiny_model_path, q]).fetchall()
+    assert catalog_counts(dirty)["jobs"] == 0
+
+
+def test_a_role_estimates_only_what_it_may_read(tmp_path, tiny_model_path):
+    import duckdb_ft
+
+    path = str(tmp_path / "roles.duckdb")
+    admin = duckdb_ft.connect(path)
+    admin.execute("CREATE TABLE faq AS SELECT 'question ' || (i % 8) AS q, 'answer ' || (i % 8) AS a FROM range(12) t(i)")
+    admin.execute("CREATE TABLE secret AS SELECT 'q' AS q, 'a' AS a")
+    for sql in ("CREATE ROLE analyst", "GRANT ROLE analyst TO USER ann", "GRANT USAGE ON SCHEMA main TO ROLE analyst",
+                "GRANT SELECT ON TABLE faq TO ROLE analyst"):
+        admin.execute(sql)
+    ann = duckdb_ft.connect(path, user="ann")
+    query = "SELECT q AS prompt, a AS completion FROM {}"
+    rows = ann.execute("SELECT count(*) FROM finetune_data_report(?, ?) WHERE finding = 'exact_duplicate'",
+                       [tiny_model_path, query.format("faq")]).fetchall()
+    assert rows == [(4,)]
+    for call in ("SELECT finetune('ESTIMATE', ?, ?)", "FROM finetune_data_report(?, ?)"):
+        with pytest.raises(duckdb.Error, match="(?i)privilege"):
+            ann.execute(call, [tiny_model_path, query.format("secret")]).fetchall()
+    ann.close()
+    admin.close()

@@ -8,15 +8,27 @@ finetune_data_report(...)``): one row per finding, with the row's number in its 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from ..errors import FtError, InvalidArgument
 from ..ml import calibrate, models
 from ..prep import clean, estimate as prep_estimate, stage
 from .create import check_request
 
 
 def _run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
-         options: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         options: str | None, with_cost: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    try:
+        return _staged_run(cur, session, base_model, training_query, validation_query, options, with_cost)
+    except FtError:
+        raise
+    except Exception as e:  # the queries failed while running (not binding): as CREATE reports it
+        raise InvalidArgument(f"reading the training data failed: {str(e).splitlines()[0]}") from None
+
+
+def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
+                options: str | None, with_cost: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     req = check_request(cur, session, None, base_model, training_query, validation_query, options)
     tokenizer = models.load_tokenizer(req.base_path)
     cur.execute("BEGIN TRANSACTION")
@@ -27,17 +39,18 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
         refused = None
         try:
             cleaning = clean.apply(cur, st, findings, opts)
-        except Exception as e:  # pii "refuse": CREATE would fail; the report says so and why
+        except InvalidArgument as e:  # pii "refuse": CREATE would fail; the report says so and why
             if opts.pii != "refuse":
                 raise
             refused = str(e)
-            cleaning = clean.apply(cur, st, findings, type(opts)(**{**opts.__dict__, "pii": "keep"}))
+            cleaning = clean.apply(cur, st, findings, dataclasses.replace(opts, pii="keep"))
             cleaning["pii"] = "refuse"
         counts = stage.settle_splits(cur, st)
         prep_estimate.leaks(cur, st, findings)
         tok = prep_estimate.tokens(cur, st, findings, tokenizer, opts, models.context_length(req.base_path))
         report = prep_estimate.report(cur, st, findings, opts, cleaning, tok, counts, base_model)
-        report["cost"].update(_time_estimate(cur, st, req.base_path, opts, tok, report))
+        if with_cost:
+            report["cost"].update(_time_estimate(cur, st, req.base_path, opts, tok, report))
         if refused:
             report["warnings"].insert(0, {"finding": "create_fails", "message": refused,
                                           "fix": 'set {"pii": "mask"}, or remove the personal data'})
@@ -89,7 +102,7 @@ def estimate(cur: Any, session: Any, base_model: str, training_query: str, valid
 def data_report(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
                 options: str | None = None) -> list[dict[str, Any]]:
     """The per-row findings of ESTIMATE (skipped rows included), ordered by query and row."""
-    return _run(cur, session, base_model, training_query, validation_query, options)[1]
+    return _run(cur, session, base_model, training_query, validation_query, options, with_cost=False)[1]
 
 
 #: The columns of ``FROM finetune_data_report(...)``.
