@@ -24,12 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import sqlglot
 from sqlglot import exp
 
 from .. import catalog
 from ..catalog import access as accessdb, objects
-from ..errors import PermissionDenied
+from ..errors import InvalidArgument, PermissionDenied
 from ..queries import DIALECT
 from .bound import SAFE_PLAN_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Reading, Resolver, parse_query, plan_scans
 
@@ -68,7 +69,10 @@ def authorize(session: Any, sql: str, con: Any = None, params: Any = None) -> li
 def authorize_query(session: Any, cur: Any, sql: str, what: str = "query") -> set[str]:
     """A query that duckdb-ft runs for the session (a FINETUNE training query, ...): SELECT on what it reads,
     and no FINETUNE inside it. Returns what it reads (schema.name). The administrator passes every check."""
-    statements = cur.extract_statements(sql)
+    try:
+        statements = cur.extract_statements(sql)
+    except duckdb.Error as e:
+        raise InvalidArgument(f"cannot parse SQL of the {what}: {str(e).splitlines()[0]}") from None
     if len(statements) != 1 or statements[0].type.name != "SELECT":
         raise PermissionDenied(f"the {what} must be one SELECT statement")
     reading = parse_query(cur, statements[0].query)
