@@ -306,7 +306,7 @@ def test_completion_loss_is_the_mean_cross_entropy_of_the_completion_tokens(db):
         full = tok.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=False)
         p_ids = tok(p, add_special_tokens=False)["input_ids"]
         ids = p_ids + tok(full[len(p):], add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
+        with torch.no_grad(), completion._adapter(loaded.model, None):  # the base: earlier tests attached adapters
             logits = loaded.model(input_ids=torch.tensor([ids])).logits[0].float()
         logp = torch.log_softmax(logits[:-1], dim=-1)
         targets = torch.tensor(ids[1:])
