@@ -99,16 +99,22 @@ def execute(con: Any, sql: str, params: Any = None) -> Any:
     return _execute(con, sql, params)
 
 
-def export_model(con: Any, name: str, folder: str) -> str:
-    """Write fine-tuned model ``name`` as a PEFT adapter folder (adapter weights, config, tokenizer); its path.
+def export_model(con: Any, name: str, folder: str, format: str = "adapter", dtype: str = "f32") -> str:
+    """Write fine-tuned model ``name`` at ``folder`` (new, or an empty folder); return its path. ``format``:
 
-    ``PeftModel.from_pretrained(base_model, folder)`` loads it. Needs OWNERSHIP of the model.
+    - ``adapter``: a PEFT adapter folder (adapter weights, config, tokenizer): ``PeftModel.from_pretrained``;
+    - ``merged``: the adapter merged into the base weights, a plain Hugging Face folder (safetensors, config,
+      tokenizer with its chat template, generation config): ``AutoModelForCausalLM.from_pretrained(folder)``;
+    - ``gguf``: the merged weights as one GGUF file with the tokenizer and chat template (``folder/model.gguf``,
+      or ``folder`` itself when it ends in ``.gguf``), for llama.cpp-based tools.
+
+    ``dtype`` (``f32``, ``f16``) is the weights' type of ``merged`` and ``gguf``. Needs OWNERSHIP of the model.
     """
     from .ml.export import export_model as _export
     from .surface.engine import session_of
 
     session = con.session if hasattr(con, "session") else session_of(con)
-    return _export(session, name, folder)
+    return _export(session, name, folder, format=format, dtype=dtype)
 
 
 def wait(con: Any, job_id: str, timeout: float | None = None) -> str:

@@ -107,11 +107,15 @@ def demo(argv: list[str]) -> int:
 
 def export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="duckdb-ft export",
-                                description="Write a fine-tuned model as a PEFT adapter folder "
-                                            "(PeftModel.from_pretrained(base, FOLDER) loads it).")
+                                description="Write a fine-tuned model out of the database: a PEFT adapter folder "
+                                            "(PeftModel.from_pretrained(base, FOLDER)), a merged Hugging Face "
+                                            "folder (AutoModelForCausalLM.from_pretrained(FOLDER)), or a GGUF "
+                                            "file (llama.cpp, Ollama).")
     p.add_argument("database", help="database file holding the model")
     p.add_argument("model", help="model name (name or schema.name)")
-    p.add_argument("folder", help="folder to create")
+    p.add_argument("folder", help="folder to create (new or empty); for gguf, a path ending in .gguf is the file")
+    p.add_argument("--format", default="adapter", help="adapter (default), merged or gguf")
+    p.add_argument("--dtype", default="f32", help="weights of merged and gguf: f32 (default) or f16")
     args = p.parse_args(argv)
     import duckdb_ft
 
@@ -119,11 +123,11 @@ def export(argv: list[str]) -> int:
 
     try:
         con = duckdb_ft.connect(args.database, read_only=True)
-        path = duckdb_ft.export_model(con, args.model, args.folder)
+        path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
         print(f"Error: {error_message(e)}", file=sys.stderr)
         return 1
-    print(f"Exported {args.model} to {path}")
+    print(f"Exported {args.model} ({args.format}) to {path}")
     return 0
 
 

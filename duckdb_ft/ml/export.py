@@ -1,8 +1,16 @@
-"""Export a fine-tuned model as a PEFT adapter folder, for use outside duckdb-ft.
+"""Export a fine-tuned model for use outside duckdb-ft, in one of three formats.
 
-The folder holds ``adapter_model.safetensors`` and ``adapter_config.json`` (with ``base_model_name_or_path``), as
-``PeftModel.save_pretrained`` writes them, so ``PeftModel.from_pretrained(base_model, folder)`` loads it, and the
-base model's tokenizer beside it, so the folder is complete.
+- ``adapter``: a PEFT adapter folder: ``adapter_model.safetensors`` and ``adapter_config.json`` (with
+  ``base_model_name_or_path``), as ``PeftModel.save_pretrained`` writes them, so
+  ``PeftModel.from_pretrained(base_model, folder)`` loads it, and the base model's tokenizer beside it.
+- ``merged``: the LoRA update merged into the base weights (peft ``merge_and_unload``): a plain Hugging Face
+  folder (safetensors weights, config, tokenizer with its chat template, generation config that stops where
+  COMPLETE stops) that ``AutoModelForCausalLM.from_pretrained(folder)`` loads without peft or duckdb-ft.
+- ``gguf``: the merged weights as one GGUF file (``gguf_file.py``), f32 or f16, with the tokenizer and chat
+  template in its metadata, for llama.cpp-based tools.
+
+Every format is written into a temporary folder beside the target and renamed into place: a failed export leaves
+nothing. Each export also holds ``duckdb_ft.json``: the model's name, job and lineage.
 """
 
 from __future__ import annotations
@@ -15,16 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import models as modeldb
-from ..errors import AlreadyExists, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..queries import parse_model_name
 from . import models
 
+FORMATS = ("adapter", "merged", "gguf")
+DTYPES = ("f32", "f16")
 
-def export_model(session: Any, name: str, folder: str) -> str:
-    """Write model ``name`` as a PEFT adapter folder at ``folder`` (which must not exist); return its path.
 
-    Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
+def export_model(session: Any, name: str, folder: str, format: str = "adapter", dtype: str = "f32") -> str:
+    """Write model ``name`` at ``folder`` (which must not exist, or be an empty folder) in ``format``; its path.
+
+    ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged`` and ``gguf``; f32 answers exactly as
+    COMPLETE does. For ``gguf``, a ``folder`` ending in ``.gguf`` is the file itself; otherwise the folder holds
+    ``model.gguf``. Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
     """
+    if format not in FORMATS:
+        raise InvalidArgument(f"unknown export format '{format}': use one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"unknown export dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    if format == "adapter" and dtype != "f32":
+        raise InvalidArgument("the adapter format keeps the trained adapter's own weights: drop dtype, or export "
+                              "--format merged or gguf")
     schema, model = parse_model_name(name, session.schema)
     cur = session.engine.cursor()
     row = modeldb.get_model(cur, schema, model)
@@ -32,25 +52,98 @@ def export_model(session: Any, name: str, folder: str) -> str:
         raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
     session.checker().require_owner("MODEL", f"{schema}.{model}", "export")
     target = Path(folder).expanduser().resolve()
-    if target.exists():
-        raise AlreadyExists(f"{target} exists already: export into a new folder")
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    except OSError as e:
+        raise InvalidArgument(f"cannot write in {target.parent}: {e.strerror or e}; choose a writable folder") \
+            from None
+    single_file = format == "gguf" and target.suffix == ".gguf"
+    try:
+        if format == "adapter":
+            _write_adapter(row, tmp)
+        else:
+            merged, tokenizer = merged_model(row)
+            if format == "merged":
+                _write_merged(merged, tokenizer, tmp, dtype)
+            else:
+                from .gguf_file import write_gguf
+
+                write_gguf(merged, tokenizer, tmp / "model.gguf", dtype, f"{schema}.{model}")
+        if not single_file:
+            (tmp / "duckdb_ft.json").write_text(json.dumps(_info(cur, row, schema, model, format, dtype), indent=2,
+                                                           default=str))
+        if target.exists():
+            target.rmdir()  # the empty folder the checks allowed: replaced by the finished one
+        os.rename(tmp / "model.gguf" if single_file else tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if single_file:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _info(cur: Any, row: dict[str, Any], schema: str, model: str, format: str, dtype: str) -> dict[str, Any]:
+    info = {"model": f"{schema}.{model}", "format": format, "base_model": row["base_model"],
+            "job_id": row["job_id"], "created_on": row["created_on"], "training_loss": row["training_loss"],
+            "validation_loss": row["validation_loss"]}
+    if format != "adapter":
+        info["dtype"] = dtype
+    for key in ("parent_model", "base_weights_hash", "snapshot_rows", "snapshot_hash", "options"):
+        if row.get(key) is not None:
+            info[key] = row[key]
+    return info
+
+
+def _write_adapter(row: dict[str, Any], tmp: Path) -> None:
     base_path = models.resolve(row["base_model"])
     config = models.lora_config_from_dict(json.loads(row["lora_config"]))
     config.base_model_name_or_path = base_path
     config.inference_mode = True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-    try:
-        config.save_pretrained(str(tmp))
-        # peft names adapter weights without the adapter name: what get_peft_model_state_dict returned at training
-        (tmp / "adapter_model.safetensors").write_bytes(bytes(row["adapter"]))
-        models.load_tokenizer(base_path).save_pretrained(str(tmp))
-        (tmp / "duckdb_ft.json").write_text(json.dumps({
-            "model": f"{schema}.{model}", "base_model": row["base_model"], "job_id": row["job_id"],
-            "created_on": row["created_on"], "training_loss": row["training_loss"],
-            "validation_loss": row["validation_loss"]}, indent=2))
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(target)
+    config.save_pretrained(str(tmp))
+    # peft names adapter weights without the adapter name: what get_peft_model_state_dict returned at training
+    (tmp / "adapter_model.safetensors").write_bytes(bytes(row["adapter"]))
+    models.load_tokenizer(base_path).save_pretrained(str(tmp))
+
+
+def merged_model(row: dict[str, Any]) -> tuple[Any, Any]:
+    """A fresh fp32 copy of the base model with the row's adapter merged in (not the shared cached module), and
+    the tokenizer COMPLETE uses."""
+    import torch
+    from peft import PeftModel, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    base_path = models.resolve(row["base_model"])
+    models._quiet()
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    peft = PeftModel(base, models.lora_config_from_dict(json.loads(row["lora_config"])))
+    set_peft_model_state_dict(peft, models.adapter_from_bytes(row["adapter"]))
+    merged = peft.merge_and_unload()
+    merged.eval()
+    return merged, models.load_tokenizer(base_path)
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens COMPLETE stops at: the generation config's end tokens, and the padding token."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ids:
+        ids.append(tokenizer.pad_token_id)
+    return ids
+
+
+def _write_merged(model: Any, tokenizer: Any, tmp: Path, dtype: str) -> None:
+    import torch
+
+    gen = model.generation_config
+    gen.eos_token_id = stop_ids(model, tokenizer)
+    gen.pad_token_id = tokenizer.pad_token_id
+    if dtype == "f16":
+        model = model.to(torch.float16)
+    model.save_pretrained(str(tmp))  # safetensors, config.json, generation_config.json
+    tokenizer.save_pretrained(str(tmp))

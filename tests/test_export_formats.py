@@ -1,0 +1,164 @@
+"""Export formats (issue 16): ``merged`` (a plain Hugging Face folder that loads without peft and answers as
+COMPLETE does, token for token) and ``gguf`` (one GGUF file whose tensors, shapes and metadata read back with
+``gguf.GGUFReader``, and which transformers' ``gguf_file=`` loads and answers as COMPLETE does); bad input
+(unknown format or dtype, a folder that exists and is not empty, no OWNERSHIP) changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import duckdb_ft
+from conftest import create, one, wait
+
+LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32,
+         "lora_dropout": 0.0, "warmup_ratio": 0.0}
+PROMPTS = ["Say the word 3", "Say the word 11", "What is 2 + 2?"]
+
+#: Run in a fresh interpreter with peft made unimportable: transformers alone loads both exports.
+LOAD = r"""
+import json, sys
+sys.modules["peft"] = None
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, gguf_dir, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+for kind, kwargs in (("merged", {}), ("gguf", {"gguf_file": "model.gguf"})):
+    path = folder if kind == "merged" else gguf_dir
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+    stop = model.generation_config.eos_token_id
+    answers = []
+    for p in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=6, do_sample=False,
+                                 **({} if kind == "merged" else {"eos_token_id": json.loads(sys.argv[4])}))
+        new = gen[0, ids["input_ids"].shape[1]:].tolist()
+        answers.append({"tokens": new, "text": tok.decode(new, skip_special_tokens=True).strip()})
+    out[kind] = answers
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_path):
+    """A database file with model 'exported' (learned to say 'apple apple apple') and COMPLETE's answers."""
+    db = str(tmp_path_factory.mktemp("export") / "export.duckdb")
+    con = duckdb_ft.connect(db)
+    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
+    job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
+    assert wait(con, job) == "SUCCESS"
+    answers = [json.loads(one(con, "SELECT complete('exported', ?, '{\"max_tokens\": 6, \"temperature\": 0}')", p))
+               for p in PROMPTS]
+    con.close()  # the command line opens the file itself: DuckDB lets one process at a time write it
+    return db, answers
+
+
+def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(trained, tmp_path):
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from duckdb_ft.ml import gguf_file
+
+    db, answers = trained
+    gguf_dir = tmp_path / "gguf"  # through the command line
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(gguf_dir),
+                          "--format", "gguf"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (gguf_dir / "model.gguf").is_file()
+    merged = tmp_path / "merged"
+    con = duckdb_ft.connect(db)
+    assert duckdb_ft.export_model(con, "exported", str(merged), format="merged") == str(merged)
+    con.close()
+    for f in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "duckdb_ft.json"):
+        assert (merged / f).is_file(), f
+    assert "adapter_config.json" not in {p.name for p in merged.iterdir()}
+    assert json.loads((merged / "duckdb_ft.json").read_text())["format"] == "merged"
+
+    # The GGUF file reads back: metadata, and every tensor of the merged weights by llama.cpp's name and layout.
+    reader = gguf.GGUFReader(str(gguf_dir / "model.gguf"))
+    fields = reader.fields
+    assert fields["general.architecture"].contents() == "llama"
+    plain = AutoModelForCausalLM.from_pretrained(merged)
+    cfg = plain.config
+    assert fields["llama.block_count"].contents() == cfg.num_hidden_layers
+    assert fields["llama.embedding_length"].contents() == cfg.hidden_size
+    assert fields["llama.attention.head_count_kv"].contents() == cfg.num_key_value_heads
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert len(fields["tokenizer.ggml.tokens"].data) == cfg.vocab_size
+    assert "im_start" in fields["tokenizer.chat_template"].contents()
+    tensors = {t.name: t for t in reader.tensors}
+    state = plain.state_dict()
+    assert len(tensors) == len([k for k in state if k != "lm_head.weight"])  # tied: no output.weight
+    emb = tensors["token_embd.weight"]
+    assert tuple(int(x) for x in emb.shape[::-1]) == tuple(state["model.embed_tokens.weight"].shape)
+    np.testing.assert_array_equal(np.asarray(emb.data), state["model.embed_tokens.weight"].numpy())
+    q = state["model.layers.1.self_attn.q_proj.weight"].numpy()
+    np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_q.weight"].data),
+                                  gguf_file.permute_for_gguf(q, cfg.num_attention_heads))
+    np.testing.assert_array_equal(np.asarray(tensors["blk.0.ffn_down.weight"].data),
+                                  state["model.layers.0.mlp.down_proj.weight"].numpy())
+
+    # A fresh interpreter without peft: both exports give COMPLETE's greedy answers, token for token.
+    stops = plain.generation_config.eos_token_id
+    run = subprocess.run([sys.executable, "-c", LOAD, str(merged), str(gguf_dir), json.dumps(PROMPTS),
+                          json.dumps(stops)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    for kind in ("merged", "gguf"):
+        for ours, theirs in zip(answers, loaded[kind]):
+            n = ours["usage"]["completion_tokens"]
+            assert theirs["text"] == ours["choices"][0]["messages"], (kind, theirs, ours)
+            assert len([t for t in theirs["tokens"] if t not in stops]) == n, (kind, theirs, ours)
+    assert "apple" in loaded["merged"][0]["text"]
+
+
+def test_f16_gguf_is_half_precision(trained, tmp_path):
+    import gguf
+
+    con = duckdb_ft.connect(trained[0])
+    path = duckdb_ft.export_model(con, "exported", str(tmp_path / "bot.gguf"), format="gguf", dtype="f16")
+    con.close()
+    assert path.endswith("bot.gguf") and list(tmp_path.iterdir()) == [tmp_path / "bot.gguf"]
+    reader = gguf.GGUFReader(path)
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["token_embd.weight"] == "F16" and kinds["blk.0.attn_norm.weight"] == "F32"
+    assert reader.fields["general.file_type"].contents() == 1
+
+
+def test_bad_export_requests_are_clear_errors_and_leave_nothing(trained, tmp_path):
+    db = trained[0]
+    run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(tmp_path / "z"),
+                          "--format", "onnx"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "unknown export format" in run.stderr and "Traceback" not in run.stderr
+    con = duckdb_ft.connect(db)
+    with pytest.raises(duckdb_ft.InvalidArgument, match="unknown export format 'onnx'.*adapter, merged, gguf"):
+        duckdb_ft.export_model(con, "exported", str(tmp_path / "x"), format="onnx")
+    with pytest.raises(duckdb_ft.InvalidArgument, match="unknown export dtype 'int4'"):
+        duckdb_ft.export_model(con, "exported", str(tmp_path / "x"), format="gguf", dtype="int4")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(duckdb_ft.AlreadyExists, match="not an empty folder"):
+        duckdb_ft.export_model(con, "exported", str(full), format="merged")
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    with pytest.raises(duckdb_ft.NotFound, match="does not exist"):
+        duckdb_ft.export_model(con, "no_such_model", str(tmp_path / "y"), format="merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temporary folder left behind
+
+    con.execute("CREATE ROLE analyst")
+    con.execute("GRANT USAGE ON MODEL exported TO ROLE analyst")
+    con.execute("USE ROLE analyst")
+    try:
+        with pytest.raises(duckdb_ft.PermissionDenied, match="OWNERSHIP"):
+            duckdb_ft.export_model(con, "exported", str(tmp_path / "w"), format="gguf")
+    finally:
+        con.execute("USE ROLE admin")
+        con.close()
+    assert not (tmp_path / "w").exists()
