@@ -1,8 +1,11 @@
 """Governance: who may do what.
 
 - :mod:`.roles`: roles, their hierarchy, and the privilege checks of a session's current role (:class:`Checker`).
-- :mod:`.reads`: what a plain DuckDB statement reads, writes and creates.
-- :mod:`.authorize`: a non-administrator's plain SQL, authorized before DuckDB runs it; ownership of what it made.
+- :mod:`.bound`: what DuckDB itself says a statement reads: its parse tree (``json_serialize_sql``) and its bound
+  plan (``EXPLAIN``), names resolved in DuckDB's catalog as database.schema.name.
+- :mod:`.authorize`: a non-administrator's plain SQL (and FINETUNE's queries), authorized on that before DuckDB runs
+  it; ownership of what it creates, recorded in the same transaction.
+- :mod:`.reads`: sqlglot's reading of a statement, for what DuckDB cannot serialize (the targets of DML/DDL).
 
-Deny by default: a statement kind not named in :data:`authorize.USER_STATEMENTS` is for the administrator only.
+Deny by default: a statement shape :mod:`.authorize` does not name is for the administrator only.
 """
