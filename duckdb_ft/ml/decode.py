@@ -21,6 +21,8 @@ from . import prefix
 
 #: A group of waiting rows is admitted once this many slots are free (or nothing else is running).
 ADMIT_MIN = 8
+#: Leading cache columns that are padding in every running row are cut once there are this many.
+TRIM_MIN = 8
 
 
 @dataclass
@@ -65,13 +67,13 @@ def greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[i
         x = torch.tensor([seqs[0][:shared]] * len(distinct), device=dev)
         kw = {"adapter_names": [a or "__base__" for a in distinct]} if mixed else {}
         out = model(input_ids=x, use_cache=True, **kw)
-        layers = _layers(out)
+        layers = _layers(_cache(out))
         for u, a in enumerate(distinct):
             prefix_kv[a] = [(k[u:u + 1], v[u:u + 1]) for k, v in layers]
 
     waiting = list(rows)
     running: list[Row] = []
-    kv: list[tuple[Any, Any]] = []  # per layer, (rows, heads, length, dim)
+    cache = None  # the running rows' DynamicCache: (rows, heads, length, dim) per layer, grown in place per step
     mask = torch.zeros((0, 0), dtype=torch.long, device=dev)
     pos = torch.zeros((0,), dtype=torch.long, device=dev)
     last = torch.zeros((0,), dtype=torch.long, device=dev)
@@ -79,31 +81,39 @@ def greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[i
         free = slots - len(running)
         if waiting and (free >= ADMIT_MIN or not running or free >= len(waiting)):
             group, waiting = waiting[:free], waiting[free:]
-            g_kv, g_mask, g_next = _prefill(model, group, shared, prefix_kv, pad, dev, names(group))
+            g_cache, g_mask, g_next = _prefill(model, group, shared, prefix_kv, pad, dev, names(group))
             live = _record(group, g_next, stop)
             if live:
                 idx = torch.tensor(live, dtype=torch.long, device=dev)
-                kv, mask = _join(kv, mask, [(k[idx], v[idx]) for k, v in g_kv], g_mask[idx])
+                if len(live) < len(group):
+                    g_cache.batch_select_indices(idx)
+                if running:
+                    kv, mask = _join(_layers(cache), mask, _layers(g_cache), g_mask[idx])
+                    cache = DynamicCache(ddp_cache_data=kv)
+                else:
+                    cache, mask = g_cache, g_mask[idx]
                 running += [group[k] for k in live]
                 pos = torch.cat([pos, g_mask[idx].sum(-1)])
                 last = torch.cat([last, g_next[idx]])
             continue
-        step_mask = torch.cat([mask, torch.ones((len(running), 1), dtype=mask.dtype, device=dev)], dim=1)
-        out = model(input_ids=last.unsqueeze(1), attention_mask=step_mask, position_ids=pos.unsqueeze(1),
-                    cache=DynamicCache(ddp_cache_data=kv), use_cache=True, logits_to_keep=1, **names(running))
-        kv, mask, pos = _layers(out), step_mask, pos + 1
+        mask = torch.cat([mask, torch.ones((len(running), 1), dtype=mask.dtype, device=dev)], dim=1)
+        out = model(input_ids=last.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1), cache=cache,
+                    use_cache=True, logits_to_keep=1, **names(running))
+        pos = pos + 1
         last = out.logits[:, -1, :].float().argmax(-1)
         keep = _record(running, last, stop)
         if len(keep) < len(running):  # finished rows leave; columns that are padding in every row left go too
-            idx = torch.tensor(keep, dtype=torch.long, device=dev)
             running = [running[k] for k in keep]
-            kv = [(k_[idx], v_[idx]) for k_, v_ in kv]
+            idx = torch.tensor(keep, dtype=torch.long, device=dev)
             mask, pos, last = mask[idx], pos[idx], last[idx]
-            if running:
-                first = int(mask.any(0).nonzero()[0])
-                if first:
-                    kv = [(k_[:, :, first:], v_[:, :, first:]) for k_, v_ in kv]
-                    mask = mask[:, first:]
+            if not running:
+                cache = None
+                continue
+            cache.batch_select_indices(idx)
+            first = int(mask.any(0).nonzero()[0])
+            if first >= TRIM_MIN:
+                cache = DynamicCache(ddp_cache_data=[(k[:, :, first:], v[:, :, first:]) for k, v in _layers(cache)])
+                mask = mask[:, first:]
     return shared
 
 
@@ -117,14 +127,17 @@ def _record(rows: Sequence[Row], tokens: Any, stop: set[int]) -> list[int]:
     return keep
 
 
-def _layers(out: Any) -> list[tuple[Any, Any]]:
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+def _cache(out: Any) -> Any:
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _layers(cache: Any) -> list[tuple[Any, Any]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _prefill(model: Any, group: Sequence[Row], shared: int, prefix_kv: dict, pad: int, dev: Any,
-             kw: dict) -> tuple[list[tuple[Any, Any]], Any, Any]:
-    """The group's prompts through the model: (per-layer cache, attention mask, first new token per row)."""
+             kw: dict) -> tuple[Any, Any, Any]:
+    """The group's prompts through the model: (their cache, attention mask, first new token per row)."""
     import torch
     from transformers import DynamicCache
 
@@ -141,7 +154,7 @@ def _prefill(model: Any, group: Sequence[Row], shared: int, prefix_kv: dict, pad
         cache = DynamicCache()
     out = model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=position[:, shared:], cache=cache,
                 use_cache=True, logits_to_keep=1, **kw)
-    return _layers(out), mask, out.logits[:, -1, :].float().argmax(-1)
+    return _cache(out), mask, out.logits[:, -1, :].float().argmax(-1)
 
 
 def _join(kv: list, mask: Any, g_kv: list, g_mask: Any) -> tuple[list, Any]:
