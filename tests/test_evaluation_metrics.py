@@ -148,6 +148,9 @@ def test_the_shell_line_of_a_running_evaluation(monkeypatch):
     err = io.StringIO()
     shown = repl._EvaluationProgress(err, "s1")
     shown.update()
+    assert err.getvalue() == ""  # nothing in the first 2 s
+    shown.began -= 3
+    shown.update()
     shown.update()  # the same line: not repeated
     evaluate.RUNNING["s1"].update(model="other")
     shown.update()  # another model: a new plain line at once

@@ -65,12 +65,15 @@ class _EvaluationProgress:
         self.err, self.session_id = err, session_id
         self.live = hasattr(err, "isatty") and err.isatty()
         self.last, self.last_at, self.drawn = "", 0.0, False
+        self.began = time.monotonic()  # nothing for a statement done within 2 s: a script's short EVALUATE
 
     def update(self) -> None:
         line = progress.evaluation_line(self.session_id) if self.session_id else None
         if not line or line == self.last:
             return
         now = time.monotonic()
+        if now - self.began < 2.0:
+            return
         if self.live:
             self.err.write("\r" + line[:shutil.get_terminal_size().columns - 1] + "\x1b[K")
             self.drawn = True
