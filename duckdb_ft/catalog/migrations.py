@@ -141,6 +141,20 @@ def m003_evaluations(cur: Any) -> None:
         user_metrics VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, latency_ms DOUBLE)""")
 
 
+@migration
+def m008_model_lineage(cur: Any) -> None:
+    # Continue training and lineage (issue 16): a job may start from a fine-tuned model's adapter (its parent);
+    # each model records where it came from: parent, base weights' hash, the snapshot's size and hash, the queries,
+    # the options and the final metrics (DESCRIBE MODEL shows them).
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN parent_model VARCHAR")
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN parent_job_id VARCHAR")
+    for column, kind in (("parent_model", "VARCHAR"), ("parent_job_id", "VARCHAR"), ("base_weights_hash", "VARCHAR"),
+                         ("training_query", "VARCHAR"), ("validation_query", "VARCHAR"), ("snapshot_rows", "BIGINT"),
+                         ("snapshot_hash", "VARCHAR"), ("options", "VARCHAR"), ("metrics", "VARCHAR"),
+                         ("adapter_hash", "VARCHAR")):
+        cur.execute(f"ALTER TABLE {SCHEMA}.models ADD COLUMN {column} {kind}")
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -24,6 +24,7 @@ from ..ml import data, models
 from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
 from ..queries import check_query, parse_model_name
+from . import lineage
 
 @dataclass
 class Request:
@@ -36,6 +37,8 @@ class Request:
     train_q: str
     val_q: str | None
     opts: TrainingOptions
+    parent: lineage.Parent | None = None
+    """The fine-tuned model a continued job starts from (``base_model`` is then the parent's base model)."""
 
 
 def check_request(cur: Any, session: Any, name: str | None, base_model: str, training_query: str,
@@ -46,6 +49,9 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     """
     schema, model_name = parse_model_name(name, session.schema) if name is not None else (session.schema, None)
     opts = TrainingOptions.parse(options)
+    parent = lineage.find_parent(cur, session, base_model, options, opts)  # continue a fine-tuned model
+    if parent is not None:
+        base_model = parent.base_model
     path = check_base_model(base_model)
     check_fits_model(path, base_model, opts)
     train_q = check_query(training_query, "training query")
@@ -61,7 +67,7 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     data.check_columns(cur, train_q, "training query")
     if val_q:
         data.check_columns(cur, val_q, "validation query")
-    return Request(schema, model_name, base_model, path, train_q, val_q, opts)
+    return Request(schema, model_name, base_model, path, train_q, val_q, opts, parent)
 
 
 def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
@@ -81,7 +87,8 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
         cur.execute("BEGIN TRANSACTION")
         try:
             jobdb.insert_job(cur, {
-                "id": job_id, "schema_name": schema, "model_name": model_name, "base_model": base_model,
+                "id": job_id, "schema_name": schema, "model_name": model_name, "base_model": req.base_model,
+                "parent_model": req.parent and req.parent.name, "parent_job_id": req.parent and req.parent.job_id,
                 "training_query": train_q, "validation_query": val_q, "options": opts.to_json(),
                 "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
             })

@@ -19,6 +19,7 @@ from ..catalog import jobs as jobdb
 from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
 from ..options import TrainingOptions
 from ..queries import parse_model_name
+from . import lineage
 
 MAX_JOBS = 64
 #: Options that shape the snapshot of rows, which a sweep's jobs share: they cannot vary across its jobs.
@@ -91,6 +92,11 @@ def create_sweep(runner: Any, session: Any, name: str, base_model: str, training
     for n in names:
         if jobdb.name_in_use(cur, schema, n):
             raise AlreadyExists(f"model name '{schema}.{n}' is taken: choose another sweep name")
+    options_of = []  # each combination's options; continuing a fine-tuned model, with its LoRA shape (or an error)
+    for combo in combos:
+        opts = TrainingOptions.parse(json.dumps(combo))
+        lineage.find_parent(cur, session, base_model, json.dumps(combo), opts)
+        options_of.append(opts.to_json())
     first = runner.create(session, f"{schema}.{names[0]}", base_model, training_query, validation_query,
                           json.dumps(combos[0]))
     sweep_id = f"sw_{uuid.uuid4()}"
@@ -101,11 +107,10 @@ def create_sweep(runner: Any, session: Any, name: str, base_model: str, training
             cur.execute(f"INSERT INTO {catalog.SCHEMA}.sweeps VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [sweep_id, schema, stem, base_model, json.dumps(axes), session.role, catalog.now_ms()])
             jobdb.update_job(cur, first, sweep_id=sweep_id)
-            for n, combo in zip(names[1:], combos[1:]):
+            for n, options_json in zip(names[1:], options_of[1:]):
                 job = {k: v for k, v in template.items() if k not in RUN_FIELDS}
-                job.update(id=f"ft_{uuid.uuid4()}", model_name=n, options=TrainingOptions.parse(
-                    json.dumps(combo)).to_json(), status="PENDING", progress=0.0, created_on=catalog.now_ms(),
-                    sweep_id=sweep_id, snapshot_of=first)
+                job.update(id=f"ft_{uuid.uuid4()}", model_name=n, options=options_json, status="PENDING",
+                           progress=0.0, created_on=catalog.now_ms(), sweep_id=sweep_id, snapshot_of=first)
                 jobdb.insert_job(cur, job)
                 copies.append(job["id"])
     except BaseException:

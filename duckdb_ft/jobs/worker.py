@@ -17,6 +17,7 @@ from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import FtError, InvalidArgument
 from ..ml import data, models, training
 from ..options import TrainingOptions
+from . import lineage
 
 if TYPE_CHECKING:
     from .runner import JobRunner
@@ -78,6 +79,7 @@ class Worker:
         else:
             jobdb.delete_metrics_after(self.cur, self.id, 0)
         base = models.load_for_training(path)
+        initial = None if resume else lineage.initial_adapter(self.cur, job)  # a continued job: the parent's
         cancel = self.runner.cancels[self.id]
 
         pending: list[dict[str, Any]] = []
@@ -116,18 +118,25 @@ class Worker:
         )
         try:
             result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
-                                    resume=resume[1] if resume else None)
+                                    resume=resume[1] if resume else None,
+                                    initial=models.adapter_from_bytes(initial) if initial else None)
         finally:
             flush()
         finished = catalog.now_ms()
+        adapter = models.adapter_to_bytes(result.adapter)
+        trained_tokens = int(round(stats.tokens * result.epochs))
+        metrics = {"training_loss": result.training_loss, "validation_loss": result.validation_loss,
+                   "steps": result.steps, "epochs": result.epochs, "trained_tokens": trained_tokens,
+                   "best_step": result.best_step, "stopped_early": result.stopped_early}
         modeldb.finish_job_with_model(self.cur, self.id, {
             "schema_name": job["schema_name"], "name": job["model_name"], "base_model": job["base_model"],
-            "lora_config": json.dumps(result.lora_config), "adapter": models.adapter_to_bytes(result.adapter),
+            "lora_config": json.dumps(result.lora_config), "adapter": adapter,
             "job_id": self.id, "owner": job["owner"], "created_on": finished,
             "training_loss": result.training_loss, "validation_loss": result.validation_loss,
+            **lineage.model_lineage(self.cur, job, rows_of, path, adapter, metrics),
         }, {
             "status": "SUCCESS", "progress": 1.0, "finished_on": finished, "step": result.steps,
-            "trained_tokens": int(round(stats.tokens * result.epochs)), "training_loss": result.training_loss,
+            "trained_tokens": trained_tokens, "training_loss": result.training_loss,
             "validation_loss": result.validation_loss, "best_step": result.best_step,
             "stopped_early": result.stopped_early,
         })

@@ -195,9 +195,11 @@ def train(
     pad_id: int,
     hooks: Hooks | None = None,
     resume: bytes | None = None,
+    initial: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train LoRA adapters on ``base``: a module tree of its own (peft wraps it in place), whose frozen weights may
-    be shared with other modules (``models.load_for_training``): they are only read."""
+    be shared with other modules (``models.load_for_training``): they are only read. ``initial``: adapter weights
+    to start from instead of a fresh LoRA (continued training: the parent model's, of the same shape)."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -219,6 +221,8 @@ def train(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if initial is not None and resume is None:
+        set_peft_model_state_dict(model, {k: v.to(device) for k, v in initial.items()})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)

@@ -1,0 +1,33 @@
+"""Lineage of models (issue 16): the digest of a job's row snapshot, and the parent a continued job starts from.
+
+A snapshot's digest is SHA-256 over its rows in a stable order (split, then position), each row's split, prompt
+and completion separated by control characters, so two jobs trained on the same rows, split the same way, have
+the same ``snapshot_hash`` whatever their queries looked like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from . import SCHEMA, one
+
+
+def snapshot_digest(cur: Any, job_id: str, batch_rows: int = 4096) -> tuple[int, str]:
+    """(rows, SHA-256 hex) of a job's snapshot, both splits, streamed in batches."""
+    h = hashlib.sha256()
+    n = 0
+    reader = cur.sql(f"SELECT split, prompt, completion FROM {SCHEMA}.job_rows WHERE job_id = ? "
+                     "ORDER BY split, idx", params=[job_id]).to_arrow_reader(batch_rows)
+    for batch in reader:
+        cols = [batch.column(i).to_pylist() for i in range(3)]
+        for split, prompt, completion in zip(*cols):
+            h.update(f"{split}\x1f{prompt}\x1f{completion}\x1e".encode())
+        n += batch.num_rows
+    return n, h.hexdigest()
+
+
+def parent_adapter(cur: Any, job_id: str) -> tuple[bytes, str] | None:
+    """The adapter bytes and LoRA config JSON of the model that job ``job_id`` produced, or None if dropped."""
+    row = one(cur, f"SELECT adapter, lora_config FROM {SCHEMA}.models WHERE job_id = ?", [job_id])
+    return (bytes(row[0]), row[1]) if row else None

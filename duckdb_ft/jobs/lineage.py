@@ -1,0 +1,116 @@
+"""Continue training and lineage (issue 16).
+
+- :func:`find_parent`: at CREATE, a base model that names a fine-tuned model of the catalog makes the job a
+  continuation: it trains the parent's base weights from the parent's adapter, so the LoRA shape (rank, alpha,
+  target modules) is the parent's, and options that would change it are an error. Needs USAGE on the parent.
+- :func:`model_lineage`: at the end of a job, what the model records of where it came from: its parent, its base
+  model's weights hash, the queries, the snapshot's row count and hash, the options, the final metrics and the
+  adapter's hash. Two trainings on the same snapshot with the same options show the same ``snapshot_hash`` and
+  ``options``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..catalog import lineage as lineagedb, models as modeldb
+from ..errors import InvalidArgument, PermissionDenied
+from ..options import TrainingOptions
+from ..queries import parse_model_name
+
+#: Options that set the LoRA shape, with the LoRA config key each one is.
+SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "target_modules": "target_modules"}
+
+
+@dataclass
+class Parent:
+    """The fine-tuned model a continued job starts from."""
+
+    name: str
+    job_id: str
+    base_model: str
+
+
+def find_parent(cur: Any, session: Any, base_model: str, options: str | None, opts: TrainingOptions) -> Parent | None:
+    """The parent model if ``base_model`` names a fine-tuned model (None: a base model); sets ``opts``'s LoRA shape
+    to the parent's. Raises if the role may not use it or the options change its shape."""
+    if not isinstance(base_model, str) or not base_model.strip():
+        return None
+    try:
+        schema, name = parse_model_name(base_model.strip(), session.schema)
+    except InvalidArgument:
+        return None  # a path or a hub id, not a model name
+    row = modeldb.list_models_named(cur, schema, name)
+    if row is None:
+        return None
+    full = f"{schema}.{name}"
+    if not session.checker().has("USAGE", "MODEL", full):
+        raise PermissionDenied(f"Insufficient privileges to operate on model '{full}': it does not exist or USAGE "
+                               f"is required to continue training it (current role: {session.role})")
+    lora = json.loads(row["lora_config"])
+    given = json.loads(options) if options else {}
+    changed = []
+    for option, key in SHAPE.items():
+        theirs = lora.get(key)
+        if option in given and given[option] is not None:
+            mine = given[option]
+            same = sorted(mine) == sorted(theirs or []) if option == "target_modules" else mine == theirs
+            if not same:
+                changed.append(f"{option} {json.dumps(mine)} (the parent's: {json.dumps(theirs)})")
+        setattr(opts, option, sorted(theirs) if option == "target_modules" else theirs)
+    if changed:
+        raise InvalidArgument(f"continuing model '{full}' keeps its LoRA shape, but the options change it: "
+                              f"{'; '.join(changed)}. Drop those options, or train a new adapter from its base "
+                              f"model '{row['base_model']}'")
+    return Parent(full, row["job_id"], row["base_model"])
+
+
+def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:
+    """The parent's adapter bytes a continued job starts from (None: not a continuation)."""
+    if not job.get("parent_job_id"):
+        return None
+    found = lineagedb.parent_adapter(cur, job["parent_job_id"])
+    if found is None:
+        raise InvalidArgument(f"parent model '{job['parent_model']}' was dropped before this job started: "
+                              f"train from its base model '{job['base_model']}' instead")
+    return found[0]
+
+
+_hashes: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
+
+
+def weights_hash(path: str) -> str | None:
+    """SHA-256 over a model folder's weight files (names and bytes, sorted), cached per file size and mtime."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")) or glob.glob(os.path.join(path, "*.bin")))
+    if not files:
+        return None
+    key = tuple((os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    with _hash_lock:
+        if (path, key) in _hashes:
+            return _hashes[(path, key)]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(os.path.basename(f).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        _hashes[(path, key)] = h.hexdigest()
+        return _hashes[(path, key)]
+
+
+def model_lineage(cur: Any, job: dict[str, Any], rows_of: str, path: str, adapter: bytes,
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """The lineage columns of the model a job stores."""
+    rows, digest = lineagedb.snapshot_digest(cur, rows_of)
+    return {"parent_model": job.get("parent_model"), "parent_job_id": job.get("parent_job_id"),
+            "base_weights_hash": weights_hash(path), "training_query": job["training_query"],
+            "validation_query": job["validation_query"], "snapshot_rows": rows, "snapshot_hash": digest,
+            "options": job["options"], "metrics": json.dumps(metrics),
+            "adapter_hash": hashlib.sha256(adapter).hexdigest()}
