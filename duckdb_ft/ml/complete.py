@@ -168,7 +168,8 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
     if CONTINUOUS and decode.supported(loaded.model):
         greedy = [item for item in todo if item[0].options.temperature == 0]
         if greedy:  # every greedy row of the call, whatever its max_tokens, shares one continuous batch
-            greedy.sort(key=lambda item: (item[1] or "", len(item[0].ids)))
+            # Longest max_tokens first: the rows admitted last, which set the tail, are the shortest.
+            greedy.sort(key=lambda item: (-item[0].max_new, item[1] or "", len(item[0].ids)))
             _generate_continuous(loaded, greedy)
             todo = [item for item in todo if item[0].options.temperature != 0]
     i = 0
