@@ -91,6 +91,7 @@ def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(tra
     assert fields["llama.embedding_length"].contents() == cfg.hidden_size
     assert fields["llama.attention.head_count_kv"].contents() == cfg.num_key_value_heads
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm"  # SmolLM2's tokenizer, as llama.cpp names it
     assert len(fields["tokenizer.ggml.tokens"].data) == cfg.vocab_size
     assert "im_start" in fields["tokenizer.chat_template"].contents()
     tensors = {t.name: t for t in reader.tensors}

@@ -48,6 +48,20 @@ def _tokenizer_fields(tokenizer: Any) -> dict[str, Any]:
             "merges": merges}
 
 
+#: llama.cpp's pre-tokenizer names (how text is split before BPE: SmolLM2 splits digits one by one) by SHA-256 of
+#: the vocabulary (tokens by id, newline-joined). llama.cpp's converter tells tokenizers apart by a hash too (of a
+#: test text's tokens); an unknown vocabulary is written as ``default``.
+KNOWN_PRE = {
+    "d1f2ce856b324081b621d9e2e8dbd22879f462329f3fd4aa39fa758dddb2ce55": "smollm",  # SmolLM2 (the default model)
+}
+
+
+def _pre_tokenizer(tokens: list[str]) -> str:
+    import hashlib
+
+    return KNOWN_PRE.get(hashlib.sha256("\n".join(tokens).encode()).hexdigest(), "default")
+
+
 def write_gguf(model: Any, tokenizer: Any, path: Path, dtype: str, name: str) -> None:
     """Write ``model`` (a merged ``LlamaForCausalLM``, fp32) and ``tokenizer`` as one GGUF file at ``path``."""
     import gguf
@@ -83,7 +97,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, dtype: str, name: str) ->
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_rope_dimension_count(head_dim)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(_pre_tokenizer(tok["tokens"]))
     w.add_token_list(tok["tokens"])
     w.add_token_types(tok["types"])
     w.add_token_merges(tok["merges"])
