@@ -133,6 +133,23 @@ def test_f16_gguf_is_half_precision(trained, tmp_path):
     assert reader.fields["general.file_type"].contents() == 1
 
 
+def test_an_export_that_fails_midway_leaves_nothing(trained, tmp_path, monkeypatch):
+    from duckdb_ft.ml import gguf_file
+
+    def half_written(model, tokenizer, path, dtype, name):
+        path.write_bytes(b"GGUF half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf_file, "write_gguf", half_written)
+    con = duckdb_ft.connect(trained[0])
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            duckdb_ft.export_model(con, "exported", str(tmp_path / "out"), format="gguf")
+    finally:
+        con.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_export_requests_are_clear_errors_and_leave_nothing(trained, tmp_path):
     db = trained[0]
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(tmp_path / "z"),
@@ -151,7 +168,10 @@ def test_bad_export_requests_are_clear_errors_and_leave_nothing(trained, tmp_pat
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
     with pytest.raises(duckdb_ft.NotFound, match="does not exist"):
         duckdb_ft.export_model(con, "no_such_model", str(tmp_path / "y"), format="merged")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temporary folder left behind
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(duckdb_ft.InvalidArgument, match="cannot write in .*a_file.*choose a writable folder"):
+        duckdb_ft.export_model(con, "exported", str(tmp_path / "a_file" / "inside"), format="merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full"]  # no temporary folder left behind
 
     con.execute("CREATE ROLE analyst")
     con.execute("GRANT USAGE ON MODEL exported TO ROLE analyst")
