@@ -26,7 +26,7 @@ def test_lifecycle_create_describe_show_history(faq, tiny_model_path):
     assert d["training_result"]["training_loss"] > 0 and d["training_result"]["validation_loss"] > 0
     assert d["finished_on"] >= d["created_on"]
     assert d["train_rows"] + d["validation_rows"] == 24 and d["validation_rows"] >= 1
-    assert d["options"]["max_epochs"] == 2 and d["options"]["lora_r"] == 8
+    assert d["options"]["max_epochs"] == 2 and d["options"]["lora_r"] == 16
     assert "error" not in d
 
     # trained_tokens = tokens of the training rows x epochs, counted here with the tokenizer directly.
