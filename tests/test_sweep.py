@@ -70,3 +70,36 @@ def test_cancel_of_a_sweep_cancels_every_job(faq, tiny_model_path):
     assert statuses == ["CANCELLED"] * 3
     with pytest.raises(duckdb.Error, match="sweep 'sw_nope' does not exist"):
         rows(con, "FROM finetune_sweep('sw_nope')")
+
+
+def test_a_sweep_with_eval_query_ranks_by_that_metric_once_every_job_has_finished(faq, tiny_model_path):
+    con = faq
+    options = {**GRID, "lora_r": [4], "eval_query": "SELECT question AS prompt, answer AS completion FROM faq "
+               "WHERE n < 6", "eval_metric": "completion_loss"}
+    sweep_id = sweep(con, "ranked", tiny_model_path, options)
+    for job_id, in rows(con, "SELECT id FROM duckdb_ft.jobs WHERE sweep_id = ?", sweep_id):
+        assert wait(con, job_id) == "SUCCESS"
+    ranking = rows(con, "SELECT rank, model, eval_metric, eval_score FROM finetune_sweep(?) ORDER BY rank", sweep_id)
+    assert [r[2] for r in ranking] == ["completion_loss"] * 2
+    scores = [r[3] for r in ranking]
+    assert scores == sorted(scores) and None not in scores  # lower loss first
+    # the scores are EVALUATE's own, stored once: a second read runs no new evaluation
+    summary = json.loads(one(con, "SELECT finetune('EVALUATE', ?, ?, '{\"metrics\": [\"completion_loss\"]}')",
+                             json.dumps([r[1] for r in ranking]), options["eval_query"]))
+    assert [summary["models"][r[1]]["completion_loss"] for r in ranking] == pytest.approx(scores)
+    evaluations = one(con, "SELECT count(*) FROM duckdb_ft.evaluations")
+    rows(con, "FROM finetune_sweep(?)", sweep_id)
+    assert one(con, "SELECT count(*) FROM duckdb_ft.evaluations") == evaluations
+
+
+def test_bad_eval_options_fail_the_sweep_before_any_job(faq, tiny_model_path):
+    con = faq
+    before = catalog_counts(con)
+    for bad, message in [({"eval_metric": "accuracy", "eval_query": "SELECT question AS prompt, answer AS "
+                           "completion FROM faq"}, "unknown metric 'accuracy'"),
+                         ({"eval_metric": "exact_match"}, "eval_query and eval_metric go together"),
+                         ({"eval_metric": "exact_match", "eval_query": "SELECT question FROM faq"},
+                          "eval_query must return columns prompt and completion")]:
+        with pytest.raises(duckdb.Error, match=message):
+            sweep(con, "bad", tiny_model_path, {**GRID, **bad})
+    assert catalog_counts(con) == before

@@ -155,6 +155,13 @@ def m008_model_lineage(cur: Any) -> None:
         cur.execute(f"ALTER TABLE {SCHEMA}.models ADD COLUMN {column} {kind}")
 
 
+@migration
+def m009_sweep_evaluation(cur: Any) -> None:
+    # A sweep ranked by a task metric: its EVALUATE query and metric, and the scores once evaluated.
+    for column in ("eval_query", "eval_metric", "evaluation_id", "eval_scores"):
+        cur.execute(f"ALTER TABLE {SCHEMA}.sweeps ADD COLUMN {column} VARCHAR")
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -22,7 +22,8 @@ DESCRIBE_FIELDS: dict[str, Any] = {
 }
 SWEEP_FIELDS = {"rank": "BIGINT", "job_id": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR", "swept": "JSON",
                 "validation_loss": "DOUBLE", "training_loss": "DOUBLE", "best_step": "BIGINT",
-                "trained_tokens": "BIGINT", "wall_s": "DOUBLE", "options": "JSON"}
+                "trained_tokens": "BIGINT", "wall_s": "DOUBLE", "eval_metric": "VARCHAR", "eval_score": "DOUBLE",
+                "options": "JSON"}
 HISTORY_FIELDS = {"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE", "validation_loss": "DOUBLE",
                   "learning_rate": "DOUBLE", "tokens": "BIGINT", "elapsed_s": "DOUBLE"}
 

@@ -53,6 +53,8 @@ def grid(text: str | None) -> tuple[list[dict[str, Any]], list[str]]:
             return isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
         return isinstance(value, list)
 
+    for key in ("eval_query", "eval_metric"):  # the ranking's task metric: checked and kept by the SQL surface
+        raw.pop(key, None)
     axes = {k: v for k, v in raw.items() if swept(k, v)}
     if not axes:
         raise InvalidArgument("SWEEP needs at least one option given as a list of values to try, e.g. "
@@ -83,7 +85,7 @@ def grid(text: str | None) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def create_sweep(runner: Any, session: Any, name: str, base_model: str, training_query: str,
-                 validation_query: str | None, options: str | None) -> str:
+                 validation_query: str | None, options: str | None, evaluation: dict[str, str] | None = None) -> str:
     """Check every combination, then create the sweep's jobs (``name_1`` ...); return the sweep id."""
     combos, axes = grid(options)
     schema, stem = parse_model_name(name, session.schema)
@@ -104,8 +106,12 @@ def create_sweep(runner: Any, session: Any, name: str, base_model: str, training
     copies = []
     try:
         with catalog.transaction(cur):
-            cur.execute(f"INSERT INTO {catalog.SCHEMA}.sweeps VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cur.execute(f"INSERT INTO {catalog.SCHEMA}.sweeps (id, schema_name, name, base_model, swept, owner, "
+                        "created_on) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [sweep_id, schema, stem, base_model, json.dumps(axes), session.role, catalog.now_ms()])
+            if evaluation:
+                cur.execute(f"UPDATE {catalog.SCHEMA}.sweeps SET eval_query = ?, eval_metric = ? WHERE id = ?",
+                            [evaluation["eval_query"], evaluation["eval_metric"], sweep_id])
             jobdb.update_job(cur, first, sweep_id=sweep_id)
             for n, options_json in zip(names[1:], options_of[1:]):
                 job = {k: v for k, v in template.items() if k not in RUN_FIELDS}

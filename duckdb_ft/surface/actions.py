@@ -7,7 +7,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import InvalidArgument
-from ..evaluation import evaluate as evaluation, results as evaluations
+from ..evaluation import evaluate as evaluation, results as evaluations, sweeps as sweep_scores
 from ..jobs import sweep
 
 
@@ -56,7 +56,8 @@ def _sweep(engine: Any, session: Any, args: list) -> str:
                                   f"the {label} is missing (options name the values to try as lists)")
     if engine.read_only:
         raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
-    return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options)
+    evaluation_options = sweep_scores.check(engine, session, options)  # before any job exists
+    return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options, evaluation_options)
 
 
 def _evaluate(engine: Any, session: Any, args: list) -> str:
@@ -89,7 +90,8 @@ ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
     "SHOW EVALUATIONS": lambda e, s, a: json.dumps(evaluations.show(e, s)),
     "DESCRIBE EVALUATION": lambda e, s, a: json.dumps(evaluations.describe(e, s, a[0])),
     "SWEEP": _sweep,
-    "SHOW SWEEP": lambda e, s, a: json.dumps(sweep.rank(e.jobs, s, _job_arg(a, "SHOW SWEEP"))),
+    "SHOW SWEEP": lambda e, s, a: json.dumps(sweep_scores.with_scores(
+        e, s, a[0], sweep.rank(e.jobs, s, _job_arg(a, "SHOW SWEEP")))),
 }
 
 
