@@ -187,7 +187,7 @@ def test_training_swaps_in_the_cpu_fast_paths(tiny):
     path, tokenizer, examples = tiny
     base = models.load_for_training(path)
     seen = []
-    training.train(base, examples, examples, TrainingOptions(max_epochs=1, batch_size=3, lora_r=4),
+    training.train(base, examples, examples, TrainingOptions(max_epochs=1, batch_size=3, lora_r=4, lora_dropout=0.05),
                    tokenizer.pad_token_id, training.Hooks(on_step=seen.append))
     assert base.config._attn_implementation == kernels.ATTENTION
     assert any(isinstance(m, kernels.FastDropout) for m in base.modules())
