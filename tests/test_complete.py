@@ -91,10 +91,9 @@ def test_prompt_longer_than_context(con, tiny_model_path):
     assert rows[0][0] is None and rows[1][0] is not None  # one bad row does not sink the others
 
 
-def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
-    monkeypatch.setattr(completion, "CONTINUOUS", False)  # model.generate per batch (continuous: see below)
-    loaded = models.load(tiny_model_path)
-    calls = []
+def count_generate(monkeypatch, loaded) -> list[int]:
+    """The rows of each ``model.generate`` call on ``loaded`` from now on, in order."""
+    calls: list[int] = []
     original = loaded.model.generate
 
     def counting(*args, **kwargs):
@@ -102,6 +101,13 @@ def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(loaded.model, "generate", counting)
+    return calls
+
+
+def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
+    monkeypatch.setattr(completion, "CONTINUOUS", False)  # model.generate per batch (continuous: see below)
+    loaded = models.load(tiny_model_path)
+    calls = count_generate(monkeypatch, loaded)
     rows = q(con, "SELECT complete(?, 'Question ' || i || repeat(' x', (i % 7)::INT), '{\"max_tokens\": 2}') "
                   "FROM range(100) t(i)", tiny_model_path)
     assert len(rows) == 100 and all(r[0] is not None for r in rows)
@@ -113,14 +119,7 @@ def test_identical_greedy_rows_are_generated_once_and_answered_alike(con, tiny_m
     loaded = models.load(tiny_model_path)
     alone = {i: json.loads(q(con, "SELECT complete(?, ?, '{\"max_tokens\": 4}')", tiny_model_path,
                               f"Question {i}")[0][0]) for i in range(7)}
-    calls = []
-    original = loaded.model.generate
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loaded.model, "generate", counting)
+    calls = count_generate(monkeypatch, loaded)
     rows = q(con, "SELECT i % 7, complete(?, 'Question ' || (i % 7), '{\"max_tokens\": 4}') FROM range(100) t(i)",
              tiny_model_path)
     assert calls == [7]  # 100 rows, 7 distinct prompts: one batch of 7
@@ -241,14 +240,7 @@ def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b", "ad_c"])
     names = [None, "ad_a", "ad_b", "ad_c"]
     plan = [(q, names[k % 4]) for k, q in enumerate(QUESTIONS * 2)]  # 14 rows, each adapter on several prompts
-    calls = []
-    original = loaded.model.generate
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loaded.model, "generate", counting)
+    calls = count_generate(monkeypatch, loaded)
     mixed = _requests([q for q, _ in plan], 10)
     completion.generate(loaded, mixed, adapters=[a for _, a in plan])
     assert calls == [14]  # one batch for the base and three adapters
