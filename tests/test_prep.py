@@ -208,6 +208,28 @@ def test_personal_data_kinds(text, kinds):
     assert all(f"<{k}>" in masked for k in kinds) and not pii.find(masked)
 
 
+def test_sql_prefilter_passes_every_text_that_holds_personal_data():
+    """The DuckDB pre-filter skips texts before the Python search: it must never skip one that holds a value."""
+    import random
+
+    import duckdb
+
+    rng = random.Random(7)
+    pieces = list("0123456789 -.:+()@aZ\u0663\u0967") + ["DE89", "GB82", "4111", "1111", "example.com", "::", "192."]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(20000)]
+    texts += ["mail john.doe+x@example.co.uk now", "card 4111 1111 1111 1111", "IBAN GB82 WEST 1234 5698 7654 32",
+              "hosts 192.168.1.20, 2001:db8::1", "call +44 20 7946 0958 or (555) 123-4567", "+4420794609",
+              "\u0664\u0661\u0661\u0661 \u0661\u0661\u0661\u0661 \u0661\u0661\u0661\u0661 \u0661\u0661\u0661\u0661"]
+    holding = [t for t in texts if pii.find(t)]
+    con = duckdb.connect()
+    passed = con.execute("SELECT list(regexp_matches(t, ?)) FROM (SELECT unnest(?) AS t)",
+                         [pii.SQL_PREFILTER, holding]).fetchall()[0][0]
+    assert len(holding) > 2000 and all(passed), [t for t, ok in zip(holding, passed) if not ok][:5]
+    skipped = con.execute("SELECT count(*) FILTER (NOT regexp_matches(t, ?)) FROM (SELECT unnest(?) AS t)",
+                          [pii.SQL_PREFILTER, texts]).fetchall()[0][0]
+    assert skipped > 1000  # and it does skip texts
+
+
 def test_estimate_times_training_with_a_calibration_cached_per_machine_and_model(dirty, tiny_model_path):
     from duckdb_ft.ml import calibrate
 

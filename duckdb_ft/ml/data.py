@@ -62,23 +62,18 @@ class TokenStats:
 def encode_pairs(tokenizer: Any, pairs: Iterable[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of each pair's prompt part and completion part in the chat template, before any truncation.
 
-    The template is rendered to text for the prompt alone (with the generation prompt) and for the whole
-    conversation; the completion's part is the difference, so the two are tokenized separately in batches with
-    the fast tokenizer. Training (:func:`tokenize_pairs`) and FINETUNE 'ESTIMATE' both count tokens with this.
+    The prompt part is the conversation rendered up to the generation prompt; the completion part, the rest of the
+    whole conversation; each is tokenized on its own, in batches with the fast tokenizer. Training
+    (:func:`tokenize_pairs`) and FINETUNE 'ESTIMATE' both count tokens with this; :mod:`.chat_tokens` renders the
+    template once, not per pair, and gives exactly what rendering each pair gives.
     """
-    prompt_texts, completion_texts = [], []
+    from .chat_tokens import encoder
+
+    prompts, completions = [], []
     for prompt, completion in pairs:
-        user = [{"role": "user", "content": prompt}]
-        p = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion}], tokenize=False)
-        if not full.startswith(p):  # a template that rewrites earlier turns: fall back to the whole text
-            raise InvalidArgument("the base model's chat template does not extend the prompt; cannot mask the prompt")
-        prompt_texts.append(p)
-        completion_texts.append(full[len(p):])
-    if not prompt_texts:
-        return [], []
-    return (tokenizer(prompt_texts, add_special_tokens=False)["input_ids"],
-            tokenizer(completion_texts, add_special_tokens=False)["input_ids"])
+        prompts.append(prompt)
+        completions.append(completion)
+    return encoder(tokenizer).encode(prompts, completions)
 
 
 def fit_window(n_prompt: int, n_completion: int, max_seq_length: int) -> tuple[int, bool, bool]:

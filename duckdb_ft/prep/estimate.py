@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..ml import data
+from ..ml import chat_tokens
 from ..options import TrainingOptions
 from . import duplicates
 from .clean import SHOWN_ROWS, rows_listed
@@ -21,6 +21,7 @@ MIN_ROWS, GOOD_ROWS = 100, 1000  # a common rule of thumb for supervised fine-tu
 MIN_VALIDATION_ROWS = 50
 LONG_SHARE, LONG_ROWS = 0.35, 0.05  # warn when the longest 5% of rows carry 35% of the trained tokens
 CLASS_LIKE = 20  # at most this many distinct completions: a classification-like task
+BATCH_ROWS = 8192  # rows per Arrow record batch tokenized
 
 
 def leaks(cur: Any, st: Stage, findings: str) -> None:
@@ -42,47 +43,54 @@ def _stats(x: np.ndarray) -> dict[str, int]:
 
 def tokens(cur: Any, st: Stage, findings: str, tokenizer: Any, opts: TrainingOptions,
            context: int | None) -> dict[str, Any]:
-    """Token counts of the kept rows, tokenized in Arrow batches exactly as the training worker does."""
-    reader = cur.sql(f"SELECT query, row, split, prompt, completion FROM {st.table} WHERE dropped IS NULL "
-                     f"ORDER BY split, query, row").to_arrow_reader(4096)
-    cols: dict[str, list] = {k: [] for k in ("prompt", "completion", "kept", "learned")}
-    train, flags = [], {"query": [], "row": [], "finding": [], "detail": []}
+    """Token counts of the kept rows, in Arrow record batches, counted as the training worker tokenizes them
+    (:func:`duckdb_ft.ml.data.encode_pairs`, windowed by :func:`duckdb_ft.ml.data.fit_window`), vectorised."""
+    pairs = chat_tokens.encoder(tokenizer)
+    reader = cur.sql(f"SELECT query, row, split = 'train' AS train, prompt, completion FROM {st.table} "
+                     f"WHERE dropped IS NULL ORDER BY split, query, row").to_arrow_reader(BATCH_ROWS)
+    parts = []
     for batch in reader:
-        b = batch.to_pydict()
-        enc_p, enc_c = data.encode_pairs(tokenizer, zip(b["prompt"], b["completion"]))
-        for q, r, split, p_ids, c_ids in zip(b["query"], b["row"], b["split"], enc_p, enc_c):
-            n_p, n_c = len(p_ids), len(c_ids)
-            n, truncated, learnable = data.fit_window(n_p, n_c, opts.max_seq_length)
-            cols["prompt"].append(n_p)
-            cols["completion"].append(n_c)
-            cols["kept"].append(n if learnable else 0)
-            cols["learned"].append(max(0, n - n_p) if learnable else 0)
-            train.append(split == "train")
-            for finding, hit, detail in (
-                    ("truncated", truncated, f"{n_p + n_c} tokens, cut to max_seq_length {opts.max_seq_length}"),
-                    ("over_context", context is not None and n_p + n_c > context,
-                     f"{n_p + n_c} tokens, over the model's context of {context}"),
-                    ("nothing_to_learn", not learnable, f"the prompt's {n_p} tokens fill max_seq_length")):
-                if hit:
-                    for key, value in (("query", q), ("row", r), ("finding", finding), ("detail", detail)):
-                        flags[key].append(value)
-    if flags["row"]:
-        cur.register("__ft_token_flags", pa.table(flags))
-        try:
-            cur.execute(f"INSERT INTO {findings} SELECT query, row, finding, NULL, NULL, detail FROM __ft_token_flags")
-        finally:
-            cur.unregister("__ft_token_flags")
-    a = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
-    is_train = np.asarray(train, dtype=bool)
-    learnable = a["kept"] > 0
+        n_p, n_c = pairs.lengths(batch.column("prompt").to_pylist(), batch.column("completion").to_pylist())
+        parts.append(pa.table({"query": batch.column("query"), "row": batch.column("row"),
+                               "train": batch.column("train"), "n_prompt": pa.array(n_p, pa.int64()),
+                               "n_completion": pa.array(n_c, pa.int64())}))
+    counts = (pa.concat_tables(parts) if parts else pa.table(
+        {"query": pa.array([], pa.string()), "row": pa.array([], pa.int64()), "train": pa.array([], pa.bool_()),
+         "n_prompt": pa.array([], pa.int64()), "n_completion": pa.array([], pa.int64())}))
+    n_p, n_c = counts.column("n_prompt").to_numpy(), counts.column("n_completion").to_numpy()
+    is_train = counts.column("train").to_numpy(zero_copy_only=False).astype(bool)
+    length = n_p + n_c  # data.fit_window, on arrays: cut at max_seq_length; learnable: a completion token past 1
+    n = np.minimum(length, opts.max_seq_length)
+    learnable = n - np.maximum(n_p, 1) > 0
+    a = {"prompt": n_p, "completion": n_c, "kept": np.where(learnable, n, 0),
+         "learned": np.where(learnable, np.maximum(0, n - n_p), 0)}
+    flagged = {"truncated": length > opts.max_seq_length, "over_context":
+               length > context if context is not None else np.zeros(len(n), bool), "nothing_to_learn": ~learnable}
+    _token_findings(cur, findings, counts, flagged, opts, context)
     return {"arrays": a, "train": is_train, "learnable": learnable, "summary": {
         "chat_template": True, "max_seq_length": opts.max_seq_length, "context_length": context,
         "prompt": _stats(a["prompt"]), "completion": _stats(a["completion"]),
-        "truncated_rows": len([f for f in flags["finding"] if f == "truncated"]),
-        "over_context_rows": len([f for f in flags["finding"] if f == "over_context"]),
+        "truncated_rows": int(flagged["truncated"].sum()), "over_context_rows": int(flagged["over_context"].sum()),
         "nothing_to_learn_rows": int((~learnable).sum()),
         "train_tokens": int(a["kept"][is_train].sum()),
     }}
+
+
+def _token_findings(cur: Any, findings: str, counts: pa.Table, flagged: dict[str, np.ndarray],
+                    opts: TrainingOptions, context: int | None) -> None:
+    """The rows of each token finding (truncated, over_context, nothing_to_learn) into the findings table."""
+    details = {"truncated": f"n_prompt + n_completion || ' tokens, cut to max_seq_length {opts.max_seq_length}'",
+               "over_context": f"n_prompt + n_completion || ' tokens, over the model''s context of {context}'",
+               "nothing_to_learn": "'the prompt''s ' || n_prompt || ' tokens fill max_seq_length'"}
+    for finding, mask in flagged.items():
+        if not mask.any():
+            continue
+        cur.register("__ft_token_flags", counts.filter(pa.array(mask)))
+        try:
+            cur.execute(f"INSERT INTO {findings} SELECT query, row, '{finding}', NULL, NULL, {details[finding]} "
+                        f"FROM __ft_token_flags")
+        finally:
+            cur.unregister("__ft_token_flags")
 
 
 def _count(cur: Any, findings: str, finding: str, distinct: str = "query, row") -> int:
