@@ -9,7 +9,8 @@ Within each query (training, validation), over the rows with both prompt and com
   ``LSH_THRESHOLD``, below the real threshold, so that pairs at ``NEAR_THRESHOLD`` become candidates 95% of the
   time and pairs at 0.9 99.9%) over the character 5-grams of the prompt (lower-cased, runs of other characters made one space)
   proposes candidate pairs, and a candidate counts only if the exact Jaccard similarity of the two 5-gram sets is
-  at least ``NEAR_THRESHOLD``.
+  at least ``NEAR_THRESHOLD``. Signatures are computed in numpy over batches of prompts (one multiply-add hash per
+  5-gram and permutation); candidates and the exact Jaccard in SQL, the most likely candidate of a prompt first.
 
 And between the splits: ``validation_leak``: a validation row whose prompt is also a training row's prompt.
 ``earlier`` is by row number in the query's result. Findings go to a findings table (see :func:`findings_table`).
@@ -17,8 +18,10 @@ And between the splits: ``validation_leak``: a validation row whose prompt is al
 
 from __future__ import annotations
 
-import random
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from .stage import drop_tables
 
@@ -27,6 +30,7 @@ LSH_THRESHOLD = 0.6
 NUM_PERM = 64
 SHINGLE = 5
 BUCKET_PEERS = 8  # a prompt is compared with at most this many earlier prompts of each LSH bucket
+SIGNATURE_BATCH = 65536  # prompts per record batch of MinHash signatures
 NEAR_METHOD = (f"MinHash LSH ({NUM_PERM} permutations, bands for Jaccard {LSH_THRESHOLD}) over character "
                f"{SHINGLE}-grams of the normalized prompt; candidates verified by exact Jaccard >= {NEAR_THRESHOLD}")
 
@@ -64,13 +68,51 @@ def _normalized(col: str) -> str:
     return f"trim(regexp_replace(lower({col}), '[^[:alnum:]]+', ' ', 'g'))"
 
 
+def _signature_buckets(cur: Any, t: str, bands: int, rows: int) -> None:
+    """``{t}_b``: each prompt's LSH bucket in each band. MinHash by multiply-add hashing of the 5-gram hashes
+    (``a * h + b`` mod 2**64, ``a`` odd), in numpy over Arrow record batches; a band's bucket hashes its ``rows``
+    minima together (a collision only adds a candidate, which the exact Jaccard then rejects)."""
+    rng = np.random.default_rng(20240601)
+    perms = bands * rows
+    a = rng.integers(0, 2**63, size=perms, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=perms, dtype=np.uint64)
+    mix = rng.integers(0, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    cur.execute(f"CREATE TEMP TABLE {t}_b (query VARCHAR, prompt_id BIGINT, first BIGINT, band INTEGER, "
+                f"bucket UBIGINT)")
+    count = cur.execute(f"SELECT count(*) FROM {t}_p").fetchall()[0][0]
+    for lo in range(1, count + 1, SIGNATURE_BATCH):  # prompt_id runs 1..count; one batch in memory at a time
+        batch = cur.sql(f"SELECT query, prompt_id, first, sh FROM {t}_p WHERE prompt_id >= ? AND prompt_id < ?",
+                        params=[lo, lo + SIGNATURE_BATCH]).to_arrow_table()
+        sh = batch.column("sh").combine_chunks()
+        flat = sh.flatten().to_numpy()
+        offsets = sh.offsets.to_numpy()
+        starts = (offsets[:-1] - offsets[0]).astype(np.intp)
+        sig = np.empty((len(batch), perms), np.uint64)
+        for k in range(perms):
+            sig[:, k] = np.minimum.reduceat(flat * a[k] + b[k], starts)
+        bucket = np.empty((len(batch), bands), np.uint64)
+        for band in range(bands):
+            h = np.zeros(len(batch), np.uint64)
+            for j in range(rows):
+                h = (h ^ sig[:, band * rows + j]) * mix[j]
+            bucket[:, band] = h
+        n = len(batch)
+        idx = np.repeat(np.arange(n), bands)
+        cur.register("__ft_buckets", pa.table({
+            "query": batch.column("query").take(pa.array(idx)), "prompt_id": batch.column("prompt_id").take(idx),
+            "first": batch.column("first").take(idx), "band": np.tile(np.arange(bands, dtype=np.int32), n),
+            "bucket": bucket.reshape(-1)}))
+        try:
+            cur.execute(f"INSERT INTO {t}_b SELECT * FROM __ft_buckets")
+        finally:
+            cur.unregister("__ft_buckets")
+
+
 def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR_THRESHOLD) -> None:
     """Record near-duplicate prompts (see the module docstring)."""
     from datasketch import MinHashLSH  # band parameters for the threshold, minimising false positives and negatives
 
     lsh = MinHashLSH(threshold=min(threshold, LSH_THRESHOLD), num_perm=NUM_PERM)
-    bands, rows = lsh.b, lsh.r
-    seeds = random.Random(20240601).sample(range(1, 2**63), NUM_PERM)
     t = stage + "_near"
     cur.execute(f"""
         CREATE TEMP TABLE {t}_p AS
@@ -81,26 +123,35 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
                      row_number() OVER () AS prompt_id
               FROM {stage} WHERE dropped IS DISTINCT FROM 'skipped' GROUP BY query, prompt)""")
     try:
-        cur.execute(f"""
-            CREATE TEMP TABLE {t}_b AS
-            SELECT query, prompt_id, first, b AS band,
-                   hash(list_slice(sig, b * {rows} + 1, (b + 1) * {rows})) AS bucket
-            FROM (SELECT query, prompt_id, first, list_transform({seeds}::UBIGINT[],
-                         lambda s: list_min(list_transform(sh, lambda h: hash(xor(h, s))))) AS sig
-                  FROM {t}_p), range({bands}) AS r(b)""")
-        cur.execute(f"""
-            CREATE TEMP TABLE {t}_r AS
-            SELECT *, row_number() OVER (PARTITION BY query, band, bucket ORDER BY first) AS k FROM {t}_b""")
+        _signature_buckets(cur, t, lsh.b, lsh.r)
         cur.execute(f"CREATE TEMP TABLE {t}_n (pid BIGINT, other_first BIGINT, jaccard DOUBLE)")
-        # Two rounds: against each bucket's first prompt (on templated data that settles almost every prompt at a
-        # cost of one candidate per band), then, for the prompts still unsettled, its next BUCKET_PEERS - 1.
-        for lo, hi, unsettled in ((1, 1, ""), (2, BUCKET_PEERS, f"AND a.prompt_id NOT IN (SELECT pid FROM {t}_n)")):
+        # Candidates of a prompt: first, each of its buckets' first prompt (by first row); the one sharing the most
+        # buckets with it is verified first (on templated data that settles almost every prompt with one Jaccard);
+        # for the prompts still unsettled, the other bucket firsts; then, for those still unsettled, each bucket's
+        # next BUCKET_PEERS - 1 prompts (ranked within the buckets that hold an unsettled prompt).
+        cur.execute(f"""
+            CREATE TEMP TABLE {t}_c AS
+            WITH firsts AS (SELECT query, band, bucket, arg_min(prompt_id, first) AS fpid, min(first) AS ffirst
+                            FROM {t}_b GROUP BY ALL)
+            SELECT a.prompt_id AS pid, f.fpid AS other_pid, min(f.ffirst) AS other_first, count(*) AS shared
+            FROM {t}_b a JOIN firsts f USING (query, band, bucket) WHERE a.prompt_id <> f.fpid GROUP BY ALL""")
+        unsettled = f"pid NOT IN (SELECT pid FROM {t}_n)"
+        best = (f"SELECT pid, other_pid, other_first FROM {t}_c "
+                f"QUALIFY row_number() OVER (PARTITION BY pid ORDER BY shared DESC, other_first) = 1")
+        others = f"SELECT pid, other_pid, other_first FROM {t}_c WHERE {unsettled}"
+        peers = f"""
+            WITH open AS (SELECT DISTINCT query, band, bucket FROM {t}_b
+                          WHERE prompt_id NOT IN (SELECT pid FROM {t}_n)),
+            ranked AS (SELECT b.*, row_number() OVER (PARTITION BY query, band, bucket ORDER BY first) AS k
+                       FROM {t}_b b SEMI JOIN open USING (query, band, bucket))
+            SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid, b.first AS other_first
+            FROM ranked a JOIN ranked b ON a.query = b.query AND a.band = b.band AND a.bucket = b.bucket
+                 AND b.k < a.k AND b.k BETWEEN 2 AND {BUCKET_PEERS}
+            WHERE a.prompt_id NOT IN (SELECT pid FROM {t}_n)"""
+        for pairs_sql in (best, others, peers):
             cur.execute(f"""
                 INSERT INTO {t}_n
-                WITH pairs AS (
-                    SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid, b.first AS other_first
-                    FROM {t}_r a JOIN {t}_r b ON a.query = b.query AND a.band = b.band AND a.bucket = b.bucket
-                         AND b.k < a.k AND b.k BETWEEN {lo} AND {hi} {unsettled}),
+                WITH pairs AS ({pairs_sql}),
                 scored AS (
                     SELECT pid, other_first, len(list_intersect(x.sh, y.sh)) AS common, len(x.sh) + len(y.sh) AS total
                     FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid JOIN {t}_p y ON y.prompt_id = pairs.other_pid)
@@ -116,4 +167,4 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
             WHERE NOT EXISTS (SELECT 1 FROM {stage} e WHERE e.query = s.query AND e.prompt = s.prompt
                               AND e.completion = s.completion AND e.row < s.row)""")
     finally:
-        drop_tables(cur, *(f"{t}_{suffix}" for suffix in "pbrn"))
+        drop_tables(cur, *(f"{t}_{suffix}" for suffix in "pbcn"))
