@@ -71,6 +71,23 @@ class TrainingOptions:
     early_stopping_patience: int = 0
     """Stop after this many evaluations in a row without a lower validation loss (0: never stop early); evaluations
     come at each epoch's end and every eval_steps steps."""
+    devices: int = 1
+    """Training processes on this machine: one per GPU where CUDA is present, else CPU processes (gloo). Above 1,
+    the job launches them with torchrun; the global batch is batch_size * gradient_accumulation_steps * devices *
+    nodes (README "Scaling out")."""
+    nodes: int = 1
+    """Machines taking part; above 1 the others join through ``rdzv_endpoint`` (README "Scaling out")."""
+    rdzv_endpoint: str | None = None
+    """host:port of torchrun's c10d rendezvous, on this machine (the one running DuckDB) and reachable from the
+    others; needed when nodes > 1 (one machine: torchrun --standalone picks a free local port)."""
+    rdzv_timeout: int = 300
+    """Seconds to wait for every node to join (and for a training process to report in) before the job fails."""
+    strategy: str = "ddp"
+    """How several processes share the work: "ddp" (a copy of the model in each, gradients averaged) or "fsdp"
+    (the decoder layers sharded across CUDA GPUs, for a model that does not fit one)."""
+    quantization: str = "none"
+    """Base weights stored in "4bit" or "8bit" (QLoRA through bitsandbytes: CUDA only, pip install
+    'duckdb-ft[gpu]'), or "none"."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -79,11 +96,38 @@ class TrainingOptions:
     @classmethod
     def parse(cls, text: str | None) -> "TrainingOptions":
         """Parse and validate options JSON; every problem is gathered and raised at once."""
-        return parse_options(cls, text, "FINETUNE", _CHECKS)
+        opts = parse_options(cls, text, "FINETUNE", _CHECKS)
+        problems = opts.scale_problems()
+        if problems:
+            raise InvalidArgument("invalid FINETUNE options: " + "; ".join(problems))
+        return opts
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: devices per machine times machines."""
+        return self.devices * self.nodes
+
+    @property
+    def global_batch(self) -> int:
+        """Pairs per optimizer step over every process."""
+        return self.batch_size * self.gradient_accumulation_steps * self.world_size
+
+    def scale_problems(self) -> list[str]:
+        """What is wrong between the scale-out options themselves (the machine's own limits are checked at CREATE
+        by :func:`duckdb_ft.ml.distributed.check_machine`)."""
+        out = []
+        if self.nodes > 1 and not self.rdzv_endpoint:
+            out.append(f'nodes {self.nodes} needs rdzv_endpoint: the "host:port" of this machine that the other '
+                       'machines reach, e.g. "10.0.0.1:29400"')
+        if self.strategy == "fsdp" and self.world_size < 2:
+            out.append('strategy "fsdp" shards the model across processes and needs devices (times nodes) of at '
+                       'least 2; one device trains unsharded: leave strategy "ddp"')
+        return out
 
     def steps_per_epoch(self, n_examples: int) -> int:
-        """Optimizer steps in one pass over ``n_examples`` training pairs (the last micro-batch may be short)."""
-        return math.ceil(math.ceil(n_examples / self.batch_size) / self.gradient_accumulation_steps)
+        """Optimizer steps in one pass over ``n_examples`` training pairs: ``global_batch`` pairs a step, the last
+        step shorter (as ``ceil(ceil(n / batch_size) / gradient_accumulation_steps)`` on one process)."""
+        return math.ceil(math.ceil(n_examples / self.batch_size) / (self.gradient_accumulation_steps * self.world_size))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -214,6 +258,15 @@ def _modules(v: Any) -> str | None:
     return None
 
 
+def _endpoint(v: Any) -> str | None:
+    if v is None:
+        return None
+    host, _, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        return 'must be "host:port", e.g. "10.0.0.1:29400"'
+    return None
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -256,6 +309,12 @@ _CHECKS = {
     "dedupe": _one_of("exact", "near", "none"),
     "pii": _one_of("keep", "mask", "refuse"),
     "drop_conflicting": _bool,
+    "devices": _int(1, 1024),
+    "nodes": _int(1, 1024),
+    "rdzv_endpoint": _endpoint,
+    "rdzv_timeout": _int(5, 86400),
+    "strategy": _one_of("ddp", "fsdp"),
+    "quantization": _one_of("none", "4bit", "8bit"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
 _COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}

@@ -20,7 +20,7 @@ from .. import catalog
 from ..catalog import jobs as jobdb, objects
 from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
-from ..ml import data, models
+from ..ml import data, devices, models
 from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
 from ..queries import check_query, parse_model_name
@@ -52,6 +52,7 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     parent = lineage.find_parent(cur, session, base_model, options, opts)  # continue a fine-tuned model
     if parent is not None:
         base_model = parent.base_model
+    devices.check_machine(opts)  # devices, FSDP, quantization against what this machine has
     path = check_base_model(base_model)
     check_fits_model(path, base_model, opts)
     train_q = check_query(training_query, "training query")

@@ -18,7 +18,7 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON", "cleaning": "JSON",
     "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
     "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
-    "error": {"message": "VARCHAR"},
+    "workers": "BIGINT", "error": {"message": "VARCHAR"},
 }
 SWEEP_FIELDS = {"rank": "BIGINT", "job_id": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR", "swept": "JSON",
                 "validation_loss": "DOUBLE", "training_loss": "DOUBLE", "best_step": "BIGINT",
@@ -50,12 +50,19 @@ def describe(job: dict[str, Any]) -> dict[str, Any]:
         "options": json.loads(job["options"]),
         "cleaning": json.loads(job["cleaning"]) if job.get("cleaning") else None,
         "stopped_early": bool(job.get("stopped_early")),
+        "workers": _workers(job["options"]),
         "error": {"message": job["error"]} if job["error"] else None,
     }
     out = {k: values[k] if k in values else job[k] for k in DESCRIBE_FIELDS}
     if out["error"] is None:
         del out["error"]
     return out
+
+
+def _workers(options: str) -> int:
+    """Training processes of the job: devices times nodes (1 for jobs from before these options)."""
+    o = json.loads(options)
+    return int(o.get("devices", 1)) * int(o.get("nodes", 1))
 
 
 def history(metric: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import FtError, InvalidArgument
 from ..ml import data, models, training
 from ..options import TrainingOptions
-from . import lineage
+from . import launch, lineage
 
 if TYPE_CHECKING:
     from .runner import JobRunner
@@ -78,7 +78,8 @@ class Worker:
             jobdb.delete_metrics_after(self.cur, self.id, resume[0])
         else:
             jobdb.delete_metrics_after(self.cur, self.id, 0)
-        base = models.load_for_training(path)
+        local = opts.world_size == 1  # else torchrun's processes load it (jobs/launch.py)
+        base = models.load_base_for_training(path, opts.quantization) if local else None
         initial = None if resume else lineage.initial_adapter(self.cur, job)  # a continued job: the parent's
         cancel = self.runner.cancels[self.id]
 
@@ -117,9 +118,14 @@ class Worker:
             checkpoint_on_stop=self.runner.shutdown.is_set,
         )
         try:
-            result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
-                                    resume=resume[1] if resume else None,
-                                    initial=models.adapter_from_bytes(initial) if initial else None)
+            if local:
+                result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
+                                        resume=resume[1] if resume else None,
+                                        initial=models.adapter_from_bytes(initial) if initial else None)
+            else:
+                result = launch.train(opts, path, lambda split: jobdb.read_rows(self.cur, rows_of, split),
+                                      bool(job["validation_rows"]), hooks, resume=resume[1] if resume else None,
+                                      initial=initial)
         finally:
             flush()
         finished = catalog.now_ms()

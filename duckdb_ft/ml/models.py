@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ModelLoadError, ModelNotFound
+from . import devices
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "DUCKDB_FT_CACHE"
@@ -249,7 +250,8 @@ def load(name: str) -> LoadedModel:
         _quiet()
         try:
             tokenizer = load_tokenizer(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(devices.load_settings(
+                devices.this_machine())))
         except OSError as e:
             raise ModelLoadError(f"cannot load model '{name}' from {path}: {e}") from e
         model.to(device())
@@ -260,6 +262,35 @@ def load(name: str) -> LoadedModel:
         loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, weights=weights)
         _loaded[path] = loaded
         return loaded
+
+
+def _load_kwargs(settings: devices.LoadSettings) -> dict[str, Any]:
+    """from_pretrained's arguments for ``settings``: the dtype, and on a GPU its attention (sdpa or FlashAttention)
+    and bitsandbytes quantization (then on the GPU at once: quantized weights cannot move)."""
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, settings.dtype)}
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    if settings.quantization != "none":
+        kwargs["quantization_config"] = devices.quantization_config(settings)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return kwargs
+
+
+def load_base_for_training(name: str, quantization: str = "none") -> Any:
+    """The module a job trains: ``load_for_training`` (sharing the cached weights), or with ``quantization``
+    ("4bit", "8bit": CUDA only) a quantized copy of its own, made ready by peft's ``prepare_model_for_kbit_training``
+    (norms in float32, gradients into the inputs)."""
+    if quantization == "none":
+        return load_for_training(name)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    _quiet()
+    settings = devices.load_settings(devices.this_machine(), quantization)
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_load_kwargs(settings))
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def unload_all() -> None:

@@ -68,6 +68,38 @@ class Hooks:
     checkpoint_on_stop: Callable[[], bool] = lambda: False  # save before stopping (shutdown, not a CANCEL)
 
 
+class Local:
+    """The processes a step's work is shared by: here one, which does it all. ``distributed.Ranks`` is several
+    (torchrun, DDP); ``train`` asks its world for the loss function, its share of each step and the totals."""
+
+    size = 1
+
+    def prepare(self, model: Any) -> Callable[[dict[str, Any]], Any]:
+        """The function from a batch to (loss sum, completion tokens) that training differentiates."""
+        return lambda batch: completion_loss(model, batch)
+
+    def share(self, group: list[Any]) -> list[Any]:
+        """This process's micro-batches of a step's ``group`` (every one here)."""
+        return group
+
+    def sync(self, last: bool) -> Any:
+        """Around a micro-batch's forward and backward: gradients are combined on the last one only."""
+        return contextlib.nullcontext()
+
+    def total(self, *values: float) -> tuple[float, ...]:
+        """Sums over the processes of per-process values."""
+        return values
+
+    def evaluate(self, model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str) -> float | None:
+        return evaluate(model, examples, batch_size, pad_id, device)
+
+    def stop(self, hooks: "Hooks") -> int:
+        """0 to go on, 1 to stop, 2 to checkpoint and stop (one decision for every process)."""
+        if not hooks.should_stop():
+            return 0
+        return 2 if hooks.checkpoint_on_stop() else 1
+
+
 def target_modules(model: Any, opts: TrainingOptions) -> list[str]:
     if opts.target_modules:
         return list(opts.target_modules)
@@ -198,16 +230,20 @@ def train(
     hooks: Hooks | None = None,
     resume: bytes | None = None,
     initial: dict[str, Any] | None = None,
+    world: Local | None = None,
 ) -> TrainResult:
     """Train LoRA adapters on ``base``: a module tree of its own (peft wraps it in place), whose frozen weights may
     be shared with other modules (``models.load_for_training``): they are only read. ``initial``: adapter weights
-    to start from instead of a fresh LoRA (continued training: the parent model's, of the same shape)."""
+    to start from instead of a fresh LoRA (continued training: the parent model's, of the same shape). ``world``:
+    the processes sharing each step (None: this one alone); every process of a world sees the same examples, the
+    same step of ``global_batch`` pairs, and computes the same step's loss over all of them."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from . import kernels
 
     hooks = hooks or Hooks()
+    world = world or Local()
     device = next(base.parameters()).device.type
     dtype = compute_dtype(opts, device)
     torch.manual_seed(opts.seed)
@@ -226,6 +262,7 @@ def train(
     if initial is not None and resume is None:
         set_peft_model_state_dict(model, {k: v.to(device) for k, v in initial.items()})
     model.train()
+    loss_of = world.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
 
@@ -260,15 +297,16 @@ def train(
             if selection.stopped_early:
                 break
             batches = packed_batches(train_examples, opts.batch_size, opts.seed + epoch)
-            groups = [batches[k:k + opts.gradient_accumulation_steps]
-                      for k in range(0, len(batches), opts.gradient_accumulation_steps)]
+            per_step = opts.gradient_accumulation_steps * world.size  # a step: global_batch pairs, on every process
+            groups = [batches[k:k + per_step] for k in range(0, len(batches), per_step)]
             epoch_losses = []
             for k, group in enumerate(groups):
                 if epoch * steps_per_epoch + k < step:
                     continue  # replaying a resumed job: these steps are in the checkpoint
                 fit_threads()
-                if hooks.should_stop():
-                    if hooks.checkpoint_on_stop() and step > 0:
+                stop = world.stop(hooks)
+                if stop:
+                    if stop == 2 and step > 0:
                         checkpoint()
                     raise Cancelled()
                 lr = opts.learning_rate * lr_factor(step)
@@ -276,13 +314,19 @@ def train(
                     g["lr"] = lr
                 # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
                 n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
-                loss_sum = 0.0
-                for batch in iter_packed(train_examples, group, pad_id):
-                    with _autocast(device, dtype):
-                        loss, _ = completion_loss(model, _to(batch, device))
-                    (loss / n_step).backward()
-                    loss_sum += loss.item()
-                    tokens_seen += int(batch["attention_mask"].sum())
+                loss_sum, step_tokens = 0.0, 0
+                mine = world.share(group)  # a process with no pair in a short last step still joins the sync, at 0
+                work = mine or group[:1]
+                for j, batch in enumerate(iter_packed(train_examples, work, pad_id)):
+                    with world.sync(j == len(work) - 1):
+                        with _autocast(device, dtype):
+                            loss, _ = loss_of(_to(batch, device))
+                        (loss / n_step * world.size if mine else loss * 0.0).backward()  # DDP averages: size undoes it
+                    if mine:
+                        loss_sum += loss.item()
+                        step_tokens += int(batch["attention_mask"].sum())
+                loss_sum, step_tokens = world.total(loss_sum, step_tokens)
+                tokens_seen += int(step_tokens)
                 if opts.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
                 optimizer.step()
@@ -295,7 +339,7 @@ def train(
                                           "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
                 end_of_epoch = k == len(groups) - 1
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
-                    val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+                    val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
                     metric["validation_loss"] = val_loss
                     selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
                 hooks.on_step(metric)
@@ -307,7 +351,7 @@ def train(
                     last_ckpt = time.perf_counter()
 
         if val_loss is None:
-            val_loss = evaluate(model, val_examples, opts.batch_size, pad_id, device)
+            val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
             selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
         final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                        if epoch_losses else float("nan"))

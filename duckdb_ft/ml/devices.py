@@ -1,0 +1,115 @@
+"""What a machine can train on: CREATE's checks of the scale-out options against it, and the settings a process
+loads and trains with on a CPU or a CUDA GPU, as pure functions of what the machine has (so they are tested here,
+on a CPU, for the GPU as well).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers training: CUDA GPUs (0 without CUDA), usable CPU cores, bitsandbytes."""
+
+    gpus: int
+    cores: int
+    bitsandbytes: bool = False
+    flash_attention: bool = False
+    bf16: bool = True
+    """Whether the GPUs compute bfloat16 (Ampere and later)."""
+
+
+def this_machine() -> Machine:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return Machine(gpus=gpus, cores=cpu_cores(),
+                   bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
+                   flash_attention=importlib.util.find_spec("flash_attn") is not None,
+                   bf16=bool(gpus) and torch.cuda.is_bf16_supported())
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_machine(opts: Any, machine: Machine | None = None) -> None:
+    """Raise InvalidArgument for scale-out options this machine cannot run: more devices than it has, FSDP or
+    quantization without CUDA GPUs. ``machine`` None: this one."""
+    if machine is None and opts.devices == 1 and opts.strategy == "ddp" and opts.quantization == "none":
+        return  # one process as always: nothing to ask the machine (and no torch import at CREATE)
+    m = machine or this_machine()
+    problems = []
+    if m.gpus and opts.devices > m.gpus:
+        problems.append(f"devices {opts.devices} is more than the {m.gpus} CUDA GPU(s) of this machine: use "
+                        f"at most {m.gpus} (one training process per GPU)")
+    elif not m.gpus and opts.devices > m.cores:
+        problems.append(f"devices {opts.devices} is more than the {m.cores} CPU core(s) this process may use and "
+                        f"there is no CUDA GPU: use at most {m.cores} CPU processes")
+    if opts.strategy == "fsdp" and not m.gpus:
+        problems.append('strategy "fsdp" needs CUDA GPUs: it shards the model so that each GPU holds a part of it, '
+                        "which a CPU, holding the whole model in one memory, does not need (and gloo cannot "
+                        'shard the frozen LoRA base efficiently): use strategy "ddp" on CPUs')
+    if opts.strategy == "fsdp" and opts.quantization != "none":
+        problems.append(f'strategy "fsdp" cannot shard {opts.quantization} weights (bitsandbytes keeps them '
+                        'packed per device): use strategy "ddp" with quantization, or no quantization')
+    if opts.quantization != "none":
+        if not m.gpus:
+            problems.append(f'quantization "{opts.quantization}" needs a CUDA GPU (bitsandbytes QLoRA) and this '
+                            'machine has none: remove it to train the full-precision weights on the CPU')
+        elif not m.bitsandbytes:
+            problems.append(f'quantization "{opts.quantization}" needs bitsandbytes: '
+                            "pip install 'duckdb-ft[gpu]' (or pip install bitsandbytes)")
+    if problems:
+        raise InvalidArgument("this machine cannot run these FINETUNE options: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How a process loads and trains the base model."""
+
+    device: str
+    dtype: str
+    """The base weights' dtype: "float32" on a CPU (a bf16 copy changed greedy answers), "bfloat16" on a GPU
+    that computes it (half the memory; LoRA weights stay float32 under autocast)."""
+    attn_implementation: str | None
+    """None: duckdb-ft's CPU attention kernels; on a GPU "flash_attention_2" when installed, else "sdpa"."""
+    cpu_kernels: bool
+    """duckdb-ft's CPU-only paths (explicit-product attention, fast dropout, thread fitting)."""
+    quantization: str = "none"
+    """"4bit" (NF4, bf16 compute, double quantization) or "8bit": bitsandbytes, then peft's
+    ``prepare_model_for_kbit_training``."""
+
+
+def load_settings(machine: Machine, quantization: str = "none") -> LoadSettings:
+    """The settings for ``machine``: CUDA GPUs get bf16 weights (fp16 where bf16 is not computed), sdpa or
+    FlashAttention and none of the CPU kernels; a CPU gets float32 weights and the CPU kernels."""
+    if not machine.gpus:
+        if quantization != "none":
+            raise InvalidArgument(f'quantization "{quantization}" needs a CUDA GPU: this machine has none')
+        return LoadSettings("cpu", "float32", None, True)
+    return LoadSettings("cuda", "bfloat16" if machine.bf16 else "float16",
+                        "flash_attention_2" if machine.flash_attention else "sdpa", False, quantization)
+
+
+def quantization_config(settings: LoadSettings) -> Any:
+    """transformers' BitsAndBytesConfig for ``settings`` (None without quantization)."""
+    if settings.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, settings.dtype))
