@@ -4,12 +4,16 @@ The table: ``--rows`` (default 1,000,000) short question/answer pairs made in SQ
 0.5% conflicting, 0.5% near-duplicate prompts, 0.2% with an e-mail address, 0.1% with a card number. Phases, each
 a fresh process on the same database file (peak RSS is the process's ``ru_maxrss``):
 
-- ``estimate``: ``SELECT finetune('ESTIMATE', model, query, NULL, options)``;
-- ``create``: ``SELECT finetune('CREATE', ...)`` (checks, snapshot, cleaning, stored rows), then the training
-  worker's own tokenization of the stored rows (``ml.data.tokenize_reader`` over ``catalog.jobs.read_rows``); the
-  job is cancelled before it trains.
+- ``estimate``: ``SELECT finetune('ESTIMATE', model, query, NULL, options)`` (the calibration is cached per machine
+  and model: run it once before timing);
+- ``create``: ``SELECT finetune('CREATE', ...)`` (checks, snapshot, cleaning, stored rows; the job's worker thread
+  is not started), then what the training worker does before its first step, in this process: tokenize the stored
+  rows (``ml.data.tokenize_reader`` over ``catalog.jobs.read_rows``) and plan one epoch's packed batches;
+- ``reference``: what a user would write instead to count tokens (no duplicates, no personal data): the rows into a
+  Hugging Face ``datasets.Dataset``, and a batched ``map`` rendering each row with ``apply_chat_template`` and
+  tokenizing it with the fast tokenizer; on the first ``--reference-rows`` rows.
 
-    DUCKDB_FT_CACHE=.pytest_cache/model-cache .venv/bin/python benchmarks/prepare_scale.py [--rows N] [--json out.json]
+    DUCKDB_FT_CACHE=/work/model-cache .venv/bin/python benchmarks/prepare_scale.py [--rows N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def build(path: str, rows: int) -> None:
     con.close()
 
 
-def phase(path: str, model: str, which: str) -> dict:
+def phase(path: str, model: str, which: str, reference_rows: int = 0) -> dict:
     import duckdb_ft
 
     con = duckdb_ft.connect(path)
@@ -57,13 +61,14 @@ def phase(path: str, model: str, which: str) -> dict:
         out["seconds"] = time.perf_counter() - start
         out["report"] = {k: report[k] for k in ("rows", "duplicates", "cost", "cleaning")}
         out["report"]["personal_data"] = {k: v["values"] for k, v in report["personal_data"].items()}
-    else:
+    elif which == "create":
         from duckdb_ft.catalog import jobs as jobdb
+        from duckdb_ft.jobs import runner
         from duckdb_ft.ml import data, models
 
+        runner.JobRunner.submit = lambda self, job_id: None  # the job stays PENDING: this process does its work
         name = f"bench_{int(time.time())}"
         job = con.execute("SELECT finetune('CREATE', ?, ?, ?, NULL, ?)", [name, model, QUERY, OPTIONS]).fetchall()[0][0]
-        con.execute("SELECT finetune('CANCEL', ?)", [job]).fetchall()
         out["create_seconds"] = time.perf_counter() - start
         t = time.perf_counter()
         tok = models.load_tokenizer(models.resolve(model))
@@ -71,10 +76,34 @@ def phase(path: str, model: str, which: str) -> dict:
         cur = con.cursor()
         examples = data.tokenize_reader(tok, jobdb.read_rows(cur, job, "train"), 128, stats)
         out["tokenize_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        batches = data.packed_batches(examples, 8, 0)
+        out["plan_epoch_seconds"] = time.perf_counter() - t
         out["seconds"] = time.perf_counter() - start
-        out["train_examples"], out["train_tokens"] = len(examples), stats.tokens
+        out["train_examples"], out["train_tokens"], out["batches"] = len(examples), stats.tokens, len(batches)
         out["describe"] = json.loads(con.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchall()[0][0])["cleaning"]
+        con.execute("SELECT finetune('CANCEL', ?)", [job]).fetchall()
+    else:
+        import datasets
+        import pyarrow as pa
+
+        from duckdb_ft.ml import models
+
+        tok = models.load_tokenizer(models.resolve(model))
+        rows = con.execute(f"SELECT prompt, completion FROM ({QUERY}) LIMIT ?", [reference_rows]).fetchall()
+        table = pa.table({"prompt": [p for p, _ in rows], "completion": [c for _, c in rows]})
+        start = time.perf_counter()
+
+        def count(batch: dict) -> dict:
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+                                             tokenize=False) for p, c in zip(batch["prompt"], batch["completion"])]
+            return {"tokens": [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]}
+
+        counted = datasets.Dataset(datasets.table.InMemoryTable(table)).map(count, batched=True, batch_size=4096)
+        out["seconds"] = time.perf_counter() - start
+        out["rows"], out["tokens"] = len(counted), int(sum(counted["tokens"]))
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["load_average_1m"] = os.getloadavg()[0]
     con.close()
     return out
 
@@ -83,12 +112,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--reference-rows", type=int, default=20_000)
     ap.add_argument("--json")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.db, args.model, args.phase)))
+        print(json.dumps(phase(args.db, args.model, args.phase, args.reference_rows)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.duckdb")
@@ -96,16 +126,20 @@ def main() -> int:
         build(db, args.rows)
         print(f"table of {args.rows:,} rows built in {time.perf_counter() - t:.1f} s", flush=True)
         results = []
-        for which in ("estimate", "create"):
-            run = subprocess.run([sys.executable, __file__, "--phase", which, "--db", db, "--model", args.model],
-                                 capture_output=True, text=True)
+        for which in ("reference", "estimate", "create"):
+            run = subprocess.run([sys.executable, __file__, "--phase", which, "--db", db, "--model", args.model,
+                                  "--reference-rows", str(args.reference_rows)], capture_output=True, text=True)
             if run.returncode:
                 print(run.stderr[-3000:], file=sys.stderr)
                 return 1
             r = json.loads(run.stdout.strip().splitlines()[-1])
-            r["rows_per_s"] = args.rows / r["seconds"]
+            r["rows_per_s"] = r.get("rows", args.rows) / r["seconds"]
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
+    by = {r["phase"]: r for r in results}
+    print(f"ESTIMATE {by['estimate']['rows_per_s']:,.0f} rows/s = {by['estimate']['rows_per_s'] / by['reference']['rows_per_s']:.2f}x "
+          f"the reference's token count alone ({by['reference']['rows_per_s']:,.0f} rows/s); CREATE + tokenization "
+          f"{by['create']['rows_per_s']:,.0f} rows/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": args.rows, "results": results}, f, indent=1)

@@ -236,7 +236,7 @@ def test_estimate_times_training_with_a_calibration_cached_per_machine_and_model
     r = estimate(dirty, base=tiny_model_path)
     c = r["cost"]
     assert c["estimated_training_seconds"] > 0 and c["calibration"]["seconds_per_token"] > 0
-    assert c["estimated_peak_memory_mib"] > c["calibration"]["peak_rss_mib"] > 100  # a model was loaded and trained
+    assert c["estimated_peak_memory_mib"] >= c["calibration"]["peak_rss_mib"] > 100  # a model was loaded and trained
     again = estimate(dirty, base=tiny_model_path)["cost"]
     assert again["calibration"]["cached"] and again["calibration"]["seconds_per_token"] == \
         c["calibration"]["seconds_per_token"]
