@@ -37,7 +37,7 @@ def test_tokenized_examples_equal_the_lists_and_plan_the_same_batches(tokenizer)
     assert want_stats.truncated > 0 and want_stats.dropped > 0  # the cases are there
     assert stats == want_stats and len(store) == len(want) == want_stats.examples
     assert [store[i] for i in range(len(store))] == want
-    assert store[-1] == want[-1] and store.tokens == want_stats.tokens
+    assert store[-1] == want[-1] and store.tokens == want_stats.tokens and store[1::3] == want[1::3]
     with pytest.raises(IndexError):
         store[len(store)]
     assert store.lengths.tolist() == [len(e.input_ids) for e in want]

@@ -152,7 +152,9 @@ class TokenizedExamples(Sequence):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):  # a list of those examples (a rank's share: examples[rank::size])
+            return [self[k] for k in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
