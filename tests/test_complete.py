@@ -336,3 +336,34 @@ def test_continuous_batching_stops_a_row_at_its_end_token(tiny_model_path, monke
     for a, r in zip(again, rows):
         cut = next((k for k, t in enumerate(r.new) if t == stop), len(r.new))
         assert a.new == r.new[:cut + 1]
+
+
+def test_stacked_lora_mix_computes_each_rows_own_adapter_and_falls_back_for_other_variants(tiny_model_path):
+    """lora_mix.Mixer: one forward over rows of the base and three adapters gives each row the logits of its
+    adapter alone (peft's per-adapter path); a DoRA adapter in the batch falls back to peft's adapter_names."""
+    import torch
+    from peft import LoraConfig
+
+    from duckdb_ft.ml import lora_mix
+
+    loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b", "ad_c"])
+    model = loaded.model
+    names = [None, "ad_a", "ad_b", "ad_c", "ad_b", None]
+    ids = torch.tensor([[5, 9, 14, 3, 22, 7]] * len(names))
+    with torch.inference_mode():
+        alone = {}
+        for a in dict.fromkeys(names):
+            with completion._adapter(model, a):
+                alone[a] = model(input_ids=ids[:1]).logits[0]
+        mixer = lora_mix.Mixer(model, names)
+        assert mixer.stacked
+        with mixer:
+            got = model(input_ids=ids, **mixer.kwargs(names)).logits
+        plain = model(input_ids=ids[:1]).logits[0]  # the Mixer put every layer's own forward back
+    for k, a in enumerate(names):
+        torch.testing.assert_close(got[k], alone[a], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(alone["ad_a"], alone["ad_b"]) and not torch.allclose(alone[None], alone["ad_c"])
+    torch.testing.assert_close(plain, alone["ad_c"])  # ad_c was the active adapter during the `alone` pass
+    model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    fallback = lora_mix.Mixer(model, ["ad_a", "dora"])
+    assert not fallback.stacked and fallback.kwargs(["dora", None]) == {"adapter_names": ["dora", "__base__"]}

@@ -1,8 +1,8 @@
 """COMPLETE / TRY_COMPLETE: batched generation over a chunk of rows.
 
 The SQL layer hands over whole chunks (up to 2048 rows). Rows are grouped by base model (fine-tuned models of one
-base generate in the same batches, peft's mixed-adapter batches) and options, sorted by adapter and prompt length,
-and generated in left-padded batches of up to 64, so a table of prompts costs a few ``generate`` calls, not one per
+base generate in the same batches, mixed-adapter batches of ``lora_mix.py``) and options, sorted by adapter and
+prompt length, and generated in left-padded batches of up to 64, so a table of prompts costs a few ``generate`` calls, not one per
 row. Identical greedy rows are generated once. Prompts go through the model's chat template; the longest common
 token prefix of a batch is computed once and its key/value cache shared by every row (``prefix.py``).
 ``temperature`` 0 (the default) is greedy and deterministic.
@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument
 from ..options import CompleteOptions
-from . import decode, prefix
+from . import decode, lora_mix, prefix
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
@@ -96,7 +96,7 @@ def generate(
     """Complete every request in place, in length-sorted left-padded batches; per-row errors go to ``.error``.
 
     ``adapter`` is the LoRA adapter of every row (None: the base model); ``adapters`` instead names one per row,
-    and rows of different adapters of this base then share batches (peft's mixed-adapter batches).
+    and rows of different adapters of this base then share batches (``lora_mix.py``).
     With ``fail_fast`` the first row that cannot be generated raises before any generation is spent. Identical
     requests at temperature 0 (same adapter, messages and options) are generated once and share the result: greedy
     decoding gives them the same answer anyway, and tables repeat values. The longest common token prefix of a
@@ -198,14 +198,15 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     mixed = len(set(adapters)) > 1
-    names = [a or "__base__" for a in adapters] if mixed else None
-    if names is not None:
-        kwargs["adapter_names"] = names
+    names = [a or lora_mix.BASE for a in adapters] if mixed else None
     dev = next(model.parameters()).device
     with loaded.lock, torch.inference_mode():
-        with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
+        mixer = lora_mix.Mixer(model, adapters) if mixed else None
+        with mixer if mixer is not None else _adapter(model, adapters[0]):
             if shared:
-                key, kwargs[key] = prefix.prefix_cache(model, seqs[0][:shared], len(batch), names)
+                key, kwargs[key] = prefix.prefix_cache(model, seqs[0][:shared], len(batch), names, mixer)
+            if mixer is not None:
+                kwargs.update(mixer.kwargs(adapters))
             out = model.generate(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), **kwargs)
     with _stats_lock:
         stats["generated"] += len(batch)

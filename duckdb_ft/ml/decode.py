@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import prefix
+from . import lora_mix, prefix
 
 #: A group of waiting rows is admitted once this many slots are free (or nothing else is running).
 ADMIT_MIN = 8
@@ -51,21 +51,30 @@ def greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[i
     """Fill every row's ``new`` tokens (up to its first end token, which is kept, or ``max_new`` tokens); returns
     the length of the shared prefix computed once (0: none).
 
-    ``mixed``: rows name their adapters and run as peft mixed-adapter batches; otherwise the caller has activated
-    the one adapter (or none) that every row uses.
+    ``mixed``: rows name their adapters and run as mixed-adapter batches (``lora_mix.py``); otherwise the caller
+    has activated the one adapter (or none) that every row uses.
     """
+    import contextlib
+
+    mixer = lora_mix.Mixer(model, [r.adapter for r in rows]) if mixed else None
+    with mixer if mixer is not None else contextlib.nullcontext():
+        return _greedy(model, rows, slots=slots, pad=pad, stop=stop, mixer=mixer)
+
+
+def _greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[int],
+            mixer: lora_mix.Mixer | None) -> int:
     import torch
     from transformers import DynamicCache
 
     dev = next(model.parameters()).device
     seqs = [r.ids for r in rows]
     shared = prefix.shared_length(seqs)
-    names = (lambda rs: {"adapter_names": [r.adapter or "__base__" for r in rs]}) if mixed else (lambda rs: {})
+    names = (lambda rs: mixer.kwargs([r.adapter for r in rs])) if mixer is not None else (lambda rs: {})
     prefix_kv: dict[str | None, list[tuple[Any, Any]]] = {}
     if shared:
-        distinct = list(dict.fromkeys(r.adapter for r in rows)) if mixed else [None]
+        distinct = list(dict.fromkeys(r.adapter for r in rows)) if mixer is not None else [None]
         x = torch.tensor([seqs[0][:shared]] * len(distinct), device=dev)
-        kw = {"adapter_names": [a or "__base__" for a in distinct]} if mixed else {}
+        kw = mixer.kwargs(distinct) if mixer is not None else {}
         out = model(input_ids=x, use_cache=True, **kw)
         layers = _layers(_cache(out))
         for u, a in enumerate(distinct):

@@ -56,11 +56,12 @@ def layout(seqs: Sequence[Sequence[int]], prefix: int, pad: int) -> tuple[Any, A
 
 
 def prefix_cache(model: Any, prefix_ids: Sequence[int], rows: int, adapter_names: Sequence[str] | None,
-                 ) -> tuple[str, Any]:
+                 mixer: Any = None) -> tuple[str, Any]:
     """The key/value cache of ``prefix_ids`` for ``rows`` rows: (generate's keyword for it, the cache).
 
     With ``adapter_names`` (one per row, peft's mixed-adapter batch), the prefix runs once per distinct adapter
-    and each row gets its adapter's cache; without, it runs once under whatever adapter is active.
+    and each row gets its adapter's cache (through ``mixer``, a ``lora_mix.Mixer`` of the batch, when given);
+    without, it runs once under whatever adapter is active.
     """
     import torch
 
@@ -71,7 +72,8 @@ def prefix_cache(model: Any, prefix_ids: Sequence[int], rows: int, adapter_names
     else:
         distinct = list(dict.fromkeys(adapter_names))
         x = torch.tensor([list(prefix_ids)] * len(distinct), device=dev)
-        out = model(input_ids=x, use_cache=True, adapter_names=distinct)
+        kw = mixer.kwargs(distinct) if mixer is not None else {"adapter_names": distinct}
+        out = model(input_ids=x, use_cache=True, **kw)
         pick = torch.tensor([distinct.index(a) for a in adapter_names], device=dev)
     # transformers 5.x names the cache ``cache``; older releases ``past_key_values``.
     key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
