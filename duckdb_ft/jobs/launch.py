@@ -57,9 +57,10 @@ def environment(opts: TrainingOptions, cores: int, gpus: int) -> dict[str, str]:
     return env
 
 
-def train(opts: TrainingOptions, base_path: str, rows: Callable[[str], Any], has_validation: bool,
+def train(opts: TrainingOptions, base_model: str, rows: Callable[[str], Any], has_validation: bool,
           hooks: training.Hooks, resume: bytes | None = None, initial: bytes | None = None) -> training.TrainResult:
-    """Train on ``opts.devices`` processes (and ``opts.nodes`` machines); ``rows(split)`` reads the snapshot.
+    """Train on ``opts.devices`` processes (and ``opts.nodes`` machines); ``rows(split)`` reads the snapshot;
+    ``base_model`` is the name each process resolves (on its own machine).
 
     Raises training.Cancelled when ``hooks.should_stop()`` stopped it, JobError when a process failed.
     """
@@ -71,7 +72,7 @@ def train(opts: TrainingOptions, base_path: str, rows: Callable[[str], Any], has
     proc = None
     try:
         with open(os.path.join(folder, "job.json"), "w") as f:
-            json.dump({"base": base_path, "options": opts.to_json()}, f)
+            json.dump({"base": base_model, "options": opts.to_json()}, f)
         _write_rows(os.path.join(folder, "train.arrow"), rows("train"))
         if has_validation:
             _write_rows(os.path.join(folder, "validation.arrow"), rows("validation"))

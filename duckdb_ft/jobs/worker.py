@@ -123,7 +123,7 @@ class Worker:
                                         resume=resume[1] if resume else None,
                                         initial=models.adapter_from_bytes(initial) if initial else None)
             else:
-                result = launch.train(opts, path, lambda split: jobdb.read_rows(self.cur, rows_of, split),
+                result = launch.train(opts, job["base_model"], lambda split: jobdb.read_rows(self.cur, rows_of, split),
                                       bool(job["validation_rows"]), hooks, resume=resume[1] if resume else None,
                                       initial=initial)
         finally:

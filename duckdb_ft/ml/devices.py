@@ -56,13 +56,11 @@ def check_machine(opts: Any, machine: Machine | None = None) -> None:
     elif not m.gpus and opts.devices > m.cores:
         problems.append(f"devices {opts.devices} is more than the {m.cores} CPU core(s) this process may use and "
                         f"there is no CUDA GPU: use at most {m.cores} CPU processes")
-    if opts.strategy == "fsdp" and not m.gpus:
-        problems.append('strategy "fsdp" needs CUDA GPUs: it shards the model so that each GPU holds a part of it, '
-                        "which a CPU, holding the whole model in one memory, does not need (and gloo cannot "
-                        'shard the frozen LoRA base efficiently): use strategy "ddp" on CPUs')
-    if opts.strategy == "fsdp" and opts.quantization != "none":
-        problems.append(f'strategy "fsdp" cannot shard {opts.quantization} weights (bitsandbytes keeps them '
-                        'packed per device): use strategy "ddp" with quantization, or no quantization')
+    if opts.strategy == "fsdp":
+        problems.append('strategy "fsdp" is not available yet: sharding the frozen base across devices needs the '
+                        "LoRA adapter, checkpoints and resumption gathered from the shards, which duckdb-ft does not "
+                        'do yet; use strategy "ddp" (each device holds the whole base model; with quantization "4bit" '
+                        "on a GPU a 7-8B model fits in 24 GB)")
     if opts.quantization != "none":
         if not m.gpus:
             problems.append(f'quantization "{opts.quantization}" needs a CUDA GPU (bitsandbytes QLoRA) and this '

@@ -113,18 +113,16 @@ class _LossModule:
 class Ranks(training.Local):
     """The world of ``torch.distributed``'s process group: every process plans the same steps and does its share."""
 
-    def __init__(self, device: str, strategy: str = "ddp"):
+    def __init__(self, device: str):
         import torch.distributed as dist
 
-        self.dist, self.device, self.strategy = dist, device, strategy
+        self.dist, self.device = dist, device
         self.size, self.rank = dist.get_world_size(), dist.get_rank()
         self.ddp: Any = None
 
     def prepare(self, model: Any) -> Callable[[dict[str, Any]], Any]:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if self.strategy == "fsdp":
-            shard_layers(model)
         module = _LossModule.build(model)
         frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
         DDP._set_params_and_buffers_to_ignore_for_model(module, frozen + [n for n, _ in module.named_buffers()])
@@ -163,16 +161,6 @@ class Ranks(training.Local):
         return int(t.item())
 
 
-def shard_layers(model: Any) -> None:
-    """FSDP (``fully_shard``) over each decoder layer, on CUDA: a layer's weights are gathered for its forward
-    and backward only; embeddings and the LM head stay whole (they are tied in small models)."""
-    from torch.distributed.fsdp import fully_shard
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in inner.get_decoder().layers:
-        fully_shard(layer)
-
-
 def read_job(folder: str) -> dict[str, Any]:
     """What the job's worker wrote into ``folder``, as one object to broadcast."""
     import pyarrow.ipc
@@ -203,10 +191,11 @@ def train_job(job: dict[str, Any], world: Ranks, hooks: training.Hooks) -> train
     from . import data, models
 
     opts = TrainingOptions.from_json(job["options"])
-    tokenizer = models.load_tokenizer(job["base"])
+    path = models.resolve(job["base"])  # by name: another machine has its own folder for it
+    tokenizer = models.load_tokenizer(path)
     train_ex = data.tokenize_pairs(tokenizer, job["train"], opts.max_seq_length)
     val_ex = data.tokenize_pairs(tokenizer, job["validation"], opts.max_seq_length) if job["validation"] else train_ex
-    base = models.load_base_for_training(job["base"], opts.quantization)
+    base = models.load_base_for_training(path, opts.quantization)
     initial = models.adapter_from_bytes(job["initial"]) if job["initial"] and not job["resume"] else None
     return training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks, resume=job["resume"],
                           initial=initial, world=world)
@@ -241,7 +230,7 @@ def main(argv: list[str]) -> int:
         leader = Leader(folder) if rank == first else None
         box = [read_job(folder) if leader else None]
         dist.broadcast_object_list(box, src=first)
-        world = Ranks(device, json.loads(box[0]["options"]).get("strategy", "ddp"))
+        world = Ranks(device)
         result = train_job(box[0], world, leader.hooks() if leader else training.Hooks())
         if leader:
             from . import models
