@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def test_a_rank_that_dies_fails_the_job_and_takes_the_others_down(big, tiny_mode
     ranks = [p for p in pids if b"duckdb_ft.ml.distributed" in _cmdline(p)]
     os.kill(ranks[-1], signal.SIGKILL)
     assert wait(con, job, 60) == "ERROR"
-    assert "distributed training failed" in describe(con, job)["error"]["message"]
+    assert re.search(r"distributed training failed: training process of rank \d was killed by SIGKILL",
+                     describe(con, job)["error"]["message"]), describe(con, job)["error"]
     assert_all_gone(pids)
 
 
@@ -234,6 +236,18 @@ def test_the_gpu_settings_and_the_machine_checks_as_pure_functions():
     assert devices.load_settings(devices.Machine(gpus=1, cores=8, bf16=False)).dtype == "float16"
     cpu = devices.load_settings(devices.Machine(gpus=0, cores=2))
     assert (cpu.device, cpu.dtype, cpu.attn_implementation, cpu.cpu_kernels) == ("cpu", "float32", None, True)
+    import torch
+
+    from duckdb_ft.ml import models
+
+    # What from_pretrained gets: bf16 weights and sdpa on a GPU, the float32 weights as before on a CPU; QLoRA's
+    # NF4 with bf16 compute (and the weights placed on the GPU at load: quantized weights cannot move).
+    assert models.load_kwargs(s) == {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
+    assert models.load_kwargs(cpu) == {"dtype": torch.float32}
+    q = devices.quantization_config(devices.load_settings(gpu, "4bit"))
+    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_compute_dtype) == (True, "nf4", torch.bfloat16)
+    assert devices.quantization_config(devices.load_settings(gpu, "8bit")).load_in_8bit
+    assert devices.quantization_config(s) is None
     with pytest.raises(duckdb.Error, match="needs a CUDA GPU"):
         devices.load_settings(devices.Machine(gpus=0, cores=2), "8bit")
     devices.check_machine(TrainingOptions.parse('{"devices": 8}'), gpu)  # fits: no error

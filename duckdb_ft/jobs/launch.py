@@ -12,6 +12,7 @@ The folder is removed in every case.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import signal
@@ -175,23 +176,36 @@ def _waiting_for(opts: TrainingOptions) -> str:
 
 
 def _failure(folder: str, code: int | None) -> str:
-    """The first failing rank's error, else torchrun's own last words."""
-    errors = sorted((os.path.getmtime(os.path.join(folder, n)), n) for n in os.listdir(folder)
+    """The failing rank's own error, else how torchrun saw it end (its "Root Cause"), else torchrun's last error."""
+    log = _read_log(folder)
+    root = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((\w+)\))?\s*\n"
+                     r".*?traceback\s*:\s*([^\n]*)", log, re.S)
+    errors = sorted((os.path.getmtime(os.path.join(folder, n)), n[6:]) for n in os.listdir(folder)
                     if n.startswith("error-"))
-    if errors:
-        with open(os.path.join(folder, errors[0][1])) as f:
-            return f"training process of rank {errors[0][1][6:]}: {f.read().strip()[:1000]}"
+    if root and not os.path.exists(os.path.join(folder, f"error-{root.group(1)}")):
+        rank, exitcode, sig, trace = root.groups()
+        how = f"was killed by {sig}" if sig and int(exitcode) < 0 else f"exited with code {exitcode}"
+        return f"training process of rank {rank} {how} ({trace.strip()[:300]})"
+    rank = root.group(1) if root else errors[0][1] if errors else None
+    if rank is not None:
+        with open(os.path.join(folder, f"error-{rank}")) as f:
+            return f"training process of rank {rank}: {f.read().strip()[:1000]}"
     return f"torchrun exited with code {code}: {_log_tail(folder)}"
 
 
-def _log_tail(folder: str, lines: int = 12) -> str:
+def _read_log(folder: str) -> str:
     try:
         with open(os.path.join(folder, "torchrun.log"), errors="replace") as f:
-            text = [ln.strip() for ln in f.read().splitlines() if ln.strip() and not set(ln.strip()) <= set("=-")]
+            return f.read()
     except OSError:
-        return "(no output)"
-    keep = [ln for ln in text if any(w in ln for w in ("exitcode", "rank", "Error", "error", "Signal", "timed out"))]
-    return " | ".join((keep or text)[-lines:])[:1500] or "(no output)"
+        return ""
+
+
+def _log_tail(folder: str) -> str:
+    """torchrun's last error line (an exception's name and message), else its last lines."""
+    lines = [ln.strip() for ln in _read_log(folder).splitlines() if ln.strip() and not set(ln.strip()) <= set("=-")]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    return (errors[-1] if errors else " | ".join(lines[-5:]))[:1000] or "(no output)"
 
 
 def rank_pids(folder: str) -> list[int]:

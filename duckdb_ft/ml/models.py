@@ -250,7 +250,7 @@ def load(name: str) -> LoadedModel:
         _quiet()
         try:
             tokenizer = load_tokenizer(path)
-            model = AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(devices.load_settings(
+            model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(devices.load_settings(
                 devices.this_machine())))
         except OSError as e:
             raise ModelLoadError(f"cannot load model '{name}' from {path}: {e}") from e
@@ -264,7 +264,7 @@ def load(name: str) -> LoadedModel:
         return loaded
 
 
-def _load_kwargs(settings: devices.LoadSettings) -> dict[str, Any]:
+def load_kwargs(settings: devices.LoadSettings) -> dict[str, Any]:
     """from_pretrained's arguments for ``settings``: the dtype, and on a GPU its attention (sdpa or FlashAttention)
     and bitsandbytes quantization (then on the GPU at once: quantized weights cannot move)."""
     import torch
@@ -289,7 +289,7 @@ def load_base_for_training(name: str, quantization: str = "none") -> Any:
 
     _quiet()
     settings = devices.load_settings(devices.this_machine(), quantization)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_load_kwargs(settings))
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **load_kwargs(settings))
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
