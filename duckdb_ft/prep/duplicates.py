@@ -77,11 +77,11 @@ def _signature_buckets(cur: Any, t: str, bands: int, rows: int) -> None:
     a = rng.integers(0, 2**63, size=perms, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     b = rng.integers(0, 2**63, size=perms, dtype=np.uint64)
     mix = rng.integers(0, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    cur.execute(f"CREATE TEMP TABLE {t}_b (query VARCHAR, prompt_id BIGINT, first BIGINT, band INTEGER, "
-                f"bucket UBIGINT)")
+    cur.execute(f"CREATE TEMP TABLE {t}_b (prompt_id INTEGER, band SMALLINT, bucket UBIGINT)")
     count = cur.execute(f"SELECT count(*) FROM {t}_p").fetchall()[0][0]
     for lo in range(1, count + 1, SIGNATURE_BATCH):  # prompt_id runs 1..count; one batch in memory at a time
-        batch = cur.sql(f"SELECT query, prompt_id, first, sh FROM {t}_p WHERE prompt_id >= ? AND prompt_id < ?",
+        batch = cur.sql(f"SELECT query = 'validation' AS v, prompt_id, sh FROM {t}_p "
+                        f"WHERE prompt_id >= ? AND prompt_id < ?",
                         params=[lo, lo + SIGNATURE_BATCH]).to_arrow_table()
         sh = batch.column("sh").combine_chunks()
         flat = sh.flatten().to_numpy()
@@ -98,9 +98,11 @@ def _signature_buckets(cur: Any, t: str, bands: int, rows: int) -> None:
             bucket[:, band] = h
         n = len(batch)
         idx = np.repeat(np.arange(n), bands)
+        # A band number per query (validation's after training's), so that buckets never mix the two.
+        band_of = (np.tile(np.arange(bands, dtype=np.int16), n)
+                   + np.int16(bands) * batch.column("v").to_numpy(zero_copy_only=False).astype(np.int16)[idx])
         cur.register("__ft_buckets", pa.table({
-            "query": batch.column("query").take(pa.array(idx)), "prompt_id": batch.column("prompt_id").take(idx),
-            "first": batch.column("first").take(idx), "band": np.tile(np.arange(bands, dtype=np.int32), n),
+            "prompt_id": batch.column("prompt_id").to_numpy().astype(np.int32)[idx], "band": band_of,
             "bucket": bucket.reshape(-1)}))
         try:
             cur.execute(f"INSERT INTO {t}_b SELECT * FROM __ft_buckets")
@@ -116,11 +118,10 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
     t = stage + "_near"
     cur.execute(f"""
         CREATE TEMP TABLE {t}_p AS
-        SELECT query, prompt, prompt_id, first, list_distinct(list_transform(
+        SELECT query, row_number() OVER (ORDER BY query, first) AS prompt_id, first, list_distinct(list_transform(
                    range(1, greatest(length(n) - {SHINGLE - 1}, 1) + 1), lambda i: hash(substr(n, i, {SHINGLE}))))
                    AS sh
-        FROM (SELECT query, prompt, {_normalized('prompt')} AS n, min(row) AS first,
-                     row_number() OVER () AS prompt_id
+        FROM (SELECT query, {_normalized('prompt')} AS n, min(row) AS first
               FROM {stage} WHERE dropped IS DISTINCT FROM 'skipped' GROUP BY query, prompt)""")
     try:
         _signature_buckets(cur, t, lsh.b, lsh.r)
@@ -131,29 +132,27 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
         # next BUCKET_PEERS - 1 prompts (ranked within the buckets that hold an unsettled prompt).
         cur.execute(f"""
             CREATE TEMP TABLE {t}_c AS
-            WITH firsts AS (SELECT query, band, bucket, arg_min(prompt_id, first) AS fpid, min(first) AS ffirst
-                            FROM {t}_b GROUP BY ALL)
-            SELECT a.prompt_id AS pid, f.fpid AS other_pid, min(f.ffirst) AS other_first, count(*) AS shared
-            FROM {t}_b a JOIN firsts f USING (query, band, bucket) WHERE a.prompt_id <> f.fpid GROUP BY ALL""")
-        unsettled = f"pid NOT IN (SELECT pid FROM {t}_n)"
-        best = (f"SELECT pid, other_pid, other_first FROM {t}_c "
-                f"QUALIFY row_number() OVER (PARTITION BY pid ORDER BY shared DESC, other_first) = 1")
-        others = f"SELECT pid, other_pid, other_first FROM {t}_c WHERE {unsettled}"
+            WITH firsts AS (SELECT band, bucket, min(prompt_id) AS fpid FROM {t}_b GROUP BY ALL)
+            SELECT a.prompt_id AS pid, f.fpid AS other_pid, count(*) AS shared
+            FROM {t}_b a JOIN firsts f USING (band, bucket) WHERE a.prompt_id <> f.fpid GROUP BY ALL""")
+        best = (f"SELECT pid, other_pid FROM {t}_c "
+                f"QUALIFY row_number() OVER (PARTITION BY pid ORDER BY shared DESC, other_pid) = 1")
+        others = f"SELECT c.pid, c.other_pid FROM {t}_c c ANTI JOIN {t}_n n ON n.pid = c.pid"
         peers = f"""
-            WITH open AS (SELECT DISTINCT query, band, bucket FROM {t}_b
-                          WHERE prompt_id NOT IN (SELECT pid FROM {t}_n)),
-            ranked AS (SELECT b.*, row_number() OVER (PARTITION BY query, band, bucket ORDER BY first) AS k
-                       FROM {t}_b b SEMI JOIN open USING (query, band, bucket))
-            SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid, b.first AS other_first
-            FROM ranked a JOIN ranked b ON a.query = b.query AND a.band = b.band AND a.bucket = b.bucket
+            WITH open AS (SELECT DISTINCT band, bucket FROM {t}_b b ANTI JOIN {t}_n n ON n.pid = b.prompt_id),
+            ranked AS (SELECT b.*, row_number() OVER (PARTITION BY band, bucket ORDER BY prompt_id) AS k
+                       FROM {t}_b b SEMI JOIN open USING (band, bucket))
+            SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid
+            FROM ranked a JOIN ranked b ON a.band = b.band AND a.bucket = b.bucket
                  AND b.k < a.k AND b.k BETWEEN 2 AND {BUCKET_PEERS}
-            WHERE a.prompt_id NOT IN (SELECT pid FROM {t}_n)"""
+            WHERE NOT EXISTS (SELECT 1 FROM {t}_n n WHERE n.pid = a.prompt_id)"""
         for pairs_sql in (best, others, peers):
             cur.execute(f"""
                 INSERT INTO {t}_n
                 WITH pairs AS ({pairs_sql}),
                 scored AS (
-                    SELECT pid, other_first, len(list_intersect(x.sh, y.sh)) AS common, len(x.sh) + len(y.sh) AS total
+                    SELECT pid, y.first AS other_first, len(list_intersect(x.sh, y.sh)) AS common,
+                           len(x.sh) + len(y.sh) AS total
                     FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid JOIN {t}_p y ON y.prompt_id = pairs.other_pid)
                 SELECT pid, min(other_first), max(common / (total - common)) FROM scored
                 WHERE common / (total - common) >= {threshold} GROUP BY pid""")
@@ -162,8 +161,8 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
             WITH near AS (SELECT pid, min(other_first) AS other_first, max(jaccard) AS jaccard FROM {t}_n GROUP BY pid)
             SELECT s.query, s.row, 'near_duplicate', 'prompt', near.other_first,
                    'prompt similar to row ' || near.other_first || ' (Jaccard ' || round(near.jaccard, 2) || ')'
-            FROM near JOIN {t}_p p ON p.prompt_id = near.pid
-                 JOIN {stage} s ON s.query = p.query AND s.prompt = p.prompt AND s.dropped IS DISTINCT FROM 'skipped'
+            FROM near JOIN {t}_p p ON p.prompt_id = near.pid JOIN {stage} s0 ON s0.query = p.query AND s0.row = p.first
+                 JOIN {stage} s ON s.query = s0.query AND s.prompt = s0.prompt AND s.dropped IS DISTINCT FROM 'skipped'
             WHERE NOT EXISTS (SELECT 1 FROM {stage} e WHERE e.query = s.query AND e.prompt = s.prompt
                               AND e.completion = s.completion AND e.row < s.row)""")
     finally:
