@@ -83,8 +83,9 @@ class TrainingOptions:
     rdzv_timeout: int = 300
     """Seconds to wait for every node to join (and for a training process to report in) before the job fails."""
     strategy: str = "ddp"
-    """How several processes share the work: "ddp" (a copy of the model in each, gradients averaged). "fsdp"
-    (the model sharded across GPUs) is recognised and refused at CREATE with the reason: not available yet."""
+    """How several processes share the work: "ddp" (a copy of the model in each, gradients averaged) or "fsdp"
+    (each decoder layer's weights split across the processes, gathered per layer: for a model that does not fit
+    one device; needs devices x nodes of at least 2)."""
     quantization: str = "none"
     """Base weights stored in "4bit" or "8bit" (QLoRA through bitsandbytes: CUDA only, pip install
     'duckdb-ft[gpu]'), or "none"."""
@@ -119,6 +120,9 @@ class TrainingOptions:
         if self.nodes > 1 and not self.rdzv_endpoint:
             out.append(f'nodes {self.nodes} needs rdzv_endpoint: the "host:port" of this machine that the other '
                        'machines reach, e.g. "10.0.0.1:29400"')
+        if self.strategy == "fsdp" and self.world_size < 2:
+            out.append('strategy "fsdp" shards the model across processes and needs devices (times nodes) of at '
+                       'least 2; one device trains unsharded: leave strategy "ddp"')
         return out
 
     def steps_per_epoch(self, n_examples: int) -> int:

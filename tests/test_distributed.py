@@ -97,16 +97,27 @@ def big(con):
 
 
 def test_two_processes_train_the_same_steps_and_losses_as_one_with_the_same_global_batch(faq, tiny_model_path):
-    """Each step of the 2-process job sees the same 4 pairs as the 1-process job's step (the global batch is
-    batch_size x gradient_accumulation_steps x devices), so the losses differ only by float32 rounding: sums taken
-    in another order (packing of 2 pairs a rank instead of 4, gloo's all-reduce). Measured: under 1e-7 relative;
-    1e-5 leaves room for other CPUs' kernels, and is far below a step's change (~1e-2)."""
+    """DDP and FSDP alike: each step of the 2-process job sees the same 4 pairs as the 1-process job's step (the
+    global batch is batch_size x gradient_accumulation_steps x devices), so the losses differ only by float32
+    rounding: sums taken in another order (packing of 2 pairs a rank instead of 4, gloo's all-reduce and
+    reduce-scatter). Measured: under 1e-7 relative; 1e-5 leaves room for other CPUs' kernels, and is far below a
+    step's change (~1e-2)."""
     con = faq
     one_job = create(con, "one", tiny_model_path, QUERY, options={"max_epochs": 2, "batch_size": 4, "dtype": "float32"})
-    two_job = create(con, "two", tiny_model_path, QUERY,
-                     options={"max_epochs": 2, "batch_size": 2, "devices": 2, "dtype": "float32"})
+    two = {"max_epochs": 2, "batch_size": 2, "devices": 2, "dtype": "float32"}
+    two_job = create(con, "two", tiny_model_path, QUERY, options=two)
+    fsdp_job = create(con, "two_fsdp", tiny_model_path, QUERY, options={**two, "strategy": "fsdp"})
     assert wait(con, one_job) == "SUCCESS"
-    assert wait(con, two_job) == "SUCCESS", describe(con, two_job)
+    for two_job in (two_job, fsdp_job):
+        assert wait(con, two_job) == "SUCCESS", describe(con, two_job)
+        check_same_training(con, one_job, two_job)
+    answers = [json.loads(one(con, "SELECT complete(?, 'What is code number 3?', '{\"max_tokens\": 8}')", m))
+               for m in ("one", "two", "two_fsdp")]
+    assert answers[0]["choices"] == answers[1]["choices"] == answers[2]["choices"]  # the adapters load, answer alike
+    assert not training_processes(os.getpid())
+
+
+def check_same_training(con, one_job, two_job):
     a, b = describe(con, one_job), describe(con, two_job)
     assert (a["workers"], b["workers"]) == (1, 2)
     assert a["step"] == b["step"] == a["total_steps"] == b["total_steps"] == 10
@@ -118,20 +129,18 @@ def test_two_processes_train_the_same_steps_and_losses_as_one_with_the_same_glob
         assert lb == pytest.approx(la, rel=1e-5)
         assert (va is None) == (vb is None) and (va is None or vb == pytest.approx(va, rel=1e-5))
     assert b["training_result"]["validation_loss"] == pytest.approx(a["training_result"]["validation_loss"], rel=1e-5)
-    answers = [json.loads(one(con, "SELECT complete(?, 'What is code number 3?', '{\"max_tokens\": 8}')", m))
-               for m in ("one", "two")]
-    assert answers[0]["choices"] == answers[1]["choices"]  # the adapter loads and answers as the 1-process one
-    assert not training_processes(os.getpid())
 
 
 def test_closing_the_database_or_cancel_end_every_training_process_and_the_job_resumes(tmp_path, tiny_model_path):
     """Closing the database checkpoints the job and ends its processes; RESUME goes on from that checkpoint in new
-    processes, which a CANCEL then ends too."""
+    processes, which a CANCEL then ends too. With strategy fsdp: the checkpoint is gathered from the shards and the
+    resumed optimizer state split again."""
     path = str(tmp_path / "closing.duckdb")
     con = duckdb_ft.connect(path)
     con.execute("CREATE TABLE faq AS SELECT 'Question ' || i || '?' AS question, 'Answer ' || i || '.' AS answer "
                 "FROM range(200) t(i)")
-    job = create(con, "closing", tiny_model_path, QUERY, options={"max_epochs": 10, "batch_size": 1, "devices": 2})
+    job = create(con, "closing", tiny_model_path, QUERY,
+                 options={"max_epochs": 10, "batch_size": 1, "devices": 2, "strategy": "fsdp"})
     pids = running_ranks(con, job, os.getpid())
     con.close()
     assert_all_gone(pids, 10)
@@ -199,7 +208,7 @@ def test_sigkill_of_the_database_process_leaves_no_training_process(tmp_path, ti
 
 @pytest.mark.parametrize("options, message", [
     ({"devices": devices.cpu_cores() + 1}, r"devices \d+ is more than the \d+ CPU core\(s\)"),
-    ({"devices": 2, "strategy": "fsdp"}, 'strategy "fsdp" is not available yet: .* use strategy "ddp"'),
+    ({"strategy": "fsdp"}, r"needs devices \(times nodes\) of at least 2"),
     ({"quantization": "4bit"}, 'quantization "4bit" needs a CUDA GPU'),
     ({"nodes": 2}, 'nodes 2 needs rdzv_endpoint: the "host:port"'),
     ({"nodes": 2, "rdzv_endpoint": "no-port"}, 'rdzv_endpoint must be "host:port"'),
@@ -256,8 +265,10 @@ def test_the_gpu_settings_and_the_machine_checks_as_pure_functions():
     with pytest.raises(duckdb.Error, match="needs bitsandbytes"):
         devices.check_machine(TrainingOptions.parse('{"quantization": "4bit"}'), gpu)
     devices.check_machine(TrainingOptions.parse('{"quantization": "4bit"}'), devices.Machine(8, 64, True))
-    with pytest.raises(duckdb.Error, match='"fsdp" is not available yet'):
-        devices.check_machine(TrainingOptions.parse('{"devices": 2, "strategy": "fsdp"}'), gpu)
+    devices.check_machine(TrainingOptions.parse('{"devices": 8, "strategy": "fsdp"}'), gpu)
+    with pytest.raises(duckdb.Error, match='"fsdp" cannot shard 4bit'):
+        devices.check_machine(TrainingOptions.parse('{"devices": 2, "strategy": "fsdp", "quantization": "4bit"}'),
+                              devices.Machine(8, 64, True))
 
 
 def test_global_batch_steps_and_the_torchrun_command_of_each_machine():

@@ -44,8 +44,8 @@ def cpu_cores() -> int:
 
 
 def check_machine(opts: Any, machine: Machine | None = None) -> None:
-    """Raise InvalidArgument for scale-out options this machine cannot run: more devices than it has, FSDP or
-    quantization without CUDA GPUs. ``machine`` None: this one."""
+    """Raise InvalidArgument for scale-out options this machine cannot run: more devices than it has,
+    quantization without a CUDA GPU or bitsandbytes, FSDP of quantized weights. ``machine`` None: this one."""
     if machine is None and opts.devices == 1 and opts.strategy == "ddp" and opts.quantization == "none":
         return  # one process as always: nothing to ask the machine (and no torch import at CREATE)
     m = machine or this_machine()
@@ -56,11 +56,9 @@ def check_machine(opts: Any, machine: Machine | None = None) -> None:
     elif not m.gpus and opts.devices > m.cores:
         problems.append(f"devices {opts.devices} is more than the {m.cores} CPU core(s) this process may use and "
                         f"there is no CUDA GPU: use at most {m.cores} CPU processes")
-    if opts.strategy == "fsdp":
-        problems.append('strategy "fsdp" is not available yet: sharding the frozen base across devices needs the '
-                        "LoRA adapter, checkpoints and resumption gathered from the shards, which duckdb-ft does not "
-                        'do yet; use strategy "ddp" (each device holds the whole base model; with quantization "4bit" '
-                        "on a GPU a 7-8B model fits in 24 GB)")
+    if opts.strategy == "fsdp" and opts.quantization != "none":
+        problems.append(f'strategy "fsdp" cannot shard {opts.quantization} weights (bitsandbytes keeps them '
+                        'packed per device): use strategy "ddp" with quantization, or no quantization')
     if opts.quantization != "none":
         if not m.gpus:
             problems.append(f'quantization "{opts.quantization}" needs a CUDA GPU (bitsandbytes QLoRA) and this '

@@ -1,5 +1,6 @@
 """One training process of a job that runs on several (``python -m duckdb_ft.ml.distributed [FOLDER]``, started by
-torchrun): DDP over gloo on CPUs or NCCL on CUDA GPUs, and the channel through which it reports to the job.
+torchrun): DDP (or FSDP2 with strategy "fsdp") over gloo on CPUs or NCCL on CUDA GPUs, and the channel through
+which it reports to the job.
 
 The job's worker (:mod:`duckdb_ft.jobs.launch`) writes FOLDER: ``job.json`` (base model, options),
 ``train.arrow`` / ``validation.arrow`` (the job's snapshot rows), ``resume.pt`` and ``initial.safetensors`` when
@@ -7,7 +8,7 @@ resuming or continuing a model, and listens on ``FOLDER/channel``. The *leader*,
 (machines that join from elsewhere have none; torchrun's c10d rendezvous numbers machines in the order they join),
 reads it and broadcasts it to every rank, so another machine needs only the base model. Every rank tokenizes the
 same rows and plans the same steps (:func:`duckdb_ft.ml.training.train` with :class:`Ranks`); each takes every
-size-th micro-batch of a step, DDP averages the LoRA gradients, and losses and token counts are summed over the
+size-th micro-batch of a step, DDP averages the LoRA gradients (FSDP reduce-scatters them), and losses and token counts are summed over the
 ranks, so a step's loss is the same as on one process with the same global batch. Only the leader reports: each
 step's metrics, checkpoints, and the adapter at the end; it reads CANCEL or shutdown from the channel, and every
 rank stops at the same step.
@@ -113,16 +114,20 @@ class _LossModule:
 class Ranks(training.Local):
     """The world of ``torch.distributed``'s process group: every process plans the same steps and does its share."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, strategy: str = "ddp"):
         import torch.distributed as dist
 
-        self.dist, self.device = dist, device
+        self.dist, self.device, self.strategy = dist, device, strategy
         self.size, self.rank = dist.get_world_size(), dist.get_rank()
         self.ddp: Any = None
+        self.shards: list[Any] = []
 
     def prepare(self, model: Any) -> Callable[[dict[str, Any]], Any]:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if self.strategy == "fsdp":
+            self.shards = shard_layers(model)
+            return lambda batch: training.completion_loss(model, batch)
         module = _LossModule.build(model)
         frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
         DDP._set_params_and_buffers_to_ignore_for_model(module, frozen + [n for n, _ in module.named_buffers()])
@@ -134,7 +139,11 @@ class Ranks(training.Local):
         return group[self.rank::self.size]
 
     def sync(self, last: bool) -> Any:
-        return contextlib.nullcontext() if last else self.ddp.no_sync()
+        for layer in self.shards:  # fsdp: gradients reduce-scattered on the last micro-batch only
+            layer.set_requires_gradient_sync(last)
+        if self.shards or last:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     def total(self, *values: float) -> tuple[float, ...]:
         import torch
@@ -146,11 +155,35 @@ class Ranks(training.Local):
     def evaluate(self, model: Any, examples: list[Any], batch_size: int, pad_id: int, device: str) -> float | None:
         if not examples:
             return None
+        if self.shards:  # sharded layers gather their weights with every other rank: the same batches on each
+            import torch
+
+            t = torch.tensor([training.evaluate(model, examples, batch_size, pad_id, device)], dtype=torch.float64,
+                             device=self.device)
+            self.dist.broadcast(t, 0)  # one value everywhere, so every rank keeps the same best step
+            return float(t.item())
         shard = examples[self.rank::self.size]
         mean = training.evaluate(model, shard, batch_size, pad_id, device) if shard else None
         n = sum(1 for e in shard for x in e.labels[1:] if x != training.IGNORE)  # completion_loss's count
         total, count = self.total((mean or 0.0) * n, n)
         return total / max(count, 1)
+
+    def adapter_state(self, model: Any) -> dict[str, Any]:
+        return {k: _whole(v) for k, v in training.Local.adapter_state(self, model).items()}
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        state = optimizer.state_dict()
+        return {**state, "state": {i: {k: _whole(v) for k, v in s.items()} for i, s in state["state"].items()}}
+
+    def load_optimizer(self, optimizer: Any, state: dict[str, Any]) -> None:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        optimizer.load_state_dict(state)
+        for p, s in optimizer.state.items():
+            if isinstance(p, DTensor):
+                for k, v in s.items():
+                    if not isinstance(v, DTensor) and getattr(v, "shape", None) == p.shape:
+                        s[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
 
     def stop(self, hooks: training.Hooks) -> int:
         import torch
@@ -159,6 +192,29 @@ class Ranks(training.Local):
         t = torch.tensor([mine], dtype=torch.int64, device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return int(t.item())
+
+
+def _whole(v: Any) -> Any:
+    """A sharded tensor gathered whole (every rank calls this with its shard), anything else as it is."""
+    return v.full_tensor() if hasattr(v, "full_tensor") else v
+
+
+def shard_layers(model: Any) -> list[Any]:
+    """FSDP2 (``fully_shard``) over each decoder layer: a layer's weights, frozen base and LoRA alike, are split
+    across the ranks and gathered for its forward and backward only; LoRA's gradients are reduce-scattered. The
+    embeddings, final norm and LM head stay whole (tied in small models; they hold no LoRA weights)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = list(inner.get_decoder().layers)
+    for layer in layers:
+        fully_shard(layer)
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if outside:
+        raise ValueError(f'strategy "fsdp" shards the decoder layers only, and LoRA also adapts {outside[:3]}: '
+                         'leave those out of target_modules, or use strategy "ddp"')
+    return layers
 
 
 def read_job(folder: str) -> dict[str, Any]:
@@ -196,6 +252,7 @@ def train_job(job: dict[str, Any], world: Ranks, hooks: training.Hooks) -> train
     train_ex = data.tokenize_pairs(tokenizer, job["train"], opts.max_seq_length)
     val_ex = data.tokenize_pairs(tokenizer, job["validation"], opts.max_seq_length) if job["validation"] else train_ex
     base = models.load_base_for_training(path, opts.quantization)
+    models.unload_all()  # no COMPLETE here: the shared copy would keep the whole weights that fsdp shards
     initial = models.adapter_from_bytes(job["initial"]) if job["initial"] and not job["resume"] else None
     return training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks, resume=job["resume"],
                           initial=initial, world=world)
@@ -230,7 +287,7 @@ def main(argv: list[str]) -> int:
         leader = Leader(folder) if rank == first else None
         box = [read_job(folder) if leader else None]
         dist.broadcast_object_list(box, src=first)
-        world = Ranks(device)
+        world = Ranks(device, json.loads(box[0]["options"]).get("strategy", "ddp"))
         result = train_job(box[0], world, leader.hooks() if leader else training.Hooks())
         if leader:
             from . import models

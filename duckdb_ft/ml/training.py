@@ -93,6 +93,18 @@ class Local:
     def evaluate(self, model: Any, examples: list[Example], batch_size: int, pad_id: int, device: str) -> float | None:
         return evaluate(model, examples, batch_size, pad_id, device)
 
+    def adapter_state(self, model: Any) -> dict[str, Any]:
+        """The LoRA weights, whole (a sharded world gathers them: every process calls this at the same point)."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer(self, optimizer: Any, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
     def stop(self, hooks: "Hooks") -> int:
         """0 to go on, 1 to stop, 2 to checkpoint and stop (one decision for every process)."""
         if not hooks.should_stop():
@@ -238,7 +250,7 @@ def train(
     the processes sharing each step (None: this one alone); every process of a world sees the same examples, the
     same step of ``global_batch`` pairs, and computes the same step's loss over all of them."""
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
     from . import kernels
 
@@ -259,7 +271,12 @@ def train(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    if initial is not None and resume is None:
+    # weights_only: a checkpoint holds tensors and plain values only (the optimizer's state_dict, the step), so
+    # loading it cannot run code even if the database file came from someone else.
+    state = torch.load(io.BytesIO(resume), map_location=device, weights_only=True) if resume is not None else None
+    if state is not None:
+        set_peft_model_state_dict(model, state["adapter"])  # before the world shards the model (fsdp)
+    elif initial is not None:
         set_peft_model_state_dict(model, {k: v.to(device) for k, v in initial.items()})
     model.train()
     loss_of = world.prepare(model)
@@ -272,18 +289,14 @@ def train(
 
     step, tokens_seen = 0, 0
     selection = Selection(opts.keep_best, opts.early_stopping_patience)
-    if resume is not None:
-        # weights_only: a checkpoint holds tensors and plain values only (the optimizer's state_dict, the step),
-        # so loading it cannot run code even if the database file came from someone else.
-        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=True)
-        set_peft_model_state_dict(model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        world.load_optimizer(optimizer, state["optimizer"])
         step, tokens_seen = state["step"], state["tokens"]
         selection.load(state.get("selection"))
 
     def checkpoint() -> None:
         buf = io.BytesIO()
-        torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+        torch.save({"adapter": world.adapter_state(model), "optimizer": world.optimizer_state(optimizer),
                     "step": step, "tokens": tokens_seen, "selection": selection.state()}, buf)
         hooks.save_checkpoint(step, buf.getvalue())
 
@@ -341,7 +354,7 @@ def train(
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
                     val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
                     metric["validation_loss"] = val_loss
-                    selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
+                    selection.observe(step, val_loss, lambda: world.adapter_state(model))
                 hooks.on_step(metric)
                 if selection.stopped_early:
                     break
@@ -352,10 +365,10 @@ def train(
 
         if val_loss is None:
             val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
-            selection.observe(step, val_loss, lambda: get_peft_model_state_dict(model))
+            selection.observe(step, val_loss, lambda: world.adapter_state(model))
         final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                        if epoch_losses else float("nan"))
-    adapter = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    adapter = {k: v.detach().to("cpu").contiguous() for k, v in world.adapter_state(model).items()}
     best_step = step
     if selection.best_adapter is not None and val_loss is not None and selection.best_loss < val_loss:
         adapter, val_loss, best_step = selection.best_adapter, selection.best_loss, selection.best_step
