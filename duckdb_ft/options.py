@@ -183,6 +183,9 @@ class CompleteOptions:
     max_tokens: int | None = None
     """Most tokens to generate. Unset: up to the default cap, as far as the context allows; set: the prompt plus
     max_tokens must fit the model's context."""
+    dtype: str = "float32"
+    """Matrix products of generation: "float32" (the reference) or "bfloat16" (autocast, the weights stay float32;
+    only where the hardware computes bfloat16 natively: greedy answers may differ from float32's)."""
 
     @classmethod
     def parse(cls, text: str | None) -> "CompleteOptions":
@@ -318,7 +321,8 @@ _CHECKS = {
     "quantization": _one_of("none", "4bit", "8bit"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
-_COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1)}
+_COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1),
+                    "dtype": _one_of("float32", "bfloat16")}
 assert set(_COMPLETE_CHECKS) == {f.name for f in dataclasses.fields(CompleteOptions)}
 
 

@@ -52,7 +52,8 @@ def test_messages_as_list_of_structs_and_as_json_string(con, tiny_model_path):
 @pytest.mark.parametrize("options, message", [
     ('{bad json', "not valid JSON"),
     ('[1, 2]', "must be a JSON object"),
-    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\): temprature; valid options: max_tokens, temperature, top_p"),
+    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\): temprature; valid options: dtype, max_tokens, temperature, top_p"),
+    ('{"dtype": "float16"}', 'dtype must be one of "float32", "bfloat16"'),
     ('{"max_tokens": 0}', "max_tokens must be an integer of at least 1"),
     ('{"max_tokens": "ten"}', "max_tokens must be an integer of at least 1"),
     ('{"temperature": -1}', r"temperature must be in \[0.0, 2.0\]"),
@@ -367,3 +368,31 @@ def test_stacked_lora_mix_computes_each_rows_own_adapter_and_falls_back_for_othe
     model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     fallback = lora_mix.Mixer(model, ["ad_a", "dora"])
     assert not fallback.stacked and fallback.kwargs(["dora", None]) == {"adapter_names": ["dora", "__base__"]}
+
+
+def test_dtype_bfloat16_runs_the_matmuls_in_bfloat16_apart_from_float32_rows(con, tiny_model_path, monkeypatch):
+    """A bfloat16 row computes its projections in bf16 (autocast), float32 rows of the same call stay float32
+    and answer as a float32-only call; without native bf16 the option is a clear error (NULL in TRY_COMPLETE)."""
+    import torch
+
+    loaded = models.load(tiny_model_path)
+    monkeypatch.setattr(completion, "bfloat16_native", lambda model: True)  # torch emulates it where it is not
+    seen = []
+    hook = loaded.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        fp32, bf16 = '{"max_tokens": 6}', '{"max_tokens": 6, "dtype": "bfloat16"}'
+        alone = q(con, "SELECT complete(?, 'Count the orders.', ?)", tiny_model_path, fp32)
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        both = q(con, "SELECT complete(?, p, o) FROM (VALUES ('Count the orders.', ?), ('Count the orders.', ?)) "
+                      "t(p, o)", tiny_model_path, fp32, bf16)
+        assert set(seen) == {torch.float32, torch.bfloat16}  # two groups: one per dtype
+        assert json.loads(both[0][0])["choices"] == json.loads(alone[0][0])["choices"]
+        assert json.loads(both[1][0])["usage"]["completion_tokens"] == 6
+    finally:
+        hook.remove()
+    monkeypatch.setattr(completion, "bfloat16_native", lambda model: False)
+    with pytest.raises(duckdb.Error, match='dtype "bfloat16" needs hardware that computes bfloat16 natively.*'
+                                           'use "float32"'):
+        q(con, "SELECT complete(?, 'hi', ?)", tiny_model_path, bf16)
+    assert q(con, "SELECT try_complete(?, 'hi', ?)", tiny_model_path, bf16) == [(None,)]

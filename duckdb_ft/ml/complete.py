@@ -152,6 +152,11 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
             )
         else:
             r.max_new = r.options.max_tokens
+        if r.error is None and r.options.dtype == "bfloat16" and not bfloat16_native(loaded.model):
+            r.error = InvalidArgument(
+                'dtype "bfloat16" needs hardware that computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a '
+                'GPU with bf16); this one does not: use "float32" (the default)'
+            )
         if r.error is not None:
             if fail_fast:
                 raise r.error
@@ -162,16 +167,17 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
     # small and a batch mixes adapters only where one adapter's rows do not fill it.
     def kind(item: tuple[Request, str | None]) -> tuple:
         r = item[0]
-        return (r.options.temperature, r.options.top_p, r.max_new)
+        return (r.options.dtype, r.options.temperature, r.options.top_p, r.max_new)
 
     todo.sort(key=lambda item: (kind(item), item[1] or "", len(item[0].ids)))
     if CONTINUOUS and decode.supported(loaded.model):
-        greedy = [item for item in todo if item[0].options.temperature == 0]
-        if greedy:  # every greedy row of the call, whatever its max_tokens, shares one continuous batch
-            # Longest max_tokens first: the rows admitted last, which set the tail, are the shortest.
-            greedy.sort(key=lambda item: (-item[0].max_new, item[1] or "", len(item[0].ids)))
-            _generate_continuous(loaded, greedy)
-            todo = [item for item in todo if item[0].options.temperature != 0]
+        for dtype in dict.fromkeys(r.options.dtype for r, _ in todo):
+            # every greedy row of one dtype, whatever its max_tokens, shares one continuous batch
+            greedy = [item for item in todo if item[0].options.temperature == 0 and item[0].options.dtype == dtype]
+            if greedy:  # longest max_tokens first: the rows admitted last, which set the tail, are the shortest
+                greedy.sort(key=lambda item: (-item[0].max_new, item[1] or "", len(item[0].ids)))
+                _generate_continuous(loaded, greedy)
+        todo = [item for item in todo if item[0].options.temperature != 0]
     i = 0
     while i < len(todo):
         j = i + 1
@@ -200,7 +206,7 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
     mixed = len(set(adapters)) > 1
     names = [a or lora_mix.BASE for a in adapters] if mixed else None
     dev = next(model.parameters()).device
-    with loaded.lock, torch.inference_mode():
+    with loaded.lock, torch.inference_mode(), _precision(model, opts.dtype):
         mixer = lora_mix.Mixer(model, adapters) if mixed else None
         with mixer if mixer is not None else _adapter(model, adapters[0]):
             if shared:
@@ -230,7 +236,7 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
     adapters = list(dict.fromkeys(a for _, a in items))
     mixed = len(adapters) > 1
     stop = set(_eos_ids(model, tok))
-    with loaded.lock, torch.inference_mode():
+    with loaded.lock, torch.inference_mode(), _precision(model, items[0][0].options.dtype):
         with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
             shared = decode.greedy(model, rows, slots=BATCH_ROWS, pad=tok.pad_token_id, stop=stop, mixed=mixed)
     with _stats_lock:
@@ -241,6 +247,31 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
         n = next((t for t, x in enumerate(row.new) if x in stop), len(row.new))
         r.result = Completion(text=tok.decode(row.new[:n], skip_special_tokens=True).strip(),
                               prompt_tokens=len(r.ids), completion_tokens=n)
+
+
+def bfloat16_native(model: Any) -> bool:
+    """Whether the model's device multiplies bfloat16 natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or
+    AMX), so that ``dtype`` "bfloat16" is faster rather than emulated."""
+    import torch
+
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
+                                                                    "_is_amx_tile_supported"))
+    return False
+
+
+def _precision(model: Any, dtype: str) -> Any:
+    """bfloat16 autocast for ``dtype`` "bfloat16" (the cached weights stay float32, shared with training), else
+    nothing: float32 throughout."""
+    import torch
+
+    dev = next(model.parameters()).device.type
+    if dtype == "bfloat16":
+        return torch.autocast(dev, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _eos_ids(model: Any, tok: Any) -> list[int]:
