@@ -53,3 +53,16 @@ def test_a_user_session_catches_permission_denied_by_its_type(tmp_path):
     with pytest.raises(duckdb_ft.PermissionDenied, match="Insufficient privileges"):
         duckdb_ft.execute(u1, "SELECT * FROM secret")
     admin.close()
+
+
+def test_a_connection_fetches_arrow_tables_for_plain_sql_and_for_its_own_statements(con):
+    """``to_arrow_table`` (duckdb 2.0) and ``fetch_arrow_table`` (1.x) both work on plain SQL and on duckdb-ft's own
+    statements, and a fetch consumes the result as DuckDB's cursors do."""
+    plain = con.execute("SELECT range AS n FROM range(3)").to_arrow_table()
+    assert plain.column("n").to_pylist() == [0, 1, 2]
+    assert con.execute("SELECT 42 AS answer").fetch_arrow_table().to_pylist() == [{"answer": 42}]
+    con.execute("CREATE ROLE analyst")
+    own = con.execute("SHOW ROLES")
+    table = own.to_arrow_table()
+    assert "analyst" in str(table.to_pylist())
+    assert own.fetchall() == []

@@ -138,10 +138,14 @@ class Connection:
     df = fetchdf
 
     @_typed_errors
-    def fetch_arrow_table(self) -> pa.Table:
-        return self._raw.fetch_arrow_table() if self._table is None else self._table.slice(self._offset)
+    def to_arrow_table(self) -> pa.Table:
+        """The rest of the result as an Arrow table (duckdb 2.0's name; ``fetch_arrow_table`` is the 1.x one)."""
+        if self._table is None:
+            return self._raw.to_arrow_table()
+        rest, self._offset = self._table.slice(self._offset), self._table.num_rows
+        return rest
 
-    to_arrow_table = fetch_arrow_table
+    fetch_arrow_table = arrow = to_arrow_table
 
     @property
     def description(self) -> Any:
