@@ -285,3 +285,47 @@ def test_global_batch_steps_and_the_torchrun_command_of_each_machine():
         assert "--nnodes 2 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29400 --rdzv-id duckdb-ft" in text
         assert "--nproc-per-node 4" in text and "join_timeout=30" in text and "--standalone" not in text
     assert "--standalone" in launch.torchrun_command(TrainingOptions(devices=2), "/tmp/job")
+
+
+def test_another_machine_joins_with_the_readme_command_and_trains_the_same(faq, tiny_model_path, free_port):
+    """nodes 2 on one host: this database's torchrun hosts the rendezvous, the "other machine" is a second torchrun
+    started with README's command (no job folder: it gets rows and options from the leader); both end cleanly."""
+    con = faq
+    one_job = create(con, "one", tiny_model_path, QUERY, options={"max_epochs": 1, "batch_size": 4, "dtype": "float32"})
+    assert wait(con, one_job) == "SUCCESS"
+    opts = {"max_epochs": 1, "batch_size": 2, "dtype": "float32", "nodes": 2,
+            "rdzv_endpoint": f"127.0.0.1:{free_port}", "rdzv_timeout": 120}
+    job = create(con, "two", tiny_model_path, QUERY, options=opts)
+    other = subprocess.Popen(launch.torchrun_command(TrainingOptions.parse(json.dumps(opts))),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert wait(con, job, 240) == "SUCCESS", describe(con, job)
+        assert other.wait(90) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+    d = describe(con, job)
+    assert d["workers"] == 2 and d["step"] == describe(con, one_job)["step"]
+    history = "SELECT training_loss FROM finetune_history(?) ORDER BY step"
+    for (a,), (b,) in zip(rows(con, history, one_job), rows(con, history, job), strict=True):
+        assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_the_readme_shows_the_command_other_machines_run():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("and on each other machine", 1)[1].split("```", 2)[1]
+    shown = block.replace("\\\n", " ").split()
+    built = launch.torchrun_command(TrainingOptions(devices=8, nodes=2, rdzv_endpoint="10.0.0.1:29400"))
+    assert shown == ["python"] + built[1:]
+
+
+@pytest.fixture
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

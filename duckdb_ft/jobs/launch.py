@@ -31,6 +31,7 @@ from ..options import TrainingOptions
 RDZV_ID = "duckdb-ft"  # torchrun's --rdzv-id on every machine of a job (README "Scaling out")
 START_GRACE = 180.0  # seconds, beyond rdzv_timeout, for the processes to load the model and report in
 EXIT_GRACE = 2.0  # seconds the processes have to exit on their own once the leader has sent the outcome
+EXIT_GRACE_NODES = 60.0  # the same with other machines: their torchrun waits at an exit barrier for this one's
 STOP_GRACE = 60.0  # seconds the processes have to stop at a step boundary after CANCEL before they are killed
 
 
@@ -141,7 +142,7 @@ def _supervise(proc: subprocess.Popen, listener: socket.socket, folder: str, opt
         now = time.monotonic()
         if (result is not None or cancelled) and not open_:
             done = done or now
-            if now - done > EXIT_GRACE:
+            if now - done > (EXIT_GRACE if opts.nodes == 1 else EXIT_GRACE_NODES):
                 break  # the outcome is in; whatever torchrun still does is killed by end_all
         if result is None and hooks.should_stop():
             if conn is None:  # still starting: nothing to checkpoint yet
