@@ -70,3 +70,40 @@ def parse_model_name(name: str, default_schema: str = "main") -> tuple[str, str]
         )
     parts = text.lower().split(".")
     return (parts[0], parts[1]) if len(parts) == 2 else (default_schema, parts[0])
+
+
+_VERSION = r"[A-Za-z0-9_$]+"
+
+
+def check_version(version: str) -> str:
+    """A version label (``v1``, ``v2``, or a name of the user's), lower-cased.
+
+    Raises:
+        InvalidArgument: not letters, digits, _ and $.
+    """
+    text = version.strip() if isinstance(version, str) else ""
+    if not re.fullmatch(_VERSION, text) or len(text) > 64:
+        raise InvalidArgument(f"invalid model version {version!r}: use letters, digits, _ and $, e.g. 'v2'")
+    return text.lower()
+
+
+def parse_model_ref(name: str, default_schema: str = "main") -> tuple[str, str, str | None]:
+    """``name``, ``schema.name``, ``name@version`` or ``schema.name@version`` → (schema, name, version or None).
+
+    A name without ``@version`` means the model's default version.
+
+    Raises:
+        InvalidArgument: the name or the version is not valid.
+    """
+    text = name.strip() if isinstance(name, str) else name
+    if isinstance(text, str) and "@" in text:
+        base, _, version = text.rpartition("@")
+        schema, model = parse_model_name(base, default_schema)
+        return schema, model, check_version(version)
+    schema, model = parse_model_name(text, default_schema)
+    return schema, model, None
+
+
+def model_ref(schema: str, name: str, version: str | None) -> str:
+    """``schema.name@version`` (``schema.name`` when version is None)."""
+    return f"{schema}.{name}" + (f"@{version}" if version else "")

@@ -70,10 +70,10 @@ def test_continued_model_starts_from_its_parents_adapter_and_learns_the_new_rows
     assert "beta" in answer(con, "bot_v2", "Tell B item 5") and "beta" in answer(con, "bot_v2", "Tell B item 14")
 
     v2 = model_row(con, "bot_v2")
-    assert v2["parent_model"] == "main.bot" and v2["parent_job_id"] == job
+    assert v2["parent_model"] == "main.bot@v1" and v2["parent_job_id"] == job
     assert v2["base_model"] == tiny_model_path  # the parent's base weights
     assert json.loads(v2["lora_config"])["r"] == 16
-    assert rows(con, "SELECT parent_model FROM duckdb_ft.jobs WHERE id = ?", job2) == [("main.bot",)]
+    assert rows(con, "SELECT parent_model FROM duckdb_ft.jobs WHERE id = ?", job2) == [("main.bot@v1",)]
     assert model_row(con, "bot")["parent_model"] is None
 
 
@@ -96,7 +96,7 @@ def test_continuing_needs_usage_on_the_parent(tmp_path, tiny_model_path):
         job2 = create(tess, "bot_v2", "bot", "SELECT p AS prompt, c AS completion FROM facts",
                       options={"max_epochs": 1, "batch_size": 8})
         assert wait(admin, job2) == "SUCCESS"
-        assert model_row(admin, "bot_v2")["parent_model"] == "main.bot"
+        assert model_row(admin, "bot_v2")["parent_model"] == "main.bot@v1"
     finally:
         tess.close()
         admin.close()
@@ -144,6 +144,6 @@ def test_a_sweep_over_a_fine_tuned_model_continues_it_in_every_job(faq, tiny_mod
     sweep_id = one(con, "SELECT finetune('SWEEP', 'more', 'bot', ?, NULL, ?)", query,
                    json.dumps({"max_epochs": 1, "batch_size": 8, "learning_rate": [1e-3, 2e-3]}))
     jobs = rows(con, "SELECT id, parent_model, options FROM duckdb_ft.jobs WHERE sweep_id = ?", sweep_id)
-    assert len(jobs) == 2 and {j[1] for j in jobs} == {"main.bot"}
+    assert len(jobs) == 2 and {j[1] for j in jobs} == {"main.bot@v1"}
     assert {json.loads(j[2])["lora_r"] for j in jobs} == {4}
     assert all(wait(con, j[0]) == "SUCCESS" for j in jobs)

@@ -2,8 +2,9 @@
 
 - :mod:`.migrations`: the append-only list of named schema changes, applied once each on every open.
 - :mod:`.jobs`: jobs, their row snapshots, per-step metrics and checkpoints.
-- :mod:`.models`: fine-tuned models (adapter weights as safetensors bytes).
+- :mod:`.models`: fine-tuned models and their versions (adapter weights as safetensors bytes).
 - :mod:`.access`: roles, role members, grants and object owners.
+- :mod:`.usage`: the usage history of COMPLETE, TRY_COMPLETE, EVALUATE and jobs, counted in memory and flushed.
 - :mod:`.objects`: what DuckDB's own catalog says of the user's schemas, tables and views.
 
 This module holds what they share: the schema name, the clock, one-row reads, and the one transaction helper.

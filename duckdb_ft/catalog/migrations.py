@@ -162,6 +162,35 @@ def m009_sweep_evaluation(cur: Any) -> None:
         cur.execute(f"ALTER TABLE {SCHEMA}.sweeps ADD COLUMN {column} VARCHAR")
 
 
+@migration
+def m010_model_versions(cur: Any) -> None:
+    # Versions (issue 16): a model is one row per version, keyed (schema_name, name, version); one version per model
+    # is its default (what the bare name means). Every model so far becomes version v1 of itself, its default.
+    # DuckDB cannot change a primary key in place, so the table is rebuilt with the same columns and rows.
+    cols = cur.execute("SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+                       f"WHERE schema_name = '{SCHEMA}' AND table_name = 'models' ORDER BY column_index").fetchall()
+    defs = [f'"{c}" {t}{"" if nullable else " NOT NULL"}' for c, t, nullable in cols]
+    names = ", ".join(f'"{c}"' for c, _, _ in cols)
+    cur.execute(f"""CREATE TABLE {SCHEMA}.models_versioned ({", ".join(defs)}, version VARCHAR NOT NULL,
+        is_default BOOLEAN NOT NULL, PRIMARY KEY (schema_name, name, version))""")
+    cur.execute(f"INSERT INTO {SCHEMA}.models_versioned ({names}, version, is_default) "
+                f"SELECT {names}, 'v1', true FROM {SCHEMA}.models")
+    cur.execute(f"DROP TABLE {SCHEMA}.models")
+    cur.execute(f"ALTER TABLE {SCHEMA}.models_versioned RENAME TO models")
+    # The version a job creates (NULL in jobs created before this migration: v1).
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN model_version VARCHAR")
+
+
+@migration
+def m011_usage_history(cur: Any) -> None:
+    # Usage history (issue 16): COMPLETE, TRY_COMPLETE and EVALUATE counted per hour, function, model, version
+    # ('' for a base model) and role. Training jobs' trained tokens are read from jobs.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.usage (
+        start_ms BIGINT NOT NULL, function_name VARCHAR NOT NULL, model_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL, role VARCHAR NOT NULL, calls BIGINT NOT NULL, rows BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL, errors BIGINT NOT NULL)""")
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

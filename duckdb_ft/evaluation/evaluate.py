@@ -85,7 +85,7 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
         raise InvalidArgument("the database is read-only: open it read-write to record evaluations")
     cur = engine.cursor()
     check = session.checker()
-    found = {n: _check_model(engine, check, n) for n in names}
+    found = {n: _check_model(engine, session, check, n) for n in names}
     sql = check_query(query, "evaluation query")
     authorize_query(session, cur, sql, "evaluation query")  # as CREATE: SELECT on what it reads, no FINETUNE
     data.check_columns(cur, sql, "evaluation query")
@@ -110,13 +110,16 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
         RUNNING[session.id] = {"id": ev_id, "model": names[0], "done": 0, "total": len(names) * len(prompts),
                                "started": time.monotonic()}
         try:
-            summary = _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs,
-                           skipped, wanted, sandbox, opts)
-        except BaseException as e:
-            stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
-            evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
-                          error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise
+            try:
+                summary = _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs,
+                               skipped, wanted, sandbox, opts)
+            except BaseException as e:
+                stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
+                evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
+                              error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                raise
+        finally:
+            _record_usage(engine, session, names, found, requests)
     finally:
         RUNNING.pop(session.id, None)
         if sandbox is not None:
@@ -124,9 +127,23 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
     return json.dumps(summary)
 
 
-def _check_model(engine: Any, check: Any, name: str) -> dict | None:
+def _record_usage(engine: Any, session: Any, names: list[str], found: dict[str, dict | None],
+                  requests: dict[str, list[completion.Request]]) -> None:
+    """One EVALUATE call per model (version) in the usage history: its rows, tokens, and rows left unanswered."""
+    for n in names:
+        row = found[n]
+        done = [r.result for r in requests[n] if r.result is not None]
+        engine.usage.add("EVALUATE", f"{row['schema_name']}.{row['name']}" if row else n,
+                         row["version"] if row else None, session.role, rows=len(requests[n]),
+                         prompt_tokens=sum(r.prompt_tokens for r in done),
+                         completion_tokens=sum(r.completion_tokens for r in done),
+                         errors=len(requests[n]) - len(done))
+    engine.usage.flush()
+
+
+def _check_model(engine: Any, session: Any, check: Any, name: str) -> dict | None:
     """USAGE on a fine-tuned model (its catalog row), or the base model exists (no weights loaded yet)."""
-    row = engine.find_model(name)
+    row = engine.find_model(name, session)
     if row is not None:
         check.require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
         return row

@@ -17,13 +17,13 @@ from typing import Any
 import duckdb
 
 from .. import catalog
-from ..catalog import jobs as jobdb, objects
+from ..catalog import jobs as jobdb, models as modeldb, objects
 from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
 from ..ml import data, devices, models
 from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
-from ..queries import check_query, parse_model_name
+from ..queries import check_query, check_version, parse_model_name
 from . import lineage
 
 @dataclass
@@ -39,6 +39,10 @@ class Request:
     opts: TrainingOptions
     parent: lineage.Parent | None = None
     """The fine-tuned model a continued job starts from (``base_model`` is then the parent's base model)."""
+    version: str = "v1"
+    """The model version the job creates (``v1`` of a new name unless the option ``version`` says otherwise)."""
+    versioned: bool = False
+    """The option ``version`` was given: the name may exist, and the job adds a version to it."""
 
 
 def check_request(cur: Any, session: Any, name: str | None, base_model: str, training_query: str,
@@ -48,6 +52,7 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     ``name`` None (ESTIMATE) skips the model name and the CREATE MODEL privilege: nothing is created.
     """
     schema, model_name = parse_model_name(name, session.schema) if name is not None else (session.schema, None)
+    version_opt, options = split_version_option(options)
     opts = TrainingOptions.parse(options)
     parent = lineage.find_parent(cur, session, base_model, options, opts)  # continue a fine-tuned model
     if parent is not None:
@@ -68,7 +73,40 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     data.check_columns(cur, train_q, "training query")
     if val_q:
         data.check_columns(cur, val_q, "validation query")
-    return Request(schema, model_name, base_model, path, train_q, val_q, opts, parent)
+    req = Request(schema, model_name, base_model, path, train_q, val_q, opts, parent)
+    if name is not None and version_opt is not None:
+        req.versioned = True
+        if modeldb.model_exists(cur, schema, model_name):  # a new version changes what the name means for everyone
+            check.require_owner("MODEL", f"{schema}.{model_name}", "add a version to")
+        taken = modeldb.version_labels(cur, schema, model_name)
+        req.version = modeldb.next_version(taken) if version_opt is True else version_opt
+    return req
+
+
+def split_version_option(options: str | None) -> tuple[str | bool | None, str | None]:
+    """The option ``version`` (True: the next ``v<N>``; a label; None: not given) and the other options' JSON.
+
+    ``version`` names the model's version, not how it trains, so it is no training option (and not in the
+    options a job records)."""
+    if options is None or not str(options).strip():
+        return None, options
+    try:
+        raw = json.loads(options)
+    except (json.JSONDecodeError, ValueError):
+        return None, options  # TrainingOptions.parse says what is wrong
+    if not isinstance(raw, dict) or "version" not in raw:
+        return None, options
+    value = raw.pop("version")
+    if value is True:
+        version: str | bool | None = True
+    elif value is None or value is False:
+        version = None
+    elif isinstance(value, str):
+        version = check_version(value)
+    else:
+        raise InvalidArgument(f"invalid FINETUNE option version {json.dumps(value)[:40]}: use true (the next version, "
+                              "v2, v3, ...) or a version name such as \"v7\"")
+    return version, json.dumps(raw)
 
 
 def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
@@ -80,7 +118,7 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
     req = check_request(cur, session, name, base_model, training_query, validation_query, options)
     schema, model_name, train_q, val_q, opts = req.schema, req.model_name, req.train_q, req.val_q, req.opts
     job_id = f"ft_{uuid.uuid4()}"
-    _name_free(cur.cursor(), schema, model_name)  # fail fast, before copying anything
+    target_free(cur.cursor(), schema, model_name, req.version, req.versioned)  # fail fast, before copying anything
     # The copy runs the user's query once, on this cursor, which interrupt() and Ctrl-C of the session stop
     # (session.busy_cursor); the name lock is held only for the last check, the job's insert and the commit.
     session.busy_cursor = cur
@@ -90,12 +128,14 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
             jobdb.insert_job(cur, {
                 "id": job_id, "schema_name": schema, "model_name": model_name, "base_model": req.base_model,
                 "parent_model": req.parent and req.parent.name, "parent_job_id": req.parent and req.parent.job_id,
-                "training_query": train_q, "validation_query": val_q, "options": opts.to_json(),
+                "model_version": req.version, "training_query": train_q, "validation_query": val_q,
+                "options": opts.to_json(),
                 "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
             })
             _snapshot(cur, job_id, train_q, val_q, opts)
             with name_lock:
-                _name_free(cur.cursor(), schema, model_name)  # a fresh cursor: what others committed meanwhile
+                # a fresh cursor: what others committed meanwhile
+                target_free(cur.cursor(), schema, model_name, req.version, req.versioned)
                 cur.execute("COMMIT")
         except BaseException:
             try:
@@ -115,12 +155,20 @@ def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, bas
     return job_id
 
 
-def _name_free(cur: Any, schema: str, model_name: str) -> None:
+def target_free(cur: Any, schema: str, model_name: str, version: str, versioned: bool) -> None:
+    """The model a job creates must be new: an unversioned CREATE needs a free name, a versioned one a free
+    version of the name (no model version, no active job creating it)."""
+    if versioned:
+        if version in modeldb.version_labels(cur, schema, model_name):
+            raise AlreadyExists(f"model '{schema}.{model_name}' has a version '{version}' already (or a job is "
+                                f"creating it): pass another version name, or {{\"version\": true}} for the next one")
+        return
     holder = jobdb.name_in_use(cur, schema, model_name)
     if holder:
         what = "a model" if holder == "model" else f"job {holder}, which is creating it,"
-        raise AlreadyExists(f"model name '{schema}.{model_name}' is taken by {what}: choose another name "
-                            f"or DROP MODEL {schema}.{model_name}")
+        raise AlreadyExists(f"model name '{schema}.{model_name}' is taken by {what}: choose another name, "
+                            f"DROP MODEL {schema}.{model_name}, or add a version to it with the option "
+                            f"'{{\"version\": true}}'")
 
 
 def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: TrainingOptions) -> None:

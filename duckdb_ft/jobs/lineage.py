@@ -3,6 +3,8 @@
 - :func:`find_parent`: at CREATE, a base model that names a fine-tuned model of the catalog makes the job a
   continuation: it trains the parent's base weights from the parent's adapter, so the LoRA shape (rank, alpha,
   target modules) is the parent's, and options that would change it are an error. Needs USAGE on the parent.
+  ``bot`` continues the default version of ``bot``, ``bot@v1`` that version; the parent is recorded as
+  ``schema.name@version``.
 - :func:`model_lineage`: at the end of a job, what the model records of where it came from: its parent, its base
   model's weights hash, the queries, the snapshot's row count and hash, the options, the final metrics and the
   adapter's hash. Two trainings on the same snapshot with the same options show the same ``snapshot_hash`` and
@@ -20,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..catalog import lineage as lineagedb, models as modeldb
-from ..errors import InvalidArgument, PermissionDenied
+from ..errors import InvalidArgument, NotFound, PermissionDenied
 from ..options import TrainingOptions
-from ..queries import parse_model_name
+from ..queries import model_ref, parse_model_ref
 
 #: Options that set the LoRA shape, with the LoRA config key each one is.
 SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "target_modules": "target_modules"}
@@ -43,14 +45,18 @@ def find_parent(cur: Any, session: Any, base_model: str, options: str | None, op
     if not isinstance(base_model, str) or not base_model.strip():
         return None
     try:
-        schema, name = parse_model_name(base_model.strip(), session.schema)
+        schema, name, version = parse_model_ref(base_model.strip(), session.schema)
     except InvalidArgument:
         return None  # a path or a hub id, not a model name
-    row = modeldb.list_models_named(cur, schema, name)
-    if row is None:
-        return None
+    row = modeldb.list_models_named(cur, schema, name, version)
     full = f"{schema}.{name}"
-    if not session.checker().has("USAGE", "MODEL", full):
+    if row is None and version is not None and session.checker().has("USAGE", "MODEL", full):
+        if modeldb.model_exists(cur, schema, name):
+            raise NotFound(f"model '{full}' has no version '{version}': SHOW VERSIONS IN MODEL {full} lists them")
+        raise NotFound(f"model '{full}' does not exist (SHOW MODELS lists them)")
+    if row is None and version is None:
+        return None
+    if row is None or not session.checker().has("USAGE", "MODEL", full):
         raise PermissionDenied(f"Insufficient privileges to operate on model '{full}': it does not exist or USAGE "
                                f"is required to continue training it (current role: {session.role})")
     lora = json.loads(row["lora_config"])
@@ -68,7 +74,7 @@ def find_parent(cur: Any, session: Any, base_model: str, options: str | None, op
         raise InvalidArgument(f"continuing model '{full}' keeps its LoRA shape, but the options change it: "
                               f"{'; '.join(changed)}. Drop those options, or train a new adapter from its base "
                               f"model '{row['base_model']}'")
-    return Parent(full, row["job_id"], row["base_model"])
+    return Parent(model_ref(schema, name, row["version"]), row["job_id"], row["base_model"])
 
 
 def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:

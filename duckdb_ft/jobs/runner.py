@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from .. import catalog
-from ..catalog import jobs as jobdb
+from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import AlreadyExists, FtError, Interrupted, JobError, NotFound, PermissionDenied
 from . import shapes
 from .create import create_job
@@ -92,10 +92,10 @@ class JobRunner:
             if job["status"] != "ERROR":
                 raise JobError(f"job {job_id} is {job['status']}: only a job in ERROR can be resumed")
             with self._create_lock:
-                holder = jobdb.name_in_use(cur, job["schema_name"], job["model_name"])
-                if holder:
-                    raise AlreadyExists(f"model name '{job['schema_name']}.{job['model_name']}' has been taken "
-                                        "since: drop that model first")
+                version = job.get("model_version") or "v1"
+                if version in modeldb.version_labels(cur, job["schema_name"], job["model_name"]):
+                    raise AlreadyExists(f"model '{job['schema_name']}.{job['model_name']}' version {version} has been "
+                                        "created since: drop that model (or version) first")
                 jobdb.update_job(cur, job_id, status="PENDING", error=None, finished_on=None)
         self.submit(job_id)
         return f"Resumed fine-tuning job: {job_id}"

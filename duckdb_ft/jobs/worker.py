@@ -135,7 +135,8 @@ class Worker:
                    "steps": result.steps, "epochs": result.epochs, "trained_tokens": trained_tokens,
                    "best_step": result.best_step, "stopped_early": result.stopped_early}
         modeldb.finish_job_with_model(self.cur, self.id, {
-            "schema_name": job["schema_name"], "name": job["model_name"], "base_model": job["base_model"],
+            "schema_name": job["schema_name"], "name": job["model_name"], "version": job.get("model_version") or "v1",
+            "base_model": job["base_model"],
             "lora_config": json.dumps(result.lora_config), "adapter": adapter,
             "job_id": self.id, "owner": job["owner"], "created_on": finished,
             "training_loss": result.training_loss, "validation_loss": result.validation_loss,

@@ -328,11 +328,13 @@ def complete_rows(
     options: Sequence[str | None] | None,
     *,
     try_mode: bool,
+    on_request: Callable[[int, Request], None] | None = None,
 ) -> list[str | None]:
     """COMPLETE over a chunk: one output per row (text, or Cortex JSON when ``options`` is given).
 
     ``resolve`` maps a model name to (loaded base model, adapter name or None). In ``try_mode`` any row's
-    error becomes NULL for that row; otherwise the first error is raised.
+    error becomes NULL for that row; otherwise the first error is raised. ``on_request(i, request)`` is told of
+    each row's request as it is parsed (its ``result`` holds the token counts once generated: usage history).
     """
     out: list[str | None] = [None] * len(prompts)
     parsed: dict[str, list[tuple[int, Request]]] = {}
@@ -347,6 +349,8 @@ def complete_rows(
                 continue
             raise
         parsed.setdefault(m, []).append((i, req))
+        if on_request is not None:
+            on_request(i, req)
     # Fine-tuned models of one base share its loaded module: their rows generate together, in mixed batches.
     bases: dict[int, tuple[LoadedModel, list[tuple[int, Request, str | None, str]]]] = {}
     for model_name, rows in parsed.items():

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..catalog import models as modeldb
 from ..errors import AlreadyExists, InvalidArgument, NotFound
-from ..queries import parse_model_name
+from ..queries import parse_model_ref
 from . import models
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -32,7 +32,7 @@ DTYPES = ("f32", "f16")
 
 
 def export_model(session: Any, name: str, folder: str, format: str = "adapter", dtype: str = "f32") -> str:
-    """Write model ``name`` at ``folder`` (which must not exist, or be an empty folder) in ``format``; its path.
+    """Write model ``name`` (``name@version``: that version; else the default) at ``folder`` (which must not exist, or be an empty folder) in ``format``; its path.
 
     ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged`` and ``gguf``; f32 answers exactly as
     COMPLETE does. For ``gguf``, a ``folder`` ending in ``.gguf`` is the file itself; otherwise the folder holds
@@ -45,12 +45,15 @@ def export_model(session: Any, name: str, folder: str, format: str = "adapter", 
     if format == "adapter" and dtype != "f32":
         raise InvalidArgument("the adapter format keeps the trained adapter's own weights: drop dtype, or export "
                               "--format merged or gguf")
-    schema, model = parse_model_name(name, session.schema)
+    schema, model, version = parse_model_ref(name, session.schema)
     cur = session.engine.cursor()
-    row = modeldb.get_model(cur, schema, model)
-    if row is None:
+    if not modeldb.model_exists(cur, schema, model):
         raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
     session.checker().require_owner("MODEL", f"{schema}.{model}", "export")
+    row = modeldb.get_model(cur, schema, model, version)
+    if row is None:
+        raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
+                       f"{schema}.{model} lists them")
     target = Path(folder).expanduser().resolve()
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
         raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
@@ -87,7 +90,7 @@ def export_model(session: Any, name: str, folder: str, format: str = "adapter", 
 
 
 def _info(cur: Any, row: dict[str, Any], schema: str, model: str, format: str, dtype: str) -> dict[str, Any]:
-    info = {"model": f"{schema}.{model}", "format": format, "base_model": row["base_model"],
+    info = {"model": f"{schema}.{model}", "version": row.get("version"), "format": format, "base_model": row["base_model"],
             "job_id": row["job_id"], "created_on": row["created_on"], "training_loss": row["training_loss"],
             "validation_loss": row["validation_loss"]}
     if format != "adapter":

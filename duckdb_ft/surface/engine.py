@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog import migrations, models as modeldb, objects
-from ..errors import FtError, InvalidArgument
+from ..catalog import migrations, models as modeldb, objects, usage as usagedb
+from ..errors import FtError, InvalidArgument, NotFound, PermissionDenied
 from ..governance import roles
 from ..jobs.runner import JobRunner
 from ..ml import models
-from ..queries import parse_model_name
+from ..queries import parse_model_ref
 
 
 class Engine:
@@ -37,6 +37,7 @@ class Engine:
             if "read-only" not in str(e).lower() and "read only" not in str(e).lower():
                 raise
             self.read_only = True
+        self.usage = usagedb.UsageRecorder(self.cursor, writable=not self.read_only)
         self.jobs = JobRunner(self)
         if not self.read_only:
             self.jobs.recover()
@@ -60,12 +61,16 @@ class Engine:
         self.sessions[s.id] = s
         return s
 
-    def resolve_model(self, session: "Session", name: str) -> tuple[models.LoadedModel, str | None]:
+    def resolve_model(self, session: "Session", name: str,
+                      found: dict[str, dict | None] | None = None) -> tuple[models.LoadedModel, str | None]:
         """A model name as COMPLETE sees it: (loaded base model, LoRA adapter to activate or None).
 
         A fine-tuned model of the catalog wins; otherwise the name is a base model (alias, folder, hub id).
+        ``found``, if given, gets ``name`` → the model version's catalog row (None: a base model).
         """
-        row = self.find_model(name)
+        row = self.find_model(name, session)
+        if found is not None:
+            found[name] = row
         if row is None:
             return models.load(name), None
         session.checker().require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
@@ -76,15 +81,31 @@ class Engine:
             models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
         return loaded, key
 
-    def find_model(self, name: str) -> dict | None:
-        """The catalog row of a fine-tuned model named ``name`` (``schema.name`` or current schema), or None."""
+    def find_model(self, name: str, session: "Session | None" = None) -> dict | None:
+        """The catalog row of a fine-tuned model version named ``name`` (``[schema.]name[@version]``; no version:
+        the model's default), or None when ``name`` is no model of the catalog (then it names a base model).
+
+        Raises:
+            NotFound: the model exists but has no such version.
+        """
         if self.read_only and not objects.has_catalog(self.cursor()):
             return None
         try:
-            schema, model = parse_model_name(name)
+            schema, model, version = parse_model_ref(name)
         except InvalidArgument:
             return None
-        return modeldb.list_models_named(self.cursor(), schema, model)
+        cur = self.cursor()
+        row = modeldb.list_models_named(cur, schema, model, version)
+        if row is None and version is not None:
+            full = f"{schema}.{model}"
+            if session is not None and not session.checker().has("USAGE", "MODEL", full):
+                raise PermissionDenied(f"Insufficient privileges to operate on model '{full}': it does not exist or "
+                                       f"USAGE is required (current role: {session.role})")
+            if modeldb.model_exists(cur, schema, model):
+                raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
+                               f"{schema}.{model} lists them")
+            raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
+        return row
 
 
 @dataclass(eq=False)

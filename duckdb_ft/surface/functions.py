@@ -18,8 +18,7 @@ import pyarrow as pa
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import estimate, shapes
-from ..ml import complete as completion
-from . import router
+from . import router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
 from .grammar import parse_ft_statement
@@ -50,10 +49,11 @@ def _register_udfs(con: Any, engine: Engine) -> None:
             options = rest[0] if with_options else None
             session_ids = rest[-1]
             session = engine.session(session_ids[0])
-            return completion.complete_rows(
-                lambda name: engine.resolve_model(session, name), models, prompts, options, try_mode=try_mode
-            )
+            return usage.complete_and_record(engine, session, models, prompts, options, try_mode=try_mode)
         return run
+
+    def usage_history(session_ids):
+        return [json.dumps(usage.as_records(usage.usage_rows(engine, engine.session(s)))) for s in session_ids]
 
     def finetune(session_ids, actions, a1, a2, a3, a4, a5):
         out = []
@@ -104,6 +104,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_data_report", data_report, [V] * 5),
         ("__ft_finetune_evaluation", evaluation_rows, [V, V]),
         ("__ft_finetune_evaluations", evaluation_list, [V]),
+        ("__ft_usage", usage_history, [V]),
         ("__ft_complete", complete(False, False), [V, V, V]),
         ("__ft_complete_opts", complete(False, True), [V, V, V, V]),
         ("__ft_try_complete", complete(True, False), [V, V, V]),
@@ -122,6 +123,7 @@ _EVAL_ROWS_TYPE = evalshapes.from_json_type(evalshapes.ROW_FIELDS)
 _EVAL_LIST_TYPE = evalshapes.from_json_type(evalshapes.SHOW_FIELDS)
 _COMPARISON_TYPE = evalshapes.from_json_type(evalshapes.COMPARISON_FIELDS)
 _SWEEP_TYPE = shapes.from_json_type(shapes.SWEEP_FIELDS, array=True)
+_USAGE_TYPE = json.dumps([usage.USAGE_TYPE])
 
 
 def _finetune_call(session: str, n: int) -> str:
@@ -170,6 +172,10 @@ def _macros(session_id: str) -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO finetune_evaluations() AS TABLE
               (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_finetune_evaluations({s}),
                    '{_EVAL_LIST_TYPE}')) AS r))""",
+        f"""CREATE OR REPLACE TEMP MACRO finetune_usage() AS TABLE
+              (SELECT start_time::TIMESTAMP AS start_time, end_time::TIMESTAMP AS end_time, * EXCLUDE (start_time,
+                      end_time) FROM (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_usage({s}),
+                   '{_USAGE_TYPE}')) AS r)))""",
         f"""CREATE OR REPLACE TEMP MACRO complete(model, prompt) AS __ft_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),

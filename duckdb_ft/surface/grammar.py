@@ -31,6 +31,7 @@ class FtStatement:
     grantee_kind: str | None = None  # USER or ROLE (GRANT ROLE r TO ...)
     grantee: str | None = None
     if_exists: bool = False
+    version: str | None = None  # a model's version: m@v1, DROP MODEL m VERSION v1, SET DEFAULT VERSION v1
     text: str = ""
 
 
@@ -87,6 +88,13 @@ class _Tokens:
             raise InvalidArgument(f"name {'.'.join(parts)!r} has too many parts: use schema.name")
         return ".".join(parts)
 
+    def version(self) -> str:
+        """A version label: a name or a number (``v2``, ``2024_q1``, ``3``), lower-cased."""
+        if not self.done() and self.toks[self.i].token_type.name in ("NUMBER", "STRING"):
+            self.i += 1
+            return self.toks[self.i - 1].text.lower()
+        return self.name().lower()
+
     def end(self) -> None:
         if not self.done():
             raise self.error("end of statement")
@@ -122,6 +130,9 @@ def _object(t: _Tokens, st: FtStatement) -> None:
     t.i += 1
     st.object_kind = kind
     st.object_name = t.name() if kind == "SCHEMA" else t.qualified()
+    if kind == "MODEL" and t.peek() == "@":
+        raise InvalidArgument(f"privileges are on a model and cover all its versions: name model "
+                              f"'{st.object_name}' without @version")
 
 
 def _grant_or_revoke(t: _Tokens, kind: str) -> FtStatement:
@@ -145,6 +156,11 @@ def _grant_or_revoke(t: _Tokens, kind: str) -> FtStatement:
 
 
 def _show(t: _Tokens) -> FtStatement:
+    if t.accept("USAGE"):
+        return FtStatement(kind="SHOW USAGE")
+    if t.accept("VERSIONS"):
+        t.expect("IN", "MODEL")
+        return _model_name(t, FtStatement(kind="SHOW VERSIONS"), versioned=False)
     if t.accept("ROLES"):
         return FtStatement(kind="SHOW ROLES")
     if t.accept("MODELS"):
@@ -164,11 +180,37 @@ def _show(t: _Tokens) -> FtStatement:
         elif t.accept("ON"):
             _object(t, st)
         return st
-    raise t.error("ROLES, MODELS or GRANTS")
+    raise t.error("ROLES, MODELS, VERSIONS, GRANTS or USAGE")
 
 
-def _model_name(t: _Tokens, st: FtStatement) -> FtStatement:
+def _model_name(t: _Tokens, st: FtStatement, versioned: bool = True) -> FtStatement:
+    """A model's name, and with ``versioned`` an optional ``@version`` after it."""
     st.object_kind, st.object_name = "MODEL", t.qualified()
+    if t.accept("@"):
+        if not versioned:
+            raise InvalidArgument(f"{st.kind} names a model, not one of its versions: drop the @version")
+        st.version = t.version()
+    return st
+
+
+def _drop_model(t: _Tokens) -> FtStatement:
+    st = _model_name(t, FtStatement(kind="DROP MODEL", if_exists=t.accept("IF", "EXISTS")))
+    if st.version is None and t.accept("VERSION"):
+        st.version = t.version()
+    return st
+
+
+def _alter_model(t: _Tokens) -> FtStatement:
+    """ALTER MODEL m SET DEFAULT VERSION v (or Snowflake's SET DEFAULT_VERSION = v); ALTER MODEL m DROP VERSION v."""
+    st = _model_name(t, FtStatement(kind="ALTER MODEL"), versioned=False)
+    if t.accept("DROP", "VERSION"):
+        st.kind, st.version = "DROP MODEL", t.version()
+        return st
+    t.expect("SET")
+    if not (t.accept("DEFAULT", "VERSION") or t.accept("DEFAULT_VERSION")):
+        raise t.error("SET DEFAULT VERSION or DROP VERSION")
+    t.accept("=")
+    st.version = t.version()
     return st
 
 
@@ -180,8 +222,10 @@ FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("GRANT",): lambda t: _grant_or_revoke(t, "GRANT"),
     ("REVOKE",): lambda t: _grant_or_revoke(t, "REVOKE"),
     ("USE", "ROLE"): lambda t: FtStatement(kind="USE ROLE", role=t.name()),
-    ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all three by _show
-    ("DROP", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DROP MODEL", if_exists=t.accept("IF", "EXISTS"))),
+    ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all by _show
+    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None,
+    ("DROP", "MODEL"): _drop_model,
+    ("ALTER", "MODEL"): _alter_model,
     ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
     ("DESC", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
 }

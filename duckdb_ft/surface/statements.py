@@ -1,4 +1,4 @@
-"""duckdb-ft's own statements, one handler each: roles, grants, models. Each checks the caller's privileges, changes
+"""duckdb-ft's own statements, one handler each: roles, grants, models and their versions. Each checks the caller's privileges, changes
 the catalog, and answers with a small table (pyarrow), as Snowflake answers the same statements.
 """
 
@@ -13,6 +13,7 @@ from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from ..governance import roles
 from ..queries import parse_model_name
 from .engine import Session
+from . import usage
 from .grammar import FtStatement
 
 #: The privileges GRANT accepts on each kind of object.
@@ -185,8 +186,10 @@ def _show_grants(session: Session, st: FtStatement) -> pa.Table:
     return _table(rows, ["privilege", "granted_on", "name", "granted_to", "grantee_name"])
 
 
-MODEL_COLUMNS = ["schema_name", "name", "base_model", "owner", "created_on", "training_loss", "validation_loss",
-                 "job_id"]
+MODEL_COLUMNS = ["schema_name", "name", "default_version", "versions", "base_model", "owner", "created_on",
+                 "training_loss", "validation_loss", "job_id"]
+VERSION_COLUMNS = ["created_on", "name", "is_default_version", "schema_name", "model_name", "job_id", "base_model",
+                   "parent_model", "snapshot_rows", "training_loss", "validation_loss", "owner"]
 
 
 def _show_models(session: Session, st: FtStatement) -> pa.Table:
@@ -200,31 +203,65 @@ def _show_models(session: Session, st: FtStatement) -> pa.Table:
     return _table(rows, MODEL_COLUMNS)
 
 
-def _model(session: Session, st: FtStatement) -> tuple[str, str, dict | None]:
+def _model(session: Session, st: FtStatement, need: str = "USAGE") -> tuple[str, str, dict]:
+    """The model version a statement names (its default without a version), which the role may use; else the
+    error that says what is wrong (an unknown version is told apart only to a role that may use the model)."""
     schema, name = parse_model_name(st.object_name, session.schema)
-    return schema, name, modeldb.get_model(session.engine.cursor(), schema, name)
+    cur = session.engine.cursor()
+    full = f"{schema}.{name}"
+    if not modeldb.model_exists(cur, schema, name) or not session.checker().has("USAGE", "MODEL", full):
+        _no_such_model(session, full, need)
+    model = modeldb.get_model(cur, schema, name, st.version)
+    if model is None:
+        raise NotFound(f"model '{full}' has no version '{st.version}': SHOW VERSIONS IN MODEL {full} lists them")
+    return schema, name, model
 
 
 def _drop_model(session: Session, st: FtStatement) -> pa.Table:
-    schema, name, model = _model(session, st)
-    if model is None or not session.checker().has("USAGE", "MODEL", f"{schema}.{name}"):
-        if st.if_exists:
-            hidden = "" if session.is_admin else " or not authorized"
-            return _status(f"Model {schema}.{name} does not exist{hidden}, statement succeeded.")
-        _no_such_model(session, f"{schema}.{name}")
-    session.checker().require_owner("MODEL", f"{schema}.{name}", "DROP MODEL")
+    schema, name = parse_model_name(st.object_name, session.schema)
+    full = f"{schema}.{name}"
     cur = session.engine.cursor()
+    if st.if_exists and (not modeldb.model_exists(cur, schema, name)
+                         or not session.checker().has("USAGE", "MODEL", full)
+                         or (st.version and modeldb.get_model(cur, schema, name, st.version) is None)):
+        hidden = "" if session.is_admin else " or not authorized"
+        what = f"Version {st.version} of model {full}" if st.version else f"Model {full}"
+        return _status(f"{what} does not exist{hidden}, statement succeeded.")
+    schema, name, model = _model(session, st, "OWNERSHIP")
+    session.checker().require_owner("MODEL", full, "DROP MODEL")
+    if st.version:
+        if model["is_default"]:
+            others = [v["version"] for v in modeldb.list_versions(cur, schema, name) if v["version"] != st.version]
+            hint = (f"ALTER MODEL {full} SET DEFAULT VERSION {others[-1]} first" if others else
+                    "it is the only version")
+            raise InvalidArgument(f"version {st.version} is the default version of model {full} and cannot be "
+                                  f"dropped: {hint}, or DROP MODEL {full} to drop the model with every version")
+        modeldb.drop_version(cur, schema, name, st.version)
+        return _status(f"Version {st.version} of model {full} successfully dropped.")
     modeldb.drop_model(cur, schema, name)
     for role, priv, kind, obj in accessdb.grants(cur):
-        if kind == "MODEL" and obj == f"{schema}.{name}":
+        if kind == "MODEL" and obj == full:
             accessdb.remove_grant(cur, role, priv, kind, obj)
-    return _status(f"{schema}.{name} successfully dropped.")
+    return _status(f"{full} successfully dropped.")
+
+
+def _alter_model(session: Session, st: FtStatement) -> pa.Table:
+    schema, name, _ = _model(session, st, "OWNERSHIP")  # the version exists
+    full = f"{schema}.{name}"
+    session.checker().require_owner("MODEL", full, "ALTER MODEL")
+    modeldb.set_default_version(session.engine.cursor(), schema, name, st.version)
+    return _status(f"Default version of model {full} set to {st.version}.")
+
+
+def _show_versions(session: Session, st: FtStatement) -> pa.Table:
+    schema, name, _ = _model(session, st)
+    rows = [{**v, "name": v["version"], "model_name": v["name"], "is_default_version": v["is_default"]}
+            for v in modeldb.list_versions(session.engine.cursor(), schema, name)]
+    return _table(rows, VERSION_COLUMNS)
 
 
 def _describe_model(session: Session, st: FtStatement) -> pa.Table:
     schema, name, model = _model(session, st)
-    if model is None or not session.checker().has("USAGE", "MODEL", f"{schema}.{name}"):
-        _no_such_model(session, f"{schema}.{name}")
     session.checker().require("USAGE", "MODEL", f"{schema}.{name}")
     model = {k: v for k, v in model.items() if k != "adapter"}
     model["adapter_bytes"] = len(modeldb.model_adapter(session.engine.cursor(), model["job_id"]))
@@ -243,5 +280,8 @@ HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
     "SHOW GRANTS": _show_grants,
     "SHOW MODELS": _show_models,
     "DROP MODEL": _drop_model,
+    "ALTER MODEL": _alter_model,
+    "SHOW VERSIONS": _show_versions,
+    "SHOW USAGE": lambda s, st: _table(usage.usage_rows(s.engine, s), usage.USAGE_COLUMNS),
     "DESCRIBE MODEL": _describe_model,
 }
