@@ -39,13 +39,14 @@ from .errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
+    RemoteError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
-    "AlreadyExists", "PermissionDenied", "JobError", "Interrupted", "__version__",
+    "AlreadyExists", "PermissionDenied", "JobError", "Interrupted", "RemoteError", "__version__",
 ]
 
 
@@ -99,7 +100,8 @@ def execute(con: Any, sql: str, params: Any = None) -> Any:
     return _execute(con, sql, params)
 
 
-def export_model(con: Any, name: str, folder: str, format: str = "adapter", dtype: str = "f32") -> str:
+def export_model(con: Any, name: str, folder: str | None = None, format: str = "adapter", dtype: str = "f32",
+                 push_to_hub: str | None = None, private: bool = True) -> str:
     """Write fine-tuned model ``name`` at ``folder`` (new, or an empty folder); return its path. ``format``:
 
     - ``adapter``: a PEFT adapter folder (adapter weights, config, tokenizer): ``PeftModel.from_pretrained``;
@@ -109,12 +111,19 @@ def export_model(con: Any, name: str, folder: str, format: str = "adapter", dtyp
       or ``folder`` itself when it ends in ``.gguf``), for llama.cpp-based tools.
 
     ``dtype`` (``f32``, ``f16``) is the weights' type of ``merged`` and ``gguf``. Needs OWNERSHIP of the model.
+    ``name@version`` exports that version (else the default one).
+
+    ``push_to_hub`` (a repository id, ``user/name``) also uploads the exported folder to the Hugging Face Hub
+    with huggingface_hub (token from ``HF_TOKEN``; the repository is created, ``private`` unless told
+    otherwise); ``folder`` may then be None (a temporary folder, removed after the upload). Returns the
+    repository's URL when pushing. Offline, or with the hub unreachable, it is a :class:`RemoteError` raised
+    before anything is written: export to a folder instead and upload that where you are online.
     """
     from .ml.export import export_model as _export
     from .surface.engine import session_of
 
     session = con.session if hasattr(con, "session") else session_of(con)
-    return _export(session, name, folder, format=format, dtype=dtype)
+    return _export(session, name, folder, format=format, dtype=dtype, push_to_hub=push_to_hub, private=private)
 
 
 def wait(con: Any, job_id: str, timeout: float | None = None) -> str:

@@ -112,22 +112,35 @@ def export(argv: list[str]) -> int:
                                             "folder (AutoModelForCausalLM.from_pretrained(FOLDER)), or a GGUF "
                                             "file (llama.cpp, Ollama).")
     p.add_argument("database", help="database file holding the model")
-    p.add_argument("model", help="model name (name or schema.name)")
-    p.add_argument("folder", help="folder to create (new or empty); for gguf, a path ending in .gguf is the file")
+    p.add_argument("model", help="model name (name or schema.name; name@version for a version)")
+    p.add_argument("folder", nargs="?", default=None,
+                   help="folder to create (new or empty); for gguf, a path ending in .gguf is the file; optional "
+                        "with --push-to-hub")
     p.add_argument("--format", default="adapter", help="adapter (default), merged or gguf")
     p.add_argument("--dtype", default="f32", help="weights of merged and gguf: f32 (default) or f16")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="also upload the exported folder to this Hugging Face Hub repository (user/name; token "
+                        "from HF_TOKEN; created private if new)")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: create the repository public")
     args = p.parse_args(argv)
+    if args.folder is None and args.push_to_hub is None:
+        p.error("give a FOLDER to export into, or --push-to-hub REPO_ID")
     import duckdb_ft
 
     from .shell.repl import error_message
 
     try:
         con = duckdb_ft.connect(args.database, read_only=True)
-        path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype)
+        path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
+                                      push_to_hub=args.push_to_hub, private=not args.public)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
         print(f"Error: {error_message(e)}", file=sys.stderr)
         return 1
-    print(f"Exported {args.model} ({args.format}) to {path}")
+    if args.push_to_hub:
+        where = f" to {args.folder} and" if args.folder else ""
+        print(f"Exported {args.model} ({args.format}){where} pushed it to {path}")
+    else:
+        print(f"Exported {args.model} ({args.format}) to {path}")
     return 0
 
 

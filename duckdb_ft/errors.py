@@ -38,6 +38,10 @@ class ModelLoadError(FtError, duckdb.IOException):
     """A model exists but could not be loaded or converted (disk full, unwritable cache, corrupt file)."""
 
 
+class RemoteError(FtError, duckdb.IOException):
+    """A remote service (the Hugging Face Hub) is offline, unreachable, or refused the request."""
+
+
 class AlreadyExists(FtError, duckdb.CatalogException):
     """An object of that name exists already."""
 

@@ -45,6 +45,16 @@ EXPECTED = {
         r"│ faq_a +│ faq_b +│ completion_loss +│",             # finetune_comparison(id): the A/B pair
         r"\{\"exact_match\":",                                  # the summary JSON
     ],
+    "lifecycle.sql": [
+        r"SUCCESS in \d+:\d\d:\d\d: model main\.faq_bot \(", r"│ created_v2 │\n(.*\n){2}│ true +│",
+        r"│ v1 +│ false +│ NULL +│", r"│ v2 +│ true +│ main\.faq_bo",                  # SHOW VERSIONS
+        r"Default version of model main\.faq_bot set to v1\.",                      # the roll back
+        r"│ main +│ faq_bot +│ v1 +│ true +│",                                      # DESCRIBE MODEL faq_bot
+        r"│ COMPLETE +│ main\.faq_bot +│ v1 +│ admin +│ +1 │ +1 │ true +│",          # finetune_usage()
+        r"│ COMPLETE +│ main\.faq_bot +│ v2 +│ admin +│ +1 │ +1 │ true +│",
+        r"│ FINETUNE +│ main\.faq_bot +│ v2 +│ admin +│ +1 │ +2 │ false +│ true +│",
+        r"Version v2 of model main\.faq_bot successfully dropped\.",
+    ],
     "sweep.sql": [
         r"│ true +│",                                          # SWEEP returned a sweep id
         *[rf"SUCCESS in \d+:\d\d:\d\d: model main\.faq_sweep_{k}" for k in range(1, 5)],  # .wait, every job

@@ -182,6 +182,16 @@ def test_models_from_before_versions_become_version_v1_of_themselves(tmp_path):
     cur.execute("INSERT INTO duckdb_ft.models (schema_name, name, base_model, lora_config, adapter, job_id, owner, "
                 "created_on) VALUES ('main', 'old', 'tiny', '{}', 'x'::BLOB, 'ft_1', 'admin', 1)")
     raw.close()
+    ro = duckdb_ft.connect(path, read_only=True)  # cannot be upgraded read-only: a clear error, not a bad column
+    try:
+        for call in (lambda: ro.execute("DESCRIBE MODEL old"), lambda: ro.execute("SHOW MODELS"),
+                     lambda: ro.execute("SELECT complete('old', 'x')").fetchall(),
+                     lambda: duckdb_ft.export_model(ro, "old", str(tmp_path / "out"))):
+            with pytest.raises(duckdb_ft.InvalidArgument, match="open it read-write once"):
+                call()
+        assert not (tmp_path / "out").exists()
+    finally:
+        ro.close()
     con = duckdb_ft.connect(path)
     try:
         assert rows(con, "SELECT name, version, is_default, job_id FROM duckdb_ft.models") == \

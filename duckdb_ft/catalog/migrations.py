@@ -191,6 +191,15 @@ def m011_usage_history(cur: Any) -> None:
         prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL, errors BIGINT NOT NULL)""")
 
 
+def pending(cur: Any) -> list[str]:
+    """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
+    try:
+        done = {r[0] for r in cur.execute(f"SELECT name FROM {SCHEMA}.migrations").fetchall()}
+    except Exception:  # no catalog: nothing of duckdb-ft's is in this database
+        return []
+    return [m.__name__ for m in MIGRATIONS if m.__name__ not in done]
+
+
 def migrate(cur: Any) -> list[str]:
     """Apply the migrations not yet recorded; return their names."""
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -18,7 +18,7 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON", "cleaning": "JSON",
     "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
     "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
-    "workers": "BIGINT", "error": {"message": "VARCHAR"},
+    "workers": "BIGINT", "model_version": "VARCHAR", "parent_model": "VARCHAR", "error": {"message": "VARCHAR"},
 }
 SWEEP_FIELDS = {"rank": "BIGINT", "job_id": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR", "swept": "JSON",
                 "validation_loss": "DOUBLE", "training_loss": "DOUBLE", "best_step": "BIGINT",
@@ -51,6 +51,8 @@ def describe(job: dict[str, Any]) -> dict[str, Any]:
         "cleaning": json.loads(job["cleaning"]) if job.get("cleaning") else None,
         "stopped_early": bool(job.get("stopped_early")),
         "workers": _workers(job["options"]),
+        "model_version": job.get("model_version") or "v1",  # the version the job creates
+        "parent_model": job.get("parent_model"),  # the model version it continues (NULL: from a base model)
         "error": {"message": job["error"]} if job["error"] else None,
     }
     out = {k: values[k] if k in values else job[k] for k in DESCRIBE_FIELDS}

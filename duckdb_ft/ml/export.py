@@ -10,7 +10,8 @@
   template in its metadata, for llama.cpp-based tools.
 
 Every format is written into a temporary folder beside the target and renamed into place: a failed export leaves
-nothing. Each export also holds ``duckdb_ft.json``: the model's name, job and lineage.
+nothing. Each export also holds ``duckdb_ft.json``: the model's name, version, job and lineage. ``push_to_hub``
+uploads the exported folder to the Hugging Face Hub (``hub.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import models as modeldb
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound, RemoteError
 from ..queries import parse_model_ref
 from . import models
 
@@ -31,12 +32,17 @@ FORMATS = ("adapter", "merged", "gguf")
 DTYPES = ("f32", "f16")
 
 
-def export_model(session: Any, name: str, folder: str, format: str = "adapter", dtype: str = "f32") -> str:
-    """Write model ``name`` (``name@version``: that version; else the default) at ``folder`` (which must not exist, or be an empty folder) in ``format``; its path.
+def export_model(session: Any, name: str, folder: str | None, format: str = "adapter", dtype: str = "f32",
+                 push_to_hub: str | None = None, private: bool = True) -> str:
+    """Write model ``name`` (``name@version``: that version; else the default) at ``folder`` (which must not
+    exist, or be an empty folder) in ``format``; its path.
 
     ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged`` and ``gguf``; f32 answers exactly as
     COMPLETE does. For ``gguf``, a ``folder`` ending in ``.gguf`` is the file itself; otherwise the folder holds
     ``model.gguf``. Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
+    ``push_to_hub`` (``user/name``) also uploads the exported folder to the Hugging Face Hub (``hub.py``; every
+    check, the hub's reachability included, comes before anything is written); ``folder`` None then exports into
+    a temporary folder removed after the upload. Returns the repository's URL when pushing.
     """
     if format not in FORMATS:
         raise InvalidArgument(f"unknown export format '{format}': use one of {', '.join(FORMATS)}")
@@ -45,18 +51,50 @@ def export_model(session: Any, name: str, folder: str, format: str = "adapter", 
     if format == "adapter" and dtype != "f32":
         raise InvalidArgument("the adapter format keeps the trained adapter's own weights: drop dtype, or export "
                               "--format merged or gguf")
+    if folder is None and push_to_hub is None:
+        raise InvalidArgument("export needs a folder to write (or push_to_hub, a hub repository id)")
     schema, model, version = parse_model_ref(name, session.schema)
     cur = session.engine.cursor()
     if not modeldb.model_exists(cur, schema, model):
         raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
+    session.engine.check_current()
     session.checker().require_owner("MODEL", f"{schema}.{model}", "export")
     row = modeldb.get_model(cur, schema, model, version)
     if row is None:
         raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
                        f"{schema}.{model} lists them")
-    target = Path(folder).expanduser().resolve()
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
+    if folder is not None:
+        target = Path(folder).expanduser().resolve()
+        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+            raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
+        if push_to_hub and format == "gguf" and target.suffix == ".gguf":
+            raise InvalidArgument("push_to_hub uploads a folder: give a folder (or none) rather than a .gguf path")
+    hub_target = None
+    if push_to_hub is not None:
+        from . import hub
+
+        hub_target = hub.prepare(push_to_hub, private)
+    scratch = Path(tempfile.mkdtemp(prefix="duckdb-ft-push-")) if folder is None else None
+    try:
+        if scratch is not None:
+            target = scratch / "export"
+        _write(cur, row, schema, model, target, format, dtype)
+        if hub_target is None:
+            return str(target)
+        try:
+            return hub.upload(hub_target, str(target), f"duckdb-ft export of {schema}.{model}@{row['version']} "
+                                                       f"({format}, job {row['job_id']})")
+        except RemoteError as e:
+            if scratch is None:  # the folder asked for is whole: say so
+                raise RemoteError(f"{e} The export itself is complete at {target}.") from None
+            raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write(cur: Any, row: dict[str, Any], schema: str, model: str, target: Path, format: str, dtype: str) -> None:
+    """Write the export into a temporary folder beside ``target``, then rename it into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
@@ -86,7 +124,6 @@ def export_model(session: Any, name: str, folder: str, format: str = "adapter", 
         raise
     if single_file:
         shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
 
 
 def _info(cur: Any, row: dict[str, Any], schema: str, model: str, format: str, dtype: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class Engine:
             if "read-only" not in str(e).lower() and "read only" not in str(e).lower():
                 raise
             self.read_only = True
+        #: Migrations a read-only database's catalog lacks: its models cannot be read by this version.
+        self.outdated = migrations.pending(self.cursor()) if self.read_only else []
         self.usage = usagedb.UsageRecorder(self.cursor, writable=not self.read_only)
         self.jobs = JobRunner(self)
         if not self.read_only:
@@ -81,6 +83,14 @@ class Engine:
             models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
         return loaded, key
 
+    def check_current(self) -> None:
+        """Raise if this read-only database's catalog predates this version of duckdb-ft (it cannot be upgraded
+        read-only)."""
+        if self.outdated:
+            raise InvalidArgument(f"this database's duckdb-ft catalog is older than this duckdb-ft (it lacks "
+                                  f"{', '.join(self.outdated)}) and it is open read-only: open it read-write once "
+                                  "(duckdb_ft.connect(path)) to upgrade it, then try again")
+
     def find_model(self, name: str, session: "Session | None" = None) -> dict | None:
         """The catalog row of a fine-tuned model version named ``name`` (``[schema.]name[@version]``; no version:
         the model's default), or None when ``name`` is no model of the catalog (then it names a base model).
@@ -95,6 +105,10 @@ class Engine:
         except InvalidArgument:
             return None
         cur = self.cursor()
+        if self.outdated:
+            if modeldb.model_exists(cur, schema, model):
+                self.check_current()
+            return None
         row = modeldb.list_models_named(cur, schema, model, version)
         if row is None and version is not None:
             full = f"{schema}.{model}"

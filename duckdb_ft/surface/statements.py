@@ -188,11 +188,12 @@ def _show_grants(session: Session, st: FtStatement) -> pa.Table:
 
 MODEL_COLUMNS = ["schema_name", "name", "default_version", "versions", "base_model", "owner", "created_on",
                  "training_loss", "validation_loss", "job_id"]
-VERSION_COLUMNS = ["created_on", "name", "is_default_version", "schema_name", "model_name", "job_id", "base_model",
-                   "parent_model", "snapshot_rows", "training_loss", "validation_loss", "owner"]
+VERSION_COLUMNS = ["created_on", "name", "is_default_version", "parent_model", "snapshot_rows", "training_loss",
+                   "validation_loss", "job_id", "base_model", "schema_name", "model_name", "owner"]
 
 
 def _show_models(session: Session, st: FtStatement) -> pa.Table:
+    session.engine.check_current()
     cur = session.engine.cursor()
     check = session.checker()
     schema = st.object_name if st.object_kind == "SCHEMA" else None
@@ -211,6 +212,7 @@ def _model(session: Session, st: FtStatement, need: str = "USAGE") -> tuple[str,
     full = f"{schema}.{name}"
     if not modeldb.model_exists(cur, schema, name) or not session.checker().has("USAGE", "MODEL", full):
         _no_such_model(session, full, need)
+    session.engine.check_current()
     model = modeldb.get_model(cur, schema, name, st.version)
     if model is None:
         raise NotFound(f"model '{full}' has no version '{st.version}': SHOW VERSIONS IN MODEL {full} lists them")
@@ -263,7 +265,8 @@ def _show_versions(session: Session, st: FtStatement) -> pa.Table:
 def _describe_model(session: Session, st: FtStatement) -> pa.Table:
     schema, name, model = _model(session, st)
     session.checker().require("USAGE", "MODEL", f"{schema}.{name}")
-    model = {k: v for k, v in model.items() if k != "adapter"}
+    first = ("schema_name", "name", "version", "is_default")
+    model = {**{k: model[k] for k in first}, **{k: v for k, v in model.items() if k not in first and k != "adapter"}}
     model["adapter_bytes"] = len(modeldb.model_adapter(session.engine.cursor(), model["job_id"]))
     return _table([model], list(model))
 
