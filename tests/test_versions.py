@@ -110,6 +110,8 @@ def test_grants_on_the_model_cover_its_versions_and_only_the_owner_changes_them(
     admin.execute("GRANT ROLE analyst TO USER ann")
     admin.execute("GRANT USAGE ON SCHEMA main TO ROLE analyst")
     admin.execute("GRANT USAGE ON MODEL bot TO ROLE analyst")
+    admin.execute("GRANT CREATE MODEL ON SCHEMA main TO ROLE analyst")
+    admin.execute("GRANT SELECT ON TABLE facts TO ROLE analyst")
     admin.close()
     ann = duckdb_ft.connect(path, user="ann")
     try:
@@ -120,6 +122,8 @@ def test_grants_on_the_model_cover_its_versions_and_only_the_owner_changes_them(
             ann.execute("ALTER MODEL bot SET DEFAULT VERSION v1")
         with pytest.raises(duckdb_ft.PermissionDenied):
             ann.execute("DROP MODEL bot VERSION v1")
+        with pytest.raises(duckdb_ft.PermissionDenied, match="'main.bot': adding a version needs OWNERSHIP"):
+            create(ann, "bot", "bot", "SELECT p AS prompt, a AS completion FROM facts", options={"version": True})
         ann.execute("USE ROLE public")
         with pytest.raises(duckdb.Error, match="Insufficient privileges"):
             ann.execute("SELECT complete('bot@v1', 'x')").fetchall()

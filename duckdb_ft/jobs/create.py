@@ -77,7 +77,7 @@ def check_request(cur: Any, session: Any, name: str | None, base_model: str, tra
     if name is not None and version_opt is not None:
         req.versioned = True
         if modeldb.model_exists(cur, schema, model_name):  # a new version changes what the name means for everyone
-            check.require_owner("MODEL", f"{schema}.{model_name}", "add a version to")
+            check.require_owner("MODEL", f"{schema}.{model_name}", "adding a version")
         taken = modeldb.version_labels(cur, schema, model_name)
         req.version = modeldb.next_version(taken) if version_opt is True else version_opt
     return req
