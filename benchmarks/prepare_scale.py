@@ -8,7 +8,7 @@ a fresh process on the same database file (peak RSS is the process's ``ru_maxrss
   and model: run it once before timing);
 - ``create``: ``SELECT finetune('CREATE', ...)`` (checks, snapshot, cleaning, stored rows; the job's worker thread
   is not started), then what the training worker does before its first step, in this process: tokenize the stored
-  rows (``ml.data.tokenize_reader`` over ``catalog.jobs.read_rows``) and plan one epoch's packed batches;
+  rows (``ml.data.tokenize_reader`` over ``catalog.jobs.read_rows``) and pack every batch of one epoch's plan;
 - ``reference``: what a user would write instead to count tokens (no duplicates, no personal data): the rows into a
   Hugging Face ``datasets.Dataset``, and a batched ``map`` rendering each row with ``apply_chat_template`` and
   tokenizing it with the fast tokenizer; on the first ``--reference-rows`` rows.
@@ -77,7 +77,7 @@ def phase(path: str, model: str, which: str, reference_rows: int = 0) -> dict:
         examples = data.tokenize_reader(tok, jobdb.read_rows(cur, job, "train"), 128, stats)
         out["tokenize_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
-        batches = data.packed_batches(examples, 8, 0)
+        batches = list(data.packed_batches(examples, 8, 0))  # the lazy plan, every batch packed
         out["plan_epoch_seconds"] = time.perf_counter() - t
         out["seconds"] = time.perf_counter() - start
         out["train_examples"], out["train_tokens"], out["batches"] = len(examples), stats.tokens, len(batches)

@@ -43,7 +43,7 @@ def test_tokenized_examples_equal_the_lists_and_plan_the_same_batches(tokenizer)
     assert store.lengths.tolist() == [len(e.input_ids) for e in want]
     assert store.n_trained.tolist() == [e.n_trained for e in want]
     for seed in (0, 1):
-        assert data.packed_batches(store, 8, seed) == data.packed_batches(want, 8, seed)
+        assert list(data.packed_batches(store, 8, seed)) == list(data.packed_batches(want, 8, seed))
     assert isinstance(store._ids, np.memmap) and store._ids.dtype == np.int32  # 4 bytes a token, paged from disk
 
 
@@ -51,4 +51,4 @@ def test_an_empty_reader_gives_no_examples(tokenizer):
     con = duckdb.connect()
     reader = con.sql("SELECT 'a' AS prompt, 'b' AS completion WHERE false").to_arrow_reader(64)
     store = data.tokenize_reader(tokenizer, reader, 96, data.TokenStats())
-    assert len(store) == 0 and not store and data.packed_batches(store, 8, 0) == []
+    assert len(store) == 0 and not store and list(data.packed_batches(store, 8, 0)) == []

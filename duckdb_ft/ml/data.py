@@ -190,13 +190,7 @@ def tokenize_reader(tokenizer: Any, reader: Any, max_seq_length: int, stats: Tok
     return out.done()
 
 
-def lengths_of(examples: Sequence[Example]) -> Sequence[int]:
-    """Each example's token count: a :class:`TokenizedExamples`' array, or counted from the examples."""
-    found = getattr(examples, "lengths", None)
-    return found.tolist() if found is not None else [len(e.input_ids) for e in examples]
-
-
-def packed_batches(examples: Sequence[Example], batch_size: int, seed: int) -> list[list[list[int]]]:
+def packed_batches(examples: Sequence[Example], batch_size: int, seed: int) -> PackedPlan:
     """One epoch of random batches, each packed into rows: a batch is a list of rows, a row a list of example indices.
 
     The examples are shuffled by ``seed`` and cut into batches of ``batch_size``, as a random sampler draws them, so
@@ -206,35 +200,85 @@ def packed_batches(examples: Sequence[Example], batch_size: int, seed: int) -> l
     example, or up to ``PACK_SLACK`` more where that needs fewer positions in all. Padding every example to the
     longest pads about a third of the positions on uneven rows; packing, under a tenth. ``collate_rows`` keeps
     attention inside each example. Deterministic for a seed, so a resumed job replays the same order.
+
+    The plan is a :class:`PackedPlan`: only the shuffle happens here; batches are packed when first asked for.
     """
     rng = random.Random(seed)
     order = list(range(len(examples)))
     rng.shuffle(order)
-    lengths = lengths_of(examples)
-    out = []
-    for start in range(0, len(order), batch_size):
-        members = sorted(order[start:start + batch_size], key=lambda i: lengths[i], reverse=True)
-        longest = lengths[members[0]]
-        packings = (_first_fit(lengths, members, width) for width in range(longest, longest + PACK_SLACK + 1, 8))
-        out.append(min(packings, key=lambda p: (p[0], p[1]))[2])
-    return out
+    found = getattr(examples, "lengths", None)
+    lengths = (np.asarray(found, dtype=np.int64) if found is not None
+               else np.fromiter((len(e.input_ids) for e in examples), dtype=np.int64, count=len(examples)))
+    return PackedPlan(np.asarray(order, dtype=np.int64), lengths, batch_size)
 
 
-def _first_fit(lengths: Sequence[int], members: list[int], width: int) -> tuple[int, int, list[list[int]]]:
-    """``members`` (longest first) packed first-fit into rows of ``width``: (positions, width, rows)."""
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in members:
-        n = lengths[i]
-        k = next((k for k, room in enumerate(free) if room >= n), None)
-        if k is None:
-            rows.append([i])
-            free.append(width - n)
-        else:
-            rows[k].append(i)
-            free[k] -= n
-    used = max(width - room for room in free)  # collate pads to the longest row, which may be under width
-    return len(rows) * used, used, rows
+class PackedPlan(Sequence):
+    """An epoch's packed batches (see :func:`packed_batches`), computed on demand: batch ``k`` depends only on
+    ``order[k*batch_size:(k+1)*batch_size]``, so ``plan[k]`` (or a slice: a list of batches) packs just the ``CHUNK``
+    batches around it, all at once in numpy (the first-fit of every batch at every width, one array operation per
+    example slot), and keeps that chunk's arrays for the next ask; a batch's lists are built when it is asked for. A
+    resumed job skips to its step without packing the steps before it; ``len`` is known at once."""
+
+    CHUNK = 4096  # batches packed together
+
+    def __init__(self, order: np.ndarray, lengths: np.ndarray, batch_size: int) -> None:
+        self.order, self.lengths, self.batch_size = order, lengths, batch_size
+        self._chunk: tuple[int, tuple[np.ndarray, ...]] = (-1, ())
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        c = k // self.CHUNK
+        if self._chunk[0] != c:
+            self._chunk = (c, self._pack(c * self.CHUNK, min(len(self), (c + 1) * self.CHUNK)))
+        members, row_of, n_rows = (a[k - c * self.CHUNK].tolist() for a in self._chunk[1])
+        batch: list[list[int]] = [[] for _ in range(n_rows)]
+        for i, row in zip(members, row_of):
+            if i >= 0:  # not a short last batch's empty slot
+                batch[row].append(i)
+        return batch
+
+    def _pack(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batches ``first``..``end - 1``, each packed first-fit, longest first, at every width from its longest to
+        ``PACK_SLACK`` more in steps of 8, keeping the first width with the fewest positions (then narrowest rows)."""
+        bs = self.batch_size
+        members = np.full((end - first) * bs, -1, dtype=np.int64)  # a short last batch ends in slots of length 0
+        got = self.order[first * bs:end * bs]
+        members[:len(got)] = got
+        members = members.reshape(end - first, bs)
+        n = np.where(members >= 0, self.lengths[np.maximum(members, 0)], 0)
+        by = np.argsort(-n, axis=1, kind="stable")  # longest first; ties in drawn order, as sorted(reverse=True)
+        members, n = np.take_along_axis(members, by, 1), np.take_along_axis(n, by, 1)
+        longest, b = n[:, 0], np.arange(len(n))
+        best_p = best_u = best_rows = None
+        for extra in range(0, PACK_SLACK + 1, 8):
+            width = longest + extra
+            free = np.full((len(n), bs), -1, dtype=np.int64)  # room left in each row; -1: no such row yet
+            rows = np.zeros(len(n), dtype=np.int64)
+            row_of = np.empty_like(n)
+            for j in range(bs):
+                fits = free >= n[:, j:j + 1]
+                k = np.where(fits.any(1), fits.argmax(1), rows)  # the first row with room, else a new one
+                new = k == rows
+                free[b, k] = np.where(new, width, free[b, k]) - n[:, j]
+                rows += new
+                row_of[:, j] = k
+            used = np.where(free >= 0, width[:, None] - free, 0).max(1)
+            p = rows * used
+            if best_p is None:
+                best_p, best_u, best_rows, best_n = p, used, row_of, rows
+            else:  # the first width with the fewest positions, then the narrowest rows: min() over widths in order
+                better = (p < best_p) | ((p == best_p) & (used < best_u))
+                best_p, best_u = np.where(better, p, best_p), np.where(better, used, best_u)
+                best_rows, best_n = np.where(better[:, None], row_of, best_rows), np.where(better, rows, best_n)
+        return members, best_rows, best_n  # per batch: its members longest first, the row of each, rows
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:

@@ -311,11 +311,12 @@ def train(
                 break
             batches = packed_batches(train_examples, opts.batch_size, opts.seed + epoch)
             per_step = opts.gradient_accumulation_steps * world.size  # a step: global_batch pairs, on every process
-            groups = [batches[k:k + per_step] for k in range(0, len(batches), per_step)]
+            n_groups = -(-len(batches) // per_step)  # the plan packs a step's batches when asked for them
             epoch_losses = []
-            for k, group in enumerate(groups):
+            for k in range(n_groups):
                 if epoch * steps_per_epoch + k < step:
                     continue  # replaying a resumed job: these steps are in the checkpoint
+                group = batches[k * per_step:(k + 1) * per_step]
                 fit_threads()
                 stop = world.stop(hooks)
                 if stop:
@@ -350,7 +351,7 @@ def train(
                 metric: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "training_loss": train_loss,
                                           "learning_rate": lr, "tokens": tokens_seen,
                                           "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
-                end_of_epoch = k == len(groups) - 1
+                end_of_epoch = k == n_groups - 1
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
                     val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
                     metric["validation_loss"] = val_loss
