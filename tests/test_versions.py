@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 import duckdb_ft
-from conftest import catalog_counts, create, one, rows, wait
+from conftest import catalog_counts, create, describe, one, rows, wait
 
 LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_dropout": 0.0, "warmup_ratio": 0.0}
 GREEDY = "'{\"max_tokens\": 4, \"temperature\": 0}'"
@@ -162,6 +162,9 @@ def test_continuing_a_version_records_it_as_the_parent(versioned):
         job = create(con, "bot", "bot@v1", "SELECT p AS prompt, b AS completion FROM facts",
                      options={"max_epochs": 1, "batch_size": 4, "version": "v1_more"})
         assert wait(con, job) == "SUCCESS"
+        job_row = describe(con, job)  # the job's DESCRIBE names the version it makes and the one it continues
+        assert (job_row["model_version"], job_row["parent_model"]) == ("v1_more", "main.bot@v1")
+        assert table(con, "FROM finetune('DESCRIBE', ?)".replace("?", f"'{job}'"))[0]["parent_model"] == "main.bot@v1"
         row = table(con, "DESCRIBE MODEL bot@v1_more")[0]
         assert row["parent_model"] == "main.bot@v1" and row["parent_job_id"] == j1
         assert row["is_default"] and json.loads(row["options"]).get("version") is None
