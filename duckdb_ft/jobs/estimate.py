@@ -18,9 +18,13 @@ from .create import check_request
 
 
 def _run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
-         options: str | None, with_cost: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         options: str | None, with_cost: bool = True, with_rows: bool = False,
+         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The report (with the time estimate: ``with_cost``) and, ``with_rows`` only, the per-row findings: one Python
+    dict a finding, about a million at 1M rows of templated prompts, so ESTIMATE's report does not fetch them."""
     try:
-        return _staged_run(cur, session, base_model, training_query, validation_query, options, with_cost)
+        return _staged_run(cur, session, base_model, training_query, validation_query, options, with_cost,
+                           with_rows)
     except FtError:
         raise
     except Exception as e:  # the queries failed while running (not binding): as CREATE reports it
@@ -28,7 +32,8 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
 
 
 def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
-                options: str | None, with_cost: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                options: str | None, with_cost: bool, with_rows: bool,
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     req = check_request(cur, session, None, base_model, training_query, validation_query, options)
     tokenizer = models.load_tokenizer(req.base_path)
     cur.execute("BEGIN TRANSACTION")
@@ -54,7 +59,7 @@ def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, va
         if refused:
             report["warnings"].insert(0, {"finding": "create_fails", "message": refused,
                                           "fix": 'set {"pii": "mask"}, or remove the personal data'})
-        rows = cur.execute(f"""
+        rows = [] if not with_rows else cur.execute(f"""
             SELECT f.query, f.row, s.split, f.finding, f.col AS "column", f.other_row, f.detail, s.dropped
             FROM {findings} f LEFT JOIN {st.table} s USING (query, row)
             UNION ALL
@@ -102,7 +107,8 @@ def estimate(cur: Any, session: Any, base_model: str, training_query: str, valid
 def data_report(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
                 options: str | None = None) -> list[dict[str, Any]]:
     """The per-row findings of ESTIMATE (skipped rows included), ordered by query and row."""
-    return _run(cur, session, base_model, training_query, validation_query, options, with_cost=False)[1]
+    return _run(cur, session, base_model, training_query, validation_query, options, with_cost=False,
+                with_rows=True)[1]
 
 
 #: The columns of ``FROM finetune_data_report(...)``.
