@@ -201,6 +201,14 @@ def test_sigkill_of_the_database_process_leaves_no_training_process(tmp_path, ti
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
         assert_all_gone(pids, 15)
+        # Nothing could remove the killed process's folder, but the rows left it once read; the next job's
+        # launch removes the folder.
+        import glob
+        import tempfile
+
+        [left] = glob.glob(os.path.join(tempfile.gettempdir(), f"{launch.PREFIX}{child.pid}-*"))
+        assert not {"train.arrow", "validation.arrow"} & set(os.listdir(left))
+        assert left in launch.remove_stale() and not os.path.exists(left)
     finally:
         if child.poll() is None:
             child.kill()

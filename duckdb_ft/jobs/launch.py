@@ -11,6 +11,7 @@ The folder is removed in every case.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import select
@@ -32,6 +33,7 @@ RDZV_ID = "duckdb-ft"  # torchrun's --rdzv-id on every machine of a job (README 
 START_GRACE = 180.0  # seconds, beyond rdzv_timeout, for the processes to load the model and report in
 EXIT_GRACE = 2.0  # seconds the processes have to exit on their own once the leader has sent the outcome
 EXIT_GRACE_NODES = 60.0  # the same with other machines: their torchrun waits at an exit barrier for this one's
+PREFIX = "duckdb-ft-job-"  # job folders: PREFIX + the worker's PID + a random part, in the temporary folder
 STOP_GRACE = 60.0  # seconds the processes have to stop at a step boundary after CANCEL before they are killed
 
 
@@ -70,7 +72,8 @@ def train(opts: TrainingOptions, base_model: str, rows: Callable[[str], Any], ha
 
     from ..ml import devices
 
-    folder = tempfile.mkdtemp(prefix="duckdb-ft-job-")  # 0700: the socket and the rows are the user's only
+    remove_stale()
+    folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")  # 0700: the socket and the rows are the user's only
     proc = None
     try:
         with open(os.path.join(folder, "job.json"), "w") as f:
@@ -96,6 +99,24 @@ def train(opts: TrainingOptions, base_model: str, rows: Callable[[str], Any], ha
         if proc is not None:
             end_all(proc, folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale() -> list[str]:
+    """Remove the job folders of processes that are gone (a SIGKILL leaves its folder: nothing ran its cleanup;
+    the leading rank has already removed the rows from it). Returns the folders removed."""
+    removed = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _write_rows(path: str, reader: Any) -> None:

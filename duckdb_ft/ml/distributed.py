@@ -237,8 +237,12 @@ def read_job(folder: str) -> dict[str, Any]:
 
     with open(os.path.join(folder, "job.json")) as f:
         job = json.load(f)
-    return {**job, "train": rows("train.arrow"), "validation": rows("validation.arrow"),
-            "resume": blob("resume.pt"), "initial": blob("initial.safetensors")}
+    job = {**job, "train": rows("train.arrow"), "validation": rows("validation.arrow"),
+           "resume": blob("resume.pt"), "initial": blob("initial.safetensors")}
+    for name in ("train.arrow", "validation.arrow", "resume.pt", "initial.safetensors"):
+        with contextlib.suppress(OSError):  # read once: the user's rows do not wait on disk for the job's end
+            os.remove(os.path.join(folder, name))
+    return job
 
 
 def train_job(job: dict[str, Any], world: Ranks, hooks: training.Hooks) -> training.TrainResult:
