@@ -99,7 +99,14 @@ def tokenize_pairs(
     completion only. Pairs longer than ``max_seq_length`` are cut at the end and counted (:func:`fit_window`)."""
     stats = stats if stats is not None else TokenStats()
     enc_p, enc_c = encode_pairs(tokenizer, pairs)
-    out = []
+    return [Example(ids, [IGNORE] * n_prompt + ids[n_prompt:])
+            for ids, n_prompt in _windows(enc_p, enc_c, max_seq_length, stats)]
+
+
+def _windows(enc_p: Sequence[list[int]], enc_c: Sequence[list[int]], max_seq_length: int,
+             stats: TokenStats) -> Iterator[tuple[list[int], int]]:
+    """Each encoded pair fitted to the window (:func:`fit_window`) as (token ids, prompt length), counted in
+    ``stats``; pairs with nothing left to learn are dropped (counted)."""
     for p_ids, c_ids in zip(enc_p, enc_c):
         n, truncated, learnable = fit_window(len(p_ids), len(c_ids), max_seq_length)
         stats.truncated += truncated
@@ -107,11 +114,9 @@ def tokenize_pairs(
             stats.dropped += 1
             continue
         ids = (p_ids + c_ids)[:n]
-        labels = ([IGNORE] * len(p_ids) + list(c_ids))[:n]
-        out.append(Example(ids, labels))
         stats.examples += 1
         stats.tokens += len(ids)
-    return out
+        yield ids, len(p_ids)
 
 
 class TokenizedExamples(Sequence):
@@ -175,18 +180,8 @@ def tokenize_reader(tokenizer: Any, reader: Any, max_seq_length: int, stats: Tok
     for batch in reader:
         enc_p, enc_c = encode_pairs(tokenizer, zip(batch.column("prompt").to_pylist(),
                                                    batch.column("completion").to_pylist()))
-        ids, n_prompt = [], []
-        for p_ids, c_ids in zip(enc_p, enc_c):
-            n, truncated, learnable = fit_window(len(p_ids), len(c_ids), max_seq_length)
-            stats.truncated += truncated
-            if not learnable:  # nothing to learn: the prompt fills the window
-                stats.dropped += 1
-                continue
-            ids.append((p_ids + c_ids)[:n])
-            n_prompt.append(len(p_ids))
-            stats.examples += 1
-            stats.tokens += n
-        out.add(ids, n_prompt)
+        fitted = list(_windows(enc_p, enc_c, max_seq_length, stats))
+        out.add([ids for ids, _ in fitted], [n_prompt for _, n_prompt in fitted])
     return out.done()
 
 
