@@ -1,5 +1,5 @@
 """An epoch's batch plan at scale: the lazy, vectorised ``ml.data.packed_batches`` against the eager Python plan it
-replaced (commit 2ddac85, copied below), on the same lengths and seed in the same process.
+replaced (commit 2ddac85, kept as the reference in tests/test_batch_plan.py), on the same lengths and seed in the same process.
 
 Lengths: ``--examples`` (default 891,000, the 1M-row benchmark's training examples) drawn log-normal and capped at
 128 tokens like that benchmark's ``max_seq_length``; batch size 8. Figures: time to the first batch (the shuffle,
@@ -14,48 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_batch_plan import _eager as eager, _Store as Lengths  # noqa: E402  the one copy of the eager plan
 
 from duckdb_ft.ml import data
-
-
-def eager(lengths: list[int], batch_size: int, seed: int) -> list[list[list[int]]]:
-    """The plan as it was: every batch sorted and packed first-fit at each width, in Python, up front."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    out = []
-    for start in range(0, len(order), batch_size):
-        members = sorted(order[start:start + batch_size], key=lambda i: lengths[i], reverse=True)
-        longest = lengths[members[0]]
-        packings = (first_fit(lengths, members, w) for w in range(longest, longest + data.PACK_SLACK + 1, 8))
-        out.append(min(packings, key=lambda p: (p[0], p[1]))[2])
-    return out
-
-
-def first_fit(lengths, members, width):
-    rows, free = [], []
-    for i in members:
-        n = lengths[i]
-        k = next((k for k, room in enumerate(free) if room >= n), None)
-        if k is None:
-            rows.append([i])
-            free.append(width - n)
-        else:
-            rows[k].append(i)
-            free[k] -= n
-    used = max(width - room for room in free)
-    return len(rows) * used, used, rows
-
-
-class Lengths:
-    def __init__(self, lengths):
-        self.lengths = np.asarray(lengths, dtype=np.int32)
-
-    def __len__(self):
-        return len(self.lengths)
 
 
 def main() -> None:
