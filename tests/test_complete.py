@@ -355,17 +355,24 @@ def test_stacked_lora_mix_computes_each_rows_own_adapter_and_falls_back_for_othe
     names = [None, "ad_a", "ad_b", "ad_c", "ad_b", None]
     ids = torch.tensor([[5, 9, 14, 3, 22, 7]] * len(names))
     with torch.inference_mode():
+        # Each adapter alone over the same batch shape as the mixed pass: a matmul's rounding depends on its row
+        # count on some CPUs' kernels (1e-4 apart between 1 and 6 rows on AVX-512 without AMX), which would blur
+        # what is tested here, the stacked LoRA's arithmetic.
         alone = {}
         for a in dict.fromkeys(names):
             with completion._adapter(model, a):
-                alone[a] = model(input_ids=ids[:1]).logits[0]
+                alone[a] = model(input_ids=ids).logits
         mixer = lora_mix.Mixer(model, names)
         assert mixer.stacked
         with mixer:
             got = model(input_ids=ids, **mixer.kwargs(names)).logits
-        plain = model(input_ids=ids[:1]).logits[0]  # the Mixer put every layer's own forward back
+        plain = model(input_ids=ids).logits  # the Mixer put every layer's own forward back
     for k, a in enumerate(names):
-        torch.testing.assert_close(got[k], alone[a], rtol=1e-4, atol=1e-5)
+        if a is None:  # a base row of a mixed batch is the base layer's output itself
+            assert torch.equal(got[k], alone[a][k])
+        else:  # fp32 rounding of another order of the same sums: 1.6e-4 at most on logits near 11, where
+            # the adapters move the logits by 16 to 18 from the base and from one another
+            torch.testing.assert_close(got[k], alone[a][k], rtol=1e-4, atol=1e-3)
     assert not torch.allclose(alone["ad_a"], alone["ad_b"]) and not torch.allclose(alone[None], alone["ad_c"])
     torch.testing.assert_close(plain, alone["ad_c"])  # ad_c was the active adapter during the `alone` pass
     model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
