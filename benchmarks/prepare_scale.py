@@ -14,6 +14,11 @@ a fresh process on the same database file (peak RSS is the process's ``ru_maxrss
   tokenizing it with the fast tokenizer; on the first ``--reference-rows`` rows.
 
     DUCKDB_FT_CACHE=/work/model-cache .venv/bin/python benchmarks/prepare_scale.py [--rows N] [--json out.json]
+        [--phases estimate] [--memory [tracemalloc]] [--report report.json] [--db bench.duckdb]
+
+``--memory`` adds ESTIMATE's memory phase by phase (:mod:`memory_phases`); ``--report`` writes ESTIMATE's whole
+report, to compare two versions of the code field for field (run the same script with ``PYTHONPATH`` on the other
+checkout; ``--db`` reuses one table for both).
 """
 
 from __future__ import annotations
@@ -49,16 +54,27 @@ def build(path: str, rows: int) -> None:
     con.close()
 
 
-def phase(path: str, model: str, which: str, reference_rows: int = 0) -> dict:
+def phase(path: str, model: str, which: str, reference_rows: int = 0, memory: str = "",
+          report_file: str = "") -> dict:
     import duckdb_ft
 
     con = duckdb_ft.connect(path)
     out: dict = {"phase": which}
+    if which == "estimate" and memory:
+        import memory_phases
+
+        profile = memory_phases.Profile([con._raw.cursor()], trace_python=memory == "tracemalloc")
+        profile.start()
     start = time.perf_counter()
     if which == "estimate":
-        report = json.loads(con.execute("SELECT finetune('ESTIMATE', ?, ?, NULL, ?)",
-                                        [model, QUERY, OPTIONS]).fetchall()[0][0])
+        text = con.execute("SELECT finetune('ESTIMATE', ?, ?, NULL, ?)", [model, QUERY, OPTIONS]).fetchall()[0][0]
         out["seconds"] = time.perf_counter() - start
+        if memory:
+            out["memory_phases"] = profile.stop()
+        report = json.loads(text)
+        if report_file:
+            with open(report_file, "w") as f:
+                f.write(text)
         out["report"] = {k: report[k] for k in ("rows", "duplicates", "cost", "cleaning")}
         out["report"]["personal_data"] = {k: v["values"] for k, v in report["personal_data"].items()}
     elif which == "create":
@@ -108,6 +124,15 @@ def phase(path: str, model: str, which: str, reference_rows: int = 0) -> dict:
     return out
 
 
+def memory_table(phases: dict) -> str:
+    """``--memory``'s figures, a line a phase (MiB; seconds)."""
+    lines = [f"{'phase':<30} {'seconds':>8} {'peak RSS':>9} {'DuckDB':>8} {'spilled':>8} {'Arrow':>7} {'Python':>7}"]
+    for name, e in phases.items():
+        lines.append(f"{name:<30} {e['seconds']:>8.1f} {e['peak_rss_mib']:>9.0f} {e['duckdb_mib']:>8.0f} "
+                     f"{e['duckdb_temp_mib']:>8.0f} {e['arrow_mib']:>7.0f} {e['python_mib']:>7.0f}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -115,28 +140,39 @@ def main() -> int:
     ap.add_argument("--reference-rows", type=int, default=20_000)
     ap.add_argument("--phases", default="reference,estimate,create", help="comma-separated, of those three")
     ap.add_argument("--json")
+    ap.add_argument("--memory", nargs="?", const="sampled", default="", choices=["sampled", "tracemalloc"],
+                    help="ESTIMATE's memory phase by phase (benchmarks/memory_phases.py); 'tracemalloc' adds the "
+                         "Python allocations' peaks (slower)")
+    ap.add_argument("--report", default="", help="write ESTIMATE's whole JSON report to this file")
+    ap.add_argument("--db", help="the database file: built there if missing, reused otherwise (its table must have "
+                                 "--rows rows); default: a new temporary file")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
-    ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.db, args.model, args.phase, args.reference_rows)))
+        print(json.dumps(phase(args.db, args.model, args.phase, args.reference_rows, args.memory, args.report)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        db = os.path.join(tmp, "bench.duckdb")
-        t = time.perf_counter()
-        build(db, args.rows)
-        print(f"table of {args.rows:,} rows built in {time.perf_counter() - t:.1f} s", flush=True)
+        db = args.db or os.path.join(tmp, "bench.duckdb")
+        if not os.path.exists(db):
+            t = time.perf_counter()
+            build(db, args.rows)
+            print(f"table of {args.rows:,} rows built in {time.perf_counter() - t:.1f} s", flush=True)
         results = []
         for which in args.phases.split(","):
+            extra = (["--memory", args.memory] if args.memory else []) + (["--report", args.report] if args.report
+                                                                         else [])
             run = subprocess.run([sys.executable, __file__, "--phase", which, "--db", db, "--model", args.model,
-                                  "--reference-rows", str(args.reference_rows)], capture_output=True, text=True)
+                                  "--reference-rows", str(args.reference_rows)] + extra, capture_output=True,
+                                 text=True)
             if run.returncode:
                 print(run.stderr[-3000:], file=sys.stderr)
                 return 1
             r = json.loads(run.stdout.strip().splitlines()[-1])
             r["rows_per_s"] = r.get("rows", args.rows) / r["seconds"]
             results.append(r)
-            print(json.dumps(r, indent=1), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k != "memory_phases"}, indent=1), flush=True)
+            if "memory_phases" in r:
+                print(memory_table(r["memory_phases"]), flush=True)
     by = {r["phase"]: r for r in results}
     if len(by) == 3:
         print(f"ESTIMATE {by['estimate']['rows_per_s']:,.0f} rows/s = {by['estimate']['rows_per_s'] / by['reference']['rows_per_s']:.2f}x "

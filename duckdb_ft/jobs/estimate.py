@@ -1,6 +1,7 @@
 """FINETUNE('ESTIMATE'): CREATE's checks and CREATE's snapshot, cleaning and tokenization, then a report instead of
-a job. Nothing is left behind: the staged rows live in temporary tables of a private cursor, inside a transaction
-that is rolled back.
+a job. Nothing is left behind: the queries' rows are streamed into a private scratch database
+(:mod:`duckdb_ft.prep.scratch`, with a memory limit of its own, spilling to a temporary directory of its own), where
+every table of the analysis lives; it is closed and its directory removed when ESTIMATE returns or fails.
 
 ``estimate`` returns the JSON report; ``data_report`` the per-row findings behind it (``FROM
 finetune_data_report(...)``): one row per finding, with the row's number in its query's result.
@@ -11,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import duckdb
+
 from ..errors import FtError, InvalidArgument
 from ..ml import calibrate, models
-from ..prep import clean, estimate as prep_estimate, stage
+from ..prep import clean, estimate as prep_estimate, scratch, stage
 from .create import check_request
 
 
@@ -27,6 +30,10 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
                            with_rows)
     except FtError:
         raise
+    except duckdb.OutOfMemoryException as e:  # the scratch database's (the user's query's errors come as OSError)
+        raise InvalidArgument(f"ESTIMATE ran out of memory ({str(e).splitlines()[0]}): its scratch database may use "
+                              f"{scratch.memory_limit()}; raise that with the environment variable "
+                              f"{scratch.MEMORY_ENV} (e.g. '2GiB'), or SET threads lower") from None
     except Exception as e:  # the queries failed while running (not binding): as CREATE reports it
         raise InvalidArgument(f"reading the training data failed: {str(e).splitlines()[0]}") from None
 
@@ -36,30 +43,29 @@ def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, va
                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     req = check_request(cur, session, None, base_model, training_query, validation_query, options)
     tokenizer = models.load_tokenizer(req.base_path)
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        st = stage.stage(cur, req.train_q, req.val_q, req.opts)
-        findings = clean.analyze(cur, st)
+    with scratch.database(cur) as work:  # the queries run on cur; everything else in the scratch database
+        st = stage.stage(cur, req.train_q, req.val_q, req.opts, into=work)
+        findings = clean.analyze(work, st)
         opts = req.opts
         refused = None
         try:
-            cleaning = clean.apply(cur, st, findings, opts)
+            cleaning = clean.apply(work, st, findings, opts)
         except InvalidArgument as e:  # pii "refuse": CREATE would fail; the report says so and why
             if opts.pii != "refuse":
                 raise
             refused = str(e)
-            cleaning = clean.apply(cur, st, findings, dataclasses.replace(opts, pii="keep"))
+            cleaning = clean.apply(work, st, findings, dataclasses.replace(opts, pii="keep"))
             cleaning["pii"] = "refuse"
-        counts = stage.settle_splits(cur, st)
-        prep_estimate.leaks(cur, st, findings)
-        tok = prep_estimate.tokens(cur, st, findings, tokenizer, opts, models.context_length(req.base_path))
-        report = prep_estimate.report(cur, st, findings, opts, cleaning, tok, counts, base_model)
+        counts = stage.settle_splits(work, st)
+        prep_estimate.leaks(work, st, findings)
+        tok = prep_estimate.tokens(work, st, findings, tokenizer, opts, models.context_length(req.base_path))
+        report = prep_estimate.report(work, st, findings, opts, cleaning, tok, counts, base_model)
         if with_cost:
-            report["cost"].update(_time_estimate(cur, st, req.base_path, opts, tok, report))
+            report["cost"].update(_time_estimate(work, st, req.base_path, opts, tok, report))
         if refused:
             report["warnings"].insert(0, {"finding": "create_fails", "message": refused,
                                           "fix": 'set {"pii": "mask"}, or remove the personal data'})
-        rows = [] if not with_rows else cur.execute(f"""
+        rows = [] if not with_rows else work.execute(f"""
             SELECT f.query, f.row, s.split, f.finding, f.col AS "column", f.other_row, f.detail, s.dropped
             FROM {findings} f LEFT JOIN {st.table} s USING (query, row)
             UNION ALL
@@ -67,8 +73,6 @@ def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, va
                    CASE WHEN prompt IS NULL THEN 'prompt is NULL' ELSE 'completion is NULL' END, dropped
             FROM {st.table} WHERE dropped = 'skipped'
             ORDER BY 1, 2, 4""").fetchall()
-    finally:
-        cur.execute("ROLLBACK")
     keys = ("query", "row", "split", "finding", "column", "other_row", "detail", "dropped")
     return report, [dict(zip(keys, r)) for r in rows]
 
@@ -85,11 +89,10 @@ def _time_estimate(cur: Any, st: Any, path: str, opts: Any, tok: dict[str, Any],
     except Exception as e:  # the estimate is a help: a failed calibration leaves the rest of the report
         return {"estimated_training_seconds": None, "calibration": {"error": f"{type(e).__name__}: {e}"}}
     per_token = measured["seconds_per_token"]
-    a = tok["arrays"]
-    val_tokens = int(a["kept"][~tok["train"]].sum()) or report["tokens"]["train_tokens"]
+    val_tokens = tok["validation_tokens"] or report["tokens"]["train_tokens"]
     evaluations = opts.max_epochs + (report["cost"]["total_steps"] // opts.eval_steps if opts.eval_steps else 0)
     seconds = per_token * (report["cost"]["trained_tokens"] + val_tokens * evaluations / 3)
-    held = (report["tokens"]["train_tokens"] + int(a["kept"][~tok["train"]].sum())) * calibrate.BYTES_PER_EXAMPLE_TOKEN
+    held = (report["tokens"]["train_tokens"] + tok["validation_tokens"]) * calibrate.BYTES_PER_EXAMPLE_TOKEN
     return {"estimated_training_seconds": round(seconds, 1),
             "estimated_peak_memory_mib": round(measured["peak_rss_mib"] + held / 2**20, 1),
             "calibration": {**measured, "cached": cached,

@@ -22,6 +22,7 @@ from .stage import Stage, drop_tables
 
 DROP_ORDER = ("exact_duplicate", "conflicting", "near_duplicate")
 SHOWN_ROWS = 20  # rows listed in an error or a report line
+MASK_BATCH = 8192  # rows masked a batch at a time
 
 
 def analyze(cur: Any, st: Stage, *, near: bool = True, personal: bool = True) -> str:
@@ -69,14 +70,23 @@ def _drop(cur: Any, st: Stage, findings: str, finding: str) -> None:
         WHERE {st.table}.query = f.query AND {st.table}.row = f.row AND {st.table}.dropped IS NULL""")
 
 
-def rows_listed(rows: list[tuple[str, int]], limit: int = SHOWN_ROWS) -> str:
-    """'training rows 2, 5; validation row 1' for (query, row) pairs, the first ``limit`` of them."""
+def first_rows(cur: Any, pairs_sql: str, params: list | None = None, limit: int = SHOWN_ROWS,
+               ) -> dict[str, tuple[int, list[int]]]:
+    """{query: (how many distinct rows, the first ``limit`` of them)} of the (query, row) pairs a SELECT returns,
+    counted in SQL: only ``limit`` row numbers a query come to Python, however many rows there are."""
+    found = cur.execute(f"SELECT query, count(*), min(row, {int(limit)}) FROM (SELECT DISTINCT query, row "
+                        f"FROM ({pairs_sql})) GROUP BY query", params or []).fetchall()
+    return {q: (int(n), sorted(int(r) for r in rows)) for q, n, rows in found}
+
+
+def rows_listed(listed: dict[str, tuple[int, list[int]]], limit: int = SHOWN_ROWS) -> str:
+    """'training rows 2, 5; validation row 1' from :func:`first_rows`' answer, the first ``limit`` rows a query."""
     parts = []
     for q in ("training", "validation"):
-        nums = sorted(r for qq, r in rows if qq == q)
-        if nums:
-            shown = ", ".join(map(str, nums[:limit])) + (f" and {len(nums) - limit} more" if len(nums) > limit else "")
-            parts.append(f"{q} row{'s' if len(nums) > 1 else ''} {shown}")
+        n, nums = listed.get(q, (0, []))
+        if n:
+            shown = ", ".join(map(str, nums[:limit])) + (f" and {n - limit} more" if n > limit else "")
+            parts.append(f"{q} row{'s' if n > 1 else ''} {shown}")
     return "; ".join(parts)
 
 
@@ -91,34 +101,48 @@ def apply(cur: Any, st: Stage, findings: str, opts: TrainingOptions) -> dict[str
                                f"({', '.join(repr(f) for f in DROP_ORDER)}) GROUP BY dropped").fetchall())
     masked: Counter = Counter()
     if opts.pii != "keep":
-        rows = cur.execute(f"""
-            SELECT s.query, s.row, s.prompt, s.completion FROM {st.table} s
+        keys = f"__ft_pii_rows_{uuid.uuid4().hex}"  # the kept rows with personal data, numbered in (query, row) order
+        cur.execute(f"""
+            CREATE TEMP TABLE {keys} AS
+            SELECT row_number() OVER (ORDER BY query, row) AS n, query, row FROM {st.table} s
             WHERE s.dropped IS NULL AND EXISTS (SELECT 1 FROM {findings} f WHERE f.finding = 'pii'
-                                                AND f.query = s.query AND f.row = s.row)
-            ORDER BY s.query, s.row""").fetchall()
-        if rows and opts.pii == "refuse":
-            kinds = cur.execute(f"SELECT string_agg(DISTINCT detail, ', ' ORDER BY detail) FROM {findings} "
-                                f"WHERE finding = 'pii'").fetchall()[0][0]
-            raise InvalidArgument(
-                f"personal data ({kinds}) in {len(rows)} row(s), and the option pii is \"refuse\": "
-                f"{rows_listed([(q, r) for q, r, _, _ in rows])}. Remove it from the query, or train on it "
-                f"masked with {{\"pii\": \"mask\"}}; FROM finetune_data_report(...) lists every value")
-        if rows:
-            new: dict[str, list] = {"query": [], "row": [], "prompt": [], "completion": []}
-            for q, r, p, c in rows:
-                fp, fc = pii.find(p), pii.find(c)
-                masked.update(k for k, _, _ in fp + fc)
-                for key, value in (("query", q), ("row", r), ("prompt", pii.mask(p, fp)),
-                                   ("completion", pii.mask(c, fc))):
-                    new[key].append(value)
-            cur.register("__ft_masked", pa.table(new))
-            try:
-                cur.execute(f"""UPDATE {st.table} SET prompt = m.prompt, completion = m.completion
-                                FROM __ft_masked m WHERE {st.table}.query = m.query AND {st.table}.row = m.row""")
-            finally:
-                cur.unregister("__ft_masked")
+                                                AND f.query = s.query AND f.row = s.row)""")
+        try:
+            total = int(cur.execute(f"SELECT count(*) FROM {keys}").fetchall()[0][0])
+            if total and opts.pii == "refuse":
+                kinds = cur.execute(f"SELECT string_agg(DISTINCT detail, ', ' ORDER BY detail) FROM {findings} "
+                                    f"WHERE finding = 'pii'").fetchall()[0][0]
+                raise InvalidArgument(
+                    f"personal data ({kinds}) in {total} row(s), and the option pii is \"refuse\": "
+                    f"{rows_listed(first_rows(cur, f'SELECT query, row FROM {keys}'))}. Remove it from the query, "
+                    f"or train on it masked with {{\"pii\": \"mask\"}}; FROM finetune_data_report(...) lists "
+                    f"every value")
+            for lo in range(1, total + 1, MASK_BATCH):  # a batch of rows in Python at a time
+                masked.update(_mask_batch(cur, st, keys, lo, lo + MASK_BATCH))
+        finally:
+            drop_tables(cur, keys)
     return {"dedupe": opts.dedupe, "drop_conflicting": opts.drop_conflicting, "pii": opts.pii,
             "dropped": {f: int(dropped.get(f, 0)) for f in DROP_ORDER}, "masked": dict(sorted(masked.items()))}
+
+
+def _mask_batch(cur: Any, st: Stage, keys: str, lo: int, hi: int) -> Counter:
+    """Mask the personal data of the rows numbered ``lo`` to ``hi - 1`` in ``keys``; the values masked by kind."""
+    rows = cur.execute(f"SELECT s.query, s.row, s.prompt, s.completion FROM {keys} k JOIN {st.table} s "
+                       f"USING (query, row) WHERE k.n >= ? AND k.n < ?", [lo, hi]).fetchall()
+    masked: Counter = Counter()
+    new: dict[str, list] = {"query": [], "row": [], "prompt": [], "completion": []}
+    for q, r, p, c in rows:
+        fp, fc = pii.find(p), pii.find(c)
+        masked.update(k for k, _, _ in fp + fc)
+        for key, value in (("query", q), ("row", r), ("prompt", pii.mask(p, fp)), ("completion", pii.mask(c, fc))):
+            new[key].append(value)
+    cur.register("__ft_masked", pa.table(new))
+    try:
+        cur.execute(f"""UPDATE {st.table} SET prompt = m.prompt, completion = m.completion
+                        FROM __ft_masked m WHERE {st.table}.query = m.query AND {st.table}.row = m.row""")
+    finally:
+        cur.unregister("__ft_masked")
+    return masked
 
 
 def clean(cur: Any, st: Stage, opts: TrainingOptions) -> dict[str, Any]:

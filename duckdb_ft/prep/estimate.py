@@ -14,7 +14,7 @@ import pyarrow as pa
 from ..ml import chat_tokens
 from ..options import TrainingOptions
 from . import duplicates
-from .clean import SHOWN_ROWS, rows_listed
+from .clean import SHOWN_ROWS, first_rows, rows_listed
 from .stage import Stage
 
 MIN_ROWS, GOOD_ROWS = 100, 1000  # a common rule of thumb for supervised fine-tuning
@@ -22,6 +22,8 @@ MIN_VALIDATION_ROWS = 50
 LONG_SHARE, LONG_ROWS = 0.35, 0.05  # warn when the longest 5% of rows carry 35% of the trained tokens
 CLASS_LIKE = 20  # at most this many distinct completions: a classification-like task
 BATCH_ROWS = 8192  # rows per Arrow record batch tokenized
+CHUNK_ROWS = 65536  # rows read from the staged table at a time to be tokenized
+LISTED_ROWS = 100  # row numbers listed a kind of personal data and a query
 
 
 def leaks(cur: Any, st: Stage, findings: str) -> None:
@@ -34,46 +36,98 @@ def leaks(cur: Any, st: Stage, findings: str) -> None:
         WHERE v.split = 'validation' AND v.dropped IS NULL GROUP BY v.query, v.row""")
 
 
-def _stats(x: np.ndarray) -> dict[str, int]:
-    if not len(x):
-        return {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
-    return {"min": int(x.min()), "p50": int(np.percentile(x, 50, method="lower")),
-            "p95": int(np.percentile(x, 95, method="lower")), "max": int(x.max()), "total": int(x.sum())}
+class Counts:
+    """A histogram of non-negative integers (token counts): their number, sum, extremes, ``np.percentile(...,
+    method="lower")`` and the sum of the k largest, exactly, in memory bounded by the largest value rather than
+    by how many values there are."""
+
+    def __init__(self) -> None:
+        self.h = np.zeros(1, np.int64)
+
+    def add(self, x: np.ndarray) -> None:
+        if len(x):
+            b = np.bincount(x)
+            if len(b) > len(self.h):
+                self.h = np.concatenate([self.h, np.zeros(len(b) - len(self.h), np.int64)])
+            self.h[:len(b)] += b
+
+    @property
+    def n(self) -> int:
+        return int(self.h.sum())
+
+    def total(self) -> int:
+        return int((self.h * np.arange(len(self.h))).sum())
+
+    def percentile(self, q: float) -> int:
+        """numpy's "lower" method: the value at index floor((n - 1) * q / 100) of the sorted values."""
+        index = int(np.floor((self.n - 1) * np.true_divide(q, 100)))
+        return int(np.searchsorted(np.cumsum(self.h), index, side="right"))
+
+    def top_sum(self, k: int) -> int:
+        """The sum of the ``k`` largest values."""
+        counts, values = self.h[::-1], np.arange(len(self.h) - 1, -1, -1)
+        taken = np.minimum(counts, np.maximum(0, k - (np.cumsum(counts) - counts)))
+        return int((taken * values).sum())
+
+    def stats(self) -> dict[str, int]:
+        if not self.n:
+            return {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
+        present = np.flatnonzero(self.h)
+        return {"min": int(present[0]), "p50": self.percentile(50), "p95": self.percentile(95),
+                "max": int(present[-1]), "total": self.total()}
 
 
 def tokens(cur: Any, st: Stage, findings: str, tokenizer: Any, opts: TrainingOptions,
            context: int | None) -> dict[str, Any]:
-    """Token counts of the kept rows, in Arrow record batches, counted as the training worker tokenizes them
-    (:func:`duckdb_ft.ml.data.encode_pairs`, windowed by :func:`duckdb_ft.ml.data.fit_window`), vectorised."""
+    """Token counts of the kept rows, counted as the training worker tokenizes them
+    (:func:`duckdb_ft.ml.data.encode_pairs`, windowed by :func:`duckdb_ft.ml.data.fit_window`), vectorised, a
+    chunk of ``CHUNK_ROWS`` rows at a time (tokenized ``BATCH_ROWS`` at a time): what is kept of them is
+    histograms (:class:`Counts`) and sums, and each chunk's token findings go to the findings table, so memory does
+    not grow with the rows."""
     pairs = chat_tokens.encoder(tokenizer)
-    reader = cur.sql(f"SELECT query, row, split = 'train' AS train, prompt, completion FROM {st.table} "
-                     f"WHERE dropped IS NULL ORDER BY split, query, row").to_arrow_reader(BATCH_ROWS)
-    parts = []
-    for batch in reader:
-        n_p, n_c = pairs.lengths(batch.column("prompt").to_pylist(), batch.column("completion").to_pylist())
-        parts.append(pa.table({"query": batch.column("query"), "row": batch.column("row"),
-                               "train": batch.column("train"), "n_prompt": pa.array(n_p, pa.int64()),
-                               "n_completion": pa.array(n_c, pa.int64())}))
-    counts = (pa.concat_tables(parts) if parts else pa.table(
-        {"query": pa.array([], pa.string()), "row": pa.array([], pa.int64()), "train": pa.array([], pa.bool_()),
-         "n_prompt": pa.array([], pa.int64()), "n_completion": pa.array([], pa.int64())}))
-    n_p, n_c = counts.column("n_prompt").to_numpy(), counts.column("n_completion").to_numpy()
-    is_train = counts.column("train").to_numpy(zero_copy_only=False).astype(bool)
+    hist = {"prompt": Counts(), "completion": Counts(), "learned_train": Counts()}
+    sums = dict.fromkeys(("truncated", "over_context", "nothing_to_learn", "train_tokens", "validation_tokens",
+                          "train_examples", "validation_examples"), 0)
+    last = dict(cur.execute(f"SELECT query, max(row) FROM {st.table} GROUP BY query").fetchall())
+    for query in ("training", "validation"):
+        for lo in range(1, int(last.get(query) or 0) + 1, CHUNK_ROWS):
+            chunk = cur.sql(f"SELECT query, row, split = 'train' AS train, prompt, completion FROM {st.table} "
+                            f"WHERE dropped IS NULL AND query = $1 AND row >= $2 AND row < $3 ORDER BY row",
+                            params=[query, lo, lo + CHUNK_ROWS]).to_arrow_table()
+            for at in range(0, len(chunk), BATCH_ROWS):
+                _count_batch(cur, findings, chunk.slice(at, BATCH_ROWS), pairs, opts, context, hist, sums)
+    return {"train_examples": sums["train_examples"], "validation_examples": sums["validation_examples"],
+            "validation_tokens": sums["validation_tokens"], "learned_train": hist["learned_train"], "summary": {
+                "chat_template": True, "max_seq_length": opts.max_seq_length, "context_length": context,
+                "prompt": hist["prompt"].stats(), "completion": hist["completion"].stats(),
+                "truncated_rows": sums["truncated"], "over_context_rows": sums["over_context"],
+                "nothing_to_learn_rows": sums["nothing_to_learn"], "train_tokens": sums["train_tokens"]}}
+
+
+def _count_batch(cur: Any, findings: str, batch: pa.Table, pairs: Any, opts: TrainingOptions, context: int | None,
+                 hist: dict[str, Counts], sums: dict[str, int]) -> None:
+    """One batch of :func:`tokens`: its counts into ``hist`` and ``sums``, its token findings into ``findings``."""
+    n_p, n_c = (np.asarray(x, np.int64) for x in pairs.lengths(batch.column("prompt").to_pylist(),
+                                                               batch.column("completion").to_pylist()))
+    is_train = batch.column("train").to_numpy(zero_copy_only=False).astype(bool)
     length = n_p + n_c  # data.fit_window, on arrays: cut at max_seq_length; learnable: a completion token past 1
     n = np.minimum(length, opts.max_seq_length)
     learnable = n - np.maximum(n_p, 1) > 0
-    a = {"prompt": n_p, "completion": n_c, "kept": np.where(learnable, n, 0),
-         "learned": np.where(learnable, np.maximum(0, n - n_p), 0)}
+    kept, learned = np.where(learnable, n, 0), np.where(learnable, np.maximum(0, n - n_p), 0)
+    hist["prompt"].add(n_p)
+    hist["completion"].add(n_c)
+    hist["learned_train"].add(learned[is_train])
     flagged = {"truncated": length > opts.max_seq_length, "over_context":
                length > context if context is not None else np.zeros(len(n), bool), "nothing_to_learn": ~learnable}
+    for finding, mask in flagged.items():
+        sums[finding] += int(mask.sum())
+    sums["train_tokens"] += int(kept[is_train].sum())
+    sums["validation_tokens"] += int(kept[~is_train].sum())
+    sums["train_examples"] += int((is_train & learnable).sum())
+    sums["validation_examples"] += int((~is_train & learnable).sum())
+    counts = pa.table({"query": batch.column("query"), "row": batch.column("row"),
+                       "n_prompt": pa.array(n_p, pa.int64()), "n_completion": pa.array(n_c, pa.int64())})
     _token_findings(cur, findings, counts, flagged, opts, context)
-    return {"arrays": a, "train": is_train, "learnable": learnable, "summary": {
-        "chat_template": True, "max_seq_length": opts.max_seq_length, "context_length": context,
-        "prompt": _stats(a["prompt"]), "completion": _stats(a["completion"]),
-        "truncated_rows": int(flagged["truncated"].sum()), "over_context_rows": int(flagged["over_context"].sum()),
-        "nothing_to_learn_rows": int((~learnable).sum()),
-        "train_tokens": int(a["kept"][is_train].sum()),
-    }}
 
 
 def _token_findings(cur: Any, findings: str, counts: pa.Table, flagged: dict[str, np.ndarray],
@@ -98,9 +152,9 @@ def _count(cur: Any, findings: str, finding: str, distinct: str = "query, row") 
                            [finding]).fetchall()[0][0])
 
 
-def _rows_of(cur: Any, findings: str, where: str, params: list) -> list[tuple[str, int]]:
-    return [(q, int(r)) for q, r in cur.execute(
-        f"SELECT DISTINCT query, row FROM {findings} WHERE {where} ORDER BY query, row", params).fetchall()]
+def _rows_of(cur: Any, findings: str, where: str, params: list, limit: int) -> dict[str, tuple[int, list[int]]]:
+    """{query: (distinct rows, the first ``limit``)} of the findings ``where`` selects (SQL does the counting)."""
+    return first_rows(cur, f"SELECT query, row FROM {findings} WHERE {where}", params, limit)
 
 
 def report(cur: Any, st: Stage, findings: str, opts: TrainingOptions, cleaning: dict[str, Any],
@@ -110,14 +164,14 @@ def report(cur: Any, st: Stage, findings: str, opts: TrainingOptions, cleaning: 
     returned = dict(cur.execute(f"SELECT query, count(*) FROM {t} GROUP BY query").fetchall())
     empty = cur.execute(f"SELECT count(*) FROM {t} WHERE dropped IS DISTINCT FROM 'skipped' "
                         f"AND (trim(prompt) = '' OR trim(completion) = '')").fetchall()[0][0]
-    train_n = int((tok["train"] & tok["learnable"]).sum())
+    train_n = tok["train_examples"]
     steps = opts.steps_per_epoch(train_n) * opts.max_epochs if train_n else 0
     rows = {"returned": {"training_query": int(returned.get("training", 0)),
                          "validation_query": int(returned["validation"]) if st.has_validation_query else None},
             "skipped": st.skipped(cur), "empty": int(empty),
             "dropped_by_cleaning": sum(cleaning["dropped"].values()),
             "nothing_to_learn": tok["summary"]["nothing_to_learn_rows"],
-            "kept": {"train": train_n, "validation": int((~tok["train"] & tok["learnable"]).sum())},
+            "kept": {"train": train_n, "validation": tok["validation_examples"]},
             "validation_source": st.validation_source}
     dup = {"exact_duplicate_rows": _count(cur, findings, "exact_duplicate"),
            "conflicting_prompts": int(cur.execute(
@@ -130,22 +184,20 @@ def report(cur: Any, st: Stage, findings: str, opts: TrainingOptions, cleaning: 
     personal = {}
     for kind, values, n_rows in cur.execute(f"SELECT detail, count(*), count(DISTINCT (query, row)) FROM {findings} "
                                             f"WHERE finding = 'pii' GROUP BY detail ORDER BY detail").fetchall():
-        listed = _rows_of(cur, findings, "finding = 'pii' AND detail = ?", [kind])
+        listed = _rows_of(cur, findings, "finding = 'pii' AND detail = ?", [kind], LISTED_ROWS)
         personal[kind] = {"values": int(values), "rows": int(n_rows),
-                          "training_rows": [r for q, r in listed if q == "training"][:100],
-                          "validation_rows": [r for q, r in listed if q == "validation"][:100]}
-    a = tok["arrays"]
-    learned = np.sort(a["learned"][tok["train"]])[::-1]
+                          "training_rows": listed.get("training", (0, []))[1],
+                          "validation_rows": listed.get("validation", (0, []))[1]}
     out = {"base_model": base_model, "rows": rows, "tokens": tok["summary"], "duplicates": dup,
            "personal_data": personal, "cleaning": cleaning,
            "cost": {"trained_tokens": tok["summary"]["train_tokens"] * opts.max_epochs, "epochs": opts.max_epochs,
                     "total_steps": steps, "train_examples": train_n}}
-    out["warnings"] = _warnings(cur, st, findings, opts, out, learned)
+    out["warnings"] = _warnings(cur, st, findings, opts, out, tok["learned_train"])
     return out
 
 
 def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict[str, Any],
-              learned: np.ndarray) -> list[dict[str, str]]:
+              learned: Counts) -> list[dict[str, str]]:
     w: list[dict[str, str]] = []
 
     def warn(finding: str, message: str, fix: str) -> None:
@@ -172,7 +224,7 @@ def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict
             ("validation_leak_rows", "validation_leak", "validation row(s) have a prompt that is also a training "
              "prompt: the validation loss is optimistic", "exclude those prompts from the validation query")):
         if dup[key]:
-            listed = rows_listed(_rows_of(cur, findings, "finding = ?", [finding]), 5)
+            listed = rows_listed(_rows_of(cur, findings, "finding = ?", [finding], 5), 5)
             warn(finding, f"{dup[key]} {what} ({listed})", fix)
     if r["personal_data"]:
         kinds = ", ".join(f"{v['values']} {k}" for k, v in r["personal_data"].items())
@@ -189,10 +241,10 @@ def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict
     if tok["nothing_to_learn_rows"]:
         warn("nothing_to_learn", f"{tok['nothing_to_learn_rows']} rows have no completion token left inside "
              f"max_seq_length and are not trained on", "raise max_seq_length or shorten those prompts")
-    total = float(learned.sum())
-    top = max(1, math.ceil(len(learned) * LONG_ROWS))
-    if len(learned) >= 20 and total and learned[:top].sum() / total >= LONG_SHARE:
-        warn("long_rows", f"the longest {top} rows carry {learned[:top].sum() / total:.0%} of the trained "
+    total = float(learned.total())  # of the training rows' learned tokens
+    top = max(1, math.ceil(learned.n * LONG_ROWS))
+    if learned.n >= 20 and total and learned.top_sum(top) / total >= LONG_SHARE:
+        warn("long_rows", f"the longest {top} rows carry {learned.top_sum(top) / total:.0%} of the trained "
              f"completion tokens: most of the loss budget goes to a few rows",
              "shorten or split the long rows, or lower max_seq_length")
     val = r["rows"]["kept"]["validation"]

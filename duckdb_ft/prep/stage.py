@@ -1,8 +1,9 @@
 """The staged snapshot: CREATE's and ESTIMATE's one copy of the rows, in a temporary table, before it is stored.
 
-Each query runs once, into ``Stage.table`` (a TEMP table of the caller's cursor): one row per returned row,
-numbered from 1 in the query's order (``row``), with the split it goes to and why it is dropped, if it is (NULL
-prompt or completion: ``skipped``; cleaning: see :mod:`duckdb_ft.prep.clean`). CREATE copies the rows left into
+Each query runs once, into ``Stage.table`` (a TEMP table of the caller's cursor, or of ESTIMATE's scratch
+database): one row per returned row, numbered from 1 in the query's order (``row``), with the split it goes to
+and why it is dropped, if it is (NULL prompt or completion: ``skipped``; cleaning: see
+:mod:`duckdb_ft.prep.clean`). CREATE copies the rows left into
 ``duckdb_ft.job_rows``; ESTIMATE reads the same table, so both see exactly the same rows, split and cleaned alike.
 """
 
@@ -16,6 +17,7 @@ from ..errors import InvalidArgument
 from ..options import TrainingOptions
 
 MIN_ROWS_FOR_SPLIT = 10  # fewer rows than this and no validation query: validate on the training rows
+STREAM_ROWS = 65536  # rows per Arrow record batch streamed into another database
 
 
 @dataclass
@@ -48,29 +50,47 @@ def drop_tables(cur: Any, *tables: str) -> None:
             return
 
 
-def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions) -> Stage:
+def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into: Any = None) -> Stage:
     """Run the queries once into a new staged table; rows split as CREATE splits them (before cleaning).
 
     With no validation query, rows whose ``hash(prompt, completion) % 100`` falls under the validation fraction
-    are held out: deterministic, and independent of the query's row order.
+    are held out: deterministic, and independent of the query's row order. The queries run on ``cur``; the table
+    is a TEMP table of ``cur``, or with ``into`` (another database's connection, ESTIMATE's scratch database: see
+    :mod:`duckdb_ft.prep.scratch`) a table there, the rows streamed to it in Arrow record batches.
     """
     table = f"__ft_stage_{uuid.uuid4().hex}"
     holdout = 0 if val_q else int(round(opts.validation_fraction * 100))
     split = (f"CASE WHEN hash(prompt, completion) % 100 < {holdout} THEN 'validation' ELSE 'train' END"
              if holdout else "'train'")
-    cur.execute(f"""
-        CREATE TEMP TABLE {table} AS
+    selects = [f"""
         SELECT 'training' AS query, row, {split} AS split, prompt, completion,
                CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END AS dropped
         FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
-              FROM (\n{train_q}\n) AS q)""")
+              FROM (\n{train_q}\n) AS q)"""]
     if val_q:
-        cur.execute(f"""
-            INSERT INTO {table}
+        selects.append(f"""
             SELECT 'validation', row, 'validation', prompt, completion,
                    CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END
             FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
                   FROM (\n{val_q}\n) AS q)""")
+    if into is None:
+        cur.execute(f"CREATE TEMP TABLE {table} AS {selects[0]}")
+        for select in selects[1:]:
+            cur.execute(f"INSERT INTO {table} {select}")
+        return Stage(table, bool(val_q))
+    into.execute(f"CREATE TEMP TABLE {table} (query VARCHAR, row BIGINT, split VARCHAR, prompt VARCHAR, "
+                 f"completion VARCHAR, dropped VARCHAR)")
+    for select in selects:
+        reader = cur.sql(select).to_arrow_reader(STREAM_ROWS)
+        try:
+            for batch in reader:  # a failing query raises here, with DuckDB's message
+                into.register("__ft_staged_batch", batch)
+                try:
+                    into.execute(f"INSERT INTO {table} SELECT * FROM __ft_staged_batch")
+                finally:
+                    into.unregister("__ft_staged_batch")
+        finally:
+            reader.close()
     return Stage(table, bool(val_q))
 
 
