@@ -159,10 +159,17 @@ class FastDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        return _Dropout.apply(x, self.mask(x), self._scale)
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh boolean mask of ``x``'s shape: True where an element is kept (then scaled by ``scale``)."""
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), 2 ** 63 - 1)
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= self._threshold
-        return _Dropout.apply(x, keep, self._scale)
+        return bits.view(torch.int16)[:n].view(x.shape) >= self._threshold
+
+    @property
+    def scale(self) -> float:
+        return self._scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -252,7 +252,7 @@ def train(
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from . import kernels
+    from . import fused, kernels
 
     hooks = hooks or Hooks()
     world = world or Local()
@@ -301,7 +301,15 @@ def train(
         hooks.save_checkpoint(step, buf.getvalue())
 
     session = kernels.cpu_session() if device == "cpu" else contextlib.nullcontext(lambda: None)
-    with session as fit_threads:
+    # The fused decoder pieces and bf16 base weights (``fused``), for this run only; not with sharded layers.
+    fast = fused.prepared(model, dtype) if device == "cpu" and not getattr(world, "shards", None) \
+        else contextlib.nullcontext()
+
+    def evaluate() -> float | None:  # in float32, with the float32 base weights
+        with weights.originals() if weights is not None else contextlib.nullcontext():
+            return world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
+
+    with session as fit_threads, fast as weights:
         start = time.perf_counter()
         last_ckpt = start
         val_loss: float | None = None
@@ -353,7 +361,7 @@ def train(
                                           "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
                 end_of_epoch = k == n_groups - 1
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
-                    val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
+                    val_loss = evaluate()
                     metric["validation_loss"] = val_loss
                     selection.observe(step, val_loss, lambda: world.adapter_state(model))
                 hooks.on_step(metric)
@@ -365,7 +373,7 @@ def train(
                     last_ckpt = time.perf_counter()
 
         if val_loss is None:
-            val_loss = world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
+            val_loss = evaluate()
             selection.observe(step, val_loss, lambda: world.adapter_state(model))
         final_train = (sum(s for s, _ in epoch_losses) / max(1, sum(n for _, n in epoch_losses))
                        if epoch_losses else float("nan"))
