@@ -7,7 +7,8 @@
 - :mod:`.usage`: the usage history of COMPLETE, TRY_COMPLETE, EVALUATE and jobs, counted in memory and flushed.
 - :mod:`.objects`: what DuckDB's own catalog says of the user's schemas, tables and views.
 
-This module holds what they share: the schema name, the clock, one-row reads, and the one transaction helper.
+This module holds what they share: the schema name, the clock, one-row reads, the one transaction helper, and
+Arrow tables registered as views for the length of a block.
 Nothing here imports anything of duckdb-ft but the errors.
 """
 
@@ -50,3 +51,14 @@ def transaction(cur: Any) -> Iterator[Any]:
         cur.execute("ROLLBACK")
         raise
     cur.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def registered(cur: Any, name: str, table: Any) -> Iterator[str]:
+    """``with registered(cur, name, arrow):`` the Arrow table (or record batch) is the view ``name`` of ``cur`` for
+    the block, and unregistered after it, whether the block ends normally or not."""
+    cur.register(name, table)
+    try:
+        yield name
+    finally:
+        cur.unregister(name)

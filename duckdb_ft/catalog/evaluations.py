@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import SCHEMA, dicts
+from . import SCHEMA, dicts, registered
 
 #: Per-row metric columns of ``evaluation_rows`` (built-in metrics; user metrics go in ``user_metrics`` JSON).
 METRIC_COLUMNS = ("exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf",
@@ -41,11 +41,8 @@ def insert_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
 
     table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows])
     quoted = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
-    cur.register("__ft_evaluation_rows", table)
-    try:
+    with registered(cur, "__ft_evaluation_rows", table):
         cur.execute(f"INSERT INTO {SCHEMA}.evaluation_rows ({quoted}) SELECT {quoted} FROM __ft_evaluation_rows")
-    finally:
-        cur.unregister("__ft_evaluation_rows")
 
 
 def rows(cur: Any, evaluation_id: str, models: Sequence[str]) -> list[dict[str, Any]]:

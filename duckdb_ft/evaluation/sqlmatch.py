@@ -19,6 +19,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
+from ..catalog import registered
 from ..errors import InvalidArgument
 from ..queries import check_query
 
@@ -58,9 +59,8 @@ class Sandbox:
         for name, arrow in (tables or {}).items():
             schema, table = name.split(".", 1)
             self.con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            self.con.register("__ft_copy", arrow)
-            self.con.execute(f'CREATE TABLE "{schema}"."{table}" AS FROM __ft_copy')
-            self.con.unregister("__ft_copy")
+            with registered(self.con, "__ft_copy", arrow):
+                self.con.execute(f'CREATE TABLE "{schema}"."{table}" AS FROM __ft_copy')
         if setup is not None:
             setup(self.con)
         self.con.execute("SET enable_external_access = false")

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from sqlglot import exp
 
+from ..catalog import registered
 from ..errors import InvalidArgument
 from ..governance.authorize import authorize_query
 from ..queries import check_query, parse
@@ -88,13 +89,10 @@ def scores(cur: Any, metric: Metric, rows: dict[str, Sequence[Any]]) -> list[flo
     n = len(rows["prediction"])
     table = pa.table({"__row": list(range(n)), **{c: pa.array(list(rows[c]), pa.string()) for c in COLUMNS}})
     view = f"{ROWS}_{uuid.uuid4().hex}"
-    cur.register(view, table)
-    try:
-        sql = f"SELECT ({metric.sql})::DOUBLE FROM {view} AS {ROWS} ORDER BY __row"
-        values = [r[0] for r in cur.execute(sql).fetchall()]
-    except Exception as e:  # a runtime error of the user's expression (a cast that fails on one row...)
-        raise InvalidArgument(f"user metric {metric.name!r} failed on the predictions: {str(e).splitlines()[0]}") \
-            from None
-    finally:
-        cur.unregister(view)
-    return values
+    with registered(cur, view, table):
+        try:
+            sql = f"SELECT ({metric.sql})::DOUBLE FROM {view} AS {ROWS} ORDER BY __row"
+            return [r[0] for r in cur.execute(sql).fetchall()]
+        except Exception as e:  # a runtime error of the user's expression (a cast that fails on one row...)
+            raise InvalidArgument(f"user metric {metric.name!r} failed on the predictions: "
+                                  f"{str(e).splitlines()[0]}") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..catalog import registered
 from ..errors import InvalidArgument
 from ..options import TrainingOptions
 from . import duplicates, pii
@@ -55,12 +56,8 @@ def _personal_data(cur: Any, stage: str, findings: str) -> None:
                     out["col"].append(col)
                     out["detail"].append(kind)
     if out["row"]:
-        found = pa.table(out)
-        cur.register("__ft_pii_found", found)
-        try:
+        with registered(cur, "__ft_pii_found", pa.table(out)):
             cur.execute(f"INSERT INTO {findings} SELECT query, row, 'pii', col, NULL, detail FROM __ft_pii_found")
-        finally:
-            cur.unregister("__ft_pii_found")
 
 
 def _drop(cur: Any, st: Stage, findings: str, finding: str) -> None:
@@ -136,12 +133,9 @@ def _mask_batch(cur: Any, st: Stage, keys: str, lo: int, hi: int) -> Counter:
         masked.update(k for k, _, _ in fp + fc)
         for key, value in (("query", q), ("row", r), ("prompt", pii.mask(p, fp)), ("completion", pii.mask(c, fc))):
             new[key].append(value)
-    cur.register("__ft_masked", pa.table(new))
-    try:
+    with registered(cur, "__ft_masked", pa.table(new)):
         cur.execute(f"""UPDATE {st.table} SET prompt = m.prompt, completion = m.completion
                         FROM __ft_masked m WHERE {st.table}.query = m.query AND {st.table}.row = m.row""")
-    finally:
-        cur.unregister("__ft_masked")
     return masked
 
 

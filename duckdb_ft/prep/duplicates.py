@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..catalog import registered
 from .stage import drop_tables
 
 NEAR_THRESHOLD = 0.8
@@ -101,13 +102,10 @@ def _signature_buckets(cur: Any, t: str, bands: int, rows: int) -> None:
         # A band number per query (validation's after training's), so that buckets never mix the two.
         band_of = (np.tile(np.arange(bands, dtype=np.int16), n)
                    + np.int16(bands) * batch.column("v").to_numpy(zero_copy_only=False).astype(np.int16)[idx])
-        cur.register("__ft_buckets", pa.table({
-            "prompt_id": batch.column("prompt_id").to_numpy().astype(np.int32)[idx], "band": band_of,
-            "bucket": bucket.reshape(-1)}))
-        try:
+        buckets = pa.table({"prompt_id": batch.column("prompt_id").to_numpy().astype(np.int32)[idx],
+                            "band": band_of, "bucket": bucket.reshape(-1)})
+        with registered(cur, "__ft_buckets", buckets):
             cur.execute(f"INSERT INTO {t}_b SELECT * FROM __ft_buckets")
-        finally:
-            cur.unregister("__ft_buckets")
 
 
 def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR_THRESHOLD) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..catalog import registered
 from ..ml import chat_tokens
 from ..options import TrainingOptions
 from . import duplicates
@@ -139,12 +140,9 @@ def _token_findings(cur: Any, findings: str, counts: pa.Table, flagged: dict[str
     for finding, mask in flagged.items():
         if not mask.any():
             continue
-        cur.register("__ft_token_flags", counts.filter(pa.array(mask)))
-        try:
+        with registered(cur, "__ft_token_flags", counts.filter(pa.array(mask))):
             cur.execute(f"INSERT INTO {findings} SELECT query, row, '{finding}', NULL, NULL, {details[finding]} "
                         f"FROM __ft_token_flags")
-        finally:
-            cur.unregister("__ft_token_flags")
 
 
 def _count(cur: Any, findings: str, finding: str, distinct: str = "query, row") -> int:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..catalog import registered
 from ..errors import InvalidArgument
 from ..options import TrainingOptions
 
@@ -84,11 +85,8 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
         reader = cur.sql(select).to_arrow_reader(STREAM_ROWS)
         try:
             for batch in reader:  # a failing query raises here, with DuckDB's message
-                into.register("__ft_staged_batch", batch)
-                try:
+                with registered(into, "__ft_staged_batch", batch):
                     into.execute(f"INSERT INTO {table} SELECT * FROM __ft_staged_batch")
-                finally:
-                    into.unregister("__ft_staged_batch")
         finally:
             reader.close()
     return Stage(table, bool(val_q))
