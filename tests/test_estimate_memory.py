@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from duckdb_ft.prep import clean, estimate as prep_estimate, scratch
+from duckdb_ft.prep import clean, duplicates, estimate as prep_estimate, scratch
 
 OPTIONS = json.dumps({"max_epochs": 1, "max_seq_length": 64, "pii": "mask"})
 QUERY = "SELECT q AS prompt, a AS completion FROM orders"
@@ -131,3 +131,26 @@ def test_token_histograms_give_numpys_percentiles_sums_and_top_sums():
         assert [h.top_sum(k) for k in (1, n // 20 + 1, n, n + 3)] == [top[:k].sum() for k in
                                                                        (1, n // 20 + 1, n, n + 3)]
     assert prep_estimate.Counts().stats() == {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
+
+
+def test_the_findings_in_small_chunks_equal_the_findings_in_one(con, tiny_model_path, monkeypatch):
+    """Near duplicates verified a few prompts per statement, signatures and personal data a few rows per batch:
+    the same per-row findings and the same report as in one statement and one batch."""
+    con.execute("""CREATE TABLE orders AS SELECT 'What is the status of order ' || (10000 + j) || '?' AS q,
+                   CASE WHEN j % 9 = 2 THEN 'Mail ann' || j || '@example.com or 4111 1111 1111 1111'
+                   ELSE 'Shipped ' || (j % 13) END AS a FROM (SELECT i % 900 AS j FROM range(1000) t(i))""")
+    args = [tiny_model_path, "SELECT q AS prompt, a AS completion FROM orders", None, OPTIONS]
+
+    def run():
+        report = json.loads(con.execute("SELECT finetune('ESTIMATE', ?, ?, ?, ?)", args).fetchall()[0][0])
+        report["cost"]["calibration"].pop("cached")
+        return report, con.execute("FROM finetune_data_report(?, ?, ?, ?) ORDER BY ALL", args).fetchall()
+
+    whole = run()
+    monkeypatch.setattr(duplicates, "CANDIDATE_CHUNK", 7)
+    monkeypatch.setattr(duplicates, "SIGNATURE_BATCH", 11)
+    monkeypatch.setattr(clean, "MASK_BATCH", 5)
+    chunked = run()
+    assert chunked == whole
+    kinds = {r[3] for r in whole[1]}
+    assert {"exact_duplicate", "near_duplicate", "pii"} <= kinds and len(whole[1]) > 500

@@ -39,25 +39,30 @@ def analyze(cur: Any, st: Stage, *, near: bool = True, personal: bool = True) ->
 
 
 def _personal_data(cur: Any, stage: str, findings: str) -> None:
-    """Findings of kind ``pii`` (detail: the kind of value, col: prompt or completion), one per value."""
+    """Findings of kind ``pii`` (detail: the kind of value, col: prompt or completion), one per value. The texts
+    are searched a record batch at a time; what is kept of a batch's values is 11 bytes each (the row, and codes
+    for the query, the column and the kind), not Python objects, so memory stays small however many there are."""
     reader = cur.sql(f"""
-        SELECT query, row, prompt, completion FROM {stage}
+        SELECT (query = 'validation')::TINYINT AS v, row, prompt, completion FROM {stage}
         WHERE dropped IS DISTINCT FROM 'skipped'
           AND (regexp_matches(prompt, ?) OR regexp_matches(completion, ?))""",
-                     params=[pii.SQL_PREFILTER, pii.SQL_PREFILTER]).to_arrow_reader(8192)
-    out: dict[str, list] = {"query": [], "row": [], "col": [], "detail": []}
+                     params=[pii.SQL_PREFILTER, pii.SQL_PREFILTER]).to_arrow_reader(MASK_BATCH)
+    code = {kind: i for i, kind in enumerate(pii.KINDS)}
+    parts = []
     for batch in reader:
         cols = batch.to_pydict()
-        for q, r, p, c in zip(cols["query"], cols["row"], cols["prompt"], cols["completion"]):
-            for col, text in (("prompt", p), ("completion", c)):
-                for kind, _, _ in pii.find(text):
-                    out["query"].append(q)
-                    out["row"].append(r)
-                    out["col"].append(col)
-                    out["detail"].append(kind)
-    if out["row"]:
-        with registered(cur, "__ft_pii_found", pa.table(out)):
-            cur.execute(f"INSERT INTO {findings} SELECT query, row, 'pii', col, NULL, detail FROM __ft_pii_found")
+        found = [(v, r, c, code[kind]) for v, r, p, comp in zip(cols["v"], cols["row"], cols["prompt"],
+                                                                cols["completion"])
+                 for c, text in enumerate((p, comp)) for kind, _, _ in pii.find(text)]
+        if found:
+            v, r, c, k = zip(*found)
+            parts.append(pa.table({"v": pa.array(v, pa.int8()), "row": pa.array(r, pa.int64()),
+                                   "c": pa.array(c, pa.int8()), "k": pa.array(k, pa.int8())}))
+    if parts:  # inserted once the reader is done (a statement on cur would end its stream)
+        with registered(cur, "__ft_pii_found", pa.concat_tables(parts)):
+            cur.execute(f"""INSERT INTO {findings} SELECT ['training', 'validation'][v + 1], row, 'pii',
+                            ['prompt', 'completion'][c + 1], NULL, (?::VARCHAR[])[k + 1] FROM __ft_pii_found""",
+                        [list(pii.KINDS)])
 
 
 def _drop(cur: Any, st: Stage, findings: str, finding: str) -> None:

@@ -31,7 +31,8 @@ LSH_THRESHOLD = 0.6
 NUM_PERM = 64
 SHINGLE = 5
 BUCKET_PEERS = 8  # a prompt is compared with at most this many earlier prompts of each LSH bucket
-SIGNATURE_BATCH = 65536  # prompts per record batch of MinHash signatures
+SIGNATURE_BATCH = 16384  # prompts per record batch of MinHash signatures
+CANDIDATE_CHUNK = 262144  # prompts whose candidates are verified by one statement
 NEAR_METHOD = (f"MinHash LSH ({NUM_PERM} permutations, bands for Jaccard {LSH_THRESHOLD}) over character "
                f"{SHINGLE}-grams of the normalized prompt; candidates verified by exact Jaccard >= {NEAR_THRESHOLD}")
 
@@ -133,9 +134,10 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
             WITH firsts AS (SELECT band, bucket, min(prompt_id) AS fpid FROM {t}_b GROUP BY ALL)
             SELECT a.prompt_id AS pid, f.fpid AS other_pid, count(*) AS shared
             FROM {t}_b a JOIN firsts f USING (band, bucket) WHERE a.prompt_id <> f.fpid GROUP BY ALL""")
-        best = (f"SELECT pid, other_pid FROM {t}_c "
+        best = (f"SELECT pid, other_pid FROM {t}_c WHERE pid >= $lo AND pid < $hi "
                 f"QUALIFY row_number() OVER (PARTITION BY pid ORDER BY shared DESC, other_pid) = 1")
-        others = f"SELECT c.pid, c.other_pid FROM {t}_c c ANTI JOIN {t}_n n ON n.pid = c.pid"
+        others = (f"SELECT c.pid, c.other_pid FROM {t}_c c ANTI JOIN {t}_n n ON n.pid = c.pid "
+                  f"WHERE c.pid >= $lo AND c.pid < $hi")
         peers = f"""
             WITH open AS (SELECT DISTINCT band, bucket FROM {t}_b b ANTI JOIN {t}_n n ON n.pid = b.prompt_id),
             ranked AS (SELECT b.*, row_number() OVER (PARTITION BY band, bucket ORDER BY prompt_id) AS k
@@ -143,17 +145,24 @@ def near_duplicates(cur: Any, stage: str, findings: str, threshold: float = NEAR
             SELECT DISTINCT a.prompt_id AS pid, b.prompt_id AS other_pid
             FROM ranked a JOIN ranked b ON a.band = b.band AND a.bucket = b.bucket
                  AND b.k < a.k AND b.k BETWEEN 2 AND {BUCKET_PEERS}
-            WHERE NOT EXISTS (SELECT 1 FROM {t}_n n WHERE n.pid = a.prompt_id)"""
-        for pairs_sql in (best, others, peers):
-            cur.execute(f"""
-                INSERT INTO {t}_n
-                WITH pairs AS ({pairs_sql}),
-                scored AS (
-                    SELECT pid, y.first AS other_first, len(list_intersect(x.sh, y.sh)) AS common,
-                           len(x.sh) + len(y.sh) AS total
-                    FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid JOIN {t}_p y ON y.prompt_id = pairs.other_pid)
-                SELECT pid, min(other_first), max(common / (total - common)) FROM scored
-                WHERE common / (total - common) >= {threshold} GROUP BY pid""")
+            WHERE a.prompt_id >= $lo AND a.prompt_id < $hi
+              AND NOT EXISTS (SELECT 1 FROM {t}_n n WHERE n.pid = a.prompt_id)"""
+        # best and others a range of CANDIDATE_CHUNK prompts at a time (a prompt's candidates and Jaccards are its
+        # own: the same rows as in one statement, in memory bounded by the range); peers in one (its buckets are
+        # ranked over every unsettled prompt)
+        count = cur.execute(f"SELECT count(*) FROM {t}_p").fetchall()[0][0]
+        for pairs_sql, step in ((best, CANDIDATE_CHUNK), (others, CANDIDATE_CHUNK), (peers, max(count, 1))):
+            for lo in range(1, count + 1, step):
+                cur.execute(f"""
+                    INSERT INTO {t}_n
+                    WITH pairs AS ({pairs_sql}),
+                    scored AS (
+                        SELECT pid, y.first AS other_first, len(list_intersect(x.sh, y.sh)) AS common,
+                               len(x.sh) + len(y.sh) AS total
+                        FROM pairs JOIN {t}_p x ON x.prompt_id = pairs.pid
+                             JOIN {t}_p y ON y.prompt_id = pairs.other_pid)
+                    SELECT pid, min(other_first), max(common / (total - common)) FROM scored
+                    WHERE common / (total - common) >= {threshold} GROUP BY pid""", {"lo": lo, "hi": lo + step})
         cur.execute(f"""
             INSERT INTO {findings}
             WITH near AS (SELECT pid, min(other_first) AS other_first, max(jaccard) AS jaccard FROM {t}_n GROUP BY pid)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from ..errors import InvalidArgument
 
 MEMORY_ENV = "DUCKDB_FT_ESTIMATE_MEMORY_LIMIT"
-DEFAULT_MEMORY_LIMIT = "512MiB"
+DEFAULT_MEMORY_LIMIT = "256MiB"  # past it the tables spill; 1M short rows took no longer than under 512MiB
 PREFIX = "duckdb_ft_estimate_"  # the temporary directory's name starts so, under tempfile.gettempdir()
 
 
