@@ -32,7 +32,7 @@ NUM_PERM = 64
 SHINGLE = 5
 BUCKET_PEERS = 8  # a prompt is compared with at most this many earlier prompts of each LSH bucket
 SIGNATURE_BATCH = 16384  # prompts per record batch of MinHash signatures
-CANDIDATE_CHUNK = 262144  # prompts whose candidates are verified by one statement
+CANDIDATE_CHUNK = 524288  # prompts whose candidates are verified by one statement
 NEAR_METHOD = (f"MinHash LSH ({NUM_PERM} permutations, bands for Jaccard {LSH_THRESHOLD}) over character "
                f"{SHINGLE}-grams of the normalized prompt; candidates verified by exact Jaccard >= {NEAR_THRESHOLD}")
 
