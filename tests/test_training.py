@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -132,6 +133,22 @@ def test_explicit_attention_with_a_packed_mask_matches_sdpa(dtype):
     check_explicit_attention_against_sdpa(2, length, allowed, dtype)
 
 
+def test_packed_rows_attend_one_example_at_a_time():
+    """A block-diagonal causal mask is read as its examples (padding continuing the last one); any other mask is
+    not, and takes the whole-row path."""
+    length = 10
+    segment = torch.tensor([[0] * 3 + [1] * 4 + [2] * 3, [0] * 10])
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]
+    assert kernels._segments(allowed, length) == [[(0, 3), (3, 7), (7, 10)], [(0, 10)]]
+    window = allowed.clone()
+    window[1, 0, 9, 0] = False  # a sliding window, not an example boundary
+    assert kernels._segments(window, length) is None
+    leaky = allowed.clone()
+    leaky[0, 0, 5, 1] = True  # a query that sees into the example before its own
+    assert kernels._segments(leaky, length) is None
+
+
 def test_explicit_attention_leaves_long_and_masked_batches_to_sdpa(monkeypatch):
     calls = []
     import transformers.integrations.sdpa_attention as sdpa
@@ -245,8 +262,10 @@ def test_packed_rows_give_the_loss_and_gradients_of_separate_rows(tiny, monkeypa
         for name in got:
             scale = want[name].abs().max().item()
             torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
-        if attention == kernels.ATTENTION:  # the packed rows took the explicit path, with their mask
-            assert any(m is not None for m in masks) and any(m is None for m in masks)
+        if attention == kernels.ATTENTION:  # the packed rows took the explicit path, one example at a time
+            assert masks and all(m is None for m in masks)
+            # forward: each packed example on its own, and the separate rows in one call, in every layer
+            assert len(masks) == (len(examples) + 1) * got_model.config.num_hidden_layers
 
 
 def test_training_module_shares_the_cached_weights(tiny):
@@ -293,6 +312,27 @@ def test_steady_allocator_pins_glibc():
         pytest.skip("glibc only")
     assert kernels.steady_allocator()
     kernels.release_free_memory()
+
+
+def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
+    """Importing duckdb_ft.ml before torch turns on PyTorch's huge-page allocation for large CPU tensors; a value
+    the user set is kept, and with torch already loaded nothing is set (torch reads it once, at its first
+    allocation)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("transparent huge pages are Linux's")
+    show = "import os; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+
+    def run(code: str, **env: str) -> str:
+        environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
+        return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert run(f"import duckdb_ft.ml; {show}") == "1"
+    assert run(f"import duckdb_ft.ml; {show}", THP_MEM_ALLOC_ENABLE="0") == "0"
+    assert run(f"import torch, duckdb_ft.ml; {show}") == "None"
 
 
 def test_gradient_checkpointing_recomputes_the_same_step(tiny):

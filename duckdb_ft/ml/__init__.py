@@ -6,4 +6,15 @@ run models (importing this package loads none of them).
 - :mod:`.training`: the LoRA training loop; :mod:`.kernels` its faster CPU pieces (imports torch on import).
 - :mod:`.complete`: COMPLETE's batched generation.
 - :mod:`.export`: a fine-tuned model written as a PEFT adapter folder.
+
+Importing it asks PyTorch, when torch is not loaded yet, for its CPU tensors of 2 MB and more in transparent huge
+pages (``THP_MEM_ALLOC_ENABLE``, PyTorch's own switch, read once at its first allocation; a value the user set is
+kept). A training step allocates gigabytes of large activations that the allocator maps fresh
+(``kernels.steady_allocator``); in 4 KB pages, faulting them in cost about a tenth of a step on a CPU.
 """
+
+import os as _os
+import sys as _sys
+
+if _sys.platform.startswith("linux") and "torch" not in _sys.modules:
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -15,7 +15,8 @@ keeps its own modules and float32 weights, and nothing changes outside autocast 
 - ``lora_linear``: peft's LoRA linear (``base(x) + B(A(dropout(x))) · scaling``) in one autograd node that keeps
   the input (shared by q, k and v), the dropout mask and the rank-r product, and redoes the masked input in the
   backward pass; peft's path keeps the dropped input as well, in both float32 and bf16.
-- ``silu_mul``: ``silu(gate) · up`` keeping gate and up only (not silu(gate) as well).
+- ``silu_mul``: ``silu(gate) · up`` keeping gate and up only (not silu(gate) as well), with torch's fused
+  ``silu_backward``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def rms_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 class _SiluMul(torch.autograd.Function):
+    """silu(gate) · up in the inputs' dtype, as autocast's eager path computes it; keeps gate and up only (silu(gate)
+    is recomputed in backward), and the gate's gradient comes from torch's fused ``silu_backward`` (one pass where
+    the chain rule written out in float32 took a dozen, each a full-size temporary)."""
+
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
@@ -96,11 +101,9 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up = ctx.saved_tensors
-        g, dy = gate.float(), grad.float()
-        sig = torch.sigmoid(g)
-        grad_up = (dy * g * sig).to(up.dtype)
-        # d silu / d g = sig · (1 + g · (1 - sig))
-        grad_gate = (dy * up.float() * sig * (1 + g * (1 - sig))).to(gate.dtype)
+        grad = grad.to(up.dtype)
+        grad_up = F.silu(gate).mul_(grad)
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
         return grad_gate, grad_up
 
 
@@ -185,7 +188,7 @@ class _LoraLinear(torch.autograd.Function):
             h = torch.matmul(d, a_c.t())
             del d
             y = F.linear(x, w, None if bias is None else bias.to(dt))
-            y = y + torch.matmul(h, b_c.t()) * scaling
+            y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), b_c.t(), alpha=scaling)  # + (h Bᵀ) · scaling
         ctx.save_for_backward(x, w, a_c, b_c, h, keep)
         ctx.drop_scale, ctx.scaling = drop_scale, scaling
         ctx.dtypes = (a.dtype, b.dtype)
@@ -196,17 +199,19 @@ class _LoraLinear(torch.autograd.Function):
         x, w, a_c, b_c, h, keep = ctx.saved_tensors
         with torch.autocast(x.device.type, enabled=False):
             grad = grad.to(x.dtype)
-            scaled = grad * ctx.scaling
-            grad_b = scaled.reshape(-1, scaled.shape[-1]).t().mm(h.reshape(-1, h.shape[-1]))
-            grad_h = torch.matmul(scaled, b_c)
-            del scaled
+            rows = grad.reshape(-1, grad.shape[-1])
+            # the scaling goes onto the rank-r products, not onto a full-size copy of the gradient
+            grad_b = rows.t().mm(h.reshape(-1, h.shape[-1])).mul_(ctx.scaling)
+            grad_h = torch.matmul(grad, b_c).mul_(ctx.scaling)
             d = x if keep is None else torch.ops.aten.native_dropout_backward(x, keep, ctx.drop_scale)
             grad_a = grad_h.reshape(-1, grad_h.shape[-1]).t().mm(d.reshape(-1, d.shape[-1]))
             del d
-            grad_d = torch.matmul(grad_h, a_c)
-            if keep is not None:
-                grad_d = torch.ops.aten.native_dropout_backward(grad_d, keep, ctx.drop_scale)
-            grad_x = torch.matmul(grad, w).add_(grad_d) if ctx.needs_input_grad[0] else None
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.matmul(grad_h, a_c)
+                if keep is not None:
+                    grad_x = torch.ops.aten.native_dropout_backward(grad_x, keep, ctx.drop_scale)
+                grad_x.view(-1, grad_x.shape[-1]).addmm_(rows, w)  # + grad W: the frozen weight's path
         return grad_x, None, None, grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None, None
 
 

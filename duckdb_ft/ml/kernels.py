@@ -4,9 +4,11 @@
   beat torch's fused attention kernel (about 3x forward + backward at 150 tokens in bf16), which pays off only past
   ~300 tokens without a mask; with a packed row's mask, sdpa is slower still (on the benchmark's packed rows of up
   to ~460 tokens, a training step took 10% longer when rows past 256 tokens went to sdpa). It is registered with
-  transformers as the attention implementation ``duckdb_ft``: short right-padded batches, packed rows included
-  (with their boolean block-diagonal causal mask), take the explicit path (keeping only the bf16 probabilities for
-  the backward pass, a third of what the eager implementation keeps); anything else goes to ``sdpa``, unchanged.
+  transformers as the attention implementation ``duckdb_ft``: short right-padded batches take the explicit path
+  (keeping only the bf16 probabilities for the backward pass, a third of what the eager implementation keeps);
+  packed rows (a boolean block-diagonal causal mask) take it one example at a time, so no score is computed between
+  two examples of a row (on the benchmark's packed rows, two thirds of a row's scores); anything else goes to
+  ``sdpa``, unchanged.
 - ``completion_cross_entropy``: the loss on completion tokens through the LM head, which keeps only the logits
   as the matrix product gave them (bf16 under autocast) for the backward pass, instead of those plus their fp32
   copy, the log-softmax and its gradient: a quarter of the memory of the plain path, and no more arithmetic.
@@ -31,6 +33,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -92,21 +95,72 @@ def causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 
     b, heads, length, dim = query.shape
     kv = key.shape[1]
-    explicit = (query.device.type == "cpu" and key.shape[-2] == length
-                and length <= EXPLICIT_MAX_LENGTH and b * heads * length * length <= EXPLICIT_MAX_SCORES
-                and heads % kv == 0 and (dropout == 0.0 or not module.training)
-                and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+    plain = (query.device.type == "cpu" and key.shape[-2] == length and heads % kv == 0
+             and (dropout == 0.0 or not module.training)
+             and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
+    scale = scaling if scaling is not None else 1 / math.sqrt(dim)
+    # Under autocast the rotary embedding leaves q and k in fp32 and v in bf16: compute in the autocast dtype.
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    segments = _segments(attention_mask, length) if plain and attention_mask is not None else None
+    if segments is not None and max(e - s for row in segments for s, e in row) <= EXPLICIT_MAX_LENGTH:
+        return _per_example(query.to(dtype), key.to(dtype), value.to(dtype), segments, scale), None
+    explicit = (plain and length <= EXPLICIT_MAX_LENGTH and b * heads * length * length <= EXPLICIT_MAX_SCORES
                 and (attention_mask is None or _packed_mask(attention_mask, length)))
     if not explicit:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    scale = scaling if scaling is not None else 1 / math.sqrt(dim)
-    # Under autocast the rotary embedding leaves q and k in fp32 and v in bf16: compute in the autocast dtype.
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
     grouped = query.to(dtype).reshape(b, kv, (heads // kv) * length, dim)
     out = _CausalAttention.apply(grouped, key.to(dtype), value.to(dtype), scale,
                                  attention_mask).reshape(b, heads, length, dim)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _per_example(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[list[tuple[int, int]]],
+                 scale: float) -> torch.Tensor:
+    """Causal attention inside each example of packed rows, one example at a time: (B, L, H, D).
+
+    The whole row's scores would be L x L with most of them masked; an example's own are n x n (on the benchmark's
+    packed rows, about a third as many), so the softmax, its float32 copy and the probabilities kept for backward
+    shrink with them, and no tensor the size of a row's scores is allocated."""
+    b, heads, length, dim = q.shape
+    kv = k.shape[1]
+    rows = []
+    for i, row in enumerate(segments):
+        parts = []
+        for s, e in row:
+            grouped = q[i:i + 1, :, s:e].reshape(1, kv, (heads // kv) * (e - s), dim)
+            out = _CausalAttention.apply(grouped, k[i:i + 1, :, s:e], v[i:i + 1, :, s:e], scale, None)
+            parts.append(out.reshape(1, heads, e - s, dim))
+        rows.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
+    out = torch.cat(rows, 0) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous()
+
+
+_LAST_SEGMENTS: tuple[Any, Any] = (None, None)  # (weak reference to a mask, its segments): every layer gets one mask
+
+
+def _segments(mask: torch.Tensor, length: int) -> list[list[tuple[int, int]]] | None:
+    """The examples of packed rows, (start, end) per row, when ``mask`` is exactly block-diagonal causal (each query
+    attends to every earlier position of its example and to nothing else; a row's padding continues its last
+    example); None for any other mask."""
+    global _LAST_SEGMENTS
+    ref, found = _LAST_SEGMENTS
+    if ref is not None and ref() is mask:
+        return found
+    found = None
+    if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[-2:] == (length, length):
+        m = mask[:, 0]
+        first = m.to(torch.uint8).argmax(-1)  # each query's first allowed key
+        pos = torch.arange(length, device=mask.device)
+        starts = torch.where(first == pos, pos, 0).cummax(-1).values  # the start of the example each query is in
+        expected = (pos[None, None, :] >= starts[:, :, None]) & (pos[None, None, :] <= pos[None, :, None])
+        if torch.equal(first, starts) and torch.equal(expected, m):
+            found = []
+            for row in (first == pos).tolist():
+                begin = [j for j, is_start in enumerate(row) if is_start]
+                found.append(list(zip(begin, begin[1:] + [length])))
+    _LAST_SEGMENTS = (weakref.ref(mask), found)
+    return found
 
 
 def _packed_mask(mask: torch.Tensor, length: int) -> bool:
