@@ -346,7 +346,7 @@ def child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
         "'SELECT prompt, completion FROM pairs WHERE split = ''validation''', ?)",
         [MODEL, json.dumps(spec["hyper"])]).fetchone()[0]
     status = con.execute("SELECT finetune('WAIT', ?, 100000)", [job]).fetchone()[0]
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - load_s[0]  # the model load is reported apart, as for the others
     d = json.loads(con.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchone()[0])
     if status != "SUCCESS":
         raise SystemExit(f"FINETUNE job ended {status}: {d.get('error')}")

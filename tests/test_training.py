@@ -287,6 +287,40 @@ def test_training_module_shares_the_cached_weights(tiny):
     assert not any(t.requires_grad for t in loaded.weights.values())
 
 
+def test_micro_batches_cover_the_rows_in_order_within_the_budget(tiny):
+    """split_rows: consecutive parts, every row once, each part's rows x widest row within the budget (a wider
+    row alone); no budget: the batch whole."""
+    _, _, examples = tiny
+    rows = [[0, 1], [2], [3, 4], [5]]
+    width = {k: sum(len(examples[i].input_ids) for i in row) for k, row in enumerate(rows)}
+    assert data.split_rows(examples, rows, None) == [rows]
+    for budget in (1, min(width.values()) * 2, max(width.values()) * 2, 10 ** 6):
+        parts = data.split_rows(examples, rows, budget)
+        assert [row for part in parts for row in part] == rows
+        for part in parts:
+            widest = max(sum(len(examples[i].input_ids) for i in row) for row in part)
+            assert len(part) == 1 or len(part) * widest <= budget
+    assert len(data.split_rows(examples, rows, 1)) == len(rows)
+    assert data.split_rows(examples, rows, 10 ** 6) == [rows]
+
+
+def test_a_step_in_micro_batches_trains_the_same_adapter(tiny, monkeypatch):
+    """Micro-batches of a step sum to the step's gradient: the same adapter after two epochs, one row at a time
+    or each batch whole (no dropout, so both draw nothing at random)."""
+    path, tokenizer, examples = tiny
+    opts = TrainingOptions(max_epochs=2, batch_size=6, lora_r=4, lora_dropout=0.0, learning_rate=0.05, dtype="float32")
+    assert len(data.packed_batches(examples, 6, opts.seed)[0]) > 1  # the batch is several rows: there is a split
+    adapters = []
+    for budget in (10 ** 6, 1):
+        monkeypatch.setattr(training, "MICRO_BATCH_POSITIONS", budget)
+        adapters.append(training.train(models.load_for_training(path), examples, examples, opts,
+                                       tokenizer.pad_token_id).adapter)
+    whole, split = adapters
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(whole[name].abs().max() > 0 for name in whole if "lora_B" in name)  # it trained
+
+
 def test_thread_fit_leaves_the_cores_other_processes_use(monkeypatch):
     start = torch.get_num_threads()
     fit = kernels.ThreadFit(interval=5.0)

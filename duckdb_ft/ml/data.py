@@ -276,6 +276,25 @@ class PackedPlan(Sequence):
         return members, best_rows, best_n  # per batch: its members longest first, the row of each, rows
 
 
+def split_rows(examples: Sequence[Example], rows: list[list[int]], positions: int | None) -> list[list[list[int]]]:
+    """A packed batch's rows as consecutive micro-batches of at most ``positions`` positions each (rows x the
+    widest row of the micro-batch, as ``collate_rows`` pads them; a row wider than that alone); None: one
+    micro-batch. Gradients summed over the micro-batches are the batch's: the activations held for backward are
+    bounded by ``positions`` instead of the batch's size."""
+    if positions is None:
+        return [rows]
+    parts: list[list[list[int]]] = [[]]
+    width = 0
+    for row in rows:
+        n = sum(len(examples[i].input_ids) for i in row)
+        if parts[-1] and (len(parts[-1]) + 1) * max(width, n) > positions:
+            parts.append([])
+            width = 0
+        parts[-1].append(row)
+        width = max(width, n)
+    return parts
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
     """One example per row, right-padded to the longest: input_ids, attention_mask, labels, position_ids."""
     return collate_rows([[e] for e in examples], pad_id)

@@ -14,8 +14,10 @@
   copy, the log-softmax and its gradient: a quarter of the memory of the plain path, and no more arithmetic.
 - ``steady_allocator``: glibc's malloc keeps freed blocks of up to 32 MB in its heaps for reuse, and a training
   step's activations change size with every batch, so the heaps fragment: the same job peaked anywhere from 5.4 to
-  7.7 GB resident on the benchmark, for 3.6 GB live. Blocks of 4 MB and more are mapped and unmapped instead
-  (glibc's own mechanism, with its dynamic threshold pinned), which gave a steady 4.6 GB for about 3% of the time.
+  7.7 GB resident on the benchmark, for 3.6 GB live. Blocks of 2 MB and more are mapped and unmapped instead
+  (glibc's own mechanism, with its dynamic threshold pinned): PyTorch maps those in 2 MB transparent huge pages
+  (``duckdb_ft.ml`` turns that on), so a fresh block costs one page fault per 2 MB instead of 512; with 4 MB and
+  4 KB pages, faulting the blocks in had cost a tenth of a step.
 - ``ThreadFit``: torch's threads set to the cores other processes leave free, re-measured every few seconds. With
   more threads than free cores, every parallel operation waits for a descheduled thread: on a 2-core machine
   with one other busy process, a step took 5 to 10 times longer with 2 threads than with 1.
@@ -41,7 +43,7 @@ import torch
 ATTENTION = "duckdb_ft"
 EXPLICIT_MAX_LENGTH = 512  # packed rows run to ~460 tokens; with their mask, sdpa was slower there (10% a step)
 EXPLICIT_MAX_SCORES = 4 * 9 * 512 * 512  # probabilities kept per layer (bf16): at most about 19 MB
-MMAP_THRESHOLD = 4 << 20  # bytes: larger blocks are mapped and returned to the system when freed
+MMAP_THRESHOLD = 2 << 20  # bytes: larger blocks are mapped and returned to the system when freed
 LOGIT_CHUNK = 1 << 24  # logits scored at once in the loss (rows x vocabulary): 64 MB in fp32
 
 

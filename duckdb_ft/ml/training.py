@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..options import TrainingOptions
-from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches
+from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches, split_rows
 from .selection import Selection
 
 # The linear projections of attention and MLP by architecture: the default LoRA targets (adapting the MLP too
@@ -33,6 +33,11 @@ DEFAULT_TARGETS = {
     "gpt_neox": ["query_key_value", "dense"],
 }
 CHECKPOINT_SECONDS = 30.0
+# On a CPU, a step's packed rows go forward and backward in micro-batches of at most this many positions (rows x
+# width; a wider row alone): the activations kept for backward, about 0.75 MB a position for the default model in
+# bf16, stay near 0.8 GB whatever the batch, and the allocator sees fewer distinct sizes. The gradients are the
+# whole batch's (summed), at a few percent of the step's time.
+MICRO_BATCH_POSITIONS = 1024
 
 # peft asks transformers a deprecated question when it wraps a model; nothing for our users to do. A filter set
 # once here, not around the call: ``warnings.catch_warnings`` is not thread-safe, and jobs run in worker threads.
@@ -301,6 +306,7 @@ def train(
         hooks.save_checkpoint(step, buf.getvalue())
 
     session = kernels.cpu_session() if device == "cpu" else contextlib.nullcontext(lambda: None)
+    budget = MICRO_BATCH_POSITIONS if device == "cpu" else None  # a GPU takes each batch whole
     # The fused decoder pieces and bf16 base weights (``fused``), for this run only; not with sharded layers.
     fast = fused.prepared(model, dtype) if device == "cpu" and not getattr(world, "shards", None) \
         else contextlib.nullcontext()
@@ -338,7 +344,7 @@ def train(
                 n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
                 loss_sum, step_tokens = 0.0, 0
                 mine = world.share(group)  # a process with no pair in a short last step still joins the sync, at 0
-                work = mine or group[:1]
+                work = [part for rows in (mine or group[:1]) for part in split_rows(train_examples, rows, budget)]
                 for j, batch in enumerate(iter_packed(train_examples, work, pad_id)):
                     with world.sync(j == len(work) - 1):
                         with _autocast(device, dtype):
