@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import ml as _ml  # noqa: F401  imports no model library; asks torch for huge pages if it loads after us
 from .errors import (
     AlreadyExists,
     FtError,

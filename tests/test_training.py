@@ -349,7 +349,7 @@ def test_steady_allocator_pins_glibc():
 
 
 def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
-    """Importing duckdb_ft.ml before torch turns on PyTorch's huge-page allocation for large CPU tensors; a value
+    """Importing duckdb_ft before torch turns on PyTorch's huge-page allocation for large CPU tensors; a value
     the user set is kept, and with torch already loaded nothing is set (torch reads it once, at its first
     allocation)."""
     import subprocess
@@ -364,7 +364,7 @@ def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
         return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
                               check=True).stdout.strip()
 
-    assert run(f"import duckdb_ft.ml; {show}") == "1"
+    assert run(f"import duckdb_ft; {show}") == "1"
     assert run(f"import duckdb_ft.ml; {show}", THP_MEM_ALLOC_ENABLE="0") == "0"
     assert run(f"import torch, duckdb_ft.ml; {show}") == "None"
 

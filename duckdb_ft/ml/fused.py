@@ -175,7 +175,11 @@ def attention(module: Any, hidden_states: torch.Tensor, position_embeddings: Any
 
 
 class _LoraLinear(torch.autograd.Function):
-    """x Wᵀ + (drop(x) Aᵀ) Bᵀ · scaling, with W frozen; drop(x) = x · keep · drop_scale (no dropout: keep None)."""
+    """x Wᵀ + (drop(x) Aᵀ) Bᵀ · scaling, with W frozen; drop(x) = x · keep · drop_scale (no dropout: keep None).
+
+    The mask multiplies the input as a boolean (no cast of it to the input's dtype, which is what
+    ``native_dropout_backward`` makes on every call), and ``drop_scale`` and ``scaling`` go onto the rank-r
+    products, not onto full-size tensors."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, a: torch.Tensor, b: torch.Tensor,
@@ -184,9 +188,9 @@ class _LoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             w = weight if weight.dtype == dt else weight.to(dt)
             a_c, b_c = a.to(dt), b.to(dt)
-            d = x if keep is None else torch.ops.aten.native_dropout_backward(x, keep, drop_scale)
-            h = torch.matmul(d, a_c.t())
-            del d
+            h = torch.matmul(x if keep is None else x * keep, a_c.t())
+            if keep is not None:
+                h.mul_(drop_scale)
             y = F.linear(x, w, None if bias is None else bias.to(dt))
             y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), b_c.t(), alpha=scaling)  # + (h Bᵀ) · scaling
         ctx.save_for_backward(x, w, a_c, b_c, h, keep)
@@ -200,17 +204,16 @@ class _LoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             grad = grad.to(x.dtype)
             rows = grad.reshape(-1, grad.shape[-1])
-            # the scaling goes onto the rank-r products, not onto a full-size copy of the gradient
             grad_b = rows.t().mm(h.reshape(-1, h.shape[-1])).mul_(ctx.scaling)
-            grad_h = torch.matmul(grad, b_c).mul_(ctx.scaling)
-            d = x if keep is None else torch.ops.aten.native_dropout_backward(x, keep, ctx.drop_scale)
+            grad_h = torch.matmul(grad, b_c).mul_(ctx.scaling * (1.0 if keep is None else ctx.drop_scale))
+            d = x if keep is None else x * keep  # the masked input, again
             grad_a = grad_h.reshape(-1, grad_h.shape[-1]).t().mm(d.reshape(-1, d.shape[-1]))
             del d
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = torch.matmul(grad_h, a_c)
                 if keep is not None:
-                    grad_x = torch.ops.aten.native_dropout_backward(grad_x, keep, ctx.drop_scale)
+                    grad_x.mul_(keep)
                 grad_x.view(-1, grad_x.shape[-1]).addmm_(rows, w)  # + grad W: the frozen weight's path
         return grad_x, None, None, grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None, None
 
