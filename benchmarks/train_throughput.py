@@ -85,7 +85,8 @@ def hyper(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_epochs": args.epochs, "learning_rate": 2e-4, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
             "target_modules": TARGETS, "batch_size": 8, "gradient_accumulation_steps": 1, "max_seq_length": 512,
             "warmup_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 42, "dtype": args.dtype,
-            "gradient_checkpointing": args.gradient_checkpointing}
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "dedupe": "none"}  # every contender trains on every row (FINETUNE drops exact duplicates by default)
 
 
 # --------------------------------------------------------------------------------------------------- the data
