@@ -205,7 +205,7 @@ class _LoraLinear(torch.autograd.Function):
             grad = grad.to(x.dtype)
             rows = grad.reshape(-1, grad.shape[-1])
             grad_b = rows.t().mm(h.reshape(-1, h.shape[-1])).mul_(ctx.scaling)
-            grad_h = torch.matmul(grad, b_c).mul_(ctx.scaling * (1.0 if keep is None else ctx.drop_scale))
+            grad_h = torch.matmul(grad, b_c).mul_(ctx.scaling * ctx.drop_scale)  # drop_scale is 1 without a mask
             d = x if keep is None else x * keep  # the masked input, again
             grad_a = grad_h.reshape(-1, grad_h.shape[-1]).t().mm(d.reshape(-1, d.shape[-1]))
             del d
