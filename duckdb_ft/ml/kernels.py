@@ -34,6 +34,7 @@ import ctypes.util
 import math
 import os
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Iterator
@@ -218,9 +219,12 @@ class FastDropout(torch.nn.Module):
         return _Dropout.apply(x, self.mask(x), self._scale)
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A fresh boolean mask of ``x``'s shape: True where an element is kept (then scaled by ``scale``)."""
+        """A fresh boolean mask of ``x``'s shape: True where an element is kept (then scaled by ``scale``); drawn
+        from the thread's ``seeded`` generator when there is one, else from torch's default generator."""
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), 2 ** 63 - 1)
+        generator = getattr(_RANDOM, "generator", None)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), 2 ** 63 - 1,
+                                                                                     generator=generator)
         return bits.view(torch.int16)[:n].view(x.shape) >= self._threshold
 
     @property
@@ -229,6 +233,24 @@ class FastDropout(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+_RANDOM = threading.local()
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Dropout masks drawn in this thread, for the block, from a generator of their own seeded ``seed`` (None: the
+    default generator): a micro-batch's masks then do not depend on what other threads draw meanwhile."""
+    if seed is None:
+        yield
+        return
+    before = getattr(_RANDOM, "generator", None)
+    _RANDOM.generator = torch.Generator().manual_seed(seed)
+    try:
+        yield
+    finally:
+        _RANDOM.generator = before
 
 
 def fast_dropout(model: Any) -> int:

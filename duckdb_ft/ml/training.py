@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..options import TrainingOptions
-from .data import IGNORE, Example, iter_batches, iter_packed, packed_batches, split_rows
+from .data import IGNORE, Example, collate_rows, iter_batches, iter_packed, packed_batches, split_rows
 from .selection import Selection
 
 # The linear projections of attention and MLP by architecture: the default LoRA targets (adapting the MLP too
@@ -34,10 +34,10 @@ DEFAULT_TARGETS = {
 }
 CHECKPOINT_SECONDS = 30.0
 # On a CPU, a step's packed rows go forward and backward in micro-batches of at most this many positions (rows x
-# width; a wider row alone): the activations kept for backward, about 0.75 MB a position for the default model in
-# bf16, stay near 0.8 GB whatever the batch, and the allocator sees fewer distinct sizes. The gradients are the
-# whole batch's (summed), at a few percent of the step's time.
-MICRO_BATCH_POSITIONS = 1024
+# width; a wider row alone), shared by the cores' lanes (``lanes``): the activations kept for backward, about
+# 0.75 MB a position for the default model in bf16, stay near 0.4 GB a lane whatever the batch. The gradients are
+# the whole batch's (summed). The split does not depend on how many lanes there are, so neither does the adapter.
+MICRO_BATCH_POSITIONS = 512
 
 # peft asks transformers a deprecated question when it wraps a model; nothing for our users to do. A filter set
 # once here, not around the call: ``warnings.catch_warnings`` is not thread-safe, and jobs run in worker threads.
@@ -188,6 +188,21 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, 
     return total / max(n, 1)
 
 
+def _world_step(world: Local, loss_of: Callable[[dict[str, Any]], Any], examples: Any, work: list[Any], mine: bool,
+                pad_id: int, device: str, dtype: Any, n_step: int) -> tuple[float, int]:
+    """A step's micro-batches in a world of processes: backward into ``grad``, gradients combined on the last."""
+    loss_sum, tokens = 0.0, 0
+    for j, batch in enumerate(iter_packed(examples, work, pad_id)):
+        with world.sync(j == len(work) - 1):
+            with _autocast(device, dtype):
+                loss, _ = loss_of(_to(batch, device))
+            (loss / n_step * world.size if mine else loss * 0.0).backward()  # DDP averages: size undoes it
+        if mine:
+            loss_sum += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+    return loss_sum, tokens
+
+
 def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -257,7 +272,7 @@ def train(
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from . import fused, kernels
+    from . import fused, kernels, lanes
 
     hooks = hooks or Hooks()
     world = world or Local()
@@ -315,7 +330,8 @@ def train(
         with weights.originals() if weights is not None else contextlib.nullcontext():
             return world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
 
-    with session as fit_threads, fast as weights:
+    lane_pool = lanes.Lanes(torch.get_num_threads() if device == "cpu" and type(world) is Local else 1)
+    with session as fit_threads, fast as weights, contextlib.closing(lane_pool):
         start = time.perf_counter()
         last_ckpt = start
         val_loss: float | None = None
@@ -331,7 +347,7 @@ def train(
                 if epoch * steps_per_epoch + k < step:
                     continue  # replaying a resumed job: these steps are in the checkpoint
                 group = batches[k * per_step:(k + 1) * per_step]
-                fit_threads()
+                threads = fit_threads() if device == "cpu" else 1
                 stop = world.stop(hooks)
                 if stop:
                     if stop == 2 and step > 0:
@@ -342,17 +358,22 @@ def train(
                     g["lr"] = lr
                 # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
                 n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
-                loss_sum, step_tokens = 0.0, 0
                 mine = world.share(group)  # a process with no pair in a short last step still joins the sync, at 0
                 work = [part for rows in (mine or group[:1]) for part in split_rows(train_examples, rows, budget)]
-                for j, batch in enumerate(iter_packed(train_examples, work, pad_id)):
-                    with world.sync(j == len(work) - 1):
+                if type(world) is Local:  # the micro-batches' gradients by lanes (one here without a CPU's cores)
+                    def micro_batch(j: int, rows: list[list[list[int]]] = work) -> tuple[Any, int]:
+                        batch = collate_rows([[train_examples[i] for i in row] for row in rows[j]], pad_id)
                         with _autocast(device, dtype):
                             loss, _ = loss_of(_to(batch, device))
-                        (loss / n_step * world.size if mine else loss * 0.0).backward()  # DDP averages: size undoes it
-                    if mine:
-                        loss_sum += loss.item()
-                        step_tokens += int(batch["attention_mask"].sum())
+                        return loss, int(batch["attention_mask"].sum())
+
+                    sizes = [len(rows) * max(sum(len(train_examples[i].input_ids) for i in row) for row in rows)
+                             for rows in work]
+                    seed = (opts.seed, step) if device == "cpu" else None
+                    loss_sum, step_tokens = lane_pool.step(micro_batch, sizes, params, n_step, threads, seed)
+                else:
+                    loss_sum, step_tokens = _world_step(world, loss_of, train_examples, work, bool(mine), pad_id,
+                                                        device, dtype, n_step)
                 loss_sum, step_tokens = world.total(loss_sum, step_tokens)
                 tokens_seen += int(step_tokens)
                 if opts.max_grad_norm > 0:
