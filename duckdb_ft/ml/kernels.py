@@ -18,9 +18,10 @@
   (glibc's own mechanism, with its dynamic threshold pinned): PyTorch maps those in 2 MB transparent huge pages
   (``duckdb_ft.ml`` turns that on), so a fresh block costs one page fault per 2 MB instead of 512; with 4 MB and
   4 KB pages, faulting the blocks in had cost a tenth of a step.
-- ``ThreadFit``: torch's threads set to the cores other processes leave free, re-measured every few seconds. With
-  more threads than free cores, every parallel operation waits for a descheduled thread: on a 2-core machine
-  with one other busy process, a step took 5 to 10 times longer with 2 threads than with 1.
+- ``ThreadFit``: torch's threads (and the training step's lanes, ``lanes``) set to the cores other processes leave
+  free, re-measured every few seconds. With more threads than free cores, every parallel operation waits for a
+  descheduled thread: on a 2-core machine with one other busy process, a step took 5 to 10 times longer with 2
+  threads than with 1.
 - ``FastDropout``: peft's LoRA dropout draws one Bernoulli sample per element with torch's serial sampler (about
   12% of a one-thread training step, more with two threads, as the sampler does not parallelize); this draws 16
   random bits per element, four per 64-bit draw, and compares them with a threshold.
