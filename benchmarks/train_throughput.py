@@ -362,7 +362,7 @@ def child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
     positions = 0
     for epoch in range(spec["hyper"]["max_epochs"]):
         for rows in data.packed_batches(ex, spec["hyper"]["batch_size"], spec["hyper"]["seed"] + epoch):
-            positions += len(rows) * max(sum(len(ex[i].input_ids) for i in row) for row in rows)
+            positions += data.padded_positions(ex, rows)
     con.close()
     return {"wall_s": wall, "load_s": load_s[0], "trained_tokens": d["trained_tokens"], "positions": positions,
             "steps": d["step"], "own_val_loss": d["training_result"]["validation_loss"],

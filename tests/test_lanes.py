@@ -6,15 +6,9 @@ import torch
 
 from duckdb_ft.ml import data, kernels, lanes, models, training
 from duckdb_ft.options import TrainingOptions
+from test_training import PAIRS as TRAINING_PAIRS
 
-PAIRS = [
-    ("What is the capital of France?", "Paris."),
-    ("Write a SQL query counting the rows of table orders.", "SELECT count(*) FROM orders;"),
-    ("Summarize: the parcel arrived late and the box was crushed, so the customer wants a refund.",
-     "A late, damaged parcel; the customer asks for a refund."),
-    ("Hi", "Hello! How can I help you today? Ask me anything about your order, and I will look it up."),
-    ("Translate 'good morning' to Spanish.", "Buenos días."),
-    ("List three primary colours.", "Red, yellow and blue."),
+PAIRS = TRAINING_PAIRS + [  # two more: with 48-position micro-batches, several a step and both lanes busy
     ("Name a prime number above ten.", "Eleven."),
     ("What does SQL stand for?", "Structured Query Language."),
 ]

@@ -286,13 +286,23 @@ def split_rows(examples: Sequence[Example], rows: list[list[int]], positions: in
     parts: list[list[list[int]]] = [[]]
     width = 0
     for row in rows:
-        n = sum(len(examples[i].input_ids) for i in row)
+        n = row_width(examples, row)
         if parts[-1] and (len(parts[-1]) + 1) * max(width, n) > positions:
             parts.append([])
             width = 0
         parts[-1].append(row)
         width = max(width, n)
     return parts
+
+
+def row_width(examples: Sequence[Example], row: list[int]) -> int:
+    """The positions a packed row of these examples takes."""
+    return sum(len(examples[i].input_ids) for i in row)
+
+
+def padded_positions(examples: Sequence[Example], rows: list[list[int]]) -> int:
+    """The positions packed rows are computed at: rows x the widest row, as ``collate_rows`` pads them."""
+    return len(rows) * max(row_width(examples, row) for row in rows)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
@@ -335,6 +345,11 @@ def iter_batches(examples: list[Example], batches: list[list[int]], pad_id: int)
         yield collate([examples[i] for i in b], pad_id)
 
 
+def collate_packed(examples: Sequence[Example], rows: list[list[int]], pad_id: int) -> dict[str, Any]:
+    """One micro-batch of packed rows (example indices per row), collated."""
+    return collate_rows([[examples[i] for i in row] for row in rows], pad_id)
+
+
 def iter_packed(examples: list[Example], batches: list[list[list[int]]], pad_id: int) -> Iterator[dict[str, Any]]:
     for rows in batches:
-        yield collate_rows([[examples[i] for i in row] for row in rows], pad_id)
+        yield collate_packed(examples, rows, pad_id)

@@ -6,12 +6,12 @@ operation ends at a barrier. On the 2-core benchmark machine two intra-op thread
 fast as one, while two processes of one thread each both ran at about the speed of one alone (benchmarks/README.md).
 So a step's micro-batches go to lanes instead: each lane computes the gradient of its micro-batches with
 ``torch.autograd.grad`` (torch releases the interpreter lock inside its operations, and the backward pass of the
-CPU graph runs in the lane that started it), and the lanes' gradients are summed in lane order.
+CPU graph runs in the lane that started it), and the micro-batches' gradients are then added in micro-batch order.
 
-Deterministic: micro-batches are assigned to lanes by a fixed rule (longest first, to the least loaded lane), each
-lane sums its own in order, and every micro-batch draws its dropout masks from its own generator
-(:func:`micro_batch_seed`, through ``kernels.seeded``), so the same step gives the same adapter whatever the
-threads' timing, and the same masks with one lane or several.
+Deterministic: micro-batches are assigned to lanes by a fixed rule (longest first, to the least loaded lane), their
+gradients are added in micro-batch order whatever lane computed them, and every micro-batch draws its dropout masks
+from its own generator (:func:`micro_batch_seed`, through ``kernels.seeded``), so a step gives the same adapter
+whatever the threads' timing, and the same with one lane or several.
 """
 
 from __future__ import annotations

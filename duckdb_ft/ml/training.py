@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..options import TrainingOptions
-from .data import IGNORE, Example, collate_rows, iter_batches, iter_packed, packed_batches, split_rows
+from .data import (IGNORE, Example, collate_packed, iter_batches, iter_packed, padded_positions,
+                   packed_batches, split_rows)
 from .selection import Selection
 
 # The linear projections of attention and MLP by architecture: the default LoRA targets (adapting the MLP too
@@ -330,7 +331,8 @@ def train(
         with weights.originals() if weights is not None else contextlib.nullcontext():
             return world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
 
-    lane_pool = lanes.Lanes(torch.get_num_threads() if device == "cpu" and type(world) is Local else 1)
+    local = type(world) is Local  # one process: its step's micro-batches go to lanes (DDP worlds sync their own)
+    lane_pool = lanes.Lanes(torch.get_num_threads() if device == "cpu" and local else 1)
     with session as fit_threads, fast as weights, contextlib.closing(lane_pool):
         start = time.perf_counter()
         last_ckpt = start
@@ -360,15 +362,14 @@ def train(
                 n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
                 mine = world.share(group)  # a process with no pair in a short last step still joins the sync, at 0
                 work = [part for rows in (mine or group[:1]) for part in split_rows(train_examples, rows, budget)]
-                if type(world) is Local:  # the micro-batches' gradients by lanes (one here without a CPU's cores)
+                if local:  # the micro-batches' gradients by lanes (one here without a CPU's cores)
                     def micro_batch(j: int, rows: list[list[list[int]]] = work) -> tuple[Any, int]:
-                        batch = collate_rows([[train_examples[i] for i in row] for row in rows[j]], pad_id)
+                        batch = collate_packed(train_examples, rows[j], pad_id)
                         with _autocast(device, dtype):
                             loss, _ = loss_of(_to(batch, device))
                         return loss, int(batch["attention_mask"].sum())
 
-                    sizes = [len(rows) * max(sum(len(train_examples[i].input_ids) for i in row) for row in rows)
-                             for rows in work]
+                    sizes = [padded_positions(train_examples, rows) for rows in work]
                     seed = (opts.seed, step) if device == "cpu" else None
                     loss_sum, step_tokens = lane_pool.step(micro_batch, sizes, params, n_step, threads, seed)
                 else:
