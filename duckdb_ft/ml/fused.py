@@ -127,13 +127,25 @@ class _Rotary(torch.autograd.Function):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         ctx.save_for_backward(cos, sin)
         ctx.dtypes = (q.dtype, k.dtype)
-        return tuple((x.float() * cos).add_(_rotate(x.float()).mul_(sin)).to(dtype) for x in (q, k))
+        return _turn(q, cos, sin).to(dtype), _turn(k, cos, sin).to(dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_q: torch.Tensor, grad_k: torch.Tensor) -> tuple[Any, ...]:
         cos, sin = ctx.saved_tensors
-        out = [(g.float() * cos).add_(_rotate_back(g.float() * sin)).to(dt) for g, dt in zip((grad_q, grad_k), ctx.dtypes)]
-        return out[0], out[1], None, None, None
+        dq, dk = ctx.dtypes
+        return _turn_back(grad_q, cos, sin).to(dq), _turn_back(grad_k, cos, sin).to(dk), None, None, None
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate(x)·sin in float32, with x cast once."""
+    x = x.float()
+    return _rotate(x).mul_(sin).add_(x * cos)
+
+
+def _turn_back(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``_turn``: g·cos + rotate_back(g·sin), with g cast once."""
+    g = g.float()
+    return _rotate_back(g * sin).add_(g * cos)
 
 
 def _rotate(x: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ class _CausalAttention(torch.autograd.Function):
     the boolean ``allowed`` (causal within each example of a packed row).
 
     Shapes: q (B, KV, R·L, D), the R query heads sharing each key/value head stacked along the rows; k, v (B, KV, L, D).
-    Saves q, k, v, the output and the probabilities (in the inputs' dtype) for the backward pass.
+    Saves q, k, v and the probabilities (in the inputs' dtype) for the backward pass.
     """
 
     @staticmethod
@@ -68,24 +68,25 @@ class _CausalAttention(torch.autograd.Function):
             blocked = allowed.logical_not()
         blocked = blocked.repeat(*([1] * (blocked.dim() - 2)), rows // length, 1)
         with torch.autocast(q.device.type, enabled=False):
-            scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).masked_fill_(blocked, float("-inf"))
-            probs = torch.softmax(scores, dim=-1).to(q.dtype)
+            # The scores stay in the inputs' dtype: the CPU softmax accumulates a bf16 row in float32 inside, so a
+            # float32 copy of the scores would only add a cast and a tensor of the scores' size.
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).masked_fill_(blocked, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
             del scores
             out = torch.matmul(probs, v)
-        ctx.save_for_backward(q, k, v, out, probs)
+        ctx.save_for_backward(q, k, v, probs)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        q, k, v, out, probs = ctx.saved_tensors
+        q, k, v, probs = ctx.saved_tensors
         with torch.autocast(q.device.type, enabled=False):
             grad = grad.to(q.dtype)
             grad_v = torch.matmul(probs.transpose(-1, -2), grad)
-            grad_probs = torch.matmul(grad, v.transpose(-1, -2)).float()
-            # softmax backward: p * (dp - sum_j p_j dp_j), and sum_j p_j dp_j = <dout, out> row by row
-            row = (grad.float() * out.float()).sum(-1, keepdim=True)
-            grad_scores = (grad_probs.sub_(row).mul_(probs.float()).mul_(ctx.scale)).to(q.dtype)
+            grad_probs = torch.matmul(grad, v.transpose(-1, -2))
+            # softmax backward, p * (dp - sum_j p_j dp_j), by torch's own kernel (float32 inside, one pass)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(ctx.scale)
             grad_q = torch.matmul(grad_scores, k)
             grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
         return grad_q, grad_k, grad_v, None, None
