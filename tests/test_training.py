@@ -369,23 +369,26 @@ def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
     assert run(f"import torch, duckdb_ft.ml; {show}") == "None"
 
 
-def test_the_model_package_bounds_onednns_kernel_cache_unless_the_user_chose():
-    """oneDNN's primitive cache is bounded at 256 kernels when duckdb_ft is imported before torch (micro-batches of
-    ever new shapes fill it, each kernel holding memory); a user's value is kept, and after torch nothing is set."""
+def test_the_model_package_bounds_the_kernel_caches_unless_the_user_chose():
+    """PyTorch's and oneDNN's caches of compiled kernels are bounded (32 and 64) when duckdb_ft is imported before
+    torch (micro-batches of ever new shapes fill them, each kernel holding memory); a user's value is kept, and after
+    torch nothing is set."""
     import subprocess
     import sys
 
-    show = "import os; print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))"
+    names = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    show = f"import os; print(*(os.environ.get(n) for n in {names!r}))"
 
     def run(code: str, **env: str) -> str:
-        environ = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | env
+        environ = {k: v for k, v in os.environ.items() if k not in names} | env
         return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
                               check=True).stdout.strip()
 
     if sys.platform.startswith("linux"):
-        assert run(f"import duckdb_ft; {show}") == "256"
-    assert run(f"import duckdb_ft.ml; {show}", ONEDNN_PRIMITIVE_CACHE_CAPACITY="2048") == "2048"
-    assert run(f"import torch, duckdb_ft.ml; {show}") == "None"
+        assert run(f"import duckdb_ft; {show}") == "32 64"
+        assert run(f"import duckdb_ft.ml; {show}", ONEDNN_PRIMITIVE_CACHE_CAPACITY="2048") == "32 2048"
+    assert run(f"import duckdb_ft.ml; {show}", LRU_CACHE_CAPACITY="7", ONEDNN_PRIMITIVE_CACHE_CAPACITY="9") == "7 9"
+    assert run(f"import torch, duckdb_ft.ml; {show}") == "None None"
 
 
 def test_gradient_checkpointing_recomputes_the_same_step(tiny):
