@@ -761,7 +761,8 @@ def _run(args: argparse.Namespace, only: list[str], work: Path) -> int:
         Path(args.json).write_text(json.dumps({
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
             "load_average_at_start": load_avg, "load_average_at_end": os.getloadavg(), "args": vars(args),
-            "hyper": h, "peak": peak, "peak_end": peak_end, "eval": ev, "results": results, "ratios_finetune_vs_trl": ratios,
+            "hyper": h, "peak": peak, "peak_end": peak_end, "eval": ev, "results": results,
+            "ratios_finetune_vs_trl": ratios,
         }, indent=2))
     return 0 if ok else 1
 

@@ -25,9 +25,7 @@ epoch (426 to 991 MB over 15 steps, resident memory 1.8 to 3.4 GB); with both bo
 import os as _os
 import sys as _sys
 
-KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
-
 if _sys.platform.startswith("linux") and "torch" not in _sys.modules:
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    for _name, _value in KERNEL_CACHES.items():
-        _os.environ.setdefault(_name, _value)
+    _os.environ.setdefault("LRU_CACHE_CAPACITY", "32")
+    _os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
