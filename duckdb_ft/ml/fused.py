@@ -189,9 +189,8 @@ def attention(module: Any, hidden_states: torch.Tensor, position_embeddings: Any
 class _LoraLinear(torch.autograd.Function):
     """x Wᵀ + (drop(x) Aᵀ) Bᵀ · scaling, with W frozen; drop(x) = x · keep · drop_scale (no dropout: keep None).
 
-    The mask multiplies the input as a boolean (no cast of it to the input's dtype, which is what
-    ``native_dropout_backward`` makes on every call), and ``drop_scale`` and ``scaling`` go onto the rank-r
-    products, not onto full-size tensors."""
+    The mask is in the input's dtype (``FastDropout.mask``), so each product with it is a plain multiply, and
+    ``drop_scale`` and ``scaling`` go onto the rank-r products, not onto full-size tensors."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, a: torch.Tensor, b: torch.Tensor,
@@ -242,14 +241,14 @@ def lora_linear(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
             or layer.disable_adapters or name not in layer.lora_A or name in getattr(layer, "lora_variant", {})
             or not isinstance(base, torch.nn.Linear) or getattr(layer, "fan_in_fan_out", False)):
         return type(layer).forward(layer, x, *args, **kwargs)
-    dtype = torch.get_autocast_dtype(x.device.type)
     dropout = layer.lora_dropout[name]
+    if layer.training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+        return type(layer).forward(layer, x)
+    x = x.to(torch.get_autocast_dtype(x.device.type))
     keep, scale = None, 1.0
     if layer.training and isinstance(dropout, kernels.FastDropout) and dropout.p > 0:
-        keep, scale = dropout.mask(x), dropout.scale
-    elif layer.training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
-        return type(layer).forward(layer, x)
-    return _LoraLinear.apply(x.to(dtype), base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+        keep, scale = dropout.mask(x), dropout.scale  # in x's dtype, the compute dtype
+    return _LoraLinear.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
                              keep, scale, float(layer.scaling[name]))
 
 
