@@ -196,6 +196,11 @@ def test_fast_dropout_keeps_the_distribution_and_the_gradient():
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / (1 - 0.05), rtol=1e-4, atol=0)
     assert not torch.equal(drop(x), y)  # fresh randomness each call
+    # The mask comes in the input's dtype (a product with it is then a plain multiply), from the seeded generator too
+    with kernels.seeded(3):
+        keep = drop.mask(x.detach().bfloat16())
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+    assert 1 - keep.float().mean().item() == pytest.approx(0.05, abs=0.003)
     drop.eval()
     assert drop(x) is x
 

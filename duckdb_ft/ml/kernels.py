@@ -24,7 +24,9 @@
   threads than with 1.
 - ``FastDropout``: peft's LoRA dropout draws one Bernoulli sample per element with torch's serial sampler (about
   12% of a one-thread training step, more with two threads, as the sampler does not parallelize); this draws 16
-  random bits per element, four per 64-bit draw, and compares them with a threshold.
+  random bits per element, four per 64-bit draw, and compares them with a threshold. Inside ``seeded`` (every
+  micro-batch of a CPU training step) the draws come from numpy's SFC64 generator, whose raw 64-bit words came
+  3x as fast as torch's ``random_`` (mt19937) on the benchmark machine.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import time
 import weakref
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 ATTENTION = "duckdb_ft"
@@ -231,9 +234,12 @@ class FastDropout(torch.nn.Module):
         a product with a boolean mask 4x (``mul``) to 6x (``mul_``) slower than with a bf16 one."""
         n = x.numel()
         generator = getattr(_RANDOM, "generator", None)
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), 2 ** 63 - 1,
-                                                                                     generator=generator)
-        lanes = bits.view(torch.int16)[:n].view(x.shape)
+        if generator is not None:  # a seeded block's own: numpy's SFC64, raw 64-bit words (3x torch's random_)
+            bits = torch.from_numpy(generator.random_raw((n + 3) // 4).view(np.int16)).to(x.device)
+        else:
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(
+                -(2 ** 63), 2 ** 63 - 1).view(torch.int16)
+        lanes = bits[:n].view(x.shape)
         return torch.ge(lanes, self._threshold, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
     @property
@@ -255,7 +261,7 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
         return
     before = getattr(_RANDOM, "generator", None)
-    _RANDOM.generator = torch.Generator().manual_seed(seed)
+    _RANDOM.generator = np.random.SFC64(seed)
     try:
         yield
     finally:
