@@ -1,6 +1,6 @@
 """Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama, an in-memory database,
 the ``faq`` table) and the helpers every test file uses (``rows``, ``one``, ``create``, ``describe``, ``wait``,
-``catalog_counts``; ``from conftest import ...``).
+``catalog_counts``, ``python_output``; ``from conftest import ...``).
 
 The tiny model has random weights but the real SmolLM2 tokenizer and chat template, so every code path
 (chat templating, padding, masking, LoRA) is the real one; it trains and generates in milliseconds.
@@ -22,6 +22,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: A short job on the tiny model.
 FAST = {"max_epochs": 2, "batch_size": 4}
+
+
+def python_output(code, unset=(), **env):
+    """What ``python -c code`` prints (stripped), in a fresh interpreter whose environment is this one's without the
+    variables ``unset`` and with ``env`` added: for what happens at import time, before torch loads."""
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k not in unset} | env
+    return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def rows(con, sql, *params):

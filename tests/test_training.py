@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from duckdb_ft.ml import data, kernels, models, training
 from duckdb_ft.options import TrainingOptions
+from conftest import python_output
 
 PAIRS = [
     ("What is the capital of France?", "Paris."),
@@ -357,7 +357,6 @@ def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
     """Importing duckdb_ft before torch turns on PyTorch's huge-page allocation for large CPU tensors; a value
     the user set is kept, and with torch already loaded nothing is set (torch reads it once, at its first
     allocation)."""
-    import subprocess
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -365,9 +364,7 @@ def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
     show = "import os; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
 
     def run(code: str, **env: str) -> str:
-        environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
-        return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return python_output(code, unset=("THP_MEM_ALLOC_ENABLE",), **env)
 
     assert run(f"import duckdb_ft; {show}") == "1"
     assert run(f"import duckdb_ft.ml; {show}", THP_MEM_ALLOC_ENABLE="0") == "0"
@@ -378,16 +375,13 @@ def test_the_model_package_bounds_the_kernel_caches_unless_the_user_chose():
     """PyTorch's and oneDNN's caches of compiled kernels are bounded (32 and 64) when duckdb_ft is imported before
     torch (micro-batches of ever new shapes fill them, each kernel holding memory); a user's value is kept, and after
     torch nothing is set."""
-    import subprocess
     import sys
 
     names = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     show = f"import os; print(*(os.environ.get(n) for n in {names!r}))"
 
     def run(code: str, **env: str) -> str:
-        environ = {k: v for k, v in os.environ.items() if k not in names} | env
-        return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return python_output(code, unset=names, **env)
 
     if sys.platform.startswith("linux"):
         assert run(f"import duckdb_ft; {show}") == "32 64"
