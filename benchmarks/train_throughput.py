@@ -39,10 +39,10 @@ the model load (``from_pretrained``) reported apart and not counted. Printed for
   before and after the contenders, the higher reading counted (``torch.mm`` of square matrices, 1024 to 4096, best
   of several, torch's thread count as the contenders use).
   Counted FLOPs are the useful work, the same for all contenders: per trained token 4·N for the frozen matmul
-  weights N (every linear layer and the LM head; forward 2·N, backward to the activations 2·N, no weight gradient)
-  plus 6·N_lora for the LoRA weights (which do get gradients), plus causal attention, 6·layers·hidden·L² per
-  sequence of L tokens (QKᵀ and AV over the causal half forward, twice that backward). Padding, prompt-position
-  logits and recomputation are not counted as work.
+  weights N (every linear layer and the LM head, the head at completion tokens only; forward 2·N, backward to the
+  activations 2·N, no weight gradient) plus 6·N_lora for the LoRA weights (which do get gradients), plus causal
+  attention, 6·layers·hidden·L² per sequence of L tokens (QKᵀ and AV over the causal half forward, twice that
+  backward). Padding, prompt-position logits and recomputation are not counted as work.
 
 Then the ratios FINETUNE / TRL. The script exits 1 if the shared validation losses of FINETUNE and TRL differ by
 more than 2%, or if a contender fails.
@@ -564,10 +564,13 @@ def child_eval(spec: dict[str, Any]) -> dict[str, Any]:
     embedding = base.get_input_embeddings().weight.numel()
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     n_matmul = sum(p.numel() for p in base.parameters()) - (0 if tied else embedding)  # tied: the LM head once
+    n_head = base.get_output_embeddings().weight.numel()
     n_lora = sum(p.numel() for p in _peft(base, h).parameters() if p.requires_grad)
-    lengths = [len(ids) for ids, _ in encode("train")]
-    per_epoch = sum((4 * n_matmul + 6 * n_lora) * L + 6 * cfg.num_hidden_layers * cfg.hidden_size * L * L
-                    for L in lengths)
+    train = encode("train")
+    lengths = [len(ids) for ids, _ in train]
+    # The LM head's work counts at completion positions only (the loss's): prompt-position logits are not work.
+    per_epoch = sum((4 * (n_matmul - n_head) + 6 * n_lora) * len(ids) + 4 * n_head * (len(ids) - n_prompt)
+                    + 6 * cfg.num_hidden_layers * cfg.hidden_size * len(ids) ** 2 for ids, n_prompt in train)
     result.update(flops=per_epoch * h["max_epochs"], n_matmul=n_matmul, n_lora=n_lora,
                   attention_share=sum(6 * cfg.num_hidden_layers * cfg.hidden_size * L * L for L in lengths) / per_epoch,
                   train_tokens=sum(lengths) * h["max_epochs"], train_rows=len(lengths), val_rows=len(val),
