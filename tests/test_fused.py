@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from duckdb_ft.ml import data, fused, kernels, models, training
+from duckdb_ft.ml.dropout import fast_dropout
 from duckdb_ft.options import TrainingOptions
 
 from test_training import PAIRS, lora_grads, peft_model  # noqa: F401  (the tiny fixture's helpers)
@@ -78,7 +79,7 @@ def small_model(dropout, targets):
     for name, p in model.named_parameters():  # LoRA B starts at zero: give it weights, so the adapter matters
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    kernels.fast_dropout(model)
+    fast_dropout(model)
     return model.train()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from duckdb_ft.ml import data, kernels, lanes, models, training
+from duckdb_ft.ml import data, dropout, kernels, lanes, models, training
 from duckdb_ft.options import TrainingOptions
 from test_training import PAIRS as TRAINING_PAIRS
 
@@ -29,13 +29,13 @@ def test_micro_batch_seeds_differ_by_step_and_index_and_repeat():
 
 
 def test_seeded_dropout_masks_repeat_and_are_per_thread():
-    drop = kernels.FastDropout(0.3)
+    drop = dropout.FastDropout(0.3)
     x = torch.ones(64, 64)
-    with kernels.seeded(7):
+    with dropout.seeded(7):
         a = drop.mask(x)
-    with kernels.seeded(7):
+    with dropout.seeded(7):
         b = drop.mask(x)
-    with kernels.seeded(8):
+    with dropout.seeded(8):
         c = drop.mask(x)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert 0.2 < 1 - a.float().mean().item() < 0.4

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from duckdb_ft.ml import data, kernels, models, training
+from duckdb_ft.ml import data, dropout, kernels, models, training
 from duckdb_ft.options import TrainingOptions
 from conftest import python_output
 
@@ -186,7 +186,7 @@ def test_completion_cross_entropy_matches_reference(monkeypatch):
 
 def test_fast_dropout_keeps_the_distribution_and_the_gradient():
     torch.manual_seed(0)
-    drop = kernels.FastDropout(0.05)
+    drop = dropout.FastDropout(0.05)
     x = torch.randn(400, 500, requires_grad=True)
     y = drop(x)
     dropped = (y == 0).float().mean().item()
@@ -197,7 +197,7 @@ def test_fast_dropout_keeps_the_distribution_and_the_gradient():
     torch.testing.assert_close(x.grad, kept.float() / (1 - 0.05), rtol=1e-4, atol=0)
     assert not torch.equal(drop(x), y)  # fresh randomness each call
     # The mask comes in the input's dtype (a product with it is then a plain multiply), from the seeded generator too
-    with kernels.seeded(3):
+    with dropout.seeded(3):
         keep = drop.mask(x.detach().bfloat16())
     assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
     assert 1 - keep.float().mean().item() == pytest.approx(0.05, abs=0.003)
@@ -212,7 +212,7 @@ def test_training_swaps_in_the_cpu_fast_paths(tiny):
     training.train(base, examples, examples, TrainingOptions(max_epochs=1, batch_size=3, lora_r=4, lora_dropout=0.05),
                    tokenizer.pad_token_id, training.Hooks(on_step=seen.append))
     assert base.config._attn_implementation == kernels.ATTENTION
-    assert any(isinstance(m, kernels.FastDropout) for m in base.modules())
+    assert any(isinstance(m, dropout.FastDropout) for m in base.modules())
     assert len(seen) == 2 and all(m["training_loss"] > 0 for m in seen)
 
 
@@ -397,7 +397,7 @@ def test_gradient_checkpointing_recomputes_the_same_step(tiny):
     grads = []
     for checkpointing in (False, True):
         model = peft_model(path, dropout=0.3, attention=kernels.register_attention())
-        kernels.fast_dropout(model)
+        dropout.fast_dropout(model)
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -232,7 +232,7 @@ class _LoraLinear(torch.autograd.Function):
 def lora_linear(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """A peft LoRA linear layer's forward: one node under autocast for a plain LoRA adapter (one active, unmerged,
     no variant), peft's own forward elsewhere."""
-    from . import kernels
+    from .dropout import FastDropout
 
     names = layer.active_adapters
     name = names[0] if len(names) == 1 else None
@@ -246,7 +246,7 @@ def lora_linear(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
         return type(layer).forward(layer, x)
     x = x.to(torch.get_autocast_dtype(x.device.type))
     keep, scale = None, 1.0
-    if layer.training and isinstance(dropout, kernels.FastDropout) and dropout.p > 0:
+    if layer.training and isinstance(dropout, FastDropout) and dropout.p > 0:
         keep, scale = dropout.mask(x), dropout.scale  # in x's dtype, the compute dtype
     return _LoraLinear.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
                              keep, scale, float(layer.scaling[name]))

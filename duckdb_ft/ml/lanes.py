@@ -10,7 +10,7 @@ CPU graph runs in the lane that started it), and the micro-batches' gradients ar
 
 Deterministic: micro-batches are assigned to lanes by a fixed rule (longest first, to the least loaded lane), their
 gradients are added in micro-batch order whatever lane computed them, and every micro-batch draws its dropout masks
-from its own generator (:func:`micro_batch_seed`, through ``kernels.seeded``), so a step gives the same adapter
+from its own generator (:func:`micro_batch_seed`, through ``dropout.seeded``), so a step gives the same adapter
 whatever the threads' timing, and the same with one lane or several.
 """
 
@@ -74,10 +74,10 @@ class Lanes:
         dropout generator is seeded (None: torch's default generator)."""
         import torch
 
-        from . import kernels
+        from . import dropout
 
         def one(j: int) -> tuple[list[Any], float, int]:
-            with kernels.seeded(None if seed is None else micro_batch_seed(seed[0], seed[1], j)):
+            with dropout.seeded(None if seed is None else micro_batch_seed(seed[0], seed[1], j)):
                 loss, tokens = micro_batch(j)
             grads = torch.autograd.grad(loss / divisor, params, allow_unused=True)
             return list(grads), loss.item(), tokens

@@ -273,7 +273,7 @@ def train(
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from . import fused, kernels, lanes
+    from . import dropout, fused, kernels, lanes
 
     hooks = hooks or Hooks()
     world = world or Local()
@@ -285,7 +285,7 @@ def train(
         _cpu_fast_paths(base)
     model = get_peft_model(base, cfg)
     if device == "cpu":
-        kernels.fast_dropout(model)
+        dropout.fast_dropout(model)
     if opts.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
