@@ -568,11 +568,12 @@ def child_eval(spec: dict[str, Any]) -> dict[str, Any]:
     n_lora = sum(p.numel() for p in _peft(base, h).parameters() if p.requires_grad)
     train = encode("train")
     lengths = [len(ids) for ids, _ in train]
+    attention = sum(6 * cfg.num_hidden_layers * cfg.hidden_size * L * L for L in lengths)
     # The LM head's work counts at completion positions only (the loss's): prompt-position logits are not work.
-    per_epoch = sum((4 * (n_matmul - n_head) + 6 * n_lora) * len(ids) + 4 * n_head * (len(ids) - n_prompt)
-                    + 6 * cfg.num_hidden_layers * cfg.hidden_size * len(ids) ** 2 for ids, n_prompt in train)
+    per_epoch = attention + sum((4 * (n_matmul - n_head) + 6 * n_lora) * len(ids) + 4 * n_head * (len(ids) - n_prompt)
+                                for ids, n_prompt in train)
     result.update(flops=per_epoch * h["max_epochs"], n_matmul=n_matmul, n_lora=n_lora,
-                  attention_share=sum(6 * cfg.num_hidden_layers * cfg.hidden_size * L * L for L in lengths) / per_epoch,
+                  attention_share=attention / per_epoch,
                   train_tokens=sum(lengths) * h["max_epochs"], train_rows=len(lengths), val_rows=len(val),
                   lengths={"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2], "max": max(lengths),
                            "mean": sum(lengths) / len(lengths)})
