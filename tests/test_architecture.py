@@ -4,6 +4,7 @@ functions), torch and its stack imported only under ``duckdb_ft/ml``, and a ligh
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,43 @@ def test_every_module_imports_first_on_its_own():
     run = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, *modules], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"OK {len(modules)}" in run.stdout
+
+
+def _layout_sections() -> dict[str, str]:
+    """The README's Layout block, split by room: ``{"ml": "...text of its entry...", "__init__": top-level lines}``."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[block.index("```\nduckdb_ft/") + 4:]
+    block = block[:block.index("```")]
+    sections: dict[str, list[str]] = {"__init__": []}
+    current = "__init__"
+    for line in block.splitlines()[1:]:
+        if not line.startswith("  "):
+            break  # sql/, notebooks/, ...: outside the package
+        head = line[2:].split(" ", 1)[0] if not line.startswith("   ") else ""
+        if head.endswith("/"):
+            current = head[:-1]
+            sections[current] = []
+        elif head.endswith(".py"):
+            current = "__init__"
+        sections[current].append(line)
+    return {room: "\n".join(lines) for room, lines in sections.items()}
+
+
+def test_the_readme_layout_names_every_module_in_its_room():
+    sections = _layout_sections()
+    missing = []
+    for name, path in _modules().items():
+        if path.name == "__init__.py" and name != "duckdb_ft":
+            continue  # a room's own __init__ holds its shared helpers, named by the room's entry
+        room = _room(name)
+        text = sections.get(room if path.parent != PACKAGE else "__init__", "")
+        if not re.search(rf"(?<![\w/]){re.escape(path.name)}", text):
+            missing.append(f"{path.relative_to(PACKAGE.parent)}")
+    assert not missing, "README's Layout does not name (in its room's entry): " + ", ".join(sorted(missing))
+
+
+def test_the_ml_package_docstring_names_every_ml_module():
+    doc = ast.get_docstring(ast.parse((PACKAGE / "ml" / "__init__.py").read_text()))
+    missing = [p.stem for p in (PACKAGE / "ml").glob("*.py") if p.stem != "__init__" and f":mod:`.{p.stem}`" not in doc]
+    assert not missing, f"duckdb_ft/ml/__init__.py's docstring does not name: {', '.join(sorted(missing))}"

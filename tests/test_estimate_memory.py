@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from duckdb_ft.prep import clean, duplicates, estimate as prep_estimate, scratch
+from duckdb_ft.prep import clean, duplicates, report as prep_report, scratch
 
 OPTIONS = json.dumps({"max_epochs": 1, "max_seq_length": 64, "pii": "mask"})
 QUERY = "SELECT q AS prompt, a AS completion FROM orders"
@@ -85,13 +85,13 @@ def test_the_report_under_a_small_memory_limit_equals_the_report_without(con, ti
     monkeypatch.setenv(scratch.MEMORY_ENV, "1GiB")
     roomy = _estimate(con, tiny_model_path)
     used = {}
-    real = prep_estimate.tokens
+    real = prep_report.tokens
 
     def spy(cur, *args):
         used["limit"] = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         return real(cur, *args)
 
-    monkeypatch.setattr(prep_estimate, "tokens", spy)
+    monkeypatch.setattr(prep_report, "tokens", spy)
     monkeypatch.setenv(scratch.MEMORY_ENV, "32MiB")  # about what the near-duplicate pass's joins need here
     small = _estimate(con, tiny_model_path)
     assert used["limit"] == "32.0 MiB"
@@ -122,7 +122,7 @@ def test_token_histograms_give_numpys_percentiles_sums_and_top_sums():
     rng = np.random.default_rng(3)
     for n in [1, 2, 3, 19, 20, 21, 100, 4097, 100003]:
         x = rng.integers(0, 1 + rng.integers(1, 3000), n)
-        h = prep_estimate.Counts()
+        h = prep_report.Counts()
         for part in np.array_split(x, 7):
             h.add(part)
         top = np.sort(x)[::-1]
@@ -130,7 +130,7 @@ def test_token_histograms_give_numpys_percentiles_sums_and_top_sums():
                              "p95": int(np.percentile(x, 95, method="lower")), "max": x.max(), "total": x.sum()}
         assert [h.top_sum(k) for k in (1, n // 20 + 1, n, n + 3)] == [top[:k].sum() for k in
                                                                        (1, n // 20 + 1, n, n + 3)]
-    assert prep_estimate.Counts().stats() == {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
+    assert prep_report.Counts().stats() == {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
 
 
 def test_the_findings_in_small_chunks_equal_the_findings_in_one(con, tiny_model_path, monkeypatch):

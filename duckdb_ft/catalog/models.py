@@ -77,6 +77,12 @@ def model_adapter(cur: Any, job_id: str) -> bytes:
     return bytes(one(cur, f"SELECT adapter FROM {SCHEMA}.models WHERE job_id = ?", [job_id])[0])
 
 
+def parent_adapter(cur: Any, job_id: str) -> tuple[bytes, str] | None:
+    """The adapter bytes and LoRA config JSON of the model that job ``job_id`` produced, or None if dropped."""
+    row = one(cur, f"SELECT adapter, lora_config FROM {SCHEMA}.models WHERE job_id = ?", [job_id])
+    return (bytes(row[0]), row[1]) if row else None
+
+
 def finish_job_with_model(cur: Any, job_id: str, model: dict[str, Any], job_fields: dict[str, Any]) -> None:
     """Store the model version as its model's default, and mark its job SUCCESS, in one transaction: either both
     exist, or neither. A new version of an existing model takes the model's owner."""

@@ -22,7 +22,7 @@ from .. import catalog
 from ..catalog import evaluations as evaldb
 from ..errors import FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
-from ..governance.reads import tables_read
+from ..governance.sqlglot_reads import tables_read
 from ..ml import complete as completion, data, likelihood, models as mlmodels
 from ..options import CompleteOptions, EvaluateOptions
 from ..queries import check_query, parse

@@ -5,7 +5,7 @@
   plan (``EXPLAIN``), names resolved in DuckDB's catalog as database.schema.name.
 - :mod:`.authorize`: a non-administrator's plain SQL (and FINETUNE's queries), authorized on that before DuckDB runs
   it; ownership of what it creates, recorded in the same transaction.
-- :mod:`.reads`: sqlglot's reading of a statement (``tables_read``), still used by :meth:`Checker.require_read`'s
+- :mod:`.sqlglot_reads`: sqlglot's reading (a second reading of the text, never what a decision rests on) of a statement (``tables_read``), still used by :meth:`Checker.require_read`'s
   view following and the evaluation's user metrics; authorize.py uses sqlglot only to name DML/DDL targets.
 
 Deny by default: a statement shape :mod:`.authorize` does not name is for the administrator only.

@@ -19,7 +19,7 @@ from .. import catalog
 from ..catalog import access as accessdb, objects
 from ..errors import PermissionDenied
 from ..queries import parse
-from .reads import SAFE_TABLE_FUNCTIONS, tables_read
+from .sqlglot_reads import SAFE_TABLE_FUNCTIONS, tables_read
 
 ADMIN = "admin"
 PUBLIC = "public"

@@ -3,6 +3,14 @@ a job. Nothing is left behind: the queries' rows are streamed into a private scr
 (:mod:`duckdb_ft.prep.scratch`, with a memory limit of its own, spilling to a temporary directory of its own), where
 every table of the analysis lives; it is closed and its directory removed when ESTIMATE returns or fails.
 
+The pipeline, one module a stage, in the order it runs:
+
+1. :func:`duckdb_ft.jobs.create.check_request`: CREATE's checks (options, base model, queries, privileges);
+2. :mod:`duckdb_ft.prep.scratch`: the private scratch database the analysis runs in;
+3. :mod:`duckdb_ft.prep.stage` and :mod:`duckdb_ft.prep.clean`: the rows staged and cleaned as CREATE would;
+4. :mod:`duckdb_ft.prep.report`: leaks, tokens (the training tokenization) and the report with its warnings;
+5. :mod:`duckdb_ft.ml.calibrate`: the cost, from a few measured steps of the real training loop.
+
 ``estimate`` returns the JSON report; ``data_report`` the per-row findings behind it (``FROM
 finetune_data_report(...)``): one row per finding, with the row's number in its query's result.
 """
@@ -16,7 +24,7 @@ import duckdb
 
 from ..errors import FtError, InvalidArgument
 from ..ml import calibrate, models
-from ..prep import clean, estimate as prep_estimate, scratch, stage
+from ..prep import clean, report as prep_report, scratch, stage
 from .create import check_request
 
 
@@ -57,9 +65,9 @@ def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, va
             cleaning = clean.apply(work, st, findings, dataclasses.replace(opts, pii="keep"))
             cleaning["pii"] = "refuse"
         counts = stage.settle_splits(work, st)
-        prep_estimate.leaks(work, st, findings)
-        tok = prep_estimate.tokens(work, st, findings, tokenizer, opts, models.context_length(req.base_path))
-        report = prep_estimate.report(work, st, findings, opts, cleaning, tok, counts, base_model)
+        prep_report.leaks(work, st, findings)
+        tok = prep_report.tokens(work, st, findings, tokenizer, opts, models.context_length(req.base_path))
+        report = prep_report.report(work, st, findings, opts, cleaning, tok, counts, base_model)
         if with_cost:
             report["cost"].update(_time_estimate(work, st, req.base_path, opts, tok, report))
         if refused:

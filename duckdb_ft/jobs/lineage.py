@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import lineage as lineagedb, models as modeldb
+from ..catalog import models as modeldb, snapshots
 from ..errors import InvalidArgument, NotFound, PermissionDenied
 from ..options import TrainingOptions
 from ..queries import model_ref, parse_model_ref
@@ -81,7 +81,7 @@ def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:
     """The parent's adapter bytes a continued job starts from (None: not a continuation)."""
     if not job.get("parent_job_id"):
         return None
-    found = lineagedb.parent_adapter(cur, job["parent_job_id"])
+    found = modeldb.parent_adapter(cur, job["parent_job_id"])
     if found is None:
         raise InvalidArgument(f"parent model '{job['parent_model']}' was dropped before this job started: "
                               f"train from its base model '{job['base_model']}' instead")
@@ -114,7 +114,7 @@ def weights_hash(path: str) -> str | None:
 def model_lineage(cur: Any, job: dict[str, Any], rows_of: str, path: str, adapter: bytes,
                   metrics: dict[str, Any]) -> dict[str, Any]:
     """The lineage columns of the model a job stores."""
-    rows, digest = lineagedb.snapshot_digest(cur, rows_of)
+    rows, digest = snapshots.snapshot_digest(cur, rows_of)
     return {"parent_model": job.get("parent_model"), "parent_job_id": job.get("parent_job_id"),
             "base_weights_hash": weights_hash(path), "training_query": job["training_query"],
             "validation_query": job["validation_query"], "snapshot_rows": rows, "snapshot_hash": digest,

@@ -1,12 +1,19 @@
 """The model side: the only modules that import torch, transformers or peft, and only inside the functions that
 run models (importing this package loads none of them).
 
-- :mod:`.models`: base models (aliases, conversion, resolution, loading, the in-process cache), adapters.
-- :mod:`.data`: the query's columns checked; pairs tokenized with the chat template; packed random batches.
-- :mod:`.training`: the LoRA training loop; :mod:`.kernels` its faster CPU pieces and :mod:`.dropout` its LoRA
-  dropout (both import torch on import); :mod:`.lanes` a CPU step's micro-batches shared by the cores.
-- :mod:`.complete`: COMPLETE's batched generation.
-- :mod:`.export`: a fine-tuned model written as a PEFT adapter folder.
+- :mod:`.models`: base models (aliases, conversion, resolution, loading, the in-process cache), adapters;
+  :mod:`.hub` a model pushed to the Hugging Face Hub.
+- :mod:`.data`: the query's columns checked; pairs tokenized with the chat template; packed random batches;
+  :mod:`.chat_tokens` the chat template rendered once and rows tokenized in batches.
+- :mod:`.training`: the LoRA training loop; :mod:`.keep_best` which adapter it keeps and when it stops early;
+  :mod:`.kernels` its faster CPU pieces, :mod:`.fused` its fused bf16 decoder pieces and :mod:`.dropout` its LoRA
+  dropout (the three import torch on import); :mod:`.lanes` a CPU step's micro-batches shared by the cores;
+  :mod:`.distributed` one torchrun training process; :mod:`.devices` what the machine can train on;
+  :mod:`.calibrate` ESTIMATE's measured seconds per trained token.
+- :mod:`.complete`: COMPLETE's batched generation; :mod:`.decode` continuous batching; :mod:`.prefix` a batch's
+  shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss.
+- :mod:`.export`: a fine-tuned model written as a PEFT adapter folder, a merged model or (:mod:`.gguf_file`) one
+  GGUF file.
 
 Importing it asks PyTorch, when torch is not loaded yet, for its CPU tensors of 2 MB and more in transparent huge
 pages (``THP_MEM_ALLOC_ENABLE``, PyTorch's own switch, read once at its first allocation; a value the user set is

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..options import TrainingOptions
 from .data import (IGNORE, Example, collate_packed, iter_batches, iter_packed, padded_positions,
                    packed_batches, split_rows)
-from .selection import Selection
+from .keep_best import Selection
 
 # The linear projections of attention and MLP by architecture: the default LoRA targets (adapting the MLP too
 # scored higher than attention alone on both tasks of benchmarks/defaults_study.py).

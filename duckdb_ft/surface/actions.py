@@ -7,7 +7,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import InvalidArgument
-from ..evaluation import evaluate as evaluation, results as evaluations, sweeps as sweep_scores
+from ..evaluation import evaluate as evaluation, results as evaluations, sweep_ranking as sweep_scores
 from ..jobs import sweep
 
 

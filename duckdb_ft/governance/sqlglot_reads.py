@@ -1,4 +1,9 @@
-"""What a plain DuckDB statement reads, writes and creates, for authorizing a non-administrator's SQL."""
+"""sqlglot's reading of a statement: the tables and views it names, and its table functions.
+
+A second reading of the text, not DuckDB's: the authorizer decides on DuckDB's own parse and plan
+(:mod:`.bound`, :mod:`.authorize`). This reading serves :meth:`.roles.Checker.require_read`'s view following and
+EVALUATE's user metrics, which look at an expression's subqueries.
+"""
 
 from __future__ import annotations
 

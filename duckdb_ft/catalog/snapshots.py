@@ -1,4 +1,4 @@
-"""Lineage of models (issue 16): the digest of a job's row snapshot, and the parent a continued job starts from.
+"""The digest of a job's row snapshot, which a model's lineage records (:mod:`duckdb_ft.jobs.lineage`).
 
 A snapshot's digest is SHA-256 over its rows in a stable order (split, then position), each row's split, prompt
 and completion separated by control characters, so two jobs trained on the same rows, split the same way, have
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from . import SCHEMA, one
+from . import SCHEMA
 
 
 def snapshot_digest(cur: Any, job_id: str, batch_rows: int = 4096) -> tuple[int, str]:
@@ -25,9 +25,3 @@ def snapshot_digest(cur: Any, job_id: str, batch_rows: int = 4096) -> tuple[int,
             h.update(f"{split}\x1f{prompt}\x1f{completion}\x1e".encode())
         n += batch.num_rows
     return n, h.hexdigest()
-
-
-def parent_adapter(cur: Any, job_id: str) -> tuple[bytes, str] | None:
-    """The adapter bytes and LoRA config JSON of the model that job ``job_id`` produced, or None if dropped."""
-    row = one(cur, f"SELECT adapter, lora_config FROM {SCHEMA}.models WHERE job_id = ?", [job_id])
-    return (bytes(row[0]), row[1]) if row else None
