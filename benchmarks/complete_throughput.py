@@ -124,16 +124,6 @@ def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        ids.add(tokenizer.pad_token_id)
-    return ids
-
-
 def decode_new(tokenizer: Any, new: Sequence[int], stop: set[int]) -> str:
     """New tokens up to the first end token, decoded as duckdb_ft/complete.py decodes them."""
     new = list(new)
@@ -188,7 +178,7 @@ def run_complete(con: Any, sql: str, max_tokens: int) -> list[str]:
 def run_per_row(loaded: models.LoadedModel, prompts: Sequence[str], max_tokens: int) -> list[str]:
     model, tok = loaded.model, loaded.tokenizer
     dev = next(model.parameters()).device
-    stop = stop_ids(model, tok)
+    stop = set(models.stop_ids(model, tok))  # where COMPLETE stops
     outs = []
     with torch.inference_mode():
         for p in prompts:
@@ -203,7 +193,7 @@ def run_batched(loaded: models.LoadedModel, prompts: Sequence[str], max_tokens: 
     """Left-padded batches of ``batch`` rows in table order (under whatever adapter is active)."""
     model, tok = loaded.model, loaded.tokenizer
     dev = next(model.parameters()).device
-    stop = stop_ids(model, tok)
+    stop = set(models.stop_ids(model, tok))  # where COMPLETE stops
     outs = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch):

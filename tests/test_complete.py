@@ -9,7 +9,7 @@ import pytest
 
 import duckdb_ft
 from conftest import rows as q
-from duckdb_ft.ml import complete as completion, models
+from duckdb_ft.ml import complete as completion, devices, models
 
 
 def test_complete_returns_text(con, tiny_model_path):
@@ -386,7 +386,7 @@ def test_dtype_bfloat16_runs_the_matmuls_in_bfloat16_apart_from_float32_rows(con
     import torch
 
     loaded = models.load(tiny_model_path)
-    monkeypatch.setattr(completion, "bfloat16_native", lambda model: True)  # torch emulates it where it is not
+    monkeypatch.setattr(devices, "bfloat16_native", lambda device: True)  # torch emulates it where it is not
     seen = []
     hook = loaded.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     try:
@@ -401,7 +401,7 @@ def test_dtype_bfloat16_runs_the_matmuls_in_bfloat16_apart_from_float32_rows(con
         assert json.loads(both[1][0])["usage"]["completion_tokens"] == 6
     finally:
         hook.remove()
-    monkeypatch.setattr(completion, "bfloat16_native", lambda model: False)
+    monkeypatch.setattr(devices, "bfloat16_native", lambda device: False)
     with pytest.raises(duckdb.Error, match='dtype "bfloat16" needs hardware that computes bfloat16 natively.*'
                                            'use "float32"'):
         q(con, "SELECT complete(?, 'hi', ?)", tiny_model_path, bf16)

@@ -81,8 +81,7 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
     if query is None:
         raise InvalidArgument("finetune('EVALUATE', models, query [, options]): the query is missing: pass a SELECT "
                               "returning prompt and completion (the reference), and optionally id")
-    if engine.read_only:
-        raise InvalidArgument("the database is read-only: open it read-write to record evaluations")
+    engine.require_writable("record evaluations")
     cur = engine.cursor()
     check = session.checker()
     found = {n: _check_model(engine, session, check, n) for n in names}
@@ -202,16 +201,10 @@ def _sandbox(engine: Any, session: Any, refs: Sequence[str], ids: Sequence[str],
 def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> list[int]:
     """Every prompt (and max_tokens) fits the model's context: an error now, not after other models generated.
     Returns each prompt's length in tokens."""
-    tok, ctx = loaded.tokenizer, loaded.context_length
     lengths = []
     for r in requests:
-        ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
-        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        need = n + (r.options.max_tokens or 1)
-        if need > ctx:
-            raise InvalidArgument(f"a prompt of {n} tokens{' plus max_tokens' if r.options.max_tokens else ''} does "
-                                  f"not fit the context of {ctx} tokens of model '{loaded.name}': shorten the prompts"
-                                  f"{' or lower max_tokens' if r.options.max_tokens else ''}")
+        n = len(completion.prompt_ids(loaded, r.messages))
+        completion.fit_context(loaded, n, r.options.max_tokens)
         lengths.append(n)
     return lengths
 

@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument
 from ..options import CompleteOptions
-from . import decode, lora_mix, prefix
-from .models import LoadedModel
+from . import decode, devices, lora_mix, prefix
+from .models import LoadedModel, stop_ids
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
 #: so duckdb-ft stops at 512 unless ``max_tokens`` asks for more.
@@ -130,29 +130,42 @@ stats: Counter = Counter()
 _stats_lock = threading.Lock()
 
 
+def prompt_ids(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of ``messages`` through the model's chat template, with the assistant turn opened."""
+    ids = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def fit_context(loaded: LoadedModel, prompt_tokens: int, max_tokens: int | None) -> int:
+    """How many new tokens a prompt of ``prompt_tokens`` tokens generates in the model's context: ``max_tokens``,
+    or without it up to DEFAULT_MAX_TOKENS, as far as the context allows (COMPLETE's and EVALUATE's one check).
+
+    Raises:
+        InvalidArgument: the prompt, or the prompt plus ``max_tokens``, does not fit the context.
+    """
+    ctx = loaded.context_length
+    if max_tokens is None:
+        if prompt_tokens >= ctx:
+            raise InvalidArgument(f"prompt of {prompt_tokens} tokens does not fit the context of {ctx} tokens of "
+                                  f"model '{loaded.name}': shorten the prompt")
+        return min(DEFAULT_MAX_TOKENS, ctx - prompt_tokens)
+    if prompt_tokens + max_tokens > ctx:
+        raise InvalidArgument(f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of "
+                              f"{ctx} tokens of model '{loaded.name}': shorten the prompt or lower max_tokens")
+    return max_tokens
+
+
 def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str | None]], *,
                      fail_fast: bool) -> None:
-    tok = loaded.tokenizer
-    ctx = loaded.context_length
     todo: list[tuple[Request, str | None]] = []
     for r, a in requests:
-        ids = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
-        r.ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        if r.options.max_tokens is None:
-            r.max_new = min(DEFAULT_MAX_TOKENS, ctx - len(r.ids))
-            if r.max_new < 1:
-                r.error = InvalidArgument(
-                    f"prompt of {len(r.ids)} tokens does not fit the context of {ctx} tokens of model "
-                    f"'{loaded.name}': shorten the prompt"
-                )
-        elif len(r.ids) + r.options.max_tokens > ctx:
-            r.error = InvalidArgument(
-                f"prompt of {len(r.ids)} tokens plus max_tokens {r.options.max_tokens} exceeds the context of "
-                f"{ctx} tokens of model '{loaded.name}': shorten the prompt or lower max_tokens"
-            )
-        else:
-            r.max_new = r.options.max_tokens
-        if r.error is None and r.options.dtype == "bfloat16" and not bfloat16_native(loaded.model):
+        r.ids = prompt_ids(loaded, r.messages)
+        try:
+            r.max_new = fit_context(loaded, len(r.ids), r.options.max_tokens)
+        except InvalidArgument as e:
+            r.error = e
+        if r.error is None and r.options.dtype == "bfloat16" and not devices.bfloat16_native(
+                next(loaded.model.parameters()).device.type):
             r.error = InvalidArgument(
                 'dtype "bfloat16" needs hardware that computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a '
                 'GPU with bf16); this one does not: use "float32" (the default)'
@@ -219,7 +232,7 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
         stats["generate_calls"] += 1
         stats["prefill_tokens"] += sum(len(s) - shared for s in seqs) + shared * (len(set(adapters)) if shared else 0)
     out = out[:, width:].cpu()
-    stop = set(_eos_ids(model, tok))
+    stop = set(stop_ids(model, tok))
     for k, r in enumerate(batch):
         new = out[k].tolist()
         n = next((t for t, x in enumerate(new) if x in stop), len(new))
@@ -235,7 +248,7 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
     rows = [decode.Row(ids=r.ids, max_new=r.max_new, adapter=a) for r, a in items]
     adapters = list(dict.fromkeys(a for _, a in items))
     mixed = len(adapters) > 1
-    stop = set(_eos_ids(model, tok))
+    stop = set(stop_ids(model, tok))
     with loaded.lock, torch.inference_mode(), _precision(model, items[0][0].options.dtype):
         with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
             shared = decode.greedy(model, rows, slots=BATCH_ROWS, pad=tok.pad_token_id, stop=stop, mixed=mixed)
@@ -249,20 +262,6 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
                               prompt_tokens=len(r.ids), completion_tokens=n)
 
 
-def bfloat16_native(model: Any) -> bool:
-    """Whether the model's device multiplies bfloat16 natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or
-    AMX), so that ``dtype`` "bfloat16" is faster rather than emulated."""
-    import torch
-
-    dev = next(model.parameters()).device
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if dev.type == "cpu":
-        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
-                                                                    "_is_amx_tile_supported"))
-    return False
-
-
 def _precision(model: Any, dtype: str) -> Any:
     """bfloat16 autocast for ``dtype`` "bfloat16" (the cached weights stay float32, shared with training), else
     nothing: float32 throughout."""
@@ -272,14 +271,6 @@ def _precision(model: Any, dtype: str) -> Any:
     if dtype == "bfloat16":
         return torch.autocast(dev, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _eos_ids(model: Any, tok: Any) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tok.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    return [i for i in ids if i is not None] + ([tok.pad_token_id] if tok.pad_token_id is not None else [])
 
 
 class _adapter:

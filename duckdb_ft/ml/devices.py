@@ -32,7 +32,22 @@ def this_machine() -> Machine:
     return Machine(gpus=gpus, cores=cpu_cores(),
                    bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
                    flash_attention=importlib.util.find_spec("flash_attn") is not None,
-                   bf16=bool(gpus) and torch.cuda.is_bf16_supported())
+                   bf16=bool(gpus) and bfloat16_native("cuda"))
+
+
+def bfloat16_native(device: str) -> bool:
+    """Whether ``device`` ("cuda", "cpu"; an index after a colon is ignored) multiplies bfloat16 natively: a CUDA
+    GPU with bf16 (Ampere and later), a CPU with AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated, slower than
+    float32: COMPLETE's ``dtype`` "bfloat16" is refused there, and training's "auto" dtype stays float32."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
+                                                                    "_is_amx_tile_supported"))
+    return False
 
 
 def cpu_cores() -> int:

@@ -166,22 +166,11 @@ def merged_model(row: dict[str, Any]) -> tuple[Any, Any]:
     return merged, models.load_tokenizer(base_path)
 
 
-def stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens COMPLETE stops at: the generation config's end tokens, and the padding token."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ids:
-        ids.append(tokenizer.pad_token_id)
-    return ids
-
-
 def _write_merged(model: Any, tokenizer: Any, tmp: Path, dtype: str) -> None:
     import torch
 
     gen = model.generation_config
-    gen.eos_token_id = stop_ids(model, tokenizer)
+    gen.eos_token_id = models.stop_ids(model, tokenizer)  # where COMPLETE stops
     gen.pad_token_id = tokenizer.pad_token_id
     if dtype == "f16":
         model = model.to(torch.float16)

@@ -231,6 +231,18 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens generation stops at, for COMPLETE and for the generation config of an export: the model's
+    generation config's end tokens (the tokenizer's end token where it names none), and the padding token."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ids:
+        ids.append(tokenizer.pad_token_id)
+    return ids
+
+
 def load(name: str) -> LoadedModel:
     """Load (or reuse) a base model by name. Thread-safe; one copy per resolved folder per process."""
     path = resolve(name)

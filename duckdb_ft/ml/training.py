@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..options import TrainingOptions
+from . import devices
 from .data import (IGNORE, Example, collate_packed, iter_batches, iter_packed, padded_positions,
                    packed_batches, split_rows)
 from .keep_best import Selection
@@ -215,12 +216,7 @@ def compute_dtype(opts: TrainingOptions, device: str) -> Any:
 
     if opts.dtype != "auto":
         return getattr(torch, opts.dtype)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device == "cpu":
-        native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return torch.bfloat16 if any(f() for f in native) else torch.float32
-    return torch.float32
+    return torch.bfloat16 if devices.bfloat16_native(device) else torch.float32
 
 
 def _autocast(device: str, dtype: Any = None) -> Any:

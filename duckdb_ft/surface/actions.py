@@ -21,8 +21,7 @@ def _create(engine: Any, session: Any, args: list) -> str:
         if value is None:
             raise InvalidArgument(f"finetune('CREATE', name, base_model, training_query [, validation_query "
                                   f"[, options]]): the {label} is missing")
-    if engine.read_only:
-        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
+    engine.require_writable("create fine-tuning jobs")
     return engine.jobs.create(session, name, base, train_q, val_q or None, options)
 
 
@@ -54,8 +53,7 @@ def _sweep(engine: Any, session: Any, args: list) -> str:
         if value is None:
             raise InvalidArgument(f"finetune('SWEEP', name, base_model, training_query, validation_query, options): "
                                   f"the {label} is missing (options name the values to try as lists)")
-    if engine.read_only:
-        raise InvalidArgument("the database is read-only: open it read-write to create fine-tuning jobs")
+    engine.require_writable("create fine-tuning jobs")
     evaluation_options = sweep_scores.check(engine, session, options)  # before any job exists
     return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options, evaluation_options)
 

@@ -83,6 +83,11 @@ class Engine:
             models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
         return loaded, key
 
+    def require_writable(self, to: str) -> None:
+        """Raise InvalidArgument when the database is open read-only; ``to`` says what needs writing."""
+        if self.read_only:
+            raise InvalidArgument(f"the database is read-only: open it read-write to {to}")
+
     def check_current(self) -> None:
         """Raise if this read-only database's catalog predates this version of duckdb-ft (it cannot be upgraded
         read-only)."""
