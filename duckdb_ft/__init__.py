@@ -27,7 +27,7 @@ The package, by room (imports flow down this list, never up):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ml as _ml  # noqa: F401  imports no model library; asks torch for huge pages if it loads after us
 from .errors import (
@@ -42,6 +42,9 @@ from .errors import (
     PermissionDenied,
     RemoteError,
 )
+
+if TYPE_CHECKING:
+    from .surface.connection import Connection
 
 __version__ = "0.1.0"
 
@@ -65,7 +68,7 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
 
 
 def connect(path: str | None = None, *, user: str | None = None, read_only: bool = False,
-            config: dict | None = None, resume_jobs: bool = False) -> Any:
+            config: dict | None = None, resume_jobs: bool = False) -> Connection:
     """Open a DuckDB database (in memory when ``path`` is None) with duckdb-ft installed.
 
     Returns a :class:`duckdb_ft.connection.Connection`: DuckDB's connection API, whose ``sql()``/``execute()``

@@ -197,3 +197,35 @@ def test_the_ml_package_docstring_names_every_ml_module():
     doc = ast.get_docstring(ast.parse((PACKAGE / "ml" / "__init__.py").read_text()))
     missing = [p.stem for p in (PACKAGE / "ml").glob("*.py") if p.stem != "__init__" and f":mod:`.{p.stem}`" not in doc]
     assert not missing, f"duckdb_ft/ml/__init__.py's docstring does not name: {', '.join(sorted(missing))}"
+
+
+#: Parameters that always hold one of the package's own classes: typed as that class, never ``Any``.
+OWN_CLASSES = {"session": "Session", "engine": "Engine", "runner": "JobRunner", "loaded": "LoadedModel"}
+
+
+def test_the_packages_own_classes_are_typed_not_any():
+    untyped = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for arg in node.args.args + node.args.kwonlyargs:
+                    if arg.arg in OWN_CLASSES and (arg.annotation is None or "Any" in ast.unparse(arg.annotation)):
+                        untyped.append(f"{name}.{node.name}({arg.arg})")
+    assert not untyped, "type these as the package's class (under `if TYPE_CHECKING:` where the room is higher):\n" \
+        + "\n".join(sorted(untyped))
+
+
+def test_type_only_imports_name_what_exists():
+    """An import under ``if TYPE_CHECKING:`` runs nowhere but in a type checker: check it names a real class."""
+    import importlib
+
+    for name, path in _modules().items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"):
+                continue
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom), f"{name}: only `from ... import ...` under TYPE_CHECKING"
+                module = importlib.import_module("." * imp.level + (imp.module or ""), package if imp.level else None)
+                for alias in imp.names:
+                    assert hasattr(module, alias.name), f"{name} imports {alias.name} from {module.__name__}: none"

@@ -16,7 +16,8 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import catalog
 from ..catalog import evaluations as evaldb
@@ -28,6 +29,11 @@ from ..options import CompleteOptions, EvaluateOptions
 from ..queries import check_query, parse
 from . import metrics as M, retention, significance, usermetrics
 from .sqlmatch import Sandbox, extract_sql
+
+if TYPE_CHECKING:
+    from ..governance.roles import Checker
+    from ..ml.models import LoadedModel
+    from ..surface.engine import Engine, Session
 
 #: Rows generated per batch, as COMPLETE batches them (so a model answers as it would in COMPLETE): the unit of
 #: progress and of cancelling.
@@ -73,7 +79,33 @@ def parse_metrics(spec: list | None) -> list[M.Metric]:
     return out
 
 
-def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: Any = None) -> str:
+@dataclass
+class Run:
+    """One evaluation, as checked and prepared before it is recorded: what :func:`_run` generates and scores."""
+
+    id: str
+    names: list[str]
+    """The models, in the order given."""
+    found: dict[str, dict | None]
+    """Each model's catalog row (None: a base model)."""
+    loaded: dict[str, tuple[LoadedModel, str | None]]
+    """Each model's loaded base model and LoRA adapter (None: the base model itself)."""
+    requests: dict[str, list[completion.Request]]
+    lengths: dict[str, list[int]]
+    """Each model's prompt lengths in tokens (its chat template's)."""
+    ids: list[str]
+    prompts: list[str]
+    refs: list[str]
+    """The reference completions."""
+    skipped: int
+    """Rows of the query left out (a NULL prompt or completion)."""
+    wanted: list[M.Metric]
+    sandbox: Sandbox | None
+    """sql_match's sandbox, when that metric is wanted."""
+    opts: EvaluateOptions
+
+
+def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, options: Any = None) -> str:
     """Run one evaluation; the JSON summary (see the README's EVALUATE section)."""
     opts = EvaluateOptions.parse(options)
     wanted = parse_metrics(opts.metrics)
@@ -110,8 +142,8 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
                                "started": time.monotonic()}
         try:
             try:
-                summary = _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs,
-                               skipped, wanted, sandbox, opts)
+                summary = _run(engine, session, Run(ev_id, names, found, loaded, requests, lengths, ids, prompts,
+                                                    refs, skipped, wanted, sandbox, opts))
             except BaseException as e:
                 stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
                 evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
@@ -126,7 +158,7 @@ def evaluate(engine: Any, session: Any, models_arg: Any, query: Any, options: An
     return json.dumps(summary)
 
 
-def _record_usage(engine: Any, session: Any, names: list[str], found: dict[str, dict | None],
+def _record_usage(engine: Engine, session: Session, names: list[str], found: dict[str, dict | None],
                   requests: dict[str, list[completion.Request]]) -> None:
     """One EVALUATE call per model (version) in the usage history: its rows, tokens, and rows left unanswered."""
     for n in names:
@@ -140,7 +172,7 @@ def _record_usage(engine: Any, session: Any, names: list[str], found: dict[str, 
     engine.usage.flush()
 
 
-def _check_model(engine: Any, session: Any, check: Any, name: str) -> dict | None:
+def _check_model(engine: Engine, session: Session, check: Checker, name: str) -> dict | None:
     """USAGE on a fine-tuned model (its catalog row), or the base model exists (no weights loaded yet)."""
     row = engine.find_model(name, session)
     if row is not None:
@@ -166,7 +198,8 @@ def _rows(cur: Any, sql: str) -> tuple[list[str], list[str], list[str], int]:
     return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], len(got) - len(kept)
 
 
-def _sandbox(engine: Any, session: Any, refs: Sequence[str], ids: Sequence[str], opts: EvaluateOptions) -> Sandbox:
+def _sandbox(engine: Engine, session: Session, refs: Sequence[str], ids: Sequence[str],
+             opts: EvaluateOptions) -> Sandbox:
     """sql_match's sandbox: the tables the references read, copied after SELECT is checked; or a database file."""
     if opts.sql_database is not None:
         path = opts.sql_database.replace("'", "''")
@@ -198,7 +231,7 @@ def _sandbox(engine: Any, session: Any, refs: Sequence[str], ids: Sequence[str],
     return box
 
 
-def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> list[int]:
+def _check_fits(loaded: LoadedModel, requests: Sequence[completion.Request]) -> list[int]:
     """Every prompt (and max_tokens) fits the model's context: an error now, not after other models generated.
     Returns each prompt's length in tokens."""
     lengths = []
@@ -209,7 +242,7 @@ def _check_fits(loaded: Any, requests: Sequence[completion.Request]) -> list[int
     return lengths
 
 
-def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | None,
+def _generate(session: Session, cur: Any, ev_id: str, loaded: LoadedModel, adapter: str | None,
               requests: list[completion.Request], lengths: list[int], done: int, total: int) -> list[float]:
     """Generate in chunks of similar prompt lengths, as COMPLETE does; per-row latency (the chunk's time shared by
     its rows)."""
@@ -231,53 +264,55 @@ def _generate(session: Any, cur: Any, ev_id: str, loaded: Any, adapter: str | No
     return latency
 
 
-def _run(engine, session, ev_id, names, found, loaded, requests, lengths, ids, prompts, refs, skipped, wanted,
-         sandbox, opts) -> dict[str, Any]:
+def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
+    """Generate and score every model's answers, store the rows and the summary (status SUCCESS); the summary."""
     cur = engine.cursor()
-    total = len(names) * len(prompts)
+    total = len(run.names) * len(run.prompts)
     per_model: dict[str, dict[str, list]] = {}
-    for k, name in enumerate(names):
-        model, adapter = loaded[name]
+    for k, name in enumerate(run.names):
+        model, adapter = run.loaded[name]
         RUNNING.get(session.id, {}).update(model=name)
-        latency = _generate(session, cur, ev_id, model, adapter, requests[name], lengths[name], k * len(prompts),
-                            total)
-        preds = [r.result.text for r in requests[name]]
+        latency = _generate(session, cur, run.id, model, adapter, run.requests[name], run.lengths[name],
+                            k * len(run.prompts), total)
+        preds = [r.result.text for r in run.requests[name]]
         values: dict[str, list] = {}
-        for m in wanted:
+        for m in run.wanted:
             if m.name in M.TEXT_METRICS:
-                values[m.name] = M.text_scores(m.name, preds, refs)
+                values[m.name] = M.text_scores(m.name, preds, run.refs)
             elif m.name == "sql_match":
-                values[m.name] = [float(sandbox.match(p, r)) for p, r in zip(preds, refs)]
+                values[m.name] = [float(run.sandbox.match(p, r)) for p, r in zip(preds, run.refs)]
             elif m.name == "completion_loss":
-                values[m.name] = likelihood.completion_losses(model, list(zip(prompts, refs)), adapter)
+                values[m.name] = likelihood.completion_losses(model, list(zip(run.prompts, run.refs)), adapter)
             else:
-                values[m.name] = usermetrics.scores(cur, m, {"id": ids, "model": [name] * len(ids),
-                                                            "prompt": prompts, "completion": refs,
+                values[m.name] = usermetrics.scores(cur, m, {"id": run.ids, "model": [name] * len(run.ids),
+                                                            "prompt": run.prompts, "completion": run.refs,
                                                             "prediction": preds})
         per_model[name] = {"preds": preds, "values": values, "latency": latency}
-    summary = _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, opts)
-    if opts.retention:
-        summary["retention"] = _retention(names, found, loaded, opts)
+    summary = _summary(run, per_model)
+    if run.opts.retention:
+        summary["retention"] = _retention(run)
     rows = []
-    for name in names:
+    for name in run.names:
         got = per_model[name]
-        for i, (rid, prompt, ref) in enumerate(zip(ids, prompts, refs)):
-            r = requests[name][i].result
-            row = {"evaluation_id": ev_id, "model": name, "idx": i, "id": rid, "prompt": prompt, "completion": ref,
+        for i, (rid, prompt, ref) in enumerate(zip(run.ids, run.prompts, run.refs)):
+            r = run.requests[name][i].result
+            row = {"evaluation_id": run.id, "model": name, "idx": i, "id": rid, "prompt": prompt, "completion": ref,
                    "prediction": got["preds"][i], "prompt_tokens": r.prompt_tokens,
                    "completion_tokens": r.completion_tokens, "latency_ms": got["latency"][i]}
-            user = {m.name: got["values"][m.name][i] for m in wanted if m.sql}
-            row.update({m.name: got["values"][m.name][i] for m in wanted if not m.sql})
+            user = {m.name: got["values"][m.name][i] for m in run.wanted if m.sql}
+            row.update({m.name: got["values"][m.name][i] for m in run.wanted if not m.sql})
             row["user_metrics"] = json.dumps(user) if user else None
             rows.append(row)
     with catalog.transaction(cur):
         evaldb.insert_rows(cur, rows)
-        evaldb.update(cur, ev_id, status="SUCCESS", progress=1.0, finished_on=catalog.now_ms(),
+        evaldb.update(cur, run.id, status="SUCCESS", progress=1.0, finished_on=catalog.now_ms(),
                       summary=json.dumps(summary))
     return summary
 
 
-def _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, opts) -> dict[str, Any]:
+def _summary(run: Run, per_model: dict[str, dict[str, list]]) -> dict[str, Any]:
+    """The evaluation's JSON summary: each model's corpus scores with intervals, the paired comparisons."""
+    names, prompts, refs, wanted, opts = run.names, run.prompts, run.refs, run.wanted, run.opts
     models_out: dict[str, Any] = {}
     stats: dict[tuple[str, str], Any] = {}
     for name in names:
@@ -288,7 +323,7 @@ def _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, 
             stats[name, m.name] = M.corpus_stats(m, got["values"][m.name], got["preds"], refs)
             entry[m.name] = M.corpus_from_stats(m, stats[name, m.name].sum(axis=0))
             intervals[m.name] = significance.interval(m, stats[name, m.name], opts.bootstrap_samples, opts.seed)
-        results = [r.result for r in requests[name]]
+        results = [r.result for r in run.requests[name]]
         entry.update(mean_latency_ms=sum(got["latency"]) / len(prompts),
                      prompt_tokens=sum(r.prompt_tokens for r in results),
                      completion_tokens=sum(r.completion_tokens for r in results), intervals=intervals)
@@ -300,17 +335,17 @@ def _summary(ev_id, names, requests, prompts, refs, skipped, wanted, per_model, 
                 comparison.append(significance.compare(
                     m, a, b, per_model[a]["values"][m.name], per_model[b]["values"][m.name], stats[a, m.name],
                     stats[b, m.name], samples=opts.bootstrap_samples, seed=opts.seed))
-    return {"evaluation_id": ev_id, "status": "SUCCESS", "rows": len(prompts), "skipped_rows": skipped,
+    return {"evaluation_id": run.id, "status": "SUCCESS", "rows": len(prompts), "skipped_rows": run.skipped,
             "metrics": [m.name for m in wanted], "models": models_out, "comparison": comparison}
 
 
-def _retention(names, found, loaded, opts) -> dict[str, Any]:
+def _retention(run: Run) -> dict[str, Any]:
     """Forgetting figures for each fine-tuned model of the list (base models have nothing to compare with)."""
     out: dict[str, Any] = {}
-    for name in names:
-        if found[name] is None:
+    for name in run.names:
+        if run.found[name] is None:
             continue
-        model, adapter = loaded[name]
+        model, adapter = run.loaded[name]
 
         def answer(prompts: list[str], which: str | None) -> list[str]:
             reqs = [completion.Request([{"role": "user", "content": p}],
@@ -320,5 +355,5 @@ def _retention(names, found, loaded, opts) -> dict[str, Any]:
 
         figures = retention.measure(answer, lambda pairs, which: likelihood.completion_losses(model, pairs, which),
                                     adapter)
-        out[name] = {"base_model": found[name]["base_model"], **figures}
+        out[name] = {"base_model": run.found[name]["base_model"], **figures}
     return out

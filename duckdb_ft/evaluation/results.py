@@ -6,23 +6,26 @@ inherit the owner) see neither it nor its rows; for them it does not exist.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import evaluations as evaldb
 from ..errors import InvalidArgument, NotFound
 from . import shapes
 
+if TYPE_CHECKING:
+    from ..surface.engine import Engine, Session
 
-def _visible(session: Any) -> set[str] | None:
+
+def _visible(session: Session) -> set[str] | None:
     return None if session.is_admin else session.checker().roles
 
 
-def show(engine: Any, session: Any) -> list[dict[str, Any]]:
+def show(engine: Engine, session: Session) -> list[dict[str, Any]]:
     roles = _visible(session)
     return [shapes.show(e) for e in evaldb.list_all(engine.cursor()) if roles is None or e["owner"] in roles]
 
 
-def _get(engine: Any, session: Any, evaluation_id: Any, action: str) -> dict[str, Any]:
+def _get(engine: Engine, session: Session, evaluation_id: Any, action: str) -> dict[str, Any]:
     if not isinstance(evaluation_id, str) or not evaluation_id.strip():
         raise InvalidArgument(f"{action} needs an evaluation id, e.g. 'ev_...' (FROM finetune_evaluations() lists them)")
     ev = evaldb.get(engine.cursor(), evaluation_id.strip())
@@ -32,11 +35,11 @@ def _get(engine: Any, session: Any, evaluation_id: Any, action: str) -> dict[str
     return ev
 
 
-def describe(engine: Any, session: Any, evaluation_id: Any) -> dict[str, Any]:
+def describe(engine: Engine, session: Session, evaluation_id: Any) -> dict[str, Any]:
     return shapes.describe(_get(engine, session, evaluation_id, "finetune('DESCRIBE EVALUATION', id)"))
 
 
-def rows(engine: Any, session: Any, evaluation_id: Any) -> list[dict[str, Any]]:
+def rows(engine: Engine, session: Session, evaluation_id: Any) -> list[dict[str, Any]]:
     import json
 
     ev = _get(engine, session, evaluation_id, "finetune_evaluation(id)")

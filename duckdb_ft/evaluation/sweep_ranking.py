@@ -11,7 +11,7 @@ validation loss and the score columns are NULL.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import catalog
 from ..errors import InvalidArgument
@@ -20,10 +20,13 @@ from ..ml import data
 from ..queries import check_query
 from . import evaluate as evaluation
 
+if TYPE_CHECKING:
+    from ..surface.engine import Engine, Session
+
 KEYS = ("eval_query", "eval_metric")
 
 
-def check(engine: Any, session: Any, options: str | None) -> dict[str, str] | None:
+def check(engine: Engine, session: Session, options: str | None) -> dict[str, str] | None:
     """The sweep's evaluation options, checked; None when the options name neither."""
     try:
         raw = json.loads(options or "{}")
@@ -47,7 +50,7 @@ def check(engine: Any, session: Any, options: str | None) -> dict[str, str] | No
     return {"eval_query": sql, "eval_metric": metric}
 
 
-def with_scores(engine: Any, session: Any, sweep_id: str, ranking: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_scores(engine: Engine, session: Session, sweep_id: str, ranking: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``ranking`` (from jobs.sweep.rank) with the task metric, evaluated once when every job has finished."""
     cur = engine.cursor()
     row = catalog.one(cur, f"SELECT eval_query, eval_metric, eval_scores FROM {catalog.SCHEMA}.sweeps WHERE id = ?",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlglot import exp
 
@@ -20,6 +20,9 @@ from ..errors import InvalidArgument
 from ..governance.authorize import authorize_query
 from ..queries import check_query, parse
 from .metrics import BUILTIN, Metric
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
 
 ROWS = "__ft_eval_rows"
 COLUMNS = ("id", "model", "prompt", "completion", "prediction")
@@ -56,7 +59,7 @@ def _one_expression(stmt: Any) -> bool:
     return not extra and source is not None and isinstance(source.this, exp.Table) and source.this.name == ROWS
 
 
-def check(cur: Any, session: Any, metric: Metric) -> Metric:
+def check(cur: Any, session: Session, metric: Metric) -> Metric:
     """Bind the expression on the evaluation's columns; returns the metric with ``binary`` set from its type.
 
     Raises InvalidArgument (not one expression, does not bind, not BOOLEAN or numeric) or PermissionDenied (it

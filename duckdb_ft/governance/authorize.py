@@ -22,7 +22,7 @@ duckdb-ft's internal functions (``__ft_*``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import sqlglot
@@ -33,6 +33,10 @@ from ..catalog import access as accessdb, objects
 from ..errors import InvalidArgument, PermissionDenied
 from ..queries import DIALECT
 from .bound import SAFE_PLAN_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Reading, Resolver, parse_query, plan_scans
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
+    from .roles import Checker
 
 
 @dataclass
@@ -47,11 +51,11 @@ class Decision:
     drops: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _deny(what: str, session: Any) -> PermissionDenied:
+def _deny(what: str, session: Session) -> PermissionDenied:
     return PermissionDenied(f"Insufficient privileges: {what} (current role: {session.role})")
 
 
-def authorize(session: Any, sql: str, con: Any = None, params: Any = None) -> list[Decision]:
+def authorize(session: Session, sql: str, con: Any = None, params: Any = None) -> list[Decision]:
     """Check a non-administrator's plain SQL before DuckDB runs it; one :class:`Decision` per statement.
 
     ``con`` is the session's own DuckDB connection (its temporary objects and macros), or None for the engine's.
@@ -66,7 +70,7 @@ def authorize(session: Any, sql: str, con: Any = None, params: Any = None) -> li
             for st in statements]
 
 
-def authorize_query(session: Any, cur: Any, sql: str, what: str = "query") -> set[str]:
+def authorize_query(session: Session, cur: Any, sql: str, what: str = "query") -> set[str]:
     """A query that duckdb-ft runs for the session (a FINETUNE training query, ...): SELECT on what it reads,
     and no FINETUNE inside it. Returns what it reads (schema.name). The administrator passes every check."""
     try:
@@ -87,7 +91,7 @@ def authorize_query(session: Any, cur: Any, sql: str, what: str = "query") -> se
     return _check_query(session, cur, res, reading, sql)
 
 
-def _check_reading(session: Any, reading: Reading) -> None:
+def _check_reading(session: Session, reading: Reading) -> None:
     if reading.internal:
         raise _deny(f"duckdb-ft's internal functions ({', '.join(sorted(reading.internal))}) are called only "
                     "through finetune(), complete() and the other public functions", session)
@@ -103,7 +107,7 @@ def _check_reading(session: Any, reading: Reading) -> None:
                     f"administrator only", session)
 
 
-def _check_query(session: Any, cur: Any, res: Resolver, reading: Reading, plan_sql: str | None,
+def _check_query(session: Session, cur: Any, res: Resolver, reading: Reading, plan_sql: str | None,
                  exclude_scans: set[str] = frozenset()) -> set[str]:
     """SELECT on what the parse names (checked before binding) and on what the plan scans."""
     _check_reading(session, reading)
@@ -123,7 +127,7 @@ def _check_query(session: Any, cur: Any, res: Resolver, reading: Reading, plan_s
     return names | scanned
 
 
-def _require_select(session: Any, res: Resolver, name: tuple[str, str, str]) -> str:
+def _require_select(session: Session, res: Resolver, name: tuple[str, str, str]) -> str:
     """SELECT on one relation of the main database (resolved), which must exist and not be duckdb-ft's."""
     local = res.local(name, session.role)
     if name[1].lower() == catalog.SCHEMA:
@@ -137,7 +141,8 @@ def _require_select(session: Any, res: Resolver, name: tuple[str, str, str]) -> 
     return local
 
 
-def _names_read(session: Any, cur: Any, res: Resolver, reading: Reading, check: Any, seen: set[str]) -> set[str]:
+def _names_read(session: Session, cur: Any, res: Resolver, reading: Reading, check: Checker,
+                seen: set[str]) -> set[str]:
     """SELECT on every relation the parse names, views followed (on DuckDB's parse of their query) to theirs."""
     names = set()
     for ref in reading.refs:
@@ -156,7 +161,7 @@ def _names_read(session: Any, cur: Any, res: Resolver, reading: Reading, check: 
     return names
 
 
-def _one_sqlglot(session: Any, text: str) -> exp.Expression:
+def _one_sqlglot(session: Session, text: str) -> exp.Expression:
     try:
         parsed = [e for e in sqlglot.parse(text, read=DIALECT) if e is not None]
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
@@ -166,7 +171,7 @@ def _one_sqlglot(session: Any, text: str) -> exp.Expression:
     return parsed[0]
 
 
-def _queries(session: Any, cur: Any, stmt: exp.Expression) -> Reading:
+def _queries(session: Session, cur: Any, stmt: exp.Expression) -> Reading:
     """DuckDB's parse of every query inside a DML/DDL statement (each outermost query, with the statement's CTEs)."""
     out = Reading()
     with_ = stmt.args.get("with")
@@ -182,7 +187,7 @@ def _queries(session: Any, cur: Any, stmt: exp.Expression) -> Reading:
     return out
 
 
-def _target(session: Any, res: Resolver, table: Any) -> tuple[str, str, str]:
+def _target(session: Session, res: Resolver, table: Any) -> tuple[str, str, str]:
     if isinstance(table, exp.Schema):
         table = table.this
     if not isinstance(table, exp.Table) or not table.name:
@@ -195,7 +200,7 @@ def _target(session: Any, res: Resolver, table: Any) -> tuple[str, str, str]:
     return name
 
 
-def _statement(session: Any, cur: Any, kind: str, text: str, params: Any = None) -> Decision:
+def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = None) -> Decision:
     res = Resolver(cur, session.schema, params)
     res.text, res.checker = text, session.checker()
     d = Decision(text, kind)
@@ -279,7 +284,7 @@ def _oid(con: Any, local: str) -> int | None:
     return rows[0][0] if rows else None
 
 
-def run_owned(session: Any, con: Any, d: Decision, run: Any) -> Any:
+def run_owned(session: Session, con: Any, d: Decision, run: Any) -> Any:
     """Run a CREATE or DROP (``run()``) and record what the catalog then says was created or dropped, in one
     transaction: the session's own if it opened one (a ROLLBACK takes the owner row too), else a new one.
     ``CREATE ... IF NOT EXISTS`` of an existing object changes no owner; DROP removes the owner row and grants."""

@@ -12,7 +12,7 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -25,6 +25,9 @@ from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
 from ..queries import check_query, check_version, parse_model_name
 from . import lineage
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
 
 @dataclass
 class Request:
@@ -45,7 +48,7 @@ class Request:
     """The option ``version`` was given: the name may exist, and the job adds a version to it."""
 
 
-def check_request(cur: Any, session: Any, name: str | None, base_model: str, training_query: str,
+def check_request(cur: Any, session: Session, name: str | None, base_model: str, training_query: str,
                   validation_query: str | None = None, options: str | None = None) -> Request:
     """CREATE's checks, in order, for CREATE and ESTIMATE alike; raises the first problem, changes nothing.
 
@@ -109,7 +112,7 @@ def split_version_option(options: str | None) -> tuple[str | bool | None, str | 
     return version, json.dumps(raw)
 
 
-def create_job(cur: Any, session: Any, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
+def create_job(cur: Any, session: Session, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
                validation_query: str | None = None, options: str | None = None) -> str:
     """Check everything, copy the data, record a PENDING job; return its id (the caller queues it).
 

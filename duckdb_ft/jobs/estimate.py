@@ -18,17 +18,21 @@ finetune_data_report(...)``): one row per finding, with the row's number in its 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from ..errors import FtError, InvalidArgument
 from ..ml import calibrate, models
+from ..options import TrainingOptions
 from ..prep import clean, report as prep_report, scratch, stage
 from .create import check_request
 
+if TYPE_CHECKING:
+    from ..surface.engine import Session
 
-def _run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
+
+def _run(cur: Any, session: Session, base_model: str, training_query: str, validation_query: str | None,
          options: str | None, with_cost: bool = True, with_rows: bool = False,
          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The report (with the time estimate: ``with_cost``) and, ``with_rows`` only, the per-row findings: one Python
@@ -46,7 +50,7 @@ def _run(cur: Any, session: Any, base_model: str, training_query: str, validatio
         raise InvalidArgument(f"reading the training data failed: {str(e).splitlines()[0]}") from None
 
 
-def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None,
+def _staged_run(cur: Any, session: Session, base_model: str, training_query: str, validation_query: str | None,
                 options: str | None, with_cost: bool, with_rows: bool,
                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     req = check_request(cur, session, None, base_model, training_query, validation_query, options)
@@ -85,7 +89,8 @@ def _staged_run(cur: Any, session: Any, base_model: str, training_query: str, va
     return report, [dict(zip(keys, r)) for r in rows]
 
 
-def _time_estimate(cur: Any, st: Any, path: str, opts: Any, tok: dict[str, Any], report: dict[str, Any]) -> dict:
+def _time_estimate(cur: Any, st: stage.Stage, path: str, opts: TrainingOptions, tok: dict[str, Any],
+                   report: dict[str, Any]) -> dict:
     """Estimated training seconds on this machine: a calibration's seconds per token (:mod:`duckdb_ft.ml.calibrate`)
     times the tokens trained, plus validation (forward only, a third of the cost per token) at each evaluation."""
     if not report["cost"]["train_examples"]:
@@ -109,13 +114,13 @@ def _time_estimate(cur: Any, st: Any, path: str, opts: Any, tok: dict[str, Any],
                                       f"plus the tokenized rows the worker holds"}}
 
 
-def estimate(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
+def estimate(cur: Any, session: Session, base_model: str, training_query: str, validation_query: str | None = None,
              options: str | None = None) -> dict[str, Any]:
     """The ESTIMATE report of what CREATE with these arguments would train on."""
     return _run(cur, session, base_model, training_query, validation_query, options)[0]
 
 
-def data_report(cur: Any, session: Any, base_model: str, training_query: str, validation_query: str | None = None,
+def data_report(cur: Any, session: Session, base_model: str, training_query: str, validation_query: str | None = None,
                 options: str | None = None) -> list[dict[str, Any]]:
     """The per-row findings of ESTIMATE (skipped rows included), ordered by query and row."""
     return _run(cur, session, base_model, training_query, validation_query, options, with_cost=False,

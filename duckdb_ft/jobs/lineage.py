@@ -19,12 +19,15 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import models as modeldb, snapshots
 from ..errors import InvalidArgument, NotFound, PermissionDenied
 from ..options import TrainingOptions
 from ..queries import model_ref, parse_model_ref
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
 
 #: Options that set the LoRA shape, with the LoRA config key each one is.
 SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "target_modules": "target_modules"}
@@ -39,7 +42,8 @@ class Parent:
     base_model: str
 
 
-def find_parent(cur: Any, session: Any, base_model: str, options: str | None, opts: TrainingOptions) -> Parent | None:
+def find_parent(cur: Any, session: Session, base_model: str, options: str | None,
+                opts: TrainingOptions) -> Parent | None:
     """The parent model if ``base_model`` names a fine-tuned model (None: a base model); sets ``opts``'s LoRA shape
     to the parent's. Raises if the role may not use it or the options change its shape."""
     if not isinstance(base_model, str) or not base_model.strip():

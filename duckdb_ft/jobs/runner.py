@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
@@ -23,13 +23,16 @@ from . import shapes
 from .create import create_job
 from .worker import RESUMABLE, Worker
 
+if TYPE_CHECKING:
+    from ..surface.engine import Engine, Session
+
 DIED = "the process running this job stopped at step {step} (killed, crashed or exited)"
 
 
 class JobRunner:
     """The job queue and worker thread of one database."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Engine):
         self.engine = engine
         self._queue: deque[str] = deque()
         self._cv = threading.Condition()
@@ -43,7 +46,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------------------------------------ actions
 
-    def create(self, session: Any, name: str, base_model: str, training_query: str,
+    def create(self, session: Session, name: str, base_model: str, training_query: str,
                validation_query: str | None = None, options: str | None = None) -> str:
         """Check everything, copy the data, record a PENDING job, queue it; return its id."""
         job_id = create_job(self.engine.cursor(), session, self._create_lock, name, base_model, training_query,
@@ -51,25 +54,25 @@ class JobRunner:
         self.submit(job_id)
         return job_id
 
-    def describe(self, job_id: str, session: Any = None) -> dict[str, Any]:
+    def describe(self, job_id: str, session: Session | None = None) -> dict[str, Any]:
         return shapes.describe(self._get(job_id, session))
 
-    def show(self, session: Any = None) -> list[dict[str, Any]]:
+    def show(self, session: Session | None = None) -> list[dict[str, Any]]:
         roles = None if session is None or session.is_admin else session.checker().roles
         return [shapes.show(j) for j in jobdb.list_jobs(self.engine.cursor()) if roles is None or j["owner"] in roles]
 
-    def history(self, job_id: str, session: Any = None) -> list[dict[str, Any]]:
+    def history(self, job_id: str, session: Session | None = None) -> list[dict[str, Any]]:
         self._get(job_id, session)
         return [shapes.history(m) for m in jobdb.metrics(self.engine.cursor(), job_id)]
 
-    def _owned(self, job_id: str, session: Any, action: str) -> dict[str, Any]:
+    def _owned(self, job_id: str, session: Session, action: str) -> dict[str, Any]:
         job = self._get(job_id, session)
         if session is not None and not session.is_admin and job["owner"] not in session.checker().roles:
             raise PermissionDenied(f"Insufficient privileges to operate on job {job_id}: {action} needs "
                                    f"OWNERSHIP (owner: {job['owner']}, current role: {session.role})")
         return job
 
-    def cancel(self, job_id: str, session: Any = None) -> str:
+    def cancel(self, job_id: str, session: Session | None = None) -> str:
         cur = self.engine.cursor()
         with self._cv:
             job = self._owned(job_id, session, "CANCEL")
@@ -84,7 +87,7 @@ class JobRunner:
                 self._cv.notify_all()
         return f"Canceled fine-tuning job: {job_id}"
 
-    def resume(self, job_id: str, session: Any = None) -> str:
+    def resume(self, job_id: str, session: Session | None = None) -> str:
         """Queue an ERROR job again; it continues from its last checkpoint, if it has one."""
         cur = self.engine.cursor()
         with self._cv:
@@ -122,7 +125,7 @@ class JobRunner:
                     return status
                 self._cv.wait(timeout=0.2 if left is None else min(left, 0.2))
 
-    def _get(self, job_id: str, session: Any = None) -> dict[str, Any]:
+    def _get(self, job_id: str, session: Session | None = None) -> dict[str, Any]:
         job = jobdb.get_job(self.engine.cursor(), job_id) if isinstance(job_id, str) else None
         if job is not None and session is not None and not session.is_admin:
             check = session.checker()

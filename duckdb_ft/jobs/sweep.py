@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import catalog
 from ..catalog import jobs as jobdb
@@ -20,6 +20,10 @@ from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
 from ..options import TrainingOptions
 from ..queries import parse_model_name
 from . import lineage
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
+    from .runner import JobRunner
 
 MAX_JOBS = 64
 #: Options that shape the snapshot of rows, which a sweep's jobs share: they cannot vary across its jobs.
@@ -84,7 +88,7 @@ def grid(text: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     return combos, list(axes)
 
 
-def create_sweep(runner: Any, session: Any, name: str, base_model: str, training_query: str,
+def create_sweep(runner: JobRunner, session: Session, name: str, base_model: str, training_query: str,
                  validation_query: str | None, options: str | None, evaluation: dict[str, str] | None = None) -> str:
     """Check every combination, then create the sweep's jobs (``name_1`` ...); return the sweep id."""
     combos, axes = grid(options)
@@ -127,7 +131,7 @@ def create_sweep(runner: Any, session: Any, name: str, base_model: str, training
     return sweep_id
 
 
-def _sweep(runner: Any, session: Any, sweep_id: str) -> dict[str, Any]:
+def _sweep(runner: JobRunner, session: Session, sweep_id: str) -> dict[str, Any]:
     row = catalog.one(runner.engine.cursor(), f"SELECT id, schema_name, name, base_model, swept, owner, created_on "
                       f"FROM {catalog.SCHEMA}.sweeps WHERE id = ?", [sweep_id]) if isinstance(sweep_id, str) else None
     if row is not None and session is not None and not session.is_admin and row[5] not in session.checker().roles:
@@ -137,7 +141,7 @@ def _sweep(runner: Any, session: Any, sweep_id: str) -> dict[str, Any]:
     return dict(zip(("id", "schema_name", "name", "base_model", "swept", "owner", "created_on"), row))
 
 
-def rank(runner: Any, session: Any, sweep_id: str) -> list[dict[str, Any]]:
+def rank(runner: JobRunner, session: Session, sweep_id: str) -> list[dict[str, Any]]:
     """The sweep's jobs, best validation loss first (unfinished and failed jobs last, in creation order)."""
     sweep = _sweep(runner, session, sweep_id)
     swept = json.loads(sweep["swept"])
@@ -156,7 +160,7 @@ def rank(runner: Any, session: Any, sweep_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def cancel(runner: Any, session: Any, sweep_id: str) -> str:
+def cancel(runner: JobRunner, session: Session, sweep_id: str) -> str:
     """Cancel every job of the sweep that is still PENDING or IN_PROGRESS."""
     _sweep(runner, session, sweep_id)
     active = [r[0] for r in runner.engine.cursor().execute(

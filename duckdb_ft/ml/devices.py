@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..options import TrainingOptions
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_machine(opts: Any, machine: Machine | None = None) -> None:
+def check_machine(opts: TrainingOptions, machine: Machine | None = None) -> None:
     """Raise InvalidArgument for scale-out options this machine cannot run: more devices than it has,
     quantization without a CUDA GPU or bitsandbytes, FSDP of quantized weights. ``machine`` None: this one."""
     if machine is None and opts.devices == 1 and opts.strategy == "ddp" and opts.quantization == "none":

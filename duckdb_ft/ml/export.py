@@ -21,18 +21,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import models as modeldb
 from ..errors import AlreadyExists, InvalidArgument, NotFound, RemoteError
 from ..queries import parse_model_ref
 from . import models
 
+if TYPE_CHECKING:
+    from ..surface.engine import Session
+
 FORMATS = ("adapter", "merged", "gguf")
 DTYPES = ("f32", "f16")
 
 
-def export_model(session: Any, name: str, folder: str | None, format: str = "adapter", dtype: str = "f32",
+def export_model(session: Session, name: str, folder: str | None, format: str = "adapter", dtype: str = "f32",
                  push_to_hub: str | None = None, private: bool = True) -> str:
     """Write model ``name`` (``name@version``: that version; else the default) at ``folder`` (which must not
     exist, or be an empty folder) in ``format``; its path.

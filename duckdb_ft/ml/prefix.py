@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .lora_mix import Mixer
+
 #: A shorter common prefix is not worth a separate forward pass.
 MIN_PREFIX_TOKENS = 8
 
@@ -56,7 +58,7 @@ def layout(seqs: Sequence[Sequence[int]], prefix: int, pad: int) -> tuple[Any, A
 
 
 def prefix_cache(model: Any, prefix_ids: Sequence[int], rows: int, adapter_names: Sequence[str] | None,
-                 mixer: Any = None) -> tuple[str, Any]:
+                 mixer: Mixer | None = None) -> tuple[str, Any]:
     """The key/value cache of ``prefix_ids`` for ``rows`` rows: (generate's keyword for it, the cache).
 
     With ``adapter_names`` (one per row, peft's mixed-adapter batch), the prefix runs once per distinct adapter

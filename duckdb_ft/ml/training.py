@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..options import TrainingOptions
 from . import devices
@@ -190,8 +190,8 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, 
     return total / max(n, 1)
 
 
-def _world_step(world: Local, loss_of: Callable[[dict[str, Any]], Any], examples: Any, work: list[Any], mine: bool,
-                pad_id: int, device: str, dtype: Any, n_step: int) -> tuple[float, int]:
+def _world_step(world: Local, loss_of: Callable[[dict[str, Any]], Any], examples: Sequence[Example],
+                work: list[Any], mine: bool, pad_id: int, device: str, dtype: Any, n_step: int) -> tuple[float, int]:
     """A step's micro-batches in a world of processes: backward into ``grad``, gradients combined on the last."""
     loss_sum, tokens = 0.0, 0
     for j, batch in enumerate(iter_packed(examples, work, pad_id)):

@@ -105,8 +105,8 @@ def tokens(cur: Any, st: Stage, findings: str, tokenizer: Any, opts: TrainingOpt
                 "nothing_to_learn_rows": sums["nothing_to_learn"], "train_tokens": sums["train_tokens"]}}
 
 
-def _count_batch(cur: Any, findings: str, batch: pa.Table, pairs: Any, opts: TrainingOptions, context: int | None,
-                 hist: dict[str, Counts], sums: dict[str, int]) -> None:
+def _count_batch(cur: Any, findings: str, batch: pa.Table, pairs: chat_tokens.PairEncoder, opts: TrainingOptions,
+                 context: int | None, hist: dict[str, Counts], sums: dict[str, int]) -> None:
     """One batch of :func:`tokens`: its counts into ``hist`` and ``sums``, its token findings into ``findings``."""
     n_p, n_c = (np.asarray(x, np.int64) for x in pairs.lengths(batch.column("prompt").to_pylist(),
                                                                batch.column("completion").to_pylist()))

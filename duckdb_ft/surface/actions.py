@@ -4,18 +4,19 @@ valid ones. Each takes (engine, session, [arg1..arg5]) and returns the SQL resul
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Callable
 
 from ..errors import InvalidArgument
 from ..evaluation import evaluate as evaluation, results as evaluations, sweep_ranking as sweep_scores
 from ..jobs import sweep
+from .engine import Engine, Session
 
 
-def _show(engine: Any, session: Any, args: list) -> str:
+def _show(engine: Engine, session: Session, args: list) -> str:
     return json.dumps(engine.jobs.show(session))
 
 
-def _create(engine: Any, session: Any, args: list) -> str:
+def _create(engine: Engine, session: Session, args: list) -> str:
     name, base, train_q, val_q, options = args
     for label, value in (("model name", name), ("base model", base), ("training query", train_q)):
         if value is None:
@@ -31,7 +32,7 @@ def _job_arg(args: list, action: str) -> str:
     return args[0]
 
 
-def _wait(engine: Any, session: Any, args: list) -> str:
+def _wait(engine: Engine, session: Session, args: list) -> str:
     timeout = None
     if args[1] is not None:
         try:
@@ -46,7 +47,7 @@ def _wait(engine: Any, session: Any, args: list) -> str:
     return engine.jobs.wait(job_id, timeout, session.interrupted)
 
 
-def _sweep(engine: Any, session: Any, args: list) -> str:
+def _sweep(engine: Engine, session: Session, args: list) -> str:
     name, base, train_q, val_q, options = args
     for label, value in (("sweep name", name), ("base model", base), ("training query", train_q),
                          ("options", options)):
@@ -58,12 +59,12 @@ def _sweep(engine: Any, session: Any, args: list) -> str:
     return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options, evaluation_options)
 
 
-def _evaluate(engine: Any, session: Any, args: list) -> str:
+def _evaluate(engine: Engine, session: Session, args: list) -> str:
     models, query, options = args[0], args[1], args[2]
     return evaluation.evaluate(engine, session, models, query, options)
 
 
-def _estimate(engine: Any, session: Any, args: list) -> str:
+def _estimate(engine: Engine, session: Session, args: list) -> str:
     base, train_q, val_q, options = args[0], args[1], args[2], args[3]
     for label, value in (("base model", base), ("training query", train_q)):
         if value is None:
@@ -75,7 +76,7 @@ def _estimate(engine: Any, session: Any, args: list) -> str:
 
 
 #: FINETUNE's actions: each takes (engine, session, [arg1..arg5]) and returns the SQL result as text.
-ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
+ACTIONS: dict[str, Callable[[Engine, Session, list], str]] = {
     "CREATE": _create,
     "SHOW": _show,
     "DESCRIBE": lambda e, s, a: json.dumps(e.jobs.describe(_job_arg(a, "DESCRIBE"), s)),
@@ -93,7 +94,7 @@ ACTIONS: dict[str, Callable[[Any, Any, list], str]] = {
 }
 
 
-def finetune_action(engine: Any, session: Any, action: str | None, args: list) -> str:
+def finetune_action(engine: Engine, session: Session, action: str | None, args: list) -> str:
     key = " ".join((action or "").split()).upper()
     if key not in ACTIONS:
         raise InvalidArgument(f"unknown FINETUNE action {action!r}; valid actions: {', '.join(ACTIONS)}")

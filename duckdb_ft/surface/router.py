@@ -12,11 +12,12 @@ from typing import Any
 
 from ..catalog import access as accessdb
 from ..governance.authorize import authorize, run_owned
+from .engine import Session
 from .grammar import parse_ft_statement
 from .statements import HANDLERS
 
 
-def run(session: Any, con: Any, sql: str, params: Any = None) -> Any:
+def run(session: Session, con: Any, sql: str, params: Any = None) -> Any:
     """Run one statement for ``session``: a pyarrow Table for duckdb-ft statements, else DuckDB's result."""
     st = parse_ft_statement(sql) if isinstance(sql, str) else None
     if st is not None:
@@ -37,7 +38,7 @@ def run(session: Any, con: Any, sql: str, params: Any = None) -> Any:
     return result
 
 
-def forget_dropped(session: Any, sql: str) -> None:
+def forget_dropped(session: Session, sql: str) -> None:
     """After the administrator's plain SQL: a DROP takes the owner rows of what it dropped (a name reused later
     is not the old owner's)."""
     if isinstance(sql, str) and "drop" in sql.lower() and not session.engine.read_only:

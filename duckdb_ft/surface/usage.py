@@ -15,10 +15,12 @@ from typing import Any, Sequence
 from ..catalog import usage as usagedb
 from ..ml import complete as completion
 from ..queries import model_ref
+from .engine import Engine, Session
 
 
-def complete_and_record(engine: Any, session: Any, models: Sequence[str | None], prompts: Sequence[str | None],
-                        options: Sequence[str | None] | None, *, try_mode: bool) -> list[str | None]:
+def complete_and_record(engine: Engine, session: Session, models: Sequence[str | None],
+                        prompts: Sequence[str | None], options: Sequence[str | None] | None, *,
+                        try_mode: bool) -> list[str | None]:
     """:func:`complete_rows` over one chunk, its usage added to the engine's recorder and flushed (one transaction
     per call, whether the call succeeded or raised)."""
     found: dict[str, dict | None] = {}
@@ -55,7 +57,7 @@ def record(recorder: usagedb.UsageRecorder, function: str, role: str, models: Se
                      errors=errors)
 
 
-def usage_rows(engine: Any, session: Any) -> list[dict[str, Any]]:
+def usage_rows(engine: Engine, session: Session) -> list[dict[str, Any]]:
     """The usage history the session's role may see: its own roles' rows; the administrator's: everyone's."""
     engine.usage.flush()
     check = session.checker()
