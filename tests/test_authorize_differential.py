@@ -2,10 +2,12 @@
 
 Statements come from a small grammar: CTEs (shadowing table names or not), subqueries, set operations, joins,
 PIVOT (with and without an IN list), UNPIVOT, FROM-first, views over views, INSERT ... RETURNING, DESCRIBE of a
-query, three-part names, other databases, quoting and case. For each one the attacker's session either is
+query, three-part names, other databases, quoting and case, scalar function calls (allowed and not: sequences,
+settings, catalog-reading scalars, unknown names), enum types in casts and column definitions. For each one the attacker's session either is
 refused (and then nothing changed), or is allowed, and then every table DuckDB's profiler saw the statement scan
 (run as the administrator in a transaction that is rolled back) is one the authorizer named, and one the role may
-read. ``DUCKDB_FT_FUZZ_EXAMPLES`` raises the count (``make fuzz-authorize``).
+read, and every function DuckDB's binder bound for it is on the allow-list; the administrator's sequence
+never advances. ``DUCKDB_FT_FUZZ_EXAMPLES`` raises the count (``make fuzz-authorize``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
 from duckdb_ft.governance.authorize import authorize
+from duckdb_ft.governance.calls import PUBLIC_MACROS
+from duckdb_ft.governance.function_list import ALLOWED_FUNCTIONS
 
 from test_attacks import setup_attack_db, user_connection
 
@@ -30,6 +34,14 @@ NAMES = ["pub", "secret", "logt", "v_pub", "v_sec", "v_v", "mine", "main.pub", "
          "memory.main.secret", "hr.main.salaries", "hr.pub", "hr.main.pub", '"PUB"', '"Secret"', "Pub", "SECRET",
          '"main"."pub"', "main.v_pub", "temp.main.pub", "system.main.duckdb_tables"]
 CTE_NAMES = ["secret", "pub", "c1", "logt"]
+#: Scalar expressions over (s, x): allowed ones, and ones only the administrator may run.
+SCALARS = ["upper(s)", "length(s)", "abs(x)", "x + 1", "coalesce(s, 'z')", "hash(s)", "list_value(x)[1]",
+           "current_date", "s || 'a'", "'q1'::VARCHAR", "x::DOUBLE", "if(x > 1, s, 'z')", "md5(s)",
+           "nextval('seq')", "currval('seq')", "setval('seq', 9)", "current_setting('threads')", "current_schema",
+           "current_database()", "version()", "s::mood", "'calm'::mood", "enum_range(NULL::mood)",
+           "json_serialize_plan('SELECT 1')", "system.main.nextval('seq')", "getenv('HOME')", "no_such_function(x)",
+           "pg_catalog.current_database()", "'seq'.nextval()", "NULL::STRUCT(a mood)"]
+TYPES = ["VARCHAR", "mood", "INTEGER[]", "STRUCT(a mood)", "ENUM('a', 'b')", "main.mood", "no_such_type", "JSON"]
 
 
 def _extend(sub: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -46,6 +58,9 @@ def _extend(sub: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
                           f"(PIVOT {r} ON s IN ('q1', 'salary 1') USING sum(x)))"),
         sub.map(lambda r: f"(SELECT 'p' AS s, 1::BIGINT AS x FROM (PIVOT {r} ON s USING sum(x)))"),
         sub.map(lambda r: f"(SELECT s, v::BIGINT AS x FROM (UNPIVOT (SELECT s, x FROM {r}) ON x INTO NAME k VALUE v))"),
+        st.tuples(sub, st.sampled_from(SCALARS)).map(
+            lambda t: f"(SELECT ({t[1]})::VARCHAR AS s, x::BIGINT AS x FROM {t[0]})"),
+        st.tuples(sub, st.sampled_from(SCALARS)).map(lambda t: f"(SELECT s, x FROM {t[0]} WHERE ({t[1]}) IS NOT NULL)"),
         st.tuples(sub, st.sampled_from(CTE_NAMES)).map(
             lambda t: f"(SELECT * FROM {t[0]} WHERE 1 IN (WITH {t[1]} AS (SELECT 1) SELECT * FROM {t[1]}))"),
     )
@@ -72,6 +87,10 @@ STATEMENTS = st.one_of(
     relation(3).map(lambda r: f"CREATE OR REPLACE TABLE fuzz_t AS SELECT * FROM {r}"),
     relation(3).map(lambda r: f"UPDATE logt SET x = x WHERE x IN (SELECT x FROM {r})"),
     relation(3).map(lambda r: f"SHOW SELECT * FROM {r}"),
+    st.sampled_from(SCALARS).map(lambda e: f"INSERT INTO logt VALUES (({e})::VARCHAR, 1)"),
+    st.sampled_from(SCALARS).map(lambda e: f"SET VARIABLE fz = {e}"),
+    st.tuples(st.sampled_from(SCALARS), st.sampled_from(TYPES)).map(
+        lambda t: f"CREATE OR REPLACE TABLE fuzz_c (a VARCHAR DEFAULT ({t[0]})::VARCHAR, b {t[1]})"),
 )
 
 
@@ -81,6 +100,8 @@ def world():
     setup_attack_db(admin)
     admin.execute("CREATE VIEW v_v AS SELECT * FROM v_pub")
     admin.execute("GRANT SELECT ON VIEW v_v TO ROLE attacker").fetchall()
+    admin.execute("CREATE SEQUENCE seq")
+    admin.execute("CREATE TYPE mood AS ENUM ('calm', 'q1')")
     u1 = user_connection(admin, "u1")
     u1.execute("CREATE VIEW mine AS SELECT * FROM v_pub")
     probe = admin.duckdb_connection.cursor()
@@ -88,6 +109,8 @@ def world():
     counts = {"allowed": 0, "denied": 0}
     yield admin, u1, probe, counts
     print(f"\ndifferential authorizer fuzz: {counts}")
+    assert admin.execute("SELECT last_value FROM duckdb_sequences() WHERE sequence_name = 'seq'").fetchall() == \
+        [(None,)], "an allowed statement advanced the administrator's sequence"
     assert counts["allowed"] > EXAMPLES // 20, f"the grammar should produce allowed statements too: {counts}"
     u1.close()
     admin.close()
@@ -125,7 +148,32 @@ def state(admin):
         (SELECT string_agg(n, ',' ORDER BY n) FROM (SELECT view_name || sql AS n FROM duckdb_views()
          WHERE NOT internal)),
         (SELECT string_agg(n, ',' ORDER BY n) FROM (SELECT object_name || owner AS n
-         FROM duckdb_ft.object_owners))""").fetchall()
+         FROM duckdb_ft.object_owners)),
+        (SELECT string_agg(sequence_name || ':' || coalesce(last_value::VARCHAR, '-'), ',') FROM duckdb_sequences())
+        """).fetchall()
+
+
+def bound_functions(probe, sql: str) -> set[str]:
+    """The functions DuckDB's binder bound for a query (its serialized plan, as the administrator binds it)."""
+    try:
+        tree = json.loads(probe.execute("SELECT json_serialize_plan(?)", [sql]).fetchall()[0][0])
+    except duckdb.Error:
+        return set()
+    out = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            path = (node.get("qname") or {}).get("path") if isinstance(node.get("qname"), dict) else None
+            if path and str(node.get("expression_class", "")).startswith("BOUND_"):  # not a table function
+                out.add(str(path[-1]).lower())
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(tree)
+    return out
 
 
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,
@@ -137,13 +185,17 @@ def test_no_statement_scans_a_table_the_authorizer_did_not_name(world, sql):
         decisions = authorize(u1.session, sql, u1._raw)
     except (PermissionDenied, duckdb.Error):  # refused by the authorizer, or by DuckDB's own parser
         counts["denied"] += 1
-        if sql.split()[0] in ("INSERT", "UPDATE", "CREATE"):  # through the session, as a user runs it
+        if sql.split()[0] in ("INSERT", "UPDATE", "CREATE", "SET") or "seq" in sql:  # through the session
             before = state(admin)
             with pytest.raises(duckdb.Error):
                 u1.execute(sql).fetchall()
             assert state(admin) == before, f"denied but changed something: {sql}"
         return
     counts["allowed"] += 1
+    if sql.split()[0] in ("SELECT", "FROM"):
+        unlisted = {f for f in bound_functions(probe, sql) - ALLOWED_FUNCTIONS - PUBLIC_MACROS
+                    if f.startswith("__ft_") or not f.startswith("__")}  # __cast ...: the binder's own rewrites
+        assert not unlisted, f"{sql}: allowed, but DuckDB bound {unlisted}"
     truth = profile(probe, sql)  # None: DuckDB refuses it (a type error), so nothing ran
     if truth is not None:
         named = {f"memory.{n}".lower() for d in decisions for n in d.reads}

@@ -5,6 +5,8 @@
   plan (``EXPLAIN``), names resolved in DuckDB's catalog as database.schema.name.
 - :mod:`.authorize`: a non-administrator's plain SQL (and FINETUNE's queries), authorized on that before DuckDB runs
   it; ownership of what it creates, recorded in the same transaction.
+- :mod:`.calls` (with the data of :mod:`.function_list`): the functions and types a user may name, an allow-list
+  derived from DuckDB's own function catalog.
 - :mod:`.sqlglot_reads`: sqlglot's reading (a second reading of the text, never what a decision rests on) of a statement (``tables_read``), still used by :meth:`Checker.require_read`'s
   view following and the evaluation's user metrics; authorize.py uses sqlglot only to name DML/DDL targets.
 

@@ -15,7 +15,8 @@ Deny by default. DuckDB's own parser splits the text and names each statement's 
 Everything else is for the administrator: SET/RESET/USE, PRAGMA, ATTACH/DETACH, COPY, EXPORT/IMPORT, INSTALL/LOAD,
 CALL, EXPLAIN, CREATE of anything else (macros, secrets, temporary tables, sequences, ...), SHOW of the catalog
 (SHOW TABLES lists what the role may not see), PIVOT without an IN list (DuckDB runs a query to bind it), table
-functions other than :data:`bound.SAFE_TABLE_FUNCTIONS`, other databases, the ``duckdb_ft`` schema, and
+functions other than :data:`bound.SAFE_TABLE_FUNCTIONS`, scalar/aggregate/window functions off the allow-list and
+types the administrator created (:mod:`.calls`), other databases, the ``duckdb_ft`` schema, and
 duckdb-ft's internal functions (``__ft_*``).
 """
 
@@ -32,6 +33,7 @@ from .. import catalog
 from ..catalog import access as accessdb, objects
 from ..errors import InvalidArgument, PermissionDenied
 from ..queries import DIALECT
+from .calls import check_calls, outside_queries
 from .bound import SAFE_PLAN_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Reading, Resolver, parse_query, plan_scans
 
 if TYPE_CHECKING:
@@ -111,6 +113,7 @@ def _check_query(session: Session, cur: Any, res: Resolver, reading: Reading, pl
                  exclude_scans: set[str] = frozenset()) -> set[str]:
     """SELECT on what the parse names (checked before binding) and on what the plan scans."""
     _check_reading(session, reading)
+    check_calls(session, cur, reading.named, reading.types)
     check = res.checker
     names = _names_read(session, cur, res, reading, check, set())
     if plan_sql is None:
@@ -180,6 +183,8 @@ def _queries(session: Session, cur: Any, stmt: exp.Expression) -> Reading:
         if isinstance(node, exp.Query) and not isinstance(node, exp.With) \
                 and node.find_ancestor(exp.Query, exp.With) is None:
             out.merge(parse_query(cur, prefix + node.sql(dialect=DIALECT)))
+    for text in outside_queries(stmt):  # SET values, VALUES rows, defaults, column types: their calls and types
+        out.merge(parse_query(cur, text))
     for func in stmt.find_all(exp.Anonymous, exp.Func):
         name = func.sql_name().lower() if not isinstance(func, exp.Anonymous) else str(func.this).lower()
         if name.startswith("__ft_"):
@@ -254,10 +259,9 @@ def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = N
         if existing and not check.owns(existing, local) and (stmt.args.get("replace") or not stmt.args.get("exists")):
             raise PermissionDenied(f"Insufficient privileges to operate on {existing.lower()} '{local}': it exists "
                                    f"and replacing it needs OWNERSHIP (current role: {session.role})")
-        query = stmt.expression
-        if query is not None:
-            plan = text if ckind == "TABLE" else query.sql(dialect=DIALECT)
-            d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), plan) - {local}
+        query = stmt.expression  # its query, or none: column types and defaults are checked all the same
+        plan = None if query is None else text if ckind == "TABLE" else query.sql(dialect=DIALECT)
+        d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), plan) - {local}
         d.creates = (ckind, local)
         return d
     dkind = str(stmt.args.get("kind") or "").upper() if isinstance(stmt, exp.Drop) else ""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PermissionDenied
+from .calls import walk_node
 
 #: Table functions a role may call: they read nothing outside the query (finetune/finetune_history are
 #: duckdb-ft's own table macros, checked by their functions).
@@ -45,6 +46,8 @@ class Reading:
     unbound_pivots: int = 0  # PIVOT without an IN list: DuckDB runs a query to bind it
     internal: set[str] = field(default_factory=set)  # duckdb-ft's internal UDFs named directly
     calls: set[str] = field(default_factory=set)  # every scalar function named (lower case, without its schema)
+    named: set[Name] = field(default_factory=set)  # every call, as (catalog, schema, name): checked by .calls
+    types: set[Name] = field(default_factory=set)  # every type named (casts, column types)
 
     def merge(self, other: "Reading") -> None:
         self.refs |= other.refs
@@ -53,6 +56,8 @@ class Reading:
         self.unbound_pivots += other.unbound_pivots
         self.internal |= other.internal
         self.calls |= other.calls
+        self.named |= other.named
+        self.types |= other.types
 
 
 def parse_query(cur: Any, sql: str) -> Reading:
@@ -101,6 +106,7 @@ def _walk(node: Any, scope: frozenset, out: Reading) -> None:
         for p in node.get("pivots") or []:
             if not p.get("entries") and not p.get("pivot_enum"):
                 out.unbound_pivots += 1
+    walk_node(node, out.named, out.types)
     if node.get("class") == "FUNCTION":
         fname = str(node.get("function_name", "")).lower()
         out.calls.add(fname)
