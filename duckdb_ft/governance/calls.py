@@ -22,7 +22,7 @@ identifiers DuckDB's binder turns into function calls (``current_schema``, ``use
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from sqlglot import exp
@@ -30,6 +30,9 @@ from sqlglot import exp
 from ..errors import PermissionDenied
 from ..queries import DIALECT
 from .function_list import ALLOWED_FUNCTIONS
+
+if TYPE_CHECKING:
+    from ..surface.engine import Session
 
 #: Bare identifiers DuckDB's binder turns into a call when no column has the name (SQL's value functions).
 SQL_VALUE_FUNCTIONS = {"current_catalog", "current_date", "current_schema", "current_role", "current_time",
@@ -51,7 +54,7 @@ REVIEWED_ADMIN = {"current_setting", "current_database", "current_schema", "curr
                   "current_query", "current_query_id", "current_transaction_id"}
 
 
-def deny_call(session: Any, what: str, name: str) -> PermissionDenied:
+def deny_call(session: Session, what: str, name: str) -> PermissionDenied:
     """The one error for a function or type that does not exist or that the role may not use."""
     return PermissionDenied(f"Insufficient privileges: {what} '{name}' does not exist or is for the administrator "
                             f"only (current role: {session.role})")
@@ -77,7 +80,7 @@ def shadowed(cur: Any) -> set[str]:
     return {r[0] for r in rows}
 
 
-def check_calls(session: Any, cur: Any, calls: set[tuple[str, str, str]], types: set[tuple[str, str, str]]) -> None:
+def check_calls(session: Session, cur: Any, calls: set[tuple[str, str, str]], types: set[tuple[str, str, str]]) -> None:
     """Every call and type a user's statement names is allowed; else the one error (:func:`deny_call`)."""
     if not calls and not types:
         return
