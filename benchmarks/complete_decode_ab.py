@@ -1,5 +1,5 @@
 """COMPLETE's greedy decoding, A/B in one process: continuous batching (``duckdb_ft/ml/decode.py``) against
-``model.generate`` per batch (``complete.CONTINUOUS = False``), on the first ``--rows`` rows of
+``model.generate`` per batch (``LoadedModel.continuous = False``), on the first ``--rows`` rows of
 ``complete_throughput.py``'s workload (b) (template prompts, a quarter duplicates), through SQL.
 
 Each round runs both, interleaved; the fastest of each is compared, and the two outputs row by row. With
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import complete_throughput as ct  # noqa: E402
 import duckdb_ft  # noqa: E402
-from duckdb_ft.ml import complete as completion, models  # noqa: E402
+from duckdb_ft.ml import models  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mixed-max-tokens", action="store_true")
     args = ap.parse_args()
-    models.load(ct.MODEL)
+    loaded = models.load(ct.MODEL)
     prompts = ct.make_template_prompts(256)[:args.rows]
     con = duckdb_ft.connect()
     con.execute("CREATE TABLE tmpl (id INTEGER, prompt VARCHAR)")
@@ -49,7 +49,7 @@ def main() -> int:
     outs: dict[bool, list[str]] = {}
     for rnd in range(1, args.rounds + 1):
         for cont in (True, False):
-            completion.CONTINUOUS = cont
+            loaded.continuous = cont
             t0 = time.perf_counter()
             rows = [json.loads(o) for _, o in con.execute(sql).fetchall()]
             s = time.perf_counter() - t0

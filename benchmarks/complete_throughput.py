@@ -24,7 +24,7 @@ and each keeps its fastest pass (other work on a shared machine only ever slows 
 decoded as ``duckdb_ft/ml/complete.py`` decodes them (new tokens up to the first end token,
 ``skip_special_tokens=True``, stripped) and compared row by row with the batched loop's (fp32 both). The share
 of prefill tokens saved is ``1 - (prompt tokens COMPLETE's model computed) / (prompt tokens of every row)``, from
-``duckdb_ft.ml.complete.stats``. The script exits 1 if fewer than 95% of COMPLETE's outputs equal the reference in
+the loaded model's ``stats``. The script exits 1 if fewer than 95% of COMPLETE's outputs equal the reference in
 any workload.
 
 Run from the repository root (``DUCKDB_FT_CACHE=.pytest_cache/model-cache`` reuses the test suite's converted
@@ -178,7 +178,7 @@ def run_complete(con: Any, sql: str, max_tokens: int) -> list[str]:
 def run_per_row(loaded: models.LoadedModel, prompts: Sequence[str], max_tokens: int) -> list[str]:
     model, tok = loaded.model, loaded.tokenizer
     dev = next(model.parameters()).device
-    stop = set(models.stop_ids(model, tok))  # where COMPLETE stops
+    stop = set(completion.stop_ids(model, tok))  # where COMPLETE stops
     outs = []
     with torch.inference_mode():
         for p in prompts:
@@ -193,7 +193,7 @@ def run_batched(loaded: models.LoadedModel, prompts: Sequence[str], max_tokens: 
     """Left-padded batches of ``batch`` rows in table order (under whatever adapter is active)."""
     model, tok = loaded.model, loaded.tokenizer
     dev = next(model.parameters()).device
-    stop = set(models.stop_ids(model, tok))  # where COMPLETE stops
+    stop = set(completion.stop_ids(model, tok))  # where COMPLETE stops
     outs = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch):
@@ -235,17 +235,17 @@ class Workload:
     mismatches: list[dict[str, str]] = field(default_factory=list)
 
 
-def measure(w: Workload, runs: list[tuple[str, Callable[[], list[str]]]], repeat: int,
+def measure(w: Workload, loaded: models.LoadedModel, runs: list[tuple[str, Callable[[], list[str]]]], repeat: int,
             prompts: Sequence[str]) -> None:
     """Run ``runs`` ``repeat`` rounds interleaved; keep each one's fastest; compare with ``w.reference``."""
     results: dict[str, list[str]] = {}
     for round_ in range(1, repeat + 1):
         for name, fn in runs:
-            before = dict(completion.stats)
+            before = dict(loaded.stats)
             t0 = time.perf_counter()
             out = fn()
             s = time.perf_counter() - t0
-            delta = {k: completion.stats[k] - before.get(k, 0) for k in completion.stats}
+            delta = {k: loaded.stats[k] - before.get(k, 0) for k in loaded.stats}
             if delta.get("prompt_tokens"):
                 w.prefill_saved[name] = round(1 - delta["prefill_tokens"] / delta["prompt_tokens"], 4)
                 w.generate_calls[name] = delta["generate_calls"]
@@ -279,7 +279,7 @@ def workload_a(con: Any, loaded: models.LoadedModel, args: Any) -> Workload:
         ("batched", lambda: run_batched(loaded, prompts, args.max_tokens, args.batch))]
     if not args.no_per_row:
         runs.append(("per_row", lambda: run_per_row(loaded, prompts, args.max_tokens)))
-    measure(w, runs, args.repeat, prompts)
+    measure(w, loaded, runs, args.repeat, prompts)
     return w
 
 
@@ -305,7 +305,7 @@ def workload_b(con: Any, loaded: models.LoadedModel, args: Any) -> Workload:
             con, f"SELECT id, complete('{MODEL}', prompt, ?) FROM (SELECT * FROM tmpl_big WHERE pick ORDER BY id)",
             args.max_tokens)),
         ("batched", lambda: run_batched(loaded, prompts, args.max_tokens, args.batch))]
-    measure(w, runs, args.repeat, prompts)
+    measure(w, loaded, runs, args.repeat, prompts)
     return w
 
 
@@ -348,7 +348,7 @@ def workload_c(con: Any, loaded: models.LoadedModel, args: Any) -> Workload:
         con, "SELECT id, complete(model, prompt, ?) FROM mixed ORDER BY id", args.max_tokens)),
         ("batched_per_adapter", lambda: run_per_adapter(loaded, prompts, [keys[m] for m in model_col],
                                                         args.max_tokens, args.batch))]
-    measure(w, runs, args.repeat, prompts)
+    measure(w, loaded, runs, args.repeat, prompts)
     return w
 
 

@@ -106,7 +106,7 @@ def count_generate(monkeypatch, loaded) -> list[int]:
 
 
 def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
-    monkeypatch.setattr(completion, "CONTINUOUS", False)  # model.generate per batch (continuous: see below)
+    monkeypatch.setattr(models.load(tiny_model_path), "continuous", False)  # generate per batch (continuous: below)
     loaded = models.load(tiny_model_path)
     calls = count_generate(monkeypatch, loaded)
     rows = q(con, "SELECT complete(?, 'Question ' || i || repeat(' x', (i % 7)::INT), '{\"max_tokens\": 2}') "
@@ -116,7 +116,7 @@ def test_a_chunk_is_generated_in_few_batches(con, tiny_model_path, monkeypatch):
 
 
 def test_identical_greedy_rows_are_generated_once_and_answered_alike(con, tiny_model_path, monkeypatch):
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    monkeypatch.setattr(models.load(tiny_model_path), "continuous", False)
     loaded = models.load(tiny_model_path)
     alone = {i: json.loads(q(con, "SELECT complete(?, ?, '{\"max_tokens\": 4}')", tiny_model_path,
                               f"Question {i}")[0][0]) for i in range(7)}
@@ -200,12 +200,12 @@ def test_shared_prefix_layout_keeps_a_token_per_row_and_skips_short_prefixes():
 def test_shared_prefix_cache_gives_the_uncached_answers_token_for_token(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import prefix
 
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    monkeypatch.setattr(models.load(tiny_model_path), "continuous", False)
     loaded = models.load(tiny_model_path)
-    before = dict(completion.stats)
+    before = dict(loaded.stats)
     cached = _requests(QUESTIONS, 12)
     completion.generate(loaded, cached)
-    computed = completion.stats["prefill_tokens"] - before.get("prefill_tokens", 0)
+    computed = loaded.stats["prefill_tokens"] - before.get("prefill_tokens", 0)
     prompt = sum(len(r.ids) for r in cached)
     shared = prefix.shared_length([r.ids for r in cached])
     assert shared > 40 and computed == prompt - shared * (len(cached) - 1)  # the prefix ran once, not 7 times
@@ -237,8 +237,8 @@ def _tiny_with_adapters(path, names):
 def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import prefix
 
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b", "ad_c"])
+    monkeypatch.setattr(loaded, "continuous", False)
     names = [None, "ad_a", "ad_b", "ad_c"]
     plan = [(q, names[k % 4]) for k, q in enumerate(QUESTIONS * 2)]  # 14 rows, each adapter on several prompts
     calls = count_generate(monkeypatch, loaded)
@@ -256,8 +256,8 @@ def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny
 
 
 def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model_path, monkeypatch):
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b"])
+    monkeypatch.setattr(loaded, "continuous", False)
     targets = {"base": (loaded, None), "m_a": (loaded, "ad_a"), "m_b": (loaded, "ad_b")}
     calls = []
     original = loaded.model.generate
@@ -302,7 +302,7 @@ def test_continuous_batching_gives_generates_answers_token_for_token(tiny_model_
     assert steps and max(w[0] for w in widths) <= 5  # never more than the slots
     assert any(w[0] < 5 for w in steps[:-5])  # rows left before the end
     assert [c for _, c in cont["base"]] == maxes  # each row its own max_tokens (the tiny model never ends early)
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    monkeypatch.setattr(loaded, "continuous", False)
     monkeypatch.setattr(prefix, "MIN_PREFIX_TOKENS", 10 ** 9)
     for label, adapters in (("base", [None] * len(questions)), ("one", ["ad_a"] * len(questions)), ("mixed", mixed)):
         ref = {}
@@ -320,7 +320,7 @@ def test_continuous_batching_stops_a_row_at_its_end_token(tiny_model_path, monke
 
     loaded = models.load(tiny_model_path)
     ref = _requests(QUESTIONS, 8)
-    monkeypatch.setattr(completion, "CONTINUOUS", False)
+    monkeypatch.setattr(loaded, "continuous", False)
     completion.generate(loaded, ref)
     # A stop token that row 0 produces later than its first token (the first such token: the tiny model may repeat
     # one), so the row ends there, mid-answer, and its answer is cut as generate's is.

@@ -30,10 +30,10 @@ def test_fit_context_gives_the_new_tokens_or_one_error_for_complete_and_evaluate
 def test_stop_ids_are_the_generation_configs_end_tokens_then_padding():
     tok = SimpleNamespace(eos_token_id=2, pad_token_id=0)
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 7]))
-    assert models.stop_ids(model, tok) == [2, 7, 0]
+    assert completion.stop_ids(model, tok) == [2, 7, 0]
     model.generation_config.eos_token_id = None  # the tokenizer's end token then
-    assert models.stop_ids(model, tok) == [2, 0]
-    assert models.stop_ids(model, SimpleNamespace(eos_token_id=2, pad_token_id=2)) == [2]
+    assert completion.stop_ids(model, tok) == [2, 0]
+    assert completion.stop_ids(model, SimpleNamespace(eos_token_id=2, pad_token_id=2)) == [2]
 
 
 def test_bfloat16_native_is_what_training_auto_dtype_and_complete_ask():

@@ -270,7 +270,8 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
     total = len(run.names) * len(run.prompts)
     per_model: dict[str, dict[str, list]] = {}
     for k, name in enumerate(run.names):
-        model, adapter = run.loaded[name]
+        # resolved again: its adapter is attached again if other models' evicted it since (models.MAX_ADAPTERS)
+        model, adapter = run.loaded[name] = engine.resolve_model(session, name)
         RUNNING.get(session.id, {}).update(model=name)
         latency = _generate(session, cur, run.id, model, adapter, run.requests[name], run.lengths[name],
                             k * len(run.prompts), total)

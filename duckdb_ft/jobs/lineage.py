@@ -92,6 +92,9 @@ def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:
     return found[0]
 
 
+#: Weight digests computed, by folder and its files' sizes and times, the oldest dropped past ``MAX_HASHES`` (a
+#: process names few base models; a folder rewritten in place gets a new key, its old digest goes in time).
+MAX_HASHES = 32
 _hashes: dict[tuple, str] = {}
 _hash_lock = threading.Lock()
 
@@ -111,8 +114,10 @@ def weights_hash(path: str) -> str | None:
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
-        _hashes[(path, key)] = h.hexdigest()
-        return _hashes[(path, key)]
+        _hashes[(path, key)] = digest = h.hexdigest()
+        while len(_hashes) > MAX_HASHES:
+            del _hashes[next(iter(_hashes))]
+        return digest
 
 
 def model_lineage(cur: Any, job: dict[str, Any], rows_of: str, path: str, adapter: bytes,

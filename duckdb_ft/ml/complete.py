@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument
 from ..options import CompleteOptions
 from . import decode, devices, lora_mix, prefix
-from .models import LoadedModel, stop_ids
+from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
 #: so duckdb-ft stops at 512 unless ``max_tokens`` asks for more.
 DEFAULT_MAX_TOKENS = 512
 BATCH_ROWS = 64
-#: Greedy rows decode with continuous batching (``decode.py``); False: ``model.generate`` per batch (the reference).
-CONTINUOUS = True
 ROLES = ("system", "user", "assistant")
 
 
@@ -105,6 +101,11 @@ def generate(
     per_row = list(adapters) if adapters is not None else [adapter] * len(requests)
     if len(per_row) != len(requests):
         raise ValueError(f"{len(requests)} requests but {len(per_row)} adapters")
+    used = list(dict.fromkeys(per_row))
+    loaded.use_adapters(used)
+    gone = [a for a in used if a is not None and a not in loaded.adapters]
+    if gone:  # evicted by other calls since it was resolved (models.MAX_ADAPTERS)
+        raise AdapterEvicted(f"adapter(s) {', '.join(sorted(gone))} of '{loaded.name}' were evicted: resolve again")
     firsts: dict[tuple, Request] = {}
     copies: list[tuple[Request, Request]] = []
     unique: list[tuple[Request, str | None]] = []
@@ -116,18 +117,32 @@ def generate(
                 continue
             firsts[key] = r
         unique.append((r, a))
-    _generate_unique(loaded, unique, fail_fast=fail_fast)
+    try:
+        _generate_unique(loaded, unique, fail_fast=fail_fast)
+    finally:
+        loaded.evict_adapters()  # once done: at most models.MAX_ADAPTERS stay, the least recently used go
     for r, first in copies:
         r.ids, r.max_new, r.result, r.error = first.ids, first.max_new, first.result, first.error
-    with _stats_lock:
-        stats["rows"] += len(requests)
-        stats["prompt_tokens"] += sum(len(r.ids) for r in requests if r.ids is not None and r.error is None)
+    with loaded.lock:
+        loaded.stats["rows"] += len(requests)
+        loaded.stats["prompt_tokens"] += sum(len(r.ids) for r in requests if r.ids is not None and r.error is None)
 
 
-#: Counters since the process started (the benchmark reads them): rows asked for, rows generated (after
-#: duplicates), ``generate`` calls, prompt tokens of every row, and prompt tokens the model actually computed.
-stats: Counter = Counter()
-_stats_lock = threading.Lock()
+class AdapterEvicted(FtError):
+    """A row's adapter was evicted from its base model between resolving the model and generating: resolve the
+    model again (which attaches it again) and retry."""
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens generation stops at, for COMPLETE and for the generation config of an export: the model's
+    generation config's end tokens (the tokenizer's end token where it names none), and the padding token."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ids:
+        ids.append(tokenizer.pad_token_id)
+    return ids
 
 
 def prompt_ids(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
@@ -183,7 +198,7 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
         return (r.options.dtype, r.options.temperature, r.options.top_p, r.max_new)
 
     todo.sort(key=lambda item: (kind(item), item[1] or "", len(item[0].ids)))
-    if CONTINUOUS and decode.supported(loaded.model):
+    if loaded.continuous and decode.supported(loaded.model):
         for dtype in dict.fromkeys(r.options.dtype for r, _ in todo):
             # every greedy row of one dtype, whatever its max_tokens, shares one continuous batch
             greedy = [item for item in todo if item[0].options.temperature == 0 and item[0].options.dtype == dtype]
@@ -227,10 +242,11 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
             if mixer is not None:
                 kwargs.update(mixer.kwargs(adapters))
             out = model.generate(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), **kwargs)
-    with _stats_lock:
-        stats["generated"] += len(batch)
-        stats["generate_calls"] += 1
-        stats["prefill_tokens"] += sum(len(s) - shared for s in seqs) + shared * (len(set(adapters)) if shared else 0)
+    with loaded.lock:
+        loaded.stats["generated"] += len(batch)
+        loaded.stats["generate_calls"] += 1
+        loaded.stats["prefill_tokens"] += (sum(len(s) - shared for s in seqs)
+                                           + shared * (len(set(adapters)) if shared else 0))
     out = out[:, width:].cpu()
     stop = set(stop_ids(model, tok))
     for k, r in enumerate(batch):
@@ -252,10 +268,11 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
     with loaded.lock, torch.inference_mode(), _precision(model, items[0][0].options.dtype):
         with contextlib.nullcontext() if mixed else _adapter(model, adapters[0]):
             shared = decode.greedy(model, rows, slots=BATCH_ROWS, pad=tok.pad_token_id, stop=stop, mixed=mixed)
-    with _stats_lock:
-        stats["generated"] += len(rows)
-        stats["generate_calls"] += 1
-        stats["prefill_tokens"] += sum(len(r.ids) - shared for r in rows) + shared * (len(adapters) if mixed else 1)
+    with loaded.lock:
+        loaded.stats["generated"] += len(rows)
+        loaded.stats["generate_calls"] += 1
+        loaded.stats["prefill_tokens"] += (sum(len(r.ids) - shared for r in rows)
+                                           + shared * (len(adapters) if mixed else 1))
     for (r, _), row in zip(items, rows):
         n = next((t for t, x in enumerate(row.new) if x in stop), len(row.new))
         r.result = Completion(text=tok.decode(row.new[:n], skip_special_tokens=True).strip(),
@@ -355,7 +372,12 @@ def complete_rows(
         group.extend((i, r, adapter, model_name) for i, r in rows)
     for loaded, rows in bases.values():
         try:
-            generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for _, _, a, _ in rows])
+            try:
+                generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for *_, a, _ in rows])
+            except AdapterEvicted:  # other calls' adapters pushed some of these out: attach them again, once
+                for model_name in {m for *_, m in rows}:
+                    resolve(model_name)
+                generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for *_, a, _ in rows])
         except Exception:
             if try_mode:
                 continue

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import models as modeldb
 from ..errors import AlreadyExists, InvalidArgument, NotFound, RemoteError
 from ..queries import parse_model_ref
-from . import models
+from . import complete, models
 
 if TYPE_CHECKING:
     from ..surface.engine import Session
@@ -173,7 +173,7 @@ def _write_merged(model: Any, tokenizer: Any, tmp: Path, dtype: str) -> None:
     import torch
 
     gen = model.generation_config
-    gen.eos_token_id = models.stop_ids(model, tokenizer)  # where COMPLETE stops
+    gen.eos_token_id = complete.stop_ids(model, tokenizer)  # where COMPLETE stops
     gen.pad_token_id = tokenizer.pad_token_id
     if dtype == "f16":
         model = model.to(torch.float16)

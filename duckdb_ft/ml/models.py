@@ -7,7 +7,8 @@ A base model is named by
 - a local Hugging Face model folder (a path holding ``config.json``), or
 - a hub id (``org/name``) when the machine is online or the hub cache already holds it.
 
-Loaded models are kept in the process and shared by every call and query that names them.
+Loaded models are kept in the process and shared by every call and query that names them: the
+``MAX_BASE_MODELS`` used last, each with its ``MAX_ADAPTERS`` adapters used last (LRU).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import re
 import shutil
 import tempfile
 import threading
+import warnings
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import ModelLoadError, ModelNotFound
 from . import devices
@@ -195,18 +198,42 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     lock: threading.RLock = field(default_factory=threading.RLock)
-    adapters: set[str] = field(default_factory=set)
+    adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """The attached adapters' keys, least recently used first (``use_adapters``, ``evict_adapters``)."""
     weights: dict[str, Any] = field(default_factory=dict)
-    """Every parameter and buffer by name, taken at load time, before an adapter wraps ``model``: what training
-    modules share (``load_for_training``)."""
+    """Every parameter and buffer by name, taken before an adapter wraps ``model``: what load_for_training shares."""
+    continuous: bool = True  # greedy COMPLETE rows decode in continuous batches (decode.py); False: generate()
+    stats: Counter = field(default_factory=Counter)
+    """COMPLETE's counters since the load (benchmarks read them): rows asked for, rows generated (duplicates once),
+    ``generate`` calls, prompt tokens of every row, prompt tokens computed. Updated under ``lock``."""
+
+    def use_adapters(self, keys: Iterable[str | None]) -> None:
+        """Mark the attached adapters among ``keys`` as used now: the last to be evicted."""
+        with self.lock:
+            for key in [k for k in keys if k in self.adapters]:
+                self.adapters.move_to_end(key)
+
+    def evict_adapters(self) -> list[str]:
+        """Delete the least recently used adapters beyond ``MAX_ADAPTERS``; their keys."""
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft's "adapter was active, now deleted": COMPLETE sets its own
+            gone = list(self.adapters)[:max(0, len(self.adapters) - MAX_ADAPTERS)]
+            for key in gone:
+                self.model.delete_adapter(key)
+                del self.adapters[key]
+        return gone
 
     @property
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
 
-_loaded: dict[str, LoadedModel] = {}
-_load_locks: dict[str, threading.Lock] = {}  # one per resolved folder: loading one model never blocks another
+#: Adapters kept attached to a cached base model, each its LoRA weights (MBs to 100s of MB): 16 covers a query's
+#: usual mix of models; one evicted is attached again from the catalog (a blob read) when named. Base models kept
+#: loaded, each its full weights (0.5 GB for the default model, GBs for larger ones): few.
+MAX_ADAPTERS, MAX_BASE_MODELS = 16, 4
+_loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+_load_locks: dict[str, threading.Lock] = {}  # the loads under way, one per folder: one never blocks another
 _locks_lock = threading.Lock()
 
 
@@ -231,27 +258,16 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens generation stops at, for COMPLETE and for the generation config of an export: the model's
-    generation config's end tokens (the tokenizer's end token where it names none), and the padding token."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ids:
-        ids.append(tokenizer.pad_token_id)
-    return ids
-
-
 def load(name: str) -> LoadedModel:
     """Load (or reuse) a base model by name. Thread-safe; one copy per resolved folder per process."""
     path = resolve(name)
     if os.path.isdir(path):
         path = os.path.realpath(path)  # one key per folder, however it was named
-    hit = _loaded.get(path)  # a cache hit takes no lock: it never waits for another model's multi-second load
-    if hit is not None:
-        return hit
-    with _locks_lock:
+    with _locks_lock:  # held for a lookup, never during a load: a hit never waits for another model's load
+        hit = _loaded.get(path)
+        if hit is not None:
+            _loaded.move_to_end(path)
+            return hit
         lock = _load_locks.setdefault(path, threading.Lock())
     with lock:
         if path in _loaded:
@@ -272,7 +288,11 @@ def load(name: str) -> LoadedModel:
         weights = dict(model.named_parameters(remove_duplicate=False))
         weights.update(model.named_buffers(remove_duplicate=False))
         loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, weights=weights)
-        _loaded[path] = loaded
+        with _locks_lock:
+            _loaded[path] = loaded
+            _load_locks.pop(path, None)
+            while len(_loaded) > MAX_BASE_MODELS:
+                _loaded.popitem(last=False)
         return loaded
 
 
@@ -396,4 +416,4 @@ def attach_adapter(loaded: LoadedModel, key: str, config: dict[str, Any], blob: 
         state = {k: v.to(next(loaded.model.parameters()).device) for k, v in adapter_from_bytes(blob).items()}
         set_peft_model_state_dict(loaded.model, state, adapter_name=key)
         loaded.model.eval()
-        loaded.adapters.add(key)
+        loaded.adapters[key] = None

@@ -10,7 +10,6 @@ entry points (``table()``, ``read_csv()``, ``register()``, ...) are refused.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Any, Callable
 
 import duckdb
@@ -18,15 +17,9 @@ import pyarrow as pa
 
 from ..errors import PermissionDenied, from_duckdb
 from . import router
-from .engine import Session, session_of
+from .engine import Session, session_of, unregister
 from .functions import install
 from .grammar import parse_ft_statement
-
-#: The open connections connect() made, per engine, and the DuckDB connections of those closed meanwhile: closed
-#: together with the last one (the engine's own cursors may derive from any of them).
-_open_roots: dict[str, list] = {}
-_parked: dict[str, list] = {}
-_roots_lock = threading.Lock()
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
 USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
@@ -59,8 +52,8 @@ class Connection:
         self._offset = 0
         self._closed = False
         if root:
-            with _roots_lock:
-                _open_roots.setdefault(session.engine.id, []).append(self)
+            with session.engine.roots_lock:
+                session.engine.roots.append(self)
 
     # ------------------------------------------------------------------------------------------- statements
 
@@ -176,16 +169,14 @@ class Connection:
         if not self._root:
             self._raw.close()
             return
-        with _roots_lock:
-            roots = _open_roots.setdefault(engine.id, [])
-            if self in roots:
-                roots.remove(self)
-            parked = _parked.setdefault(engine.id, [])
-            parked.append(self._raw)  # other connections' cursors (the engine's too) may derive from it
-            if roots:
+        with engine.roots_lock:
+            if self in engine.roots:
+                engine.roots.remove(self)
+            engine.parked.append(self._raw)  # other connections' cursors (the engine's too) may derive from it
+            if engine.roots:
                 return
-            _open_roots.pop(engine.id, None)
-            raws = _parked.pop(engine.id, [])
+            raws, engine.parked = engine.parked, []
+        unregister(engine)
         engine.jobs.stop("its database was closed")
         for raw in reversed(raws):
             raw.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,11 @@ class Engine:
         self._root = con.cursor()
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
+        #: The open connections connect() made on this database, and the DuckDB connections of those closed
+        #: meanwhile: closed together with the last one (the engine's own cursors may derive from any of them).
+        self.roots: list = []
+        self.parked: list = []
+        self.roots_lock = threading.Lock()
         self.read_only = False
         try:
             migrations.migrate(self.cursor())
@@ -81,6 +87,7 @@ class Engine:
         if key not in loaded.adapters:
             blob = modeldb.model_adapter(self.cursor(), row["job_id"])
             models.attach_adapter(loaded, key, json.loads(row["lora_config"]), blob)
+        loaded.use_adapters([key])  # the most recently used: the last that COMPLETE's bound evicts
         return loaded, key
 
     def require_writable(self, to: str) -> None:
@@ -158,12 +165,20 @@ class Session:
 
 # ------------------------------------------------------------------------------------------------------ registry
 
-_engines: dict[str, Engine] = {}
+#: The engines of the open databases by id, held weakly: an engine leaves when the last connection that connect()
+#: made on its database closes (``unregister``), or, for a database only ``install()``-ed, once nothing refers
+#: to it (its database closed: the UDFs that held it are gone).
+_engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()
 
 
 def register(engine: Engine) -> None:
     """Make ``engine`` findable from its connections (through the ``__ft_engine()`` UDF it registered)."""
     _engines[engine.id] = engine
+
+
+def unregister(engine: Engine) -> None:
+    """Forget ``engine``: its database is closed."""
+    _engines.pop(engine.id, None)
 
 
 def find_engine(con: Any) -> Engine | None:

@@ -1,0 +1,127 @@
+"""State that lives longer than a call has an owner or a bound: adapters attached to a cached base model (least
+recently used evicted past ``models.MAX_ADAPTERS``), the cached base models (``models.MAX_BASE_MODELS``), an
+engine per open database (gone when it closes), weight digests (``lineage.MAX_HASHES``), and COMPLETE's
+counters and decoding switch (the loaded model's)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import weakref
+
+import duckdb
+
+import duckdb_ft
+from duckdb_ft.jobs import lineage
+from duckdb_ft.ml import complete as completion, models
+from duckdb_ft.options import CompleteOptions
+from duckdb_ft.surface import engine as engines
+
+CONFIG = {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+
+
+def _adapter_blobs(path: str, names: list[str]) -> dict[str, bytes]:
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(path)
+        donor = get_peft_model(base, LoraConfig(**CONFIG, init_lora_weights=False))
+        out[name] = models.adapter_to_bytes({k: v * 3 for k, v in get_peft_model_state_dict(donor).items()})
+    return out
+
+
+def test_adapters_past_the_bound_are_evicted_oldest_first_and_complete_still_answers(tiny_model_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(models, "MAX_ADAPTERS", 2)
+    loaded = models.LoadedModel(name="tiny", path=tiny_model_path, tokenizer=models.load_tokenizer(tiny_model_path),
+                                model=AutoModelForCausalLM.from_pretrained(tiny_model_path).eval())
+    blobs = _adapter_blobs(tiny_model_path, ["ft_a", "ft_b", "ft_c"])
+    attached = []
+
+    def resolve(name: str) -> tuple[models.LoadedModel, str]:  # as Engine.resolve_model: attach when missing
+        if name not in loaded.adapters:
+            attached.append(name)
+            models.attach_adapter(loaded, name, CONFIG, blobs[name])
+        loaded.use_adapters([name])
+        return loaded, name
+
+    def answers(names: list[str]) -> list[str]:
+        out = completion.complete_rows(resolve, names, [json.dumps("Count the orders.")] * len(names),
+                                       ['{"max_tokens": 5}'] * len(names), try_mode=False)
+        return [json.loads(o)["choices"][0]["messages"] for o in out]
+
+    first = answers(["ft_a", "ft_b", "ft_c"])  # one call needs all three: none is evicted while it runs
+    assert list(loaded.adapters) == ["ft_b", "ft_c"] and sorted(loaded.model.peft_config) == ["ft_b", "ft_c"]
+    assert answers(["ft_a"]) == first[:1]  # attached again from its blob, the same answer
+    assert list(loaded.adapters) == ["ft_c", "ft_a"] and attached == ["ft_a", "ft_b", "ft_c", "ft_a"]
+    loaded.use_adapters(["ft_c"])
+    assert loaded.evict_adapters() == [] and list(loaded.adapters) == ["ft_a", "ft_c"]
+
+    # Another call evicts an adapter between resolving and generating: attached again, the same answer.
+    real = completion.generate
+
+    def evicting(lm, requests, adapter=None, **kw):  # once: another call's eviction pushes ft_a out
+        monkeypatch.setattr(completion, "generate", real)
+        monkeypatch.setattr(models, "MAX_ADAPTERS", 1)
+        lm.use_adapters(["ft_c"])
+        assert lm.evict_adapters() == ["ft_a"]
+        monkeypatch.setattr(models, "MAX_ADAPTERS", 2)
+        return real(lm, requests, adapter, **kw)
+
+    monkeypatch.setattr(completion, "generate", evicting)
+    assert answers(["ft_a"]) == first[:1] and attached[-1] == "ft_a" and len(attached) == 5
+
+
+def test_cached_base_models_past_the_bound_are_dropped_least_recently_used_first(tiny_model_path, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(models, "MAX_BASE_MODELS", 2)
+    copies = [shutil.copytree(tiny_model_path, tmp_path / f"tiny{i}") for i in range(3)]
+    a, b = models.load(str(copies[0])), models.load(str(copies[1]))
+    assert models.load(str(copies[0])) is a  # a used last: b is the one dropped next
+    models.load(str(copies[2]))
+    assert models.load(str(copies[0])) is a and models.load(str(copies[1])) is not b
+    assert len(models._loaded) == 2 and not models._load_locks  # no load under way: no lock kept
+
+
+def test_complete_counts_and_decodes_per_loaded_model(tiny_model_path):
+    loaded = models.load(tiny_model_path)
+    before = dict(loaded.stats)
+    reqs = [completion.Request([{"role": "user", "content": "hi"}], CompleteOptions(max_tokens=2)) for _ in range(3)]
+    completion.generate(loaded, reqs)
+    assert loaded.stats["rows"] - before.get("rows", 0) == 3
+    assert loaded.stats["generated"] - before.get("generated", 0) == 1  # identical greedy rows: generated once
+    assert loaded.continuous is True
+
+
+def test_closing_a_database_drops_its_engine():
+    con = duckdb_ft.connect()
+    engine_id = con.session.engine.id
+    other = con.cursor()  # another connection of the same database: the engine stays while connect()'s is open
+    other.close()
+    assert engine_id in engines._engines
+    con.close()
+    assert engine_id not in engines._engines
+
+    raw = duckdb.connect()  # installed on a plain DuckDB connection: gone with its database
+    duckdb_ft.install(raw)
+    ref = weakref.ref(engines.find_engine(raw))
+    raw.close()
+    del raw
+    gc.collect()
+    assert ref() is None
+
+
+def test_weight_digests_keep_the_latest_few(tmp_path, monkeypatch):
+    monkeypatch.setattr(lineage, "MAX_HASHES", 2)
+    monkeypatch.setattr(lineage, "_hashes", {})
+    for i in range(3):
+        (tmp_path / f"m{i}").mkdir()
+        (tmp_path / f"m{i}" / "model.safetensors").write_bytes(bytes([i]))
+        lineage.weights_hash(str(tmp_path / f"m{i}"))
+    assert [k[0] for k in lineage._hashes] == [str(tmp_path / "m1"), str(tmp_path / "m2")]
