@@ -5,10 +5,12 @@ counters and decoding switch (the loaded model's)."""
 
 from __future__ import annotations
 
+import ast
 import gc
 import json
 import shutil
 import weakref
+from pathlib import Path
 
 import duckdb
 
@@ -18,6 +20,20 @@ from duckdb_ft.ml import complete as completion, models
 from duckdb_ft.options import CompleteOptions
 from duckdb_ft.surface import engine as engines
 
+#: Every module-level mutable state of the package, with its owner or its bound: a new one names them here.
+STATE = {
+    "duckdb_ft.ml.models._loaded": "LRU of MAX_BASE_MODELS base models, each with MAX_ADAPTERS adapters (LRU)",
+    "duckdb_ft.ml.models._load_locks": "one per load under way, dropped when it ends",
+    "duckdb_ft.surface.engine._engines": "weak; an engine unregistered when its database closes",
+    "duckdb_ft.jobs.lineage._hashes": "the MAX_HASHES digests computed last",
+    "duckdb_ft.jobs.runner._RUNNERS": "weak set: the live job runners, stopped at exit",
+    "duckdb_ft.ml.chat_tokens._ENCODERS": "weak keys: each encoder goes with its tokenizer",
+    "duckdb_ft.ml.kernels._LAST_SEGMENTS": "one entry: a weak reference to the last mask",
+    "duckdb_ft.evaluation.evaluate.RUNNING": "one entry per evaluate() call running, removed in its finally",
+    "duckdb_ft.catalog.migrations.MIGRATIONS": "filled once at import by @migration, then constant",
+}
+MUTABLE = {"dict", "list", "set", "OrderedDict", "Counter", "deque", "defaultdict", "WeakValueDictionary",
+           "WeakKeyDictionary", "WeakSet"}
 CONFIG = {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 
 
@@ -125,3 +141,31 @@ def test_weight_digests_keep_the_latest_few(tmp_path, monkeypatch):
         (tmp_path / f"m{i}" / "model.safetensors").write_bytes(bytes([i]))
         lineage.weights_hash(str(tmp_path / f"m{i}"))
     assert [k[0] for k in lineage._hashes] == [str(tmp_path / "m1"), str(tmp_path / "m2")]
+
+
+def _module_state() -> set[str]:
+    """Module-level names that hold state: empty containers filled later, containers under lower-case names, and
+    names a function rebinds (``global``)."""
+    package = Path(duckdb_ft.__file__).parent
+    found = set()
+    for path in package.rglob("*.py"):
+        module = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        rebound = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
+        for node in tree.body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            v = node.value
+            call = getattr(v.func, "id", None) or getattr(v.func, "attr", None) if isinstance(v, ast.Call) else None
+            container = isinstance(v, (ast.Dict, ast.List, ast.Set)) or call in MUTABLE
+            empty = container and not (getattr(v, "keys", None) or getattr(v, "elts", None) or getattr(v, "args", None))
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                name = getattr(target, "id", "")
+                if name and name != "__all__" and (empty or name in rebound or
+                                                   (container and not name.lstrip("_").isupper())):
+                    found.add(f"{module}.{name}")
+    return found
+
+
+def test_every_module_level_state_has_an_owner_or_a_bound():
+    assert _module_state() == set(STATE), "module-level state: give it an owner or a bound, and name it in STATE"

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 #: progress and of cancelling.
 CHUNK_ROWS = completion.BATCH_ROWS
 #: The evaluation each session is running now, for a live display (the shell's): session id -> {id, model, done,
-#: total, started}. A statement that runs an EVALUATE blocks its connection, so this is read in process.
+#: total, started}. A statement that runs an EVALUATE blocks its connection, so this is read in process. An entry
+#: lives as long as its ``evaluate`` call (removed in its ``finally``): at most one per session.
 RUNNING: dict[str, dict[str, Any]] = {}
 
 

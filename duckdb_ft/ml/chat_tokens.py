@@ -151,6 +151,7 @@ class PairEncoder:
                 [nc + len(e) for e in self._batch([ac.lead + c + ac.trail for c in completions])])  # type: ignore
 
 
+#: Each live tokenizer's encoder: held weakly, it goes with its tokenizer.
 _ENCODERS: "weakref.WeakKeyDictionary[Any, PairEncoder]" = weakref.WeakKeyDictionary()
 
 
