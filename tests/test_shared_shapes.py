@@ -61,3 +61,21 @@ def test_a_read_only_database_refuses_every_write_with_one_message(tmp_path):
                 ro.execute(sql).fetchall()
     finally:
         ro.close()
+
+
+def test_a_missing_argument_is_named_in_the_actions_own_words():
+    con = duckdb_ft.connect()
+    try:
+        for sql, message in (
+                ("SELECT finetune('CREATE', NULL, 'tiny', 'SELECT 1')",
+                 "finetune('CREATE', name, base_model, training_query [, validation_query [, options]]): the model "
+                 "name is missing"),
+                ("SELECT finetune('SWEEP', 'm', 'tiny', 'SELECT 1', NULL, NULL)",
+                 "the options is missing (options name the values to try as lists)"),
+                ("SELECT finetune('ESTIMATE', 'tiny', NULL)", "finetune('ESTIMATE', base_model, training_query "
+                                                              "[, validation_query [, options]]): the training query")):
+            with pytest.raises(duckdb_ft.InvalidArgument) as e:
+                con.execute(sql).fetchall()
+            assert message in str(e.value)
+    finally:
+        con.close()

@@ -199,12 +199,8 @@ def check_fits_model(path: str, base_model: str, opts: TrainingOptions) -> None:
     import os
     import struct
 
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            context = json.load(f).get("max_position_embeddings")
-    except (OSError, ValueError):
-        context = None
-    if isinstance(context, int) and opts.max_seq_length > context:
+    context = models.context_length(path)
+    if context is not None and opts.max_seq_length > context:
         raise InvalidArgument(f"max_seq_length {opts.max_seq_length} is beyond the context of base model "
                               f"'{base_model}' ({context} tokens): use at most {context}")
     if not opts.target_modules:

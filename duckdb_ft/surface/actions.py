@@ -16,12 +16,17 @@ def _show(engine: Engine, session: Session, args: list) -> str:
     return json.dumps(engine.jobs.show(session))
 
 
+def _require(call: str, *named: tuple[str, object], hint: str = "") -> None:
+    """Raise InvalidArgument naming the first of ``named`` (label, value) that is NULL, in ``call``'s words."""
+    for label, value in named:
+        if value is None:
+            raise InvalidArgument(f"{call}: the {label} is missing{hint}")
+
+
 def _create(engine: Engine, session: Session, args: list) -> str:
     name, base, train_q, val_q, options = args
-    for label, value in (("model name", name), ("base model", base), ("training query", train_q)):
-        if value is None:
-            raise InvalidArgument(f"finetune('CREATE', name, base_model, training_query [, validation_query "
-                                  f"[, options]]): the {label} is missing")
+    _require("finetune('CREATE', name, base_model, training_query [, validation_query [, options]])",
+             ("model name", name), ("base model", base), ("training query", train_q))
     engine.require_writable("create fine-tuning jobs")
     return engine.jobs.create(session, name, base, train_q, val_q or None, options)
 
@@ -49,11 +54,9 @@ def _wait(engine: Engine, session: Session, args: list) -> str:
 
 def _sweep(engine: Engine, session: Session, args: list) -> str:
     name, base, train_q, val_q, options = args
-    for label, value in (("sweep name", name), ("base model", base), ("training query", train_q),
-                         ("options", options)):
-        if value is None:
-            raise InvalidArgument(f"finetune('SWEEP', name, base_model, training_query, validation_query, options): "
-                                  f"the {label} is missing (options name the values to try as lists)")
+    _require("finetune('SWEEP', name, base_model, training_query, validation_query, options)",
+             ("sweep name", name), ("base model", base), ("training query", train_q), ("options", options),
+             hint=" (options name the values to try as lists)")
     engine.require_writable("create fine-tuning jobs")
     evaluation_options = sweep_scores.check(engine, session, options)  # before any job exists
     return sweep.create_sweep(engine.jobs, session, name, base, train_q, val_q or None, options, evaluation_options)
@@ -66,10 +69,8 @@ def _evaluate(engine: Engine, session: Session, args: list) -> str:
 
 def _estimate(engine: Engine, session: Session, args: list) -> str:
     base, train_q, val_q, options = args[0], args[1], args[2], args[3]
-    for label, value in (("base model", base), ("training query", train_q)):
-        if value is None:
-            raise InvalidArgument(f"finetune('ESTIMATE', base_model, training_query [, validation_query "
-                                  f"[, options]]): the {label} is missing")
+    _require("finetune('ESTIMATE', base_model, training_query [, validation_query [, options]])",
+             ("base model", base), ("training query", train_q))
     from ..jobs.estimate import estimate
 
     return json.dumps(estimate(engine.cursor(), session, base, train_q, val_q or None, options))
