@@ -31,6 +31,7 @@ STATE = {
     "duckdb_ft.ml.kernels._LAST_SEGMENTS": "one entry: a weak reference to the last mask",
     "duckdb_ft.evaluation.evaluate.RUNNING": "one entry per evaluate() call running, removed in its finally",
     "duckdb_ft.catalog.migrations.MIGRATIONS": "filled once at import by @migration, then constant",
+    "duckdb_ft.governance.calls._TYPES": "one entry: DuckDB's type names for the version this process runs",
 }
 MUTABLE = {"dict", "list", "set", "OrderedDict", "Counter", "deque", "defaultdict", "WeakValueDictionary",
            "WeakKeyDictionary", "WeakSet"}
