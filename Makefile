@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-train fuzz-authorize clean
+.PHONY: install demo test test-fast bench bench-train fuzz-authorize clean
 
 install: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/duckdb-ft demo
 
+# The whole suite (what CI runs), with the 25 slowest tests listed, so that a slow one is seen when it lands.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
+
+# The edit-test loop: everything but the tests marked slow (torchrun, kill loops, the notebook, the shell and
+# the SQL scripts as subprocesses, the real model, the demo).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python -m pip install -q -e ".[test,bench]"

@@ -1,6 +1,12 @@
-"""Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama, an in-memory database,
-the ``faq`` table) and the helpers every test file uses (``rows``, ``one``, ``create``, ``describe``, ``wait``,
-``catalog_counts``, ``python_output``; ``from conftest import ...``).
+"""Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama and its tokenized
+``PAIRS``, an in-memory database, the ``faq`` and ``big`` tables) and the helpers test files share (``rows``,
+``one``, ``create``, ``describe``, ``wait``, ``wait_for``, ``catalog_counts``, ``python_output``, ``peft_model``,
+``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``; the options ``FAST``, ``ONE_EPOCH`` and
+``LEARN``; ``COMMAND``, the
+duckdb-ft command line): ``from conftest import ...``. Test modules import nothing from each other.
+
+Tests marked ``slow`` (torchrun, kill loops, the notebook, the shell and scripts through subprocesses and
+terminals, the real model, the demo) are left out by ``make test-fast``; ``make test`` runs everything.
 
 The tiny model has random weights but the real SmolLM2 tokenizer and chat template, so every code path
 (chat templating, padding, masking, LoRA) is the real one; it trains and generates in milliseconds.
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +30,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: A short job on the tiny model.
 FAST = {"max_epochs": 2, "batch_size": 4}
+
+#: One epoch in batches of 8, as finetune('CREATE', ...)'s options argument (JSON text).
+ONE_EPOCH = json.dumps({"max_epochs": 1, "batch_size": 8})
+
+#: A job that learns: on the tiny model the loss falls far and the answers become the trained completions.
+LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32,
+         "lora_dropout": 0.0, "warmup_ratio": 0.0}
+
+#: The duckdb-ft command line: the console script next to this interpreter, else ``python -m duckdb_ft``.
+_EXE = Path(sys.executable).with_name("duckdb-ft")
+COMMAND = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
+
+#: Chat pairs of uneven lengths, for the training-step tests (the ``tiny`` fixture tokenizes them).
+PAIRS = [
+    ("What is the capital of France?", "Paris."),
+    ("Write a SQL query counting the rows of table orders.", "SELECT count(*) FROM orders;"),
+    ("Summarize: the parcel arrived late and the box was crushed, so the customer wants a refund.",
+     "A late, damaged parcel; the customer asks for a refund."),
+    ("Hi", "Hello! How can I help you today? Ask me anything about your order, and I will look it up."),
+    ("Translate 'good morning' to Spanish.", "Buenos días."),
+    ("List three primary colours.", "Red, yellow and blue."),
+]
+
+#: The catalog tables a job writes.
+JOB_TABLES = ("jobs", "job_rows", "metrics", "models", "checkpoints")
 
 
 def python_output(code, unset=(), **env):
@@ -59,10 +92,88 @@ def wait(con, job_id, timeout=300):
     return one(con, "SELECT finetune('WAIT', ?, ?)", job_id, timeout)
 
 
-def catalog_counts(con):
-    """Rows in each table of the duckdb-ft catalog that a job writes."""
-    return {t: one(con, f"SELECT count(*) FROM duckdb_ft.{t}")
-            for t in ("jobs", "job_rows", "metrics", "models", "checkpoints")}
+def catalog_counts(con, tables=JOB_TABLES):
+    """Rows in each of ``tables`` of the duckdb-ft catalog (by default those a job writes)."""
+    return {t: one(con, f"SELECT count(*) FROM duckdb_ft.{t}") for t in tables}
+
+
+def wait_for(predicate, timeout=120, what="condition", interval=0.05):
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout`` seconds: a wait
+    for an event, whose bound only a broken program reaches (not a measure of speed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def peft_model(path, dropout=0.0, attention=None):
+    """The model at ``path`` with a rank-4 LoRA adapter whose B matrices are random (so the adapter matters)."""
+    import torch
+    from peft import get_peft_model
+
+    from duckdb_ft.ml import models, training
+    from duckdb_ft.options import TrainingOptions
+
+    base = models.load_for_training(path, attention)
+    torch.manual_seed(0)
+    model = get_peft_model(base, training.lora_config(base, TrainingOptions(lora_dropout=dropout, lora_r=4)))
+    for name, p in model.named_parameters():  # LoRA B starts at zero: give it weights, so the adapter matters
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def lora_grads(model):
+    """The gradients of a model's trainable (LoRA) parameters, by name."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def denied(con, sql, *params, match="Insufficient privileges"):
+    """``sql`` run on ``con`` is refused with PermissionDenied, its message matching ``match``."""
+    from duckdb_ft.errors import PermissionDenied
+
+    with pytest.raises(PermissionDenied, match=match):
+        con.execute(sql, list(params)).fetchall()
+
+
+def user_connection(admin, user: str):
+    """A user session on the administrator's database (an in-memory one: the same instance)."""
+    from duckdb_ft.surface.connection import Connection
+    from duckdb_ft.surface.functions import install
+
+    raw = admin.duckdb_connection.cursor()
+    return Connection(raw, install(raw, user=user))
+
+
+def setup_attack_db(admin) -> None:
+    """The attacks' database: user u1 in role attacker, with USAGE on ``main``, SELECT on ``pub``, INSERT on
+    ``logt``, CREATE MODEL on ``ml`` and CREATE TABLE/VIEW on ``main``; ``secret`` and the attached ``hr`` not
+    granted."""
+    for sql in [
+        "CREATE TABLE pub AS SELECT 'q' || i AS s, i AS x FROM range(5) t(i)",
+        "CREATE TABLE secret AS SELECT 'salary ' || i AS s, 1000 * i AS x FROM range(5) t(i)",
+        "CREATE TABLE logt (s VARCHAR, x BIGINT)",
+        "INSERT INTO logt VALUES ('private log line', 7)",
+        "CREATE VIEW v_pub AS SELECT * FROM pub",
+        "CREATE VIEW v_sec AS SELECT * FROM secret",
+        "CREATE SCHEMA ml",
+        "ATTACH ':memory:' AS hr",
+        "CREATE TABLE hr.main.salaries AS SELECT 'ceo' AS s, 999999 AS x",
+        "CREATE TABLE hr.main.pub AS SELECT 'hr row' AS s, 1 AS x",
+    ]:
+        admin.execute(sql)
+    for sql in [
+        "CREATE ROLE attacker", "GRANT ROLE attacker TO USER u1",
+        "GRANT USAGE ON SCHEMA main TO ROLE attacker", "GRANT USAGE ON SCHEMA ml TO ROLE attacker",
+        "GRANT SELECT ON TABLE pub TO ROLE attacker", "GRANT SELECT ON VIEW v_pub TO ROLE attacker",
+        "GRANT INSERT ON TABLE logt TO ROLE attacker", "GRANT CREATE MODEL ON SCHEMA ml TO ROLE attacker",
+        "GRANT CREATE TABLE, CREATE VIEW ON SCHEMA main TO ROLE attacker",
+    ]:
+        admin.execute(sql).fetchall()
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +209,15 @@ def tiny_model_path(default_model_path, tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny(tiny_model_path):
+    """The tiny model's path, its tokenizer and ``PAIRS`` tokenized (read only)."""
+    from duckdb_ft.ml import data, models
+
+    tokenizer = models.load_tokenizer(tiny_model_path)
+    return tiny_model_path, tokenizer, data.tokenize_pairs(tokenizer, PAIRS, 128)
+
+
 @pytest.fixture
 def con():
     """An in-memory database with duckdb-ft installed."""
@@ -113,4 +233,11 @@ def faq(con):
     """``con`` with table faq: 24 question/answer pairs (and a number column n)."""
     con.execute("CREATE TABLE faq AS SELECT 'What is code number ' || i || '?' AS question, "
                 "'The code is ' || (i * 7) || '.' AS answer, i AS n FROM range(24) t(i)")
+    return con
+
+
+@pytest.fixture
+def big(con):
+    """``con`` with table big: 200 prompt/completion pairs (columns p, c), for jobs that run long."""
+    con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(200) t(i)")
     return con

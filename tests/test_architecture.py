@@ -229,3 +229,27 @@ def test_type_only_imports_name_what_exists():
                 module = importlib.import_module("." * imp.level + (imp.module or ""), package if imp.level else None)
                 for alias in imp.names:
                     assert hasattr(module, alias.name), f"{name} imports {alias.name} from {module.__name__}: none"
+
+
+def test_test_modules_share_helpers_through_conftest_only():
+    """A test module imports no other test module (shared fixtures and helpers live in tests/conftest.py), and
+    every marker a test uses is registered in pyproject.toml (pytest's --strict-markers is not on)."""
+    tests = Path(__file__).resolve().parent
+    names = {p.stem for p in tests.glob("test_*.py")}
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    offenders, unregistered = [], set()
+    for path in sorted(tests.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                offenders += [f"{path.name}: import {a.name}" for a in node.names if a.name in names]
+            elif isinstance(node, ast.ImportFrom) and node.module in names:
+                offenders.append(f"{path.name}: from {node.module} import ...")
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                    and isinstance(node.value.value, ast.Name) and node.value.value.id == "pytest" \
+                    and node.value.attr == "mark" and node.attr not in ("parametrize", "skipif", "skip", "xfail",
+                                                                        "usefixtures", "filterwarnings"):
+                if f'"{node.attr}:' not in pyproject:
+                    unregistered.add(f"{path.name}: pytest.mark.{node.attr}")
+    assert not offenders, offenders
+    assert not unregistered, sorted(unregistered)

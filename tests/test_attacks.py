@@ -15,41 +15,7 @@ import pytest
 
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
-from duckdb_ft.surface.connection import Connection
-from duckdb_ft.surface.functions import install
-
-FAST = json.dumps({"max_epochs": 1, "batch_size": 8})
-
-
-def user_connection(admin: Connection, user: str) -> Connection:
-    """A user session on the administrator's database (an in-memory one: the same instance)."""
-    raw = admin.duckdb_connection.cursor()
-    return Connection(raw, install(raw, user=user))
-
-
-def setup_attack_db(admin: Connection) -> None:
-    for sql in [
-        "CREATE TABLE pub AS SELECT 'q' || i AS s, i AS x FROM range(5) t(i)",
-        "CREATE TABLE secret AS SELECT 'salary ' || i AS s, 1000 * i AS x FROM range(5) t(i)",
-        "CREATE TABLE logt (s VARCHAR, x BIGINT)",
-        "INSERT INTO logt VALUES ('private log line', 7)",
-        "CREATE VIEW v_pub AS SELECT * FROM pub",
-        "CREATE VIEW v_sec AS SELECT * FROM secret",
-        "CREATE SCHEMA ml",
-        "ATTACH ':memory:' AS hr",
-        "CREATE TABLE hr.main.salaries AS SELECT 'ceo' AS s, 999999 AS x",
-        "CREATE TABLE hr.main.pub AS SELECT 'hr row' AS s, 1 AS x",
-    ]:
-        admin.execute(sql)
-    for sql in [
-        "CREATE ROLE attacker", "GRANT ROLE attacker TO USER u1",
-        "GRANT USAGE ON SCHEMA main TO ROLE attacker", "GRANT USAGE ON SCHEMA ml TO ROLE attacker",
-        "GRANT SELECT ON TABLE pub TO ROLE attacker", "GRANT SELECT ON VIEW v_pub TO ROLE attacker",
-        "GRANT INSERT ON TABLE logt TO ROLE attacker", "GRANT CREATE MODEL ON SCHEMA ml TO ROLE attacker",
-        "GRANT CREATE TABLE, CREATE VIEW ON SCHEMA main TO ROLE attacker",
-    ]:
-        admin.execute(sql).fetchall()
-
+from conftest import ONE_EPOCH, denied, setup_attack_db, user_connection, wait_for
 
 @pytest.fixture
 def attack():
@@ -59,11 +25,6 @@ def attack():
     yield admin, u1
     u1.close()
     admin.close()
-
-
-def denied(con, sql, *params, match="Insufficient privileges"):
-    with pytest.raises(PermissionDenied, match=match):
-        con.execute(sql, list(params)).fetchall()
 
 
 # ------------------------------------------------------------------------------------------ 1. CTE names
@@ -85,7 +46,7 @@ def test_a_cte_name_cannot_smuggle_a_table_into_a_training_snapshot(attack, tiny
     admin, u1 = attack
     q = ("SELECT s AS prompt, x::VARCHAR AS completion FROM secret "
          "WHERE 1 IN (WITH secret AS (SELECT 1) SELECT * FROM secret)")
-    denied(u1, "SELECT finetune('CREATE', 'ml.leak', ?, ?, NULL, ?)", tiny_model_path, q, FAST, match="main.secret")
+    denied(u1, "SELECT finetune('CREATE', 'ml.leak', ?, ?, NULL, ?)", tiny_model_path, q, ONE_EPOCH, match="main.secret")
     assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
     assert admin.execute("SELECT count(*) FROM duckdb_ft.job_rows").fetchall() == [(0,)]
 
@@ -236,7 +197,7 @@ def test_a_finetune_nested_in_a_training_query_is_refused_and_hangs_nothing(atta
     inner = (f"SELECT __ft_finetune(__ft_session_id(), ''CREATE'', ''ml.inner'', ''{tiny_model_path}'', "
              f"''SELECT s AS prompt, s AS completion FROM pub'', NULL, NULL) AS prompt, s AS completion FROM pub")
     t, box = in_thread(lambda: u1.execute(f"SELECT finetune('CREATE', 'ml.outer', ?, '{inner}', NULL, ?)",
-                                          [tiny_model_path, FAST]).fetchall())
+                                          [tiny_model_path, ONE_EPOCH]).fetchall())
     t.join(30)
     assert not t.is_alive(), "a nested FINETUNE hung the CREATE"
     assert isinstance(box.get("error"), PermissionDenied) and "internal functions" in str(box["error"])
@@ -244,28 +205,33 @@ def test_a_finetune_nested_in_a_training_query_is_refused_and_hangs_nothing(atta
     nested = ("SELECT snowflake.cortex.finetune('CREATE', 'ml.inner2', 'x', 'SELECT 1') AS prompt, "
               "'c' AS completion")
     with pytest.raises(PermissionDenied, match="start another fine-tuning job"):
-        admin.execute("SELECT finetune('CREATE', 'ml.outer2', ?, ?, NULL, ?)", [tiny_model_path, nested, FAST])
+        admin.execute("SELECT finetune('CREATE', 'ml.outer2', ?, ?, NULL, ?)", [tiny_model_path, nested, ONE_EPOCH])
     job = admin.execute("SELECT finetune('CREATE', 'ml.after', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
-                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+                        "NULL, ?)", [tiny_model_path, ONE_EPOCH]).fetchall()[0][0]
     assert duckdb_ft.wait(admin, job, 120) == "SUCCESS"
 
 
-SLOW_QUERY = ("SELECT p.s AS prompt, p.s AS completion FROM pub p, range(2000000000) r(i) "
+# Hours of scanning on any machine: the copy runs until it is interrupted.
+SLOW_QUERY = ("SELECT p.s AS prompt, p.s AS completion FROM pub p, range(2000000000000) r(i) "
               "WHERE hash(i) % 1000000007 = 3")
 
 
 def test_a_long_training_query_is_interruptible_and_blocks_no_other_create(attack, tiny_model_path):
     admin, u1 = attack
     t, box = in_thread(lambda: u1.execute("SELECT finetune('CREATE', 'ml.slow', ?, ?, NULL, ?)",
-                                          [tiny_model_path, SLOW_QUERY, FAST]).fetchall())
-    time.sleep(1.5)
+                                          [tiny_model_path, SLOW_QUERY, ONE_EPOCH]).fetchall())
+    wait_for(lambda: u1.session.busy_cursor is not None or not t.is_alive(), 120, "the slow CREATE's copy")
+    time.sleep(0.5)  # into the copy's scan
     assert t.is_alive(), f"the slow copy should still run: {box}"
-    start = time.monotonic()
     other = admin.cursor()  # another session of the administrator: its CREATE does not wait for the copy
-    job = other.execute("SELECT finetune('CREATE', 'ml.quick', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
-                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
-    assert time.monotonic() - start < 20
-    assert t.is_alive()
+    q, quick = in_thread(lambda: other.execute("SELECT finetune('CREATE', 'ml.quick', ?, 'SELECT s AS prompt, "
+                                               "s AS completion FROM pub', NULL, ?)",
+                                               [tiny_model_path, ONE_EPOCH]).fetchall())
+    q.join(300)  # a CREATE that waited for the copy would wait as long as the copy runs: hours
+    assert not q.is_alive(), "the other CREATE waited for the slow copy"
+    assert "error" not in quick, quick
+    job = quick["result"][0][0]
+    assert t.is_alive()  # so the other CREATE did not wait for it
     u1.interrupt()
     t.join(20)
     assert not t.is_alive(), "interrupt() did not stop the copy"
@@ -279,7 +245,7 @@ def test_the_training_query_runs_once(attack, tiny_model_path):
     admin, u1 = attack
     admin.execute("CREATE SEQUENCE seq")
     q = "SELECT 'p' || nextval('seq') AS prompt, 'c' AS completion FROM range(12)"
-    job = admin.execute("SELECT finetune('CREATE', 'ml.once', ?, ?, NULL, ?)", [tiny_model_path, q, FAST]).fetchall()
+    job = admin.execute("SELECT finetune('CREATE', 'ml.once', ?, ?, NULL, ?)", [tiny_model_path, q, ONE_EPOCH]).fetchall()
     assert admin.execute("SELECT currval('seq')").fetchall() == [(12,)]
     duckdb_ft.wait(admin, job[0][0], 120)
 
@@ -298,7 +264,7 @@ def test_one_sessions_close_leaves_the_administrators_job_running(tmp_path, tiny
         u1.execute("SELECT 1")
     assert admin.execute("SELECT count(*) FROM pub").fetchall() == [(5,)]
     assert duckdb_ft.wait(admin, job, 300) == "SUCCESS"
-    later = admin.execute("SELECT finetune('CREATE', 'ml.adm2', ?, ?, NULL, ?)", [tiny_model_path, q, FAST]).fetchall()
+    later = admin.execute("SELECT finetune('CREATE', 'ml.adm2', ?, ?, NULL, ?)", [tiny_model_path, q, ONE_EPOCH]).fetchall()
     assert duckdb_ft.wait(admin, later[0][0], 120) == "SUCCESS"
     admin.close()
 
@@ -337,7 +303,7 @@ con.close()
 def test_a_model_the_role_may_not_use_is_not_told_apart_from_none(attack, tiny_model_path):
     admin, u1 = attack
     job = admin.execute("SELECT finetune('CREATE', 'ml.private', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
-                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+                        "NULL, ?)", [tiny_model_path, ONE_EPOCH]).fetchall()[0][0]
     assert duckdb_ft.wait(admin, job, 120) == "SUCCESS"
     for name in ("ml.private", "ml.nothing"):
         for sql in (f"DESCRIBE MODEL {name}", f"SHOW GRANTS ON MODEL {name}", f"DROP MODEL {name}"):
@@ -360,14 +326,14 @@ def test_create_checks_what_the_base_model_bounds(attack, tiny_model_path):
                       [tiny_model_path, q, json.dumps({"max_seq_length": 4096})])
     with pytest.raises(duckdb_ft.InvalidArgument, match="the validation query returned no row"):
         admin.execute("SELECT finetune('CREATE', 'ml.t3', ?, ?, ?, ?)",
-                      [tiny_model_path, q, q + " WHERE false", FAST])
+                      [tiny_model_path, q, q + " WHERE false", ONE_EPOCH])
     assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
 
 
 def test_wait_with_a_nan_timeout_is_an_error(attack, tiny_model_path):
     admin, u1 = attack
     job = admin.execute("SELECT finetune('CREATE', 'ml.w', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
-                        "NULL, ?)", [tiny_model_path, FAST]).fetchall()[0][0]
+                        "NULL, ?)", [tiny_model_path, ONE_EPOCH]).fetchall()[0][0]
     with pytest.raises(duckdb_ft.InvalidArgument, match="NaN"):
         admin.execute("SELECT finetune('WAIT', ?, 'nan')", [job])
     duckdb_ft.wait(admin, job, 120)

@@ -1,6 +1,6 @@
 """Attacks of the third privileges review (issue 30), each a test named after the behaviour it protects.
 
-The attacker is test_attacks' user session (USAGE on ``main``, SELECT on ``pub``, INSERT on ``logt``, CREATE
+The attacker is conftest.setup_attack_db's user session (USAGE on ``main``, SELECT on ``pub``, INSERT on ``logt``, CREATE
 MODEL on ``ml``, CREATE TABLE/VIEW on ``main``); the administrator also owns a sequence and an enum type.
 """
 
@@ -12,8 +12,7 @@ import pytest
 
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
-
-from test_attacks import FAST, denied, setup_attack_db, user_connection
+from conftest import ONE_EPOCH, denied, setup_attack_db, user_connection
 
 
 @pytest.fixture
@@ -105,7 +104,7 @@ def test_a_training_query_or_user_metric_may_not_call_administrator_functions(at
     with pytest.raises(PermissionDenied, match="'nextval' does not exist or is for the administrator"):
         u1.execute("SELECT finetune('CREATE', 'ml.seq_bot', ?, "
                    "'SELECT s AS prompt, nextval(''seq'')::VARCHAR AS completion FROM pub', NULL, ?)",
-                   [tiny_model_path, FAST]).fetchall()
+                   [tiny_model_path, ONE_EPOCH]).fetchall()
     with pytest.raises(PermissionDenied, match="'current_setting' does not exist or is for the administrator"):
         u1.execute("SELECT finetune('EVALUATE', ?, 'SELECT s AS prompt, s AS completion FROM pub', ?)",
                    [tiny_model_path, json.dumps({"max_tokens": 2, "metrics": [

@@ -22,10 +22,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
 from duckdb_ft.governance.authorize import authorize
+from conftest import setup_attack_db, user_connection
 from duckdb_ft.governance.calls import PUBLIC_MACROS
 from duckdb_ft.governance.function_list import ALLOWED_FUNCTIONS
-
-from test_attacks import setup_attack_db, user_connection
 
 EXAMPLES = int(os.environ.get("DUCKDB_FT_FUZZ_EXAMPLES", "1000"))
 READABLE = {"memory.main.pub"}  # the only base table the attacker may read (v_pub, v_v and mine are over it)

@@ -12,6 +12,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 import duckdb_ft
+from conftest import catalog_counts
 from duckdb_ft.errors import FtError, Interrupted, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
 from duckdb_ft.evaluation import evaluate as evaluate_module
 from duckdb_ft.ml import complete as completion
@@ -53,9 +54,8 @@ def evaluate(con, models, query=Q, options=None):
     return json.loads(con.execute(f"SELECT finetune('EVALUATE', {marks})", args).fetchall()[0][0])
 
 
-def catalog_state(admin):
-    return [admin.execute(f"SELECT count(*) FROM duckdb_ft.{t}").fetchall()[0][0]
-            for t in ("evaluations", "evaluation_rows", "jobs", "models")]
+#: The catalog tables an evaluation writes, and those it must leave alone.
+EVALUATION_TABLES = ("evaluations", "evaluation_rows", "jobs", "models")
 
 
 METRICS = ["exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf", "json_valid",
@@ -182,14 +182,15 @@ def test_interrupt_stops_between_batches_and_marks_the_evaluation_cancelled(db, 
 
     monkeypatch.setattr(completion, "generate", interrupting)
     monkeypatch.setattr(evaluate_module, "CHUNK_ROWS", 16)
-    before = catalog_state(admin)
+    before = catalog_counts(admin, EVALUATION_TABLES)
     with pytest.raises(Interrupted):
         evaluate(admin, db["base"], Q, {"max_tokens": 2, "metrics": ["exact_match"]})
     assert calls == [16]  # 20 rows: the second batch never started
     last = admin.execute("SELECT status, progress FROM duckdb_ft.evaluations ORDER BY created_on DESC LIMIT 1"
                          ).fetchall()[0]
     assert last == ("CANCELLED", 0.8)
-    assert catalog_state(admin)[1:] == before[1:]  # no rows kept
+    after = catalog_counts(admin, EVALUATION_TABLES)
+    assert {t: after[t] for t in EVALUATION_TABLES[1:]} == {t: before[t] for t in EVALUATION_TABLES[1:]}  # no rows
 
 
 BAD = [
@@ -232,11 +233,11 @@ def test_bad_input_is_a_clear_error_before_any_generation(db, monkeypatch, label
     admin = db["admin"]
     calls = []
     monkeypatch.setattr(completion, "generate", lambda *a, **k: calls.append(a))
-    before = catalog_state(admin)
+    before = catalog_counts(admin, EVALUATION_TABLES)
     with pytest.raises(error) as e:
         evaluate(admin, models, query, options)
     assert message in str(e.value), str(e.value)
-    assert calls == [] and catalog_state(admin) == before
+    assert calls == [] and catalog_counts(admin, EVALUATION_TABLES) == before
 
 
 DENIED = [
@@ -261,11 +262,11 @@ def test_privileges_are_checked_before_any_generation(db, monkeypatch, label, us
     admin = db["admin"]
     calls = []
     monkeypatch.setattr(completion, "generate", lambda *a, **k: calls.append(a))
-    before = catalog_state(admin)
+    before = catalog_counts(admin, EVALUATION_TABLES)
     with pytest.raises(PermissionDenied) as e:
         evaluate(db[user], db["base"] if models == "BASE" else models, query, options)
     assert message in str(e.value), str(e.value)
-    assert calls == [] and catalog_state(admin) == before
+    assert calls == [] and catalog_counts(admin, EVALUATION_TABLES) == before
 
 
 def test_evaluations_belong_to_their_creators_role(db):

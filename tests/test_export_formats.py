@@ -6,16 +6,15 @@ COMPLETE does, token for token) and ``gguf`` (one GGUF file whose tensors, shape
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 import duckdb_ft
-from conftest import create, one, wait
+from conftest import LEARN, create, one, wait
 
-LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32,
-         "lora_dropout": 0.0, "warmup_ratio": 0.0}
 PROMPTS = ["Say the word 3", "Say the word 11", "What is 2 + 2?"]
 
 #: Run in a fresh interpreter with peft made unimportable: transformers alone loads both exports.
@@ -59,14 +58,23 @@ def trained(tmp_path_factory, tiny_model_path):
     return db, answers
 
 
-def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(trained, tmp_path):
+@pytest.fixture
+def exported(trained, tmp_path_factory):
+    """A copy of ``trained``'s database for one test (outside its ``tmp_path``, which some tests list)."""
+    db, answers = trained
+    copy = tmp_path_factory.mktemp("exported") / "export.duckdb"
+    shutil.copyfile(db, copy)
+    return str(copy), answers
+
+
+def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(exported, tmp_path):
     import gguf
     import numpy as np
     from transformers import AutoModelForCausalLM
 
     from duckdb_ft.ml import gguf_file
 
-    db, answers = trained
+    db, answers = exported
     gguf_dir = tmp_path / "gguf"  # through the command line
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(gguf_dir),
                           "--format", "gguf"], capture_output=True, text=True, timeout=300)
@@ -120,10 +128,10 @@ def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(tra
     assert "apple" in loaded["merged"][0]["text"]
 
 
-def test_f16_gguf_is_half_precision(trained, tmp_path):
+def test_f16_gguf_is_half_precision(exported, tmp_path):
     import gguf
 
-    con = duckdb_ft.connect(trained[0])
+    con = duckdb_ft.connect(exported[0])
     path = duckdb_ft.export_model(con, "exported", str(tmp_path / "bot.gguf"), format="gguf", dtype="f16")
     con.close()
     assert path.endswith("bot.gguf") and list(tmp_path.iterdir()) == [tmp_path / "bot.gguf"]
@@ -133,7 +141,7 @@ def test_f16_gguf_is_half_precision(trained, tmp_path):
     assert reader.fields["general.file_type"].contents() == 1
 
 
-def test_an_export_that_fails_midway_leaves_nothing(trained, tmp_path, monkeypatch):
+def test_an_export_that_fails_midway_leaves_nothing(exported, tmp_path, monkeypatch):
     from duckdb_ft.ml import gguf_file
 
     def half_written(model, tokenizer, path, dtype, name):
@@ -141,7 +149,7 @@ def test_an_export_that_fails_midway_leaves_nothing(trained, tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(gguf_file, "write_gguf", half_written)
-    con = duckdb_ft.connect(trained[0])
+    con = duckdb_ft.connect(exported[0])
     try:
         with pytest.raises(OSError, match="No space left"):
             duckdb_ft.export_model(con, "exported", str(tmp_path / "out"), format="gguf")
@@ -150,8 +158,8 @@ def test_an_export_that_fails_midway_leaves_nothing(trained, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_export_requests_are_clear_errors_and_leave_nothing(trained, tmp_path):
-    db = trained[0]
+def test_bad_export_requests_are_clear_errors_and_leave_nothing(exported, tmp_path):
+    db = exported[0]
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(tmp_path / "z"),
                           "--format", "onnx"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "unknown export format" in run.stderr and "Traceback" not in run.stderr

@@ -8,10 +8,7 @@ import duckdb
 import pytest
 
 import duckdb_ft
-from conftest import FAST, catalog_counts, create, describe, one, wait
-
-LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32,
-         "lora_dropout": 0.0, "warmup_ratio": 0.0}
+from conftest import FAST, LEARN, catalog_counts, create, describe, one, wait, wait_for
 
 
 def test_lifecycle_create_describe_show_history(faq, tiny_model_path):
@@ -189,29 +186,30 @@ def test_unknown_action_lists_the_valid_ones(con):
         one(con, "SELECT finetune('DESCRIBE', 'ft_nope')")
 
 
-def test_interrupt_ends_wait_and_the_job_goes_on(faq, tiny_model_path):
+def test_interrupt_ends_wait_and_the_job_goes_on(faq, tiny_model_path, monkeypatch):
     """Ctrl-C in the shell (``con.interrupt()`` from another thread) ends finetune('WAIT') at once, not at its
     timeout; the job keeps training, and the connection works."""
     import threading
-    import time
 
     con = faq
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(400) t(i)")
     slow = create(con, "slow", tiny_model_path, "SELECT p AS prompt, c AS completion FROM big",
                   options={"max_epochs": 10, "batch_size": 1})
     seen = {}
+    waiting = threading.Event()  # set once WAIT is blocked in the job runner, where the interrupt must reach it
+    jobs = con.session.engine.jobs
+    real_wait = jobs.wait
+    monkeypatch.setattr(jobs, "wait", lambda *a, **k: waiting.set() or real_wait(*a, **k))
 
     def waiter():
-        start = time.monotonic()
         try:
             seen["status"] = wait(con, slow, 300)
         except duckdb.Error as e:
             seen["error"] = str(e)
-        seen["seconds"] = time.monotonic() - start
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    time.sleep(1.0)
+    assert waiting.wait(120), "WAIT never started"
     con.interrupt()
     thread.join(60)  # the job runs for minutes: a WAIT that ended did so because of the interrupt
     assert not thread.is_alive(), seen
@@ -229,11 +227,7 @@ def test_cancel_running_and_pending_jobs(faq, tiny_model_path):
     slow = create(con, "slow", tiny_model_path, "SELECT p AS prompt, c AS completion FROM big",
                   options={"max_epochs": 10, "batch_size": 1})
     queued = create(con, "queued", tiny_model_path, "SELECT p AS prompt, c AS completion FROM big", options=FAST)
-    import time
-
-    deadline = time.time() + 60
-    while describe(con, slow)["status"] != "IN_PROGRESS" and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: describe(con, slow)["status"] == "IN_PROGRESS", 300, "the first job to start")
     assert describe(con, queued)["status"] == "PENDING"  # one job at a time
     assert one(con, "SELECT finetune('CANCEL', ?)", queued) == f"Canceled fine-tuning job: {queued}"
     assert one(con, "SELECT finetune('CANCEL', ?)", slow) == f"Canceled fine-tuning job: {slow}"

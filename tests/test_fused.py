@@ -11,15 +11,9 @@ from duckdb_ft.ml import data, fused, kernels, models, training
 from duckdb_ft.ml.dropout import fast_dropout
 from duckdb_ft.options import TrainingOptions
 
-from test_training import PAIRS, lora_grads, peft_model  # noqa: F401  (the tiny fixture's helpers)
+from conftest import lora_grads, peft_model
 
 BF16 = torch.bfloat16
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    tokenizer = models.load_tokenizer(tiny_model_path)
-    return tiny_model_path, tokenizer, data.tokenize_pairs(tokenizer, PAIRS, 128)
 
 
 def close(got, want, rel):

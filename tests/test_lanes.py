@@ -6,7 +6,7 @@ import torch
 
 from duckdb_ft.ml import data, dropout, kernels, lanes, models, training
 from duckdb_ft.options import TrainingOptions
-from test_training import PAIRS as TRAINING_PAIRS
+from conftest import PAIRS as TRAINING_PAIRS
 
 PAIRS = TRAINING_PAIRS + [  # two more: with 48-position micro-batches, several a step and both lanes busy
     ("Name a prime number above ten.", "Eleven."),

@@ -11,10 +11,7 @@ import json
 import pytest
 
 import duckdb_ft
-from conftest import catalog_counts, create, one, rows, wait
-
-LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32,
-         "lora_dropout": 0.0, "warmup_ratio": 0.0}
+from conftest import LEARN, catalog_counts, create, one, rows, wait
 
 
 def model_row(con, name):

@@ -10,6 +10,7 @@ import random
 import duckdb
 import pytest
 
+from conftest import catalog_counts, one
 from duckdb_ft.prep import pii
 
 SMALL = {"max_epochs": 1, "batch_size": 8, "max_seq_length": 128}
@@ -19,14 +20,6 @@ _rng = random.Random()
 
 def _words(n: int) -> str:
     return " ".join("".join(_rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(n))
-
-
-def _one(con, sql, *params):
-    return con.execute(sql, list(params)).fetchall()[0][0]
-
-
-def catalog_counts(con):
-    return {t: _one(con, f"SELECT count(*) FROM duckdb_ft.{t}") for t in ("jobs", "job_rows", "metrics", "models")}
 
 
 @pytest.fixture
@@ -63,7 +56,7 @@ VALID = "SELECT question AS prompt, answer AS completion FROM held ORDER BY id"
 
 
 def estimate(con, train=TRAIN, valid=VALID, options=SMALL, base=None):
-    return json.loads(_one(con, "SELECT finetune('ESTIMATE', ?, ?, ?, ?)", base, train, valid,
+    return json.loads(one(con, "SELECT finetune('ESTIMATE', ?, ?, ?, ?)", base, train, valid,
                            json.dumps(options) if options is not None else None))
 
 
@@ -113,10 +106,10 @@ def test_estimate_trained_tokens_equal_describe_after_create(dirty, tiny_model_p
     r = estimate(con, options=opts, base=tiny_model_path)
     assert r["cleaning"]["dropped"] == {"exact_duplicate": 4, "conflicting": 6, "near_duplicate": 5}
     assert r["cleaning"]["masked"] == {"CARD": 2, "EMAIL": 3}
-    job = _one(con, "SELECT finetune('CREATE', 'clean_bot', ?, ?, ?, ?)", tiny_model_path, TRAIN, VALID,
+    job = one(con, "SELECT finetune('CREATE', 'clean_bot', ?, ?, ?, ?)", tiny_model_path, TRAIN, VALID,
                json.dumps(opts))
-    assert _one(con, "SELECT finetune('WAIT', ?, 300)", job) == "SUCCESS"
-    d = json.loads(_one(con, "SELECT finetune('DESCRIBE', ?)", job))
+    assert one(con, "SELECT finetune('WAIT', ?, 300)", job) == "SUCCESS"
+    d = json.loads(one(con, "SELECT finetune('DESCRIBE', ?)", job))
     assert d["trained_tokens"] == r["cost"]["trained_tokens"] > 0
     assert d["total_steps"] == r["cost"]["total_steps"]
     assert (d["train_rows"], d["validation_rows"]) == (67 - 5 - 4 - 6 - 5, 12)
@@ -127,7 +120,7 @@ def test_estimate_trained_tokens_equal_describe_after_create(dirty, tiny_model_p
 def test_pii_mask_leaves_no_email_or_card_in_the_snapshot_and_the_table_unchanged(dirty, tiny_model_path):
     con = dirty
     table = con.execute("SELECT count(*), sum(hash(id, question, answer)) FROM pairs").fetchall()
-    job = _one(con, "SELECT finetune('CREATE', 'masked', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
+    job = one(con, "SELECT finetune('CREATE', 'masked', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
                json.dumps({**SMALL, "pii": "mask"}))
     stored = con.execute("SELECT prompt, completion FROM duckdb_ft.job_rows WHERE job_id = ?", [job]).fetchall()
     assert len(stored) == 67 - 5 - 4
@@ -138,21 +131,21 @@ def test_pii_mask_leaves_no_email_or_card_in_the_snapshot_and_the_table_unchange
     assert texts.count("<EMAIL>") == 3 and texts.count("<CARD>") == 2
     assert "4111 1111 1111 1112" in texts  # not Luhn-valid: not a card number
     assert con.execute("SELECT count(*), sum(hash(id, question, answer)) FROM pairs").fetchall() == table
-    d = json.loads(_one(con, "SELECT finetune('DESCRIBE', ?)", job))
+    d = json.loads(one(con, "SELECT finetune('DESCRIBE', ?)", job))
     assert d["cleaning"]["masked"] == {"CARD": 2, "EMAIL": 3} and d["cleaning"]["dropped"]["exact_duplicate"] == 4
-    assert _one(con, "SELECT finetune('CANCEL', ?)", job).startswith("Canceled")
+    assert one(con, "SELECT finetune('CANCEL', ?)", job).startswith("Canceled")
 
 
 def test_dedupe_none_keeps_every_row_and_refuse_lists_the_rows(dirty, tiny_model_path):
     con = dirty
-    job = _one(con, "SELECT finetune('CREATE', 'all_rows', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
+    job = one(con, "SELECT finetune('CREATE', 'all_rows', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
                json.dumps({**SMALL, "dedupe": "none"}))
-    assert _one(con, "SELECT count(*) FROM duckdb_ft.job_rows WHERE job_id = ?", job) == 67 - 5
-    assert _one(con, "SELECT finetune('CANCEL', ?)", job).startswith("Canceled")
+    assert one(con, "SELECT count(*) FROM duckdb_ft.job_rows WHERE job_id = ?", job) == 67 - 5
+    assert one(con, "SELECT finetune('CANCEL', ?)", job).startswith("Canceled")
     before = catalog_counts(con)
     with pytest.raises(duckdb.Error, match=r'personal data \(CARD, EMAIL\) in 5 row\(s\), and the option pii is '
                                            r'"refuse": training rows 58, 59, 60, 61, 62'):
-        _one(con, "SELECT finetune('CREATE', 'refused', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
+        one(con, "SELECT finetune('CREATE', 'refused', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
              json.dumps({**SMALL, "pii": "refuse"}))
     assert catalog_counts(con) == before
     r = estimate(con, options={**SMALL, "pii": "refuse"}, base=tiny_model_path)  # ESTIMATE says CREATE would fail
@@ -190,7 +183,7 @@ def test_bad_estimate_is_creates_error_and_changes_nothing(dirty, tiny_model_pat
 
 def test_estimate_missing_arguments(con):
     with pytest.raises(duckdb.Error, match=r"finetune\('ESTIMATE', base_model, training_query"):
-        _one(con, "SELECT finetune('ESTIMATE', 'smollm2-135m')")
+        one(con, "SELECT finetune('ESTIMATE', 'smollm2-135m')")
 
 
 @pytest.mark.parametrize("text, kinds", [

@@ -4,13 +4,14 @@ nothing changed by a denial."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 import duckdb_ft
+from conftest import ONE_EPOCH
 from duckdb_ft.errors import PermissionDenied
 
-FAST = json.dumps({"max_epochs": 1, "batch_size": 8})
 GOOD_Q = "SELECT q AS prompt, a AS completion FROM main.faq"
 
 
@@ -26,7 +27,9 @@ def state(admin):
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory, tiny_model_path):
+def shop(tmp_path_factory, tiny_model_path):
+    """The shop's database file: tables, views, roles and grants, and the model ml.shared_bot owned by analyst.
+    Built and trained once; each test gets a copy (``db``)."""
     path = str(tmp_path_factory.mktemp("priv") / "shop.duckdb")
     admin = duckdb_ft.connect(path)
     admin.execute("CREATE TABLE faq AS SELECT 'question ' || i AS q, 'answer ' || i AS a FROM range(20) t(i)")
@@ -45,15 +48,33 @@ def db(tmp_path_factory, tiny_model_path):
     ]:
         admin.execute(stmt).fetchall()
     job = admin.execute("SELECT finetune('CREATE', 'ml.shared_bot', ?, ?, NULL, ?)",
-                        [tiny_model_path, GOOD_Q, FAST]).fetchall()[0][0]
+                        [tiny_model_path, GOOD_Q, ONE_EPOCH]).fetchall()[0][0]
     assert duckdb_ft.wait(admin, job) == "SUCCESS"
     admin.execute("GRANT OWNERSHIP ON MODEL ml.shared_bot TO ROLE analyst").fetchall()
     admin.execute("GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer").fetchall()
-    users = {u: duckdb_ft.connect(path, user=u) for u in ("alice", "bob", "eve", "carol")}
-    yield {"admin": admin, "job": job, "path": path, "base": tiny_model_path, **users}
-    for c in users.values():
-        c.close()
     admin.close()
+    return path, job
+
+
+class Sessions(dict):
+    """``db[user]``: a connection of that user (``db["admin"]``: the administrator's), opened on first use."""
+
+    def __missing__(self, user):
+        con = duckdb_ft.connect(self["path"]) if user == "admin" else duckdb_ft.connect(self["path"], user=user)
+        self[user] = con
+        return con
+
+
+@pytest.fixture
+def db(shop, tmp_path, tiny_model_path):
+    """A copy of the shop's database for one test, which may change it as it likes; its sessions by user."""
+    path = str(tmp_path / "shop.duckdb")
+    shutil.copyfile(shop[0], path)
+    sessions = Sessions(path=path, job=shop[1], base=tiny_model_path)
+    sessions["admin"]  # noqa: B018 - opened first, closed last
+    yield sessions
+    for user in [u for u in sessions if u not in ("path", "job", "base", "admin")] + ["admin"]:
+        sessions[user].close()
 
 
 def attempt(con, sql, *params):
@@ -116,7 +137,7 @@ MATRIX = [
 @pytest.mark.parametrize("action, sql, allowed, message", MATRIX, ids=[m[0] for m in MATRIX])
 def test_privilege_matrix(db, action, sql, allowed, message, user_index, user):
     con, admin = db[user], db["admin"]
-    text = sql.format(u=user, base=db["base"], opts=FAST)
+    text = sql.format(u=user, base=db["base"], opts=ONE_EPOCH)
     before = state(admin)
     if allowed[user_index]:
         rows = attempt(con, text)
@@ -153,7 +174,7 @@ def test_jobs_are_visible_and_cancellable_only_by_their_owner(db):
 
 def test_drop_model_needs_ownership(db):
     admin, alice, bob = db["admin"], db["alice"], db["bob"]
-    job = attempt(alice, "SELECT finetune('CREATE', 'ml.dropme', ?, ?, NULL, ?)", db["base"], GOOD_Q, FAST)[0][0]
+    job = attempt(alice, "SELECT finetune('CREATE', 'ml.dropme', ?, ?, NULL, ?)", db["base"], GOOD_Q, ONE_EPOCH)[0][0]
     assert duckdb_ft.wait(admin, job) == "SUCCESS"
     attempt(alice, "GRANT USAGE ON MODEL ml.dropme TO ROLE viewer")
     before = state(admin)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import duckdb_ft
+from conftest import catalog_counts, create, wait_for
 
 KILL_POINTS = int(os.environ.get("DUCKDB_FT_KILL_POINTS", "20"))
 
@@ -53,15 +54,21 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
     expected = checksums(con)
     con.close()
     rng = random.Random(20261124)
+    # Where each kill is aimed: three in five after the child says TRAINING (its job created: training, resuming
+    # or storing the model, or finished), the others anywhere after it opened the database (opening, or creating
+    # the job: CREATE alone takes a second or two). Then a random delay.
+    aims = ["training" if k % 5 < 3 else "anywhere" for k in range(KILL_POINTS)]
+    rng.shuffle(aims)
     phases: dict[str, int] = {}
-    for _ in range(KILL_POINTS):
+    for aim in aims:
         child = subprocess.Popen([sys.executable, "-c", CHILD, db, tiny_model_path], stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True)
         seen = [child.stdout.readline().strip()]
         assert seen == ["READY"]
-        if rng.random() < 0.6:  # else the kill lands while opening or creating (CREATE alone takes a second or two)
+        if aim == "training":  # an event, not a delay: the child says when its job exists
             while seen[-1] not in ("TRAINING", ""):
                 seen.append(child.stdout.readline().strip())
+            assert seen[-1] == "TRAINING", f"the child ended before its job existed: {seen}"
         time.sleep(rng.uniform(0.0, 1.5))
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -87,8 +94,8 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
         assert len(models) == (1 if jobs and jobs[0][1] == "SUCCESS" else 0)
         con.close()
     print(f"\nkill points: {KILL_POINTS}; the child was {phases} when killed")
-
-    assert phases.get("training", 0) + phases.get("finished", 0) >= KILL_POINTS // 4, phases
+    # Every kill aimed at training landed there or later (each was checked as it was aimed).
+    assert phases.get("training", 0) + phases.get("finished", 0) >= aims.count("training"), phases
     # The last run is left alone: the job resumes from its checkpoint and finishes (whichever open marked it ERROR:
     # the checks above reopen the database after every kill).
     final = subprocess.run([sys.executable, "-c", CHILD, db, tiny_model_path], capture_output=True, text=True,
@@ -106,17 +113,10 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
 # ------------------------------------------------------------------------------------------------ concurrency
 
 
-@pytest.fixture
-def big(con):
-    con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(200) t(i)")
-    return con
-
-
-def create(con, name, base, rows=200, **options):
-    opts = {"max_epochs": 1, "batch_size": 4, **options}
-    return con.execute("SELECT finetune('CREATE', ?, ?, ?, NULL, ?)",
-                       [name, base, f"SELECT p AS prompt, c AS completion FROM big LIMIT {rows}",
-                        json.dumps(opts)]).fetchall()[0][0]
+def big_job(con, name, base, rows=200, **options):
+    """A job on the first ``rows`` rows of table big (one epoch, batches of 4, unless ``options`` say otherwise)."""
+    return create(con, name, base, f"SELECT p AS prompt, c AS completion FROM big LIMIT {rows}",
+                  options={"max_epochs": 1, "batch_size": 4, **options})
 
 
 def test_complete_from_other_cursors_while_a_job_trains(big, tiny_model_path):
@@ -124,7 +124,7 @@ def test_complete_from_other_cursors_while_a_job_trains(big, tiny_model_path):
     prompt_sql = ("SELECT complete(?, 'prompt ' || i, '{\"max_tokens\": 4}')::JSON ->> '$.choices[0].messages' "
                   "FROM range(8) t(i) ORDER BY i")
     reference = con.execute(prompt_sql, [tiny_model_path]).fetchall()
-    job = create(con, "busy", tiny_model_path, max_epochs=3, batch_size=1)
+    job = big_job(con, "busy", tiny_model_path, max_epochs=3, batch_size=1)
     results, errors = [], []
 
     def worker():
@@ -149,7 +149,7 @@ def test_complete_from_other_cursors_while_a_job_trains(big, tiny_model_path):
 
 def test_queued_jobs_run_one_at_a_time_in_order(big, tiny_model_path):
     con = big
-    jobs = [create(con, f"q{i}", tiny_model_path, rows=40) for i in range(3)]
+    jobs = [big_job(con, f"q{i}", tiny_model_path, rows=40) for i in range(3)]
     for j in jobs:
         assert duckdb_ft.wait(con, j) == "SUCCESS"
     rows = con.execute("SELECT id, started_on, finished_on FROM duckdb_ft.jobs ORDER BY created_on").fetchall()
@@ -167,7 +167,7 @@ def test_two_threads_create_the_same_name_one_wins(big, tiny_model_path):
         cur = con.cursor()
         barrier.wait()
         try:
-            outcomes.append(("ok", create(cur, "dup", tiny_model_path, rows=20)))
+            outcomes.append(("ok", big_job(cur, "dup", tiny_model_path, rows=20)))
         except duckdb.Error as e:
             outcomes.append(("error", str(e)))
 
@@ -188,10 +188,9 @@ def test_closing_the_database_stops_a_job_cleanly(tmp_path, tiny_model_path):
     path = str(tmp_path / "closing.duckdb")
     con = duckdb_ft.connect(path)
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(200) t(i)")
-    job = create(con, "closing", tiny_model_path, max_epochs=5, batch_size=1)
-    deadline = time.time() + 60
-    while con.execute("SELECT coalesce(step, 0) FROM duckdb_ft.jobs").fetchall()[0][0] < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    job = big_job(con, "closing", tiny_model_path, max_epochs=5, batch_size=1)
+    wait_for(lambda: con.execute("SELECT coalesce(step, 0) FROM duckdb_ft.jobs").fetchall()[0][0] >= 2, 300,
+             "two training steps")
     con.close()
     con = duckdb_ft.connect(path)
     status, error, step = con.execute("SELECT status, error, step FROM duckdb_ft.jobs").fetchall()[0]
@@ -204,11 +203,6 @@ def test_closing_the_database_stops_a_job_cleanly(tmp_path, tiny_model_path):
 
 
 # ------------------------------------------------------------------------------------------ hostile input
-
-
-def catalog_state(con):
-    return {t: con.execute(f"SELECT count(*) FROM duckdb_ft.{t}").fetchall()[0][0]
-            for t in ("jobs", "job_rows", "models", "metrics")}
 
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -241,12 +235,12 @@ def fuzz_db(tiny_model_path):
                                           '{"max_epochs": {"nested": [1, 2]}}'])))
 def test_fuzzed_options_get_a_clear_error_and_change_nothing(fuzz_db, tiny_model_path, options):
     con = fuzz_db
-    before = catalog_state(con)
+    before = catalog_counts(con)
     # 'taken' is taken: valid options end in that error, so no example starts a job.
     with pytest.raises(duckdb.Error, match=r"FINETUNE option|is taken"):
         con.execute("SELECT finetune('CREATE', 'taken', ?, 'SELECT q AS prompt, a AS completion FROM faq', NULL, ?)",
                     [tiny_model_path, options]).fetchall()
-    assert catalog_state(con) == before
+    assert catalog_counts(con) == before
 
 
 @FUZZ
@@ -256,11 +250,11 @@ def test_fuzzed_model_names_get_a_clear_error_and_change_nothing(fuzz_db, tiny_m
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?", name.strip()):
         name = name.strip() + " ?"  # a valid name would start a job: make it invalid
     con = fuzz_db
-    before = catalog_state(con)
+    before = catalog_counts(con)
     with pytest.raises(duckdb.Error, match="invalid model name|missing"):
         con.execute("SELECT finetune('CREATE', ?, ?, 'SELECT q AS prompt, a AS completion FROM faq')",
                     [name, tiny_model_path]).fetchall()
-    assert catalog_state(con) == before
+    assert catalog_counts(con) == before
     assert con.execute("SELECT count(*) FROM faq").fetchall() == [(12,)]
 
 
@@ -292,11 +286,11 @@ HOSTILE_QUERIES = [
 @pytest.mark.parametrize("query", HOSTILE_QUERIES)
 def test_hostile_training_queries_are_refused(fuzz_db, tiny_model_path, query):
     con = fuzz_db
-    before = catalog_state(con)
+    before = catalog_counts(con)
     faq = con.execute("SELECT count(*), sum(hash(q, a)) FROM faq").fetchall()
     with pytest.raises(duckdb.Error, match=r"training query|cannot parse SQL"):
         con.execute("SELECT finetune('CREATE', 'hostile', ?, ?)", [tiny_model_path, query]).fetchall()
-    assert catalog_state(con) == before
+    assert catalog_counts(con) == before
     assert con.execute("SELECT count(*), sum(hash(q, a)) FROM faq").fetchall() == faq
     assert not os.path.exists("/tmp/stolen.csv")
 
@@ -324,12 +318,12 @@ def test_fuzzed_messages_complete_or_fail_clearly(fuzz_db, tiny_model_path, mess
 
 def test_hostile_data(fuzz_db, tiny_model_path):
     con = fuzz_db
-    before = catalog_state(con)
+    before = catalog_counts(con)
     # Invalid UTF-8 decoded from a BLOB: DuckDB refuses it while the rows are copied; nothing is left behind.
     with pytest.raises(duckdb.Error, match="reading the training data failed: Conversion Error"):
         con.execute("SELECT finetune('CREATE', 'utf', ?, 'SELECT decode(''\\xFF\\xFE''::BLOB) AS prompt, "
                     "''x'' AS completion')", [tiny_model_path]).fetchall()
-    assert catalog_state(con) == before
+    assert catalog_counts(con) == before
     # NULLs, empty strings and a 1 MB prompt: skipped, kept and truncated, counted, and the job succeeds.
     con.execute("CREATE TABLE odd AS SELECT * FROM (VALUES (NULL, 'a'), ('b', NULL), ('', ''), "
                 "(repeat('long ', 200000), 'short'), ('fine', 'also fine')) t(p, c)")

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import COMMAND
 from duckdb_ft import cli
 from duckdb_ft.shell import progress, render, sqltext
 from duckdb_ft.shell.repl import Shell, error_message
 
-EXE = Path(sys.executable).with_name("duckdb-ft")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
 ROWS = "SELECT * FROM (VALUES (1, 'x', NULL), (22, 'y,z', true)) t(a, b, c)"
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import COMMAND
+
 SQL = Path(__file__).resolve().parent.parent / "sql"
-EXE = Path(sys.executable).with_name("duckdb-ft")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "duckdb_ft"]
 
 #: What each script's output must show, beyond a clean exit (scripts not listed: a clean exit is enough).
 EXPECTED = {

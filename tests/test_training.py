@@ -10,37 +10,7 @@ import torch.nn.functional as F
 
 from duckdb_ft.ml import data, dropout, kernels, models, training
 from duckdb_ft.options import TrainingOptions
-from conftest import python_output
-
-PAIRS = [
-    ("What is the capital of France?", "Paris."),
-    ("Write a SQL query counting the rows of table orders.", "SELECT count(*) FROM orders;"),
-    ("Summarize: the parcel arrived late and the box was crushed, so the customer wants a refund.",
-     "A late, damaged parcel; the customer asks for a refund."),
-    ("Hi", "Hello! How can I help you today? Ask me anything about your order, and I will look it up."),
-    ("Translate 'good morning' to Spanish.", "Buenos días."),
-    ("List three primary colours.", "Red, yellow and blue."),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    tokenizer = models.load_tokenizer(tiny_model_path)
-    examples = data.tokenize_pairs(tokenizer, PAIRS, 128)
-    return tiny_model_path, tokenizer, examples
-
-
-def peft_model(path, dropout=0.0, attention=None):
-    from peft import get_peft_model
-
-    base = models.load_for_training(path, attention)
-    torch.manual_seed(0)
-    model = get_peft_model(base, training.lora_config(base, TrainingOptions(lora_dropout=dropout, lora_r=4)))
-    for name, p in model.named_parameters():  # LoRA B starts at zero: give it weights, so the adapter matters
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    return model
-
+from conftest import lora_grads, peft_model, python_output
 
 def reference_loss(model, batch):
     """The textbook loss: full-vocabulary logits at every position, with the attention mask, fp32."""
@@ -48,10 +18,6 @@ def reference_loss(model, batch):
     labels = batch["labels"][:, 1:]
     keep = labels != data.IGNORE
     return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), int(keep.sum())
-
-
-def lora_grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_loss_and_gradients_equal_the_full_logits_reference(tiny):

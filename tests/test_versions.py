@@ -6,14 +6,14 @@ version; models made before versions existed are version v1 of themselves."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import duckdb
 import pytest
 
 import duckdb_ft
-from conftest import catalog_counts, create, describe, one, rows, wait
+from conftest import LEARN, catalog_counts, create, describe, one, rows, wait
 
-LEARN = {"max_epochs": 6, "batch_size": 4, "learning_rate": 0.02, "lora_dropout": 0.0, "warmup_ratio": 0.0}
 GREEDY = "'{\"max_tokens\": 4, \"temperature\": 0}'"
 
 
@@ -28,8 +28,9 @@ def table(con, sql):
 
 
 @pytest.fixture(scope="module")
-def versioned(tmp_path_factory, tiny_model_path):
-    """A database file with model bot: v1 trained to answer 'alpha', v2 (the default) to answer 'beta'."""
+def trained_versions(tmp_path_factory, tiny_model_path):
+    """A database file with model bot: v1 trained to answer 'alpha', v2 (the default) to answer 'beta'. Trained
+    once; each test gets a copy (``versioned``)."""
     path = str(tmp_path_factory.mktemp("versions") / "v.duckdb")
     con = duckdb_ft.connect(path)
     con.execute("CREATE TABLE facts AS SELECT 'Question ' || i AS p, 'alpha alpha' AS a, 'beta beta' AS b "
@@ -41,6 +42,15 @@ def versioned(tmp_path_factory, tiny_model_path):
     assert wait(con, j2) == "SUCCESS"
     con.close()
     return path, j1, j2
+
+
+@pytest.fixture
+def versioned(trained_versions, tmp_path):
+    """A copy of ``trained_versions``'s database for one test, which may change it as it likes."""
+    path, j1, j2 = trained_versions
+    copy = tmp_path / "v.duckdb"
+    shutil.copyfile(path, copy)
+    return str(copy), j1, j2
 
 
 def test_rolling_back_the_default_version_changes_what_complete_answers(versioned):
