@@ -176,6 +176,13 @@ def setup_attack_db(admin) -> None:
         admin.execute(sql).fetchall()
 
 
+def allow_base_model(admin, path, role="public"):
+    """Register the folder ``path`` as a base model and grant it to ``role``: a user session may then name it (by
+    its name, ``tiny``, or by the folder as registered)."""
+    admin.execute(f"CREATE OR REPLACE BASE MODEL tiny FROM '{path}'").fetchall()
+    admin.execute(f"GRANT USAGE ON BASE MODEL tiny TO ROLE {role}").fetchall()
+
+
 @pytest.fixture(scope="session")
 def default_model_path() -> str:
     """The real SmolLM2-135M-Instruct, converted into the test cache (about 20 s the first time)."""

@@ -15,12 +15,15 @@ import pytest
 
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
-from conftest import ONE_EPOCH, denied, setup_attack_db, user_connection, wait_for
+from conftest import ONE_EPOCH, allow_base_model, denied, setup_attack_db, user_connection, wait_for
+
 
 @pytest.fixture
-def attack():
+def attack(request):
     admin = duckdb_ft.connect()
     setup_attack_db(admin)
+    if "tiny_model_path" in request.fixturenames:  # the folder is a base model users may name
+        allow_base_model(admin, request.getfixturevalue("tiny_model_path"))
     u1 = user_connection(admin, "u1")
     yield admin, u1
     u1.close()

@@ -13,6 +13,8 @@ import pytest
 from conftest import catalog_counts, one
 from duckdb_ft.prep import pii
 
+from conftest import allow_base_model
+
 SMALL = {"max_epochs": 1, "batch_size": 8, "max_seq_length": 128}
 
 _rng = random.Random()
@@ -255,6 +257,7 @@ def test_a_role_estimates_only_what_it_may_read(tmp_path, tiny_model_path):
     for sql in ("CREATE ROLE analyst", "GRANT ROLE analyst TO USER ann", "GRANT USAGE ON SCHEMA main TO ROLE analyst",
                 "GRANT SELECT ON TABLE faq TO ROLE analyst"):
         admin.execute(sql)
+    allow_base_model(admin, tiny_model_path)
     ann = duckdb_ft.connect(path, user="ann")
     query = "SELECT q AS prompt, a AS completion FROM {}"
     rows = ann.execute("SELECT count(*) FROM finetune_data_report(?, ?) WHERE finding = 'exact_duplicate'",

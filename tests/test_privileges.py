@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import duckdb_ft
-from conftest import ONE_EPOCH
+from conftest import ONE_EPOCH, allow_base_model
 from duckdb_ft.errors import PermissionDenied
 
 GOOD_Q = "SELECT q AS prompt, a AS completion FROM main.faq"
@@ -52,6 +52,7 @@ def shop(tmp_path_factory, tiny_model_path):
     assert duckdb_ft.wait(admin, job) == "SUCCESS"
     admin.execute("GRANT OWNERSHIP ON MODEL ml.shared_bot TO ROLE analyst").fetchall()
     admin.execute("GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer").fetchall()
+    allow_base_model(admin, tiny_model_path)  # the folder is a base model every role may name
     admin.close()
     return path, job
 
@@ -268,7 +269,8 @@ def test_privileges_walkthrough_script_runs_in_the_shell(tmp_path, tiny_model_pa
     from pathlib import Path
 
     script = (Path(__file__).resolve().parent.parent / "sql" / "privileges.sql").read_text()
-    script = script.replace("'smollm2-135m'", f"'{tiny_model_path}'")
+    script = f"CREATE BASE MODEL tiny FROM '{tiny_model_path}';\nGRANT USAGE ON BASE MODEL tiny TO ROLE public;\n" \
+        + script.replace("'smollm2-135m'", "'tiny'")  # a registered folder: what a user may name
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", str(tmp_path / "walk.duckdb")], input=script,
                          capture_output=True, text=True, timeout=300)
     out = run.stdout + run.stderr

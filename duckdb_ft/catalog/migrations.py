@@ -191,6 +191,14 @@ def m011_usage_history(cur: Any) -> None:
         prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL, errors BIGINT NOT NULL)""")
 
 
+@migration
+def m012_base_models(cur: Any) -> None:
+    # Base models the administrator registered (issue 30): a name for a folder or hub id, granted with
+    # GRANT USAGE ON BASE MODEL (grants.object_kind 'BASE MODEL').
+    cur.execute(f"""CREATE TABLE {SCHEMA}.base_models (
+        name VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, owner VARCHAR, created_on BIGINT NOT NULL)""")
+
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

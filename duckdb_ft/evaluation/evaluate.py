@@ -23,6 +23,7 @@ from .. import catalog
 from ..catalog import evaluations as evaldb
 from ..errors import FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
+from ..governance.base_models import base_model_for
 from ..governance.sqlglot_reads import tables_read
 from ..ml import complete as completion, data, likelihood, models as mlmodels
 from ..options import CompleteOptions, EvaluateOptions
@@ -179,7 +180,7 @@ def _check_model(engine: Engine, session: Session, check: Checker, name: str) ->
     if row is not None:
         check.require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
         return row
-    mlmodels.resolve(name)  # ModelNotFound with what to do
+    mlmodels.resolve(base_model_for(session, engine.cursor(), name, mlmodels.BUILTIN))  # ModelNotFound: what to do
     return None
 
 

@@ -29,7 +29,7 @@ from .calls import walk_node
 #: duckdb-ft's own table macros, checked by their functions).
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest", "json_each", "json_tree", "finetune",
                         "finetune_history", "finetune_evaluation", "finetune_evaluations",
-                        "finetune_comparison", "finetune_data_report", "finetune_usage"}
+                        "finetune_comparison", "finetune_data_report", "finetune_sweep", "finetune_usage"}
 #: The plan operators of those (DuckDB's physical names); any other operator with a "Function" is refused.
 SAFE_PLAN_FUNCTIONS = {"RANGE", "GENERATE_SERIES", "UNNEST", "JSON_EACH", "JSON_TREE"}
 

@@ -29,7 +29,7 @@ class Access:
 #: is external access, for the administrator only.
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest", "finetune", "finetune_history", "json_each",
                         "json_tree", "explode", "finetune_evaluation", "finetune_evaluations",
-                        "finetune_comparison", "finetune_data_report"}
+                        "finetune_comparison", "finetune_data_report", "finetune_sweep"}
 
 
 def _qualify(table: exp.Table, default_schema: str) -> str:

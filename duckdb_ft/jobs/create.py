@@ -20,6 +20,8 @@ from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb, objects
 from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
+from ..governance.base_models import base_model_for
+from ..governance.limits import check_training_options
 from ..ml import data, devices, models
 from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
@@ -60,6 +62,9 @@ def check_request(cur: Any, session: Session, name: str | None, base_model: str,
     parent = lineage.find_parent(cur, session, base_model, options, opts)  # continue a fine-tuned model
     if parent is not None:
         base_model = parent.base_model
+    else:  # built-in, registered (USAGE; the job records its folder or hub id), any for the administrator
+        base_model = base_model_for(session, cur, base_model, models.BUILTIN)
+    check_training_options(session, opts)  # several machines: the administrator's
     devices.check_machine(opts)  # devices, FSDP, quantization against what this machine has
     path = check_base_model(base_model)
     check_fits_model(path, base_model, opts)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb
 from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
+from ..governance.limits import check_training_options
 from ..options import TrainingOptions
 from ..queries import parse_model_name
 from . import lineage
@@ -101,6 +102,7 @@ def create_sweep(runner: JobRunner, session: Session, name: str, base_model: str
     options_of = []  # each combination's options; continuing a fine-tuned model, with its LoRA shape (or an error)
     for combo in combos:
         opts = TrainingOptions.parse(json.dumps(combo))
+        check_training_options(session, opts)  # every combination: several machines are the administrator's
         lineage.find_parent(cur, session, base_model, json.dumps(combo), opts)
         options_of.append(opts.to_json())
     first = runner.create(session, f"{schema}.{names[0]}", base_model, training_query, validation_query,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import models as modeldb
-from ..errors import AlreadyExists, InvalidArgument, NotFound, RemoteError
+from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, RemoteError
 from ..queries import parse_model_ref
 from . import complete, models
 
@@ -58,10 +58,13 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
         raise InvalidArgument("export needs a folder to write (or push_to_hub, a hub repository id)")
     schema, model, version = parse_model_ref(name, session.schema)
     cur = session.engine.cursor()
-    if not modeldb.model_exists(cur, schema, model):
-        raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
+    if not modeldb.model_exists(cur, schema, model) or not session.checker().owns("MODEL", f"{schema}.{model}"):
+        if session.is_admin:
+            raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
+        raise PermissionDenied(f"Insufficient privileges to operate on model '{schema}.{model}': it does not exist "
+                               f"or OWNERSHIP is required (current role: {session.role}; SHOW MODELS lists the "
+                               "models you may use)")  # one error: a user cannot tell the two apart
     session.engine.check_current()
-    session.checker().require_owner("MODEL", f"{schema}.{model}", "export")
     row = modeldb.get_model(cur, schema, model, version)
     if row is None:
         raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "

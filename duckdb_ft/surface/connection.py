@@ -20,13 +20,15 @@ from . import router
 from .engine import Session, session_of, unregister
 from .functions import install
 from .grammar import parse_ft_statement
+from .redact import hide_ids
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
 USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
 
 
 def _typed_errors(method: Callable) -> Callable:
-    """DuckDB's report of an error raised inside a duckdb-ft UDF becomes that duckdb-ft error again."""
+    """DuckDB's report of an error raised inside a duckdb-ft UDF becomes that duckdb-ft error again; a user
+    session's errors lose the ids they quote (:mod:`.redact`)."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,6 +36,10 @@ def _typed_errors(method: Callable) -> Callable:
             return method(*args, **kwargs)
         except duckdb.Error as e:
             ours = from_duckdb(e)
+            session = getattr(args[0], "session", None) if args else None
+            hidden = hide_ids(ours or e, session)  # a user's errors never carry a session's id
+            if hidden is not None:
+                raise hidden from None
             if ours is None:
                 raise
             raise ours from None
@@ -76,6 +82,7 @@ class Connection:
         self._table, self._offset = None, 0
         self.session.interrupted.clear()
         if self.session.is_admin and parse_ft_statement(query) is None:
+            router.before_admin(self.session, self._raw, query)
             self._raw.execute(query, parameters)  # the administrator's plain SQL: DuckDB as it is
             router.forget_dropped(self.session, query)
             return self

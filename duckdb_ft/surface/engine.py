@@ -18,6 +18,7 @@ from typing import Any
 from ..catalog import migrations, models as modeldb, objects, usage as usagedb
 from ..errors import FtError, InvalidArgument, NotFound, PermissionDenied
 from ..governance import roles
+from ..governance.base_models import base_model_for
 from ..jobs.runner import JobRunner
 from ..ml import models
 from ..queries import parse_model_ref
@@ -79,8 +80,8 @@ class Engine:
         row = self.find_model(name, session)
         if found is not None:
             found[name] = row
-        if row is None:
-            return models.load(name), None
+        if row is None:  # a base model: built-in, registered (USAGE), or any folder for the administrator
+            return models.load(base_model_for(session, self.cursor(), name, models.BUILTIN)), None
         session.checker().require("USAGE", "MODEL", f"{row['schema_name']}.{row['name']}")
         loaded = models.load(row["base_model"])
         key = "ft_" + row["job_id"].replace("-", "_")  # one adapter per job: a re-created name gets new weights

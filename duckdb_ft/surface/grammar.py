@@ -16,7 +16,7 @@ from ..errors import InvalidArgument
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "USAGE", "OWNERSHIP", "CREATE MODEL", "CREATE TABLE",
               "CREATE VIEW")
-OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL")
+OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL", "BASE MODEL")
 
 
 @dataclass
@@ -32,6 +32,8 @@ class FtStatement:
     grantee: str | None = None
     if_exists: bool = False
     version: str | None = None  # a model's version: m@v1, DROP MODEL m VERSION v1, SET DEFAULT VERSION v1
+    source: str | None = None  # CREATE BASE MODEL name FROM 'source'
+    replace: bool = False  # CREATE OR REPLACE
     text: str = ""
 
 
@@ -124,9 +126,12 @@ def _object(t: _Tokens, st: FtStatement) -> None:
     if t.accept("ALL", "TABLES", "IN", "SCHEMA"):
         st.object_kind, st.object_name = "ALL TABLES", t.name()
         return
+    if t.accept("BASE", "MODEL"):
+        st.object_kind, st.object_name = "BASE MODEL", t.name()
+        return
     kind = t.peek()
     if kind not in OBJECT_KINDS:
-        raise t.error("TABLE, VIEW, SCHEMA, MODEL or ALL TABLES IN SCHEMA")
+        raise t.error("TABLE, VIEW, SCHEMA, MODEL, BASE MODEL or ALL TABLES IN SCHEMA")
     t.i += 1
     st.object_kind = kind
     st.object_name = t.name() if kind == "SCHEMA" else t.qualified()
@@ -163,6 +168,8 @@ def _show(t: _Tokens) -> FtStatement:
         return _model_name(t, FtStatement(kind="SHOW VERSIONS"), versioned=False)
     if t.accept("ROLES"):
         return FtStatement(kind="SHOW ROLES")
+    if t.accept("BASE", "MODELS"):
+        return FtStatement(kind="SHOW BASE MODELS")
     if t.accept("MODELS"):
         st = FtStatement(kind="SHOW MODELS")
         if t.accept("IN"):
@@ -180,7 +187,7 @@ def _show(t: _Tokens) -> FtStatement:
         elif t.accept("ON"):
             _object(t, st)
         return st
-    raise t.error("ROLES, MODELS, VERSIONS, GRANTS or USAGE")
+    raise t.error("ROLES, MODELS, BASE MODELS, VERSIONS, GRANTS or USAGE")
 
 
 def _model_name(t: _Tokens, st: FtStatement, versioned: bool = True) -> FtStatement:
@@ -214,6 +221,18 @@ def _alter_model(t: _Tokens) -> FtStatement:
     return st
 
 
+def _create_base_model(t: _Tokens, replace: bool) -> FtStatement:
+    """CREATE [OR REPLACE] BASE MODEL [IF NOT EXISTS] name FROM 'folder or org/name'."""
+    st = FtStatement(kind="CREATE BASE MODEL", replace=replace, if_exists=t.accept("IF", "NOT", "EXISTS"))
+    st.object_kind, st.object_name = "BASE MODEL", t.name()
+    t.expect("FROM")
+    if t.done() or t.toks[t.i].token_type.name != "STRING":
+        raise t.error("a quoted folder or hub id ('org/name')")
+    st.source = t.toks[t.i].text
+    t.i += 1
+    return st
+
+
 # Leading words → parser of the rest. Anything else is DuckDB's.
 FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("CREATE", "ROLE"): lambda t: FtStatement(kind="CREATE ROLE", if_exists=t.accept("IF", "NOT", "EXISTS"),
@@ -223,7 +242,11 @@ FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("REVOKE",): lambda t: _grant_or_revoke(t, "REVOKE"),
     ("USE", "ROLE"): lambda t: FtStatement(kind="USE ROLE", role=t.name()),
     ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all by _show
-    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None,
+    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None, ("SHOW", "BASE"): None,
+    ("CREATE", "BASE", "MODEL"): lambda t: _create_base_model(t, False),
+    ("CREATE", "OR", "REPLACE", "BASE", "MODEL"): lambda t: _create_base_model(t, True),
+    ("DROP", "BASE", "MODEL"): lambda t: FtStatement(kind="DROP BASE MODEL", if_exists=t.accept("IF", "EXISTS"),
+                                                      object_kind="BASE MODEL", object_name=t.name()),
     ("DROP", "MODEL"): _drop_model,
     ("ALTER", "MODEL"): _alter_model,
     ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..catalog import access as accessdb
 from ..governance.authorize import authorize, run_owned
+from ..governance.ownership import check_admin_create
 from .engine import Session
 from .grammar import parse_ft_statement
 from .statements import HANDLERS
@@ -23,6 +24,7 @@ def run(session: Session, con: Any, sql: str, params: Any = None) -> Any:
     if st is not None:
         return HANDLERS[st.kind](session, st)
     if session.is_admin:
+        before_admin(session, con, sql)
         result = con.sql(sql, params=params) if params else con.sql(sql)
         forget_dropped(session, sql)
         return result
@@ -36,6 +38,11 @@ def run(session: Session, con: Any, sql: str, params: Any = None) -> Any:
 
         result = run_owned(session, con, d, execute) if d.creates or d.drops else execute()
     return result
+
+
+def before_admin(session: Session, con: Any, sql: Any) -> None:
+    """Before the administrator's plain SQL: CREATE ... IF NOT EXISTS over another role's object is an error."""
+    check_admin_create(session, con if con is not None else session.engine.cursor(), sql)
 
 
 def forget_dropped(session: Session, sql: str) -> None:

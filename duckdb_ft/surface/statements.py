@@ -10,10 +10,10 @@ import pyarrow as pa
 
 from ..catalog import access as accessdb, models as modeldb, objects
 from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from ..governance import roles
+from ..governance import base_models, roles
 from ..queries import parse_model_name
 from .engine import Session
-from . import usage
+from . import base_statements, usage
 from .grammar import FtStatement
 
 #: The privileges GRANT accepts on each kind of object.
@@ -23,6 +23,7 @@ OBJECT_PRIVILEGES = {
     "ALL TABLES": {"SELECT", "INSERT", "UPDATE", "DELETE", "ALL"},
     "SCHEMA": {"USAGE", "CREATE MODEL", "CREATE TABLE", "CREATE VIEW", "ALL"},
     "MODEL": {"USAGE", "OWNERSHIP", "ALL"},
+    "BASE MODEL": {"USAGE"},
 }
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
     def column(c: str) -> pa.Array:
@@ -73,6 +74,11 @@ def _object(session: Session, st: FtStatement) -> tuple[str, str]:
         if not objects.schema_exists(cur, name):
             raise NotFound(f"schema '{name}' does not exist")
         return kind, name
+    if kind == "BASE MODEL":
+        session.checker().require_admin("grants on base models")
+        if base_models.registered(cur, name) is None:
+            raise NotFound(f"base model '{name}' does not exist: CREATE BASE MODEL {name} FROM '...' first")
+        return kind, name.lower()
     if "." not in name:
         name = f"{session.schema}.{name}"
     if kind == "MODEL":
@@ -287,4 +293,5 @@ HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
     "SHOW VERSIONS": _show_versions,
     "SHOW USAGE": lambda s, st: _table(usage.usage_rows(s.engine, s), usage.USAGE_COLUMNS),
     "DESCRIBE MODEL": _describe_model,
+    **base_statements.HANDLERS,
 }
