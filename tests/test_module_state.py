@@ -9,10 +9,12 @@ import ast
 import gc
 import json
 import shutil
+import warnings
 import weakref
 from pathlib import Path
 
 import duckdb
+import pytest
 
 import duckdb_ft
 from duckdb_ft.jobs import lineage
@@ -52,6 +54,14 @@ def _adapter_blobs(path: str, names: list[str]) -> dict[str, bytes]:
     return out
 
 
+def _drop(loaded: models.LoadedModel, key: str) -> None:
+    """What another call's eviction does to ``key``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's "was active"
+        loaded.model.delete_adapter(key)
+    del loaded.adapters[key]
+
+
 def test_adapters_past_the_bound_are_evicted_oldest_first_and_complete_still_answers(tiny_model_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
@@ -61,11 +71,16 @@ def test_adapters_past_the_bound_are_evicted_oldest_first_and_complete_still_ans
     blobs = _adapter_blobs(tiny_model_path, ["ft_a", "ft_b", "ft_c"])
     attached = []
 
+    evict_after_resolving = []
+
     def resolve(name: str) -> tuple[models.LoadedModel, str]:  # as Engine.resolve_model: attach when missing
         if name not in loaded.adapters:
             attached.append(name)
             models.attach_adapter(loaded, name, CONFIG, blobs[name])
         loaded.use_adapters([name])
+        if name in evict_after_resolving:  # another call's models push it out before this one generates
+            evict_after_resolving.remove(name)
+            _drop(loaded, name)
         return loaded, name
 
     def answers(names: list[str]) -> list[str]:
@@ -81,18 +96,12 @@ def test_adapters_past_the_bound_are_evicted_oldest_first_and_complete_still_ans
     assert loaded.evict_adapters() == [] and list(loaded.adapters) == ["ft_a", "ft_c"]
 
     # Another call evicts an adapter between resolving and generating: attached again, the same answer.
-    real = completion.generate
-
-    def evicting(lm, requests, adapter=None, **kw):  # once: another call's eviction pushes ft_a out
-        monkeypatch.setattr(completion, "generate", real)
-        monkeypatch.setattr(models, "MAX_ADAPTERS", 1)
-        lm.use_adapters(["ft_c"])
-        assert lm.evict_adapters() == ["ft_a"]
-        monkeypatch.setattr(models, "MAX_ADAPTERS", 2)
-        return real(lm, requests, adapter, **kw)
-
-    monkeypatch.setattr(completion, "generate", evicting)
+    evict_after_resolving.append("ft_a")
     assert answers(["ft_a"]) == first[:1] and attached[-1] == "ft_a" and len(attached) == 5
+    _drop(loaded, "ft_a")  # and where generate finds one missing all the same: a clear error
+    with pytest.raises(duckdb_ft.ModelLoadError, match="no longer attached"):
+        completion.generate(loaded, [completion.Request([{"role": "user", "content": "hi"}], CompleteOptions())],
+                            "ft_a")
 
 
 def test_cached_base_models_past_the_bound_are_dropped_least_recently_used_first(tiny_model_path, tmp_path,

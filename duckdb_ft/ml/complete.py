@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import FtError, InvalidArgument
+from ..errors import FtError, InvalidArgument, ModelLoadError
 from ..options import CompleteOptions
-from . import decode, devices, lora_mix, prefix
+from . import decode, devices, lora_mix, models, prefix
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
@@ -104,8 +104,9 @@ def generate(
     used = list(dict.fromkeys(per_row))
     loaded.use_adapters(used)
     gone = [a for a in used if a is not None and a not in loaded.adapters]
-    if gone:  # evicted by other calls since it was resolved (models.MAX_ADAPTERS)
-        raise AdapterEvicted(f"adapter(s) {', '.join(sorted(gone))} of '{loaded.name}' were evicted: resolve again")
+    if gone:  # evicted by other calls since it was resolved: complete_rows and EVALUATE resolve it again first
+        raise ModelLoadError(f"adapter(s) {', '.join(sorted(gone))} of '{loaded.name}' no longer attached (more "
+                             f"than {models.MAX_ADAPTERS} adapters were used since): run the statement again")
     firsts: dict[tuple, Request] = {}
     copies: list[tuple[Request, Request]] = []
     unique: list[tuple[Request, str | None]] = []
@@ -126,11 +127,6 @@ def generate(
     with loaded.lock:
         loaded.stats["rows"] += len(requests)
         loaded.stats["prompt_tokens"] += sum(len(r.ids) for r in requests if r.ids is not None and r.error is None)
-
-
-class AdapterEvicted(FtError):
-    """A row's adapter was evicted from its base model between resolving the model and generating: resolve the
-    model again (which attaches it again) and retry."""
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -372,12 +368,9 @@ def complete_rows(
         group.extend((i, r, adapter, model_name) for i, r in rows)
     for loaded, rows in bases.values():
         try:
-            try:
-                generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for *_, a, _ in rows])
-            except AdapterEvicted:  # other calls' adapters pushed some of these out: attach them again, once
-                for model_name in {m for *_, m in rows}:
-                    resolve(model_name)
-                generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for *_, a, _ in rows])
+            for model_name in {m for _, _, a, m in rows if a is not None and a not in loaded.adapters}:
+                resolve(model_name)  # other calls' models evicted its adapter since (models.MAX_ADAPTERS): attach
+            generate(loaded, [r for _, r, _, _ in rows], fail_fast=not try_mode, adapters=[a for _, _, a, _ in rows])
         except Exception:
             if try_mode:
                 continue
