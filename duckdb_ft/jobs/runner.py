@@ -1,6 +1,7 @@
 """Fine-tuning jobs: CREATE checks everything up front, a background worker trains, the catalog records all.
 
-Lifetimes: jobs run on one worker thread per database, one at a time (later ones wait as PENDING). When the
+Lifetimes: jobs run on one worker thread per database, one at a time (later ones wait as PENDING, and start in
+turns across roles: :mod:`.fair`). When the
 interpreter exits, it waits for this process's running and pending jobs (Ctrl-C stops the wait; the job is then
 left resumable). A job left PENDING or IN_PROGRESS by a process that died is found when the database is next
 opened and marked ERROR with the reason; ``finetune('RESUME', id)`` continues it from its last checkpoint.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import AlreadyExists, FtError, Interrupted, JobError, NotFound, PermissionDenied
-from . import shapes
+from . import fair, shapes
 from .create import create_job
 from .worker import RESUMABLE, Worker
 
@@ -38,6 +39,7 @@ class JobRunner:
         self._cv = threading.Condition()
         self.cancels: dict[str, threading.Event] = {}
         self._running: str | None = None
+        self._served: dict[str, int] = {}  # role -> when a job of it last started (jobs/fair.py)
         self.shutdown = threading.Event()
         self._create_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -171,6 +173,10 @@ class JobRunner:
                 self._thread.start()
             self._cv.notify_all()
 
+    def _owner(self, job_id: str) -> str | None:
+        job = jobdb.get_job(self.engine.cursor(), job_id)
+        return job["owner"] if job else None
+
     def active(self) -> list[str]:
         with self._cv:
             return ([self._running] if self._running else []) + list(self._queue)
@@ -191,7 +197,7 @@ class JobRunner:
                     self._cv.wait()
                 if self.shutdown.is_set():
                     return
-                job_id = self._queue.popleft()
+                job_id = fair.take(self._queue, self._owner, self._served)  # roles take turns
                 job = jobdb.get_job(self.engine.cursor(), job_id)
                 if job is None or job["status"] != "PENDING":
                     continue
