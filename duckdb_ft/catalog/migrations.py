@@ -199,6 +199,13 @@ def m012_base_models(cur: Any) -> None:
         name VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, owner VARCHAR, created_on BIGINT NOT NULL)""")
 
 
+@migration
+def m013_role_limits(cur: Any) -> None:
+    # Per-role limits the administrator sets with ALTER ROLE r SET MAX_QUEUED_JOBS = 5, ... (issue 30).
+    cur.execute(f"""CREATE TABLE {SCHEMA}.role_limits (
+        role VARCHAR NOT NULL, name VARCHAR NOT NULL, value BIGINT NOT NULL, PRIMARY KEY (role, name))""")
+
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

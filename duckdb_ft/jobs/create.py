@@ -21,6 +21,7 @@ from ..catalog import jobs as jobdb, models as modeldb, objects
 from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
 from ..governance.base_models import base_model_for
+from ..governance import quotas
 from ..governance.limits import check_training_options
 from ..ml import data, devices, models
 from ..options import TrainingOptions
@@ -65,6 +66,7 @@ def check_request(cur: Any, session: Session, name: str | None, base_model: str,
     else:  # built-in, registered (USAGE; the job records its folder or hub id), any for the administrator
         base_model = base_model_for(session, cur, base_model, models.BUILTIN)
     check_training_options(session, opts)  # several machines: the administrator's
+    quotas.check_job(session, cur, opts, 1 if name is not None else 0)  # the role's limits (ALTER ROLE ... SET)
     devices.check_machine(opts)  # devices, FSDP, quantization against what this machine has
     path = check_base_model(base_model)
     check_fits_model(path, base_model, opts)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb
 from ..errors import AlreadyExists, FtError, InvalidArgument, NotFound
+from ..governance import quotas
 from ..governance.limits import check_training_options
 from ..options import TrainingOptions
 from ..queries import parse_model_name
@@ -99,12 +100,15 @@ def create_sweep(runner: JobRunner, session: Session, name: str, base_model: str
     for n in names:
         if jobdb.name_in_use(cur, schema, n):
             raise AlreadyExists(f"model name '{schema}.{n}' is taken: choose another sweep name")
+    quotas.check_sweep(session, cur, len(combos))  # the role's limits: the sweep's size, its options, its queue
     options_of = []  # each combination's options; continuing a fine-tuned model, with its LoRA shape (or an error)
     for combo in combos:
         opts = TrainingOptions.parse(json.dumps(combo))
         check_training_options(session, opts)  # every combination: several machines are the administrator's
+        quotas.check_job(session, cur, opts, 0)
         lineage.find_parent(cur, session, base_model, json.dumps(combo), opts)
         options_of.append(opts.to_json())
+    quotas.check_job(session, cur, TrainingOptions.parse(json.dumps(combos[0])), len(combos))
     first = runner.create(session, f"{schema}.{names[0]}", base_model, training_query, validation_query,
                           json.dumps(combos[0]))
     sweep_id = f"sw_{uuid.uuid4()}"

@@ -1,6 +1,8 @@
-"""The statements of registered base models (issue 30): ``CREATE [OR REPLACE] BASE MODEL name FROM 'folder' |
-'org/name'``, ``DROP BASE MODEL [IF EXISTS] name``, ``SHOW BASE MODELS``; parsed by :mod:`.grammar`, handled here
-(the rules are :mod:`..governance.base_models`'). ``GRANT USAGE ON BASE MODEL name TO ROLE r`` is a GRANT.
+"""The statements of issue 30's governance, parsed by :mod:`.grammar`, handled here: registered base models
+(``CREATE [OR REPLACE] BASE MODEL name FROM 'folder' | 'org/name'``, ``DROP BASE MODEL [IF EXISTS] name``,
+``SHOW BASE MODELS``; the rules are :mod:`..governance.base_models`'; ``GRANT USAGE ON BASE MODEL name TO ROLE r``
+is a GRANT) and role limits (``ALTER ROLE r SET MAX_QUEUED_JOBS = 5, ...`` / ``UNSET ...``, ``SHOW LIMITS``; the
+rules are :mod:`..governance.quotas`').
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ..governance import base_models
+from ..catalog import access as accessdb
+from ..errors import NotFound
+from ..governance import base_models, quotas
 from ..ml.models import BUILTIN
 from .engine import Session
 from .grammar import FtStatement
@@ -32,5 +36,21 @@ def _show(session: Session, st: FtStatement) -> pa.Table:
                      "created_on": pa.array([r["created_on"] for r in rows], pa.int64())})
 
 
+def _alter_role(session: Session, st: FtStatement) -> pa.Table:
+    cur = session.engine.cursor()
+    session.checker().require_admin("ALTER ROLE ... SET a limit")
+    if st.role != "public" and not accessdb.role_exists(cur, st.role):
+        raise NotFound(f"role '{st.role}' does not exist: CREATE ROLE {st.role} first (SHOW ROLES lists them)")
+    return pa.table({"status": [quotas.set_limits(session, cur, st.role, st.settings)]})
+
+
+def _show_limits(session: Session, st: FtStatement) -> pa.Table:
+    rows = quotas.show_limits(session, session.engine.cursor())
+    return pa.table({"role": pa.array([r["role"] for r in rows], pa.string()),
+                     "limit": pa.array([r["limit"] for r in rows], pa.string()),
+                     "value": pa.array([r["value"] for r in rows], pa.int64())})
+
+
 HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
-    "CREATE BASE MODEL": _create, "DROP BASE MODEL": _drop, "SHOW BASE MODELS": _show}
+    "CREATE BASE MODEL": _create, "DROP BASE MODEL": _drop, "SHOW BASE MODELS": _show,
+    "ALTER ROLE": _alter_role, "SHOW LIMITS": _show_limits}

@@ -34,6 +34,7 @@ class FtStatement:
     version: str | None = None  # a model's version: m@v1, DROP MODEL m VERSION v1, SET DEFAULT VERSION v1
     source: str | None = None  # CREATE BASE MODEL name FROM 'source'
     replace: bool = False  # CREATE OR REPLACE
+    settings: dict[str, int | None] = field(default_factory=dict)  # ALTER ROLE r SET NAME = n, ... (None: UNSET)
     text: str = ""
 
 
@@ -170,6 +171,8 @@ def _show(t: _Tokens) -> FtStatement:
         return FtStatement(kind="SHOW ROLES")
     if t.accept("BASE", "MODELS"):
         return FtStatement(kind="SHOW BASE MODELS")
+    if t.accept("LIMITS"):
+        return FtStatement(kind="SHOW LIMITS")
     if t.accept("MODELS"):
         st = FtStatement(kind="SHOW MODELS")
         if t.accept("IN"):
@@ -187,7 +190,7 @@ def _show(t: _Tokens) -> FtStatement:
         elif t.accept("ON"):
             _object(t, st)
         return st
-    raise t.error("ROLES, MODELS, BASE MODELS, VERSIONS, GRANTS or USAGE")
+    raise t.error("ROLES, MODELS, BASE MODELS, LIMITS, VERSIONS, GRANTS or USAGE")
 
 
 def _model_name(t: _Tokens, st: FtStatement, versioned: bool = True) -> FtStatement:
@@ -233,6 +236,26 @@ def _create_base_model(t: _Tokens, replace: bool) -> FtStatement:
     return st
 
 
+def _alter_role(t: _Tokens) -> FtStatement:
+    """ALTER ROLE r SET NAME = n [, NAME = n ...] | UNSET NAME [, NAME ...]: a role's limits."""
+    st = FtStatement(kind="ALTER ROLE", role=t.name())
+    unset = t.accept("UNSET")
+    if not unset:
+        t.expect("SET")
+    while True:
+        name = t.name().upper()
+        if unset:
+            st.settings[name] = None
+        else:
+            t.expect("=")
+            if t.done() or t.toks[t.i].token_type.name != "NUMBER":
+                raise t.error(f"a whole number for {name}")
+            st.settings[name] = int(float(t.toks[t.i].text))
+            t.i += 1
+        if not t.accept(","):
+            return st
+
+
 # Leading words → parser of the rest. Anything else is DuckDB's.
 FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("CREATE", "ROLE"): lambda t: FtStatement(kind="CREATE ROLE", if_exists=t.accept("IF", "NOT", "EXISTS"),
@@ -242,13 +265,14 @@ FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("REVOKE",): lambda t: _grant_or_revoke(t, "REVOKE"),
     ("USE", "ROLE"): lambda t: FtStatement(kind="USE ROLE", role=t.name()),
     ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all by _show
-    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None, ("SHOW", "BASE"): None,
+    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None, ("SHOW", "BASE"): None, ("SHOW", "LIMITS"): None,
     ("CREATE", "BASE", "MODEL"): lambda t: _create_base_model(t, False),
     ("CREATE", "OR", "REPLACE", "BASE", "MODEL"): lambda t: _create_base_model(t, True),
     ("DROP", "BASE", "MODEL"): lambda t: FtStatement(kind="DROP BASE MODEL", if_exists=t.accept("IF", "EXISTS"),
                                                       object_kind="BASE MODEL", object_name=t.name()),
     ("DROP", "MODEL"): _drop_model,
     ("ALTER", "MODEL"): _alter_model,
+    ("ALTER", "ROLE"): _alter_role,
     ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
     ("DESC", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
 }

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..catalog import usage as usagedb
+from ..errors import PermissionDenied
+from ..governance import quotas
 from ..ml import complete as completion
 from ..queries import model_ref
 from .engine import Engine, Session
@@ -25,6 +27,12 @@ def complete_and_record(engine: Engine, session: Session, models: Sequence[str |
     per call, whether the call succeeded or raised)."""
     found: dict[str, dict | None] = {}
     requests: dict[int, completion.Request] = {}
+    try:
+        quotas.check_complete(session, engine.cursor(), options)  # the role's limits (ALTER ROLE ... SET)
+    except PermissionDenied:
+        if try_mode:  # TRY_COMPLETE: NULL where COMPLETE would raise
+            return [None] * len(models)
+        raise
     try:
         return completion.complete_rows(lambda name: engine.resolve_model(session, name, found), models, prompts,
                                         options, try_mode=try_mode, on_request=requests.__setitem__)
