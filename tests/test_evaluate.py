@@ -12,7 +12,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 import duckdb_ft
-from conftest import catalog_counts
+from conftest import allow_base_model, catalog_counts
 from duckdb_ft.errors import FtError, Interrupted, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
 from duckdb_ft.evaluation import evaluate as evaluate_module
 from duckdb_ft.ml import complete as completion
@@ -40,6 +40,7 @@ def db(tmp_path_factory, tiny_model_path):
                  "GRANT USAGE ON SCHEMA main TO ROLE outsider", "GRANT SELECT ON TABLE pairs TO ROLE outsider",
                  "GRANT ROLE analyst TO USER alice", "GRANT ROLE outsider TO USER eve"]:
         admin.execute(stmt).fetchall()
+    allow_base_model(admin, tiny_model_path)  # the folder is a base model every role may name
     users = {u: duckdb_ft.connect(path, user=u) for u in ("alice", "eve")}
     yield {"admin": admin, "base": tiny_model_path, **users}
     for c in users.values():

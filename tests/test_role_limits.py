@@ -78,3 +78,17 @@ def test_complete_is_bounded_per_row_and_per_day(limited, tiny_model_path):
     admin.execute("ALTER ROLE attacker SET MAX_COMPLETE_TOKENS_PER_DAY = 1").fetchall()
     refused(u1, "MAX_COMPLETE_TOKENS_PER_DAY", "SELECT complete('tiny', 'hi', '{\"max_tokens\": 4}')")
     assert admin.execute("SELECT complete('tiny', 'hi', '{\"max_tokens\": 64}')").fetchall()[0][0] is not None
+
+
+def test_training_rows_and_evaluations_are_bounded_too(limited, tiny_model_path):
+    admin, u1 = limited
+    allow_base_model(admin, tiny_model_path)
+    admin.execute("ALTER ROLE attacker SET MAX_TRAINING_ROWS = 3, MAX_COMPLETE_TOKENS = 8").fetchall()
+    refused(u1, "MAX_TRAINING_ROWS", "SELECT finetune('CREATE', 'ml.big', 'tiny', ?, NULL, ?)", Q,
+            json.dumps({"max_epochs": 1}))  # pub has 5 rows
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
+    assert admin.execute("SELECT count(*) FROM duckdb_ft.job_rows").fetchall() == [(0,)]
+    refused(u1, "MAX_COMPLETE_TOKENS", "SELECT finetune('EVALUATE', 'tiny', ?, ?)", Q,
+            json.dumps({"max_tokens": 64, "metrics": ["exact_match"]}))
+    refused(u1, "MAX_COMPLETE_TOKENS", "SELECT finetune('EVALUATE', 'tiny', ?, ?)", Q,
+            json.dumps({"metrics": ["exact_match"]}))  # EVALUATE's default max_tokens

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import catalog
 from ..catalog import evaluations as evaldb
 from ..errors import FtError, Interrupted, InvalidArgument, NotFound
+from ..governance import quotas
 from ..governance.authorize import authorize_query
 from ..governance.base_models import base_model_for
 from ..governance.sqlglot_reads import tables_read
@@ -117,6 +118,8 @@ def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, opti
                               "returning prompt and completion (the reference), and optionally id")
     engine.require_writable("record evaluations")
     cur = engine.cursor()
+    wanted_tokens = opts.complete_options().max_tokens  # the role's limits, as COMPLETE's
+    quotas.check_complete(session, cur, [json.dumps({"max_tokens": wanted_tokens} if wanted_tokens else {})])
     check = session.checker()
     found = {n: _check_model(engine, session, check, n) for n in names}
     sql = check_query(query, "evaluation query")

@@ -11,11 +11,13 @@ Each refusal is a :class:`PermissionDenied` naming the limit, its value and what
 - ``MAX_SWEEP_JOBS``: the combinations of one SWEEP;
 - ``MAX_EPOCHS``, ``MAX_SEQ_LENGTH``, ``MAX_BATCH_SIZE`` (``batch_size`` x ``gradient_accumulation_steps``):
   a job's options (CREATE, every SWEEP combination, ESTIMATE);
+- ``MAX_TRAINING_ROWS``: the training rows CREATE's snapshot holds (after cleaning), checked in CREATE's
+  transaction, which then rolls back (so epochs x rows is at most ``MAX_EPOCHS`` x ``MAX_TRAINING_ROWS``);
 - ``MAX_TRAINED_TOKENS_PER_DAY``: the trained tokens of the role's jobs created in the last 24 hours, checked at
   CREATE and SWEEP (a job under way counts what it trained so far);
-- ``MAX_COMPLETE_TOKENS``: COMPLETE's ``max_tokens`` per row (512 when the options do not say);
+- ``MAX_COMPLETE_TOKENS``: COMPLETE's and EVALUATE's ``max_tokens`` per row (512 when the options do not say);
 - ``MAX_COMPLETE_TOKENS_PER_DAY``: the role's COMPLETE, TRY_COMPLETE and EVALUATE tokens (prompt and
-  completion) of the last 24 hours, from the usage history, checked before COMPLETE generates.
+  completion) of the last 24 hours, from the usage history, checked before COMPLETE or EVALUATE generates.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .roles import effective_roles
 if TYPE_CHECKING:
     from ..surface.engine import Session
 
-LIMITS = ("MAX_QUEUED_JOBS", "MAX_SWEEP_JOBS", "MAX_EPOCHS", "MAX_SEQ_LENGTH", "MAX_BATCH_SIZE",
+LIMITS = ("MAX_QUEUED_JOBS", "MAX_SWEEP_JOBS", "MAX_EPOCHS", "MAX_SEQ_LENGTH", "MAX_BATCH_SIZE", "MAX_TRAINING_ROWS",
           "MAX_TRAINED_TOKENS_PER_DAY", "MAX_COMPLETE_TOKENS", "MAX_COMPLETE_TOKENS_PER_DAY")
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_MAX_TOKENS = 512  # COMPLETE's when the options do not say (ml/complete.py)
@@ -106,6 +108,17 @@ def check_job(session: Session, cur: Any, opts: TrainingOptions, new_jobs: int =
         if day >= limits["MAX_TRAINED_TOKENS_PER_DAY"]:
             raise _refuse(session, "MAX_TRAINED_TOKENS_PER_DAY", limits["MAX_TRAINED_TOKENS_PER_DAY"],
                           f"more: {day} tokens trained by this role's jobs of the last 24 hours")
+
+
+def check_rows(session: Session, cur: Any, job_id: str) -> None:
+    """The rows of a job's snapshot (inside CREATE's transaction) against ``MAX_TRAINING_ROWS``."""
+    limits = limits_of(session, cur)
+    if "MAX_TRAINING_ROWS" in limits:
+        rows = catalog.one(cur, f"SELECT coalesce(train_rows, 0) FROM {catalog.SCHEMA}.jobs WHERE id = ?",
+                           [job_id])[0]
+        if rows > limits["MAX_TRAINING_ROWS"]:
+            raise _refuse(session, "MAX_TRAINING_ROWS", limits["MAX_TRAINING_ROWS"],
+                          f"{rows} training rows (the training query's, after cleaning)")
 
 
 def check_sweep(session: Session, cur: Any, jobs: int) -> None:

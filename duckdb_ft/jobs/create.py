@@ -143,6 +143,7 @@ def create_job(cur: Any, session: Session, name_lock: threading.Lock, name: str,
                 "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
             })
             _snapshot(cur, job_id, train_q, val_q, opts)
+            quotas.check_rows(session, cur, job_id)  # MAX_TRAINING_ROWS: over it, the transaction rolls back
             with name_lock:
                 # a fresh cursor: what others committed meanwhile
                 target_free(cur.cursor(), schema, model_name, req.version, req.versioned)
