@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .. import catalog
 from ..errors import InvalidArgument, PermissionDenied
 from ..options import CompleteOptions, TrainingOptions
-from .roles import effective_roles
+from .roles import ADMIN, effective_roles
 
 if TYPE_CHECKING:
     from ..surface.engine import Session
 
 LIMITS = ("MAX_QUEUED_JOBS", "MAX_SWEEP_JOBS", "MAX_EPOCHS", "MAX_SEQ_LENGTH", "MAX_BATCH_SIZE", "MAX_TRAINING_ROWS",
-          "MAX_TRAINED_TOKENS_PER_DAY", "MAX_COMPLETE_TOKENS", "MAX_COMPLETE_TOKENS_PER_DAY")
+          "MAX_TRAINED_TOKENS_PER_DAY", "MAX_COMPLETE_TOKENS", "MAX_COMPLETE_TOKENS_PER_DAY",
+          "MAX_JOB_SECONDS", "MAX_ROW_EPOCHS")  # these two: governance/run_limits.py
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_MAX_TOKENS = 512  # COMPLETE's when the options do not say (ml/complete.py)
 
@@ -65,16 +66,22 @@ def show_limits(session: Session, cur: Any) -> list[dict[str, Any]]:
 
 def limits_of(session: Session, cur: Any) -> dict[str, int]:
     """The limits binding this session: per limit, the smallest value set on any of its roles."""
-    if session.is_admin:
+    return role_limits(cur, session.role)
+
+
+def role_limits(cur: Any, role: str) -> dict[str, int]:
+    """The limits binding ``role`` (a session's current role, a job's owner): the smallest value set on any of
+    the roles it has; none for the administrator."""
+    if role == ADMIN:
         return {}
     try:
         rows = cur.execute(f"SELECT role, name, value FROM {catalog.SCHEMA}.role_limits").fetchall()
     except Exception:  # a catalog without the table (read-only, outdated): no limits
         return {}
-    roles = effective_roles(cur, session.role)
+    roles = effective_roles(cur, role)
     out: dict[str, int] = {}
-    for role, name, value in rows:
-        if role in roles:
+    for holder, name, value in rows:
+        if holder in roles:
             out[name] = min(value, out.get(name, value))
     return out
 
@@ -103,8 +110,7 @@ def check_job(session: Session, cur: Any, opts: TrainingOptions, new_jobs: int =
             raise _refuse(session, "MAX_QUEUED_JOBS", limits["MAX_QUEUED_JOBS"],
                           f"{queued + new_jobs} queued or running jobs ({queued} now, {new_jobs} new)")
     if "MAX_TRAINED_TOKENS_PER_DAY" in limits:
-        day = catalog.one(cur, f"SELECT coalesce(sum(trained_tokens), 0) FROM {catalog.SCHEMA}.jobs "
-                               "WHERE owner = ? AND created_on >= ?", [session.role, catalog.now_ms() - DAY_MS])[0]
+        day = trained_today(cur, session.role)
         if day >= limits["MAX_TRAINED_TOKENS_PER_DAY"]:
             raise _refuse(session, "MAX_TRAINED_TOKENS_PER_DAY", limits["MAX_TRAINED_TOKENS_PER_DAY"],
                           f"more: {day} tokens trained by this role's jobs of the last 24 hours")
@@ -119,6 +125,12 @@ def check_rows(session: Session, cur: Any, job_id: str) -> None:
         if rows > limits["MAX_TRAINING_ROWS"]:
             raise _refuse(session, "MAX_TRAINING_ROWS", limits["MAX_TRAINING_ROWS"],
                           f"{rows} training rows (the training query's, after cleaning)")
+
+
+def trained_today(cur: Any, role: str) -> int:
+    """Tokens trained by ``role``'s jobs created in the last 24 hours (a running job's progress included)."""
+    return catalog.one(cur, f"SELECT coalesce(sum(trained_tokens), 0) FROM {catalog.SCHEMA}.jobs "
+                            "WHERE owner = ? AND created_on >= ?", [role, catalog.now_ms() - DAY_MS])[0]
 
 
 def check_sweep(session: Session, cur: Any, jobs: int) -> None:

@@ -23,6 +23,7 @@ from ..governance.authorize import authorize_query
 from ..governance.base_models import base_model_for
 from ..governance import quotas
 from ..governance.limits import check_training_options
+from ..governance.run_limits import check_row_epochs
 from ..ml import data, devices, models
 from ..options import TrainingOptions
 from ..prep import clean as prep_clean, stage as prep_stage
@@ -120,10 +121,12 @@ def split_version_option(options: str | None) -> tuple[str | bool | None, str | 
 
 
 def create_job(cur: Any, session: Session, name_lock: threading.Lock, name: str, base_model: str, training_query: str,
-               validation_query: str | None = None, options: str | None = None) -> str:
+               validation_query: str | None = None, options: str | None = None,
+               sweep_epochs: int | None = None) -> str:
     """Check everything, copy the data, record a PENDING job; return its id (the caller queues it).
 
-    ``name_lock`` serializes the check that the model name is free with the insert that takes it.
+    ``name_lock`` serializes the check that the model name is free with the insert that takes it. ``sweep_epochs``
+    (a SWEEP's first job): the largest ``max_epochs`` of the sweep's jobs, which read this job's rows.
     """
     req = check_request(cur, session, name, base_model, training_query, validation_query, options)
     schema, model_name, train_q, val_q, opts = req.schema, req.model_name, req.train_q, req.val_q, req.opts
@@ -142,8 +145,9 @@ def create_job(cur: Any, session: Session, name_lock: threading.Lock, name: str,
                 "options": opts.to_json(),
                 "owner": session.role, "status": "PENDING", "progress": 0.0, "created_on": catalog.now_ms(),
             })
-            _snapshot(cur, job_id, train_q, val_q, opts)
+            counts = _snapshot(cur, job_id, train_q, val_q, opts)
             quotas.check_rows(session, cur, job_id)  # MAX_TRAINING_ROWS: over it, the transaction rolls back
+            check_row_epochs(session, cur, counts.get("train", 0), max(opts.max_epochs, sweep_epochs or 0))
             with name_lock:
                 # a fresh cursor: what others committed meanwhile
                 target_free(cur.cursor(), schema, model_name, req.version, req.versioned)
@@ -182,9 +186,9 @@ def target_free(cur: Any, schema: str, model_name: str, version: str, versioned:
                             f"'{{\"version\": true}}'")
 
 
-def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: TrainingOptions) -> None:
+def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: TrainingOptions) -> dict[str, int]:
     """Stage the rows, clean them as the options say (:mod:`duckdb_ft.prep`), store them in the catalog, and
-    record their counts and the cleaning on the job."""
+    record their counts and the cleaning on the job; return the counts per split."""
     st = prep_stage.stage(cur, train_q, val_q, opts)
     try:
         cleaning = prep_clean.clean(cur, st, opts)
@@ -196,6 +200,7 @@ def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: Trai
         jobdb.update_job(cur, job_id, train_rows=counts.get("train", 0), validation_rows=counts.get("validation", 0),
                          validation_source=st.validation_source, skipped_rows=st.skipped(cur),
                          cleaning=json.dumps(cleaning))
+        return counts
     finally:
         st.drop(cur)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import AlreadyExists, FtError, Interrupted, JobError, NotFound, PermissionDenied
+from ..governance.run_limits import check_resume
 from . import fair, shapes
 from .create import create_job
 from .worker import RESUMABLE, Worker
@@ -49,10 +50,11 @@ class JobRunner:
     # ------------------------------------------------------------------------------------------------ actions
 
     def create(self, session: Session, name: str, base_model: str, training_query: str,
-               validation_query: str | None = None, options: str | None = None) -> str:
+               validation_query: str | None = None, options: str | None = None,
+               sweep_epochs: int | None = None) -> str:
         """Check everything, copy the data, record a PENDING job, queue it; return its id."""
         job_id = create_job(self.engine.cursor(), session, self._create_lock, name, base_model, training_query,
-                            validation_query, options)
+                            validation_query, options, sweep_epochs)
         self.submit(job_id)
         return job_id
 
@@ -96,6 +98,7 @@ class JobRunner:
             job = self._owned(job_id, session, "RESUME")
             if job["status"] != "ERROR":
                 raise JobError(f"job {job_id} is {job['status']}: only a job in ERROR can be resumed")
+            check_resume(session, cur, job)  # the role's queue and day's tokens (ALTER ROLE ... SET)
             with self._create_lock:
                 version = job.get("model_version") or "v1"
                 if version in modeldb.version_labels(cur, job["schema_name"], job["model_name"]):

@@ -110,7 +110,7 @@ def create_sweep(runner: JobRunner, session: Session, name: str, base_model: str
         options_of.append(opts.to_json())
     quotas.check_job(session, cur, TrainingOptions.parse(json.dumps(combos[0])), len(combos))
     first = runner.create(session, f"{schema}.{names[0]}", base_model, training_query, validation_query,
-                          json.dumps(combos[0]))
+                          json.dumps(combos[0]), sweep_epochs=max(json.loads(o)["max_epochs"] for o in options_of))
     sweep_id = f"sw_{uuid.uuid4()}"
     template = jobdb.get_job(cur, first)
     copies = []

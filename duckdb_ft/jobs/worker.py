@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import FtError, InvalidArgument
+from ..governance.run_limits import Deadline
 from ..ml import data, models, training
 from ..options import TrainingOptions
 from . import launch, lineage
@@ -33,12 +34,16 @@ class Worker:
         self.runner, self.job, self.id = runner, job, job["id"]
         self.cur = runner.engine.cursor()
         self.opts = TrainingOptions.from_json(job["options"])
+        self.deadline = Deadline(self.cur, job["owner"])  # the owner's MAX_JOB_SECONDS, from now
 
     def run(self) -> None:
         try:
             self._train()
         except training.Cancelled:
-            if self.runner.shutdown.is_set():
+            if self.deadline.passed() and not self.runner.cancels[self.id].is_set():
+                jobdb.delete_checkpoint(self.cur, self.id)
+                self._update(status="CANCELLED", error=self.deadline.error(), finished_on=catalog.now_ms())
+            elif self.runner.shutdown.is_set():
                 self._update(status="ERROR", finished_on=catalog.now_ms(),
                              error=f"stopped when {self.runner.stop_reason}; {RESUMABLE} continues it")
             else:
@@ -113,7 +118,7 @@ class Worker:
 
         hooks = training.Hooks(
             on_step=on_step,
-            should_stop=lambda: cancel.is_set() or self.runner.shutdown.is_set(),
+            should_stop=lambda: cancel.is_set() or self.runner.shutdown.is_set() or self.deadline.passed(),
             save_checkpoint=save_checkpoint,
             checkpoint_on_stop=self.runner.shutdown.is_set,
         )

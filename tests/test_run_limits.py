@@ -1,0 +1,92 @@
+"""Role limits on what a job costs as it runs (issue 30 item 3): MAX_JOB_SECONDS and MAX_TRAINED_TOKENS_PER_DAY
+stop a running job, MAX_ROW_EPOCHS bounds what CREATE and SWEEP train, RESUME obeys the limits CREATE obeys. Every
+refusal names the limit and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import duckdb_ft
+from duckdb_ft.errors import PermissionDenied
+from conftest import allow_base_model, catalog_counts, describe, one, setup_attack_db, user_connection
+
+Q = "SELECT s AS prompt, s AS completion FROM pub"  # 5 rows
+NOTHING = {"jobs": 0, "job_rows": 0, "metrics": 0, "models": 0, "checkpoints": 0}
+
+
+@pytest.fixture
+def limited(tiny_model_path):
+    admin = duckdb_ft.connect()
+    setup_attack_db(admin)
+    allow_base_model(admin, tiny_model_path)
+    u1 = user_connection(admin, "u1")
+    yield admin, u1
+    u1.close()
+    admin.close()
+
+
+def refused(con, limit, sql, *params):
+    with pytest.raises(PermissionDenied, match=f"role limit {limit} is"):
+        con.execute(sql, list(params)).fetchall()
+
+
+CREATE = "SELECT finetune('CREATE', 'ml.m', 'tiny', ?, ?, ?)"
+SWEEP = "SELECT finetune('SWEEP', 'ml.s', 'tiny', ?, NULL, ?)"
+
+
+def test_rows_times_epochs_bound_create_and_sweep_and_a_refusal_leaves_nothing(limited):
+    admin, u1 = limited
+    admin.execute("ALTER ROLE public SET MAX_ROW_EPOCHS = 8").fetchall()  # everyone's: 5 rows x 2 epochs is 10
+    refused(u1, "MAX_ROW_EPOCHS", CREATE, Q, None, json.dumps({"max_epochs": 2}))
+    refused(u1, "MAX_ROW_EPOCHS", SWEEP, Q, json.dumps({"max_epochs": [1, 2]}))  # the first job's 1 is not enough
+    admin.execute("ALTER ROLE attacker SET MAX_TRAINING_ROWS = 4").fetchall()
+    refused(u1, "MAX_TRAINING_ROWS", SWEEP, Q, json.dumps({"max_epochs": 1, "learning_rate": [1e-4, 2e-4]}))
+    assert catalog_counts(admin) == NOTHING
+    assert one(admin, "SELECT count(*) FROM duckdb_ft.sweeps") == 0
+    assert u1.execute("SELECT * FROM pub").fetchall()  # the session goes on
+
+
+def test_a_job_past_max_job_seconds_is_cancelled_naming_the_limit_and_the_queue_goes_on(limited):
+    admin, u1 = limited
+    admin.execute("ALTER ROLE attacker SET MAX_JOB_SECONDS = 0").fetchall()
+    job = one(u1, CREATE, Q, None, json.dumps({"max_epochs": 1, "batch_size": 8}))
+    mine = one(admin, "SELECT finetune('CREATE', 'ml.mine', 'tiny', ?, NULL, ?)", Q,
+               json.dumps({"max_epochs": 1, "batch_size": 8}))  # the administrator has no limits
+    assert one(admin, "SELECT finetune('WAIT', ?, 300)", mine) == "SUCCESS"
+    assert one(admin, "SELECT finetune('WAIT', ?, 300)", job) == "CANCELLED"
+    error = describe(admin, job)["error"]["message"]
+    assert "role limit MAX_JOB_SECONDS" in error and "attacker" in error, error
+    assert one(admin, "SELECT count(*) FROM duckdb_ft.models WHERE name = 'm'") == 0
+
+    # RESUME queues a job again: the role's queue limit holds there as at CREATE
+    admin.execute("UPDATE duckdb_ft.jobs SET status = 'ERROR' WHERE id = ?", [job]).fetchall()
+    admin.execute("ALTER ROLE attacker SET MAX_QUEUED_JOBS = 0").fetchall()
+    refused(u1, "MAX_QUEUED_JOBS", "SELECT finetune('RESUME', ?)", job)
+    assert describe(admin, job)["status"] == "ERROR"
+
+
+def test_a_running_job_stops_once_its_roles_trained_tokens_of_the_day_pass_the_limit(limited):
+    admin, u1 = limited
+    admin.execute("ALTER ROLE attacker SET MAX_TRAINED_TOKENS_PER_DAY = 60").fetchall()  # none trained yet: CREATE
+    many = "SELECT a.s || b.s || c.s AS prompt, a.s AS completion FROM pub a, pub b, pub c"  # 125 rows
+    job = one(u1, CREATE, many, None, json.dumps({"max_epochs": 10, "batch_size": 1}))  # 1250 steps
+    assert one(admin, "SELECT finetune('WAIT', ?, 300)", job) == "CANCELLED"
+    error = describe(admin, job)["error"]["message"]
+    assert "role limit MAX_TRAINED_TOKENS_PER_DAY" in error and "attacker" in error, error
+    assert one(admin, "SELECT step < total_steps FROM duckdb_ft.jobs WHERE id = ?", job)
+    refused(u1, "MAX_TRAINED_TOKENS_PER_DAY", CREATE, Q, None, json.dumps({"max_epochs": 1}))
+
+
+def test_every_role_limit_is_in_the_readmes_role_limits_table():
+    import re
+    from pathlib import Path
+
+    from duckdb_ft.governance import quotas
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("### Role limits", 1)[1].split("\n#", 1)[0]
+    named = set(re.findall(r"^\| (.+?) \|", table, re.M))
+    names = {n.strip("` ") for cell in named for n in cell.split(",")}
+    assert set(quotas.LIMITS) <= names, set(quotas.LIMITS) - names
