@@ -53,6 +53,9 @@ PAIRS = [
     ("List three primary colours.", "Red, yellow and blue."),
 ]
 
+#: The prompts whose greedy answers (6 tokens) the ``apple`` fixture records.
+APPLE_PROMPTS = ["Say the word 3", "Say the word 11", "What is 2 + 2?"]
+
 #: The catalog tables a job writes.
 JOB_TABLES = ("jobs", "job_rows", "metrics", "models", "checkpoints")
 
@@ -223,6 +226,37 @@ def tiny(tiny_model_path):
 
     tokenizer = models.load_tokenizer(tiny_model_path)
     return tiny_model_path, tokenizer, data.tokenize_pairs(tokenizer, PAIRS, 128)
+
+
+@pytest.fixture(scope="session")
+def apple(tmp_path_factory, tiny_model_path):
+    """A database file with model 'exported', trained (``LEARN``) to answer 'apple apple apple' to 'Say the word
+    <i>': its path, its job id, and COMPLETE's answers (parsed JSON) to ``APPLE_PROMPTS``, taken before the file was
+    closed. Trained once a run, for every test that needs a model that learned something; never changed: a test
+    that changes it, or writes beside it, takes a copy (``apple_copy``)."""
+    import duckdb_ft
+
+    db = str(tmp_path_factory.mktemp("apple") / "apple.duckdb")
+    con = duckdb_ft.connect(db)
+    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
+    job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
+    assert wait(con, job) == "SUCCESS"
+    answers = [json.loads(one(con, "SELECT complete('exported', ?, '{\"max_tokens\": 6, \"temperature\": 0}')", p))
+               for p in APPLE_PROMPTS]
+    con.close()  # a command line may open the file: DuckDB lets one process at a time write it
+    return db, job, answers
+
+
+@pytest.fixture
+def apple_copy(apple, tmp_path_factory):
+    """A copy of ``apple``'s database file for one test (in a folder of its own, not the test's ``tmp_path``): its
+    path, the job id and the answers."""
+    import shutil
+
+    db, job, answers = apple
+    copy = tmp_path_factory.mktemp("apple_copy") / "apple.duckdb"
+    shutil.copyfile(db, copy)
+    return str(copy), job, answers
 
 
 @pytest.fixture

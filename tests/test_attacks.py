@@ -283,6 +283,7 @@ def test_try_complete_is_null_for_any_failure_of_a_row(attack):
         == [(None,)]
 
 
+@pytest.mark.slow
 def test_exit_after_closing_with_a_queued_job_prints_no_traceback(tmp_path, tiny_model_path):
     import subprocess
     import sys

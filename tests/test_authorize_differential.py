@@ -175,6 +175,7 @@ def bound_functions(probe, sql: str) -> set[str]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,
           suppress_health_check=list(HealthCheck))
 @given(sql=STATEMENTS)

@@ -234,6 +234,7 @@ def _tiny_with_adapters(path, names):
     return loaded
 
 
+@pytest.mark.slow
 def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import prefix
 
@@ -255,6 +256,7 @@ def test_rows_of_several_adapters_generate_in_one_batch_as_they_would_alone(tiny
     assert len({alone[a][QUESTIONS[0]] for a in names}) == 4  # the adapters really answer differently
 
 
+@pytest.mark.slow
 def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model_path, monkeypatch):
     loaded = _tiny_with_adapters(tiny_model_path, ["ad_a", "ad_b"])
     monkeypatch.setattr(loaded, "continuous", False)
@@ -275,6 +277,7 @@ def test_complete_rows_batches_fine_tuned_models_of_one_base_together(tiny_model
         assert json.loads(got)["choices"] == json.loads(one)["choices"]
 
 
+@pytest.mark.slow
 def test_continuous_batching_gives_generates_answers_token_for_token(tiny_model_path, monkeypatch):
     """Greedy rows of different max_tokens and adapters through decode.py, 5 slots for 21 rows (rows leave and
     join mid-way), against model.generate per batch of one adapter and one max_tokens without a prefix cache."""
@@ -315,6 +318,7 @@ def test_continuous_batching_gives_generates_answers_token_for_token(tiny_model_
     assert decode.supported(loaded.model)
 
 
+@pytest.mark.slow
 def test_continuous_batching_stops_a_row_at_its_end_token(tiny_model_path, monkeypatch):
     from duckdb_ft.ml import decode
 
@@ -342,6 +346,7 @@ def test_continuous_batching_stops_a_row_at_its_end_token(tiny_model_path, monke
         assert a.new == r.new[:cut + 1]
 
 
+@pytest.mark.slow
 def test_stacked_lora_mix_computes_each_rows_own_adapter_and_falls_back_for_other_variants(tiny_model_path):
     """lora_mix.Mixer: one forward over rows of the base and three adapters gives each row the logits of its
     adapter alone (peft's per-adapter path); a DoRA adapter in the batch falls back to peft's adapter_names."""

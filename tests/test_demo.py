@@ -40,6 +40,7 @@ def test_split_is_deterministic_and_held_out_questions_are_unseen(pairs):
     assert all(p.sql not in values[p.template] for p in test if p.unseen == "value")
 
 
+@pytest.mark.slow
 def test_gold_queries_score_100_percent_against_themselves(pairs, scorer):
     train, test = pairs
     golds = [p.sql for p in train + test]
@@ -83,6 +84,7 @@ def test_prompt_macro_matches_the_python_prompt():
     assert con.execute("SELECT sql_prompt(?)", [q]).fetchall()[0][0] == dataset.prompt_for(q)
 
 
+@pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path, tiny_model_path):
     path = str(tmp_path / "demo.duckdb")
     out = io.StringIO()

@@ -79,6 +79,7 @@ def running_ranks(con, job: str, root: int) -> list[int]:
     return wait_for(ready, 180, "torchrun and 2 ranks training")
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_steps_and_losses_as_one_with_the_same_global_batch(faq, tiny_model_path):
     """DDP and FSDP alike: each step of the 2-process job sees the same 4 pairs as the 1-process job's step (the
     global batch is batch_size x gradient_accumulation_steps x devices), so the losses differ only by float32
@@ -114,6 +115,7 @@ def check_same_training(con, one_job, two_job):
     assert b["training_result"]["validation_loss"] == pytest.approx(a["training_result"]["validation_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_closing_the_database_or_cancel_end_every_training_process_and_the_job_resumes(tmp_path, tiny_model_path):
     """Closing the database checkpoints the job and ends its processes; RESUME goes on from that checkpoint in new
     processes, which a CANCEL then ends too. With strategy fsdp: the checkpoint is gathered from the shards and the
@@ -147,6 +149,7 @@ def test_closing_the_database_or_cancel_end_every_training_process_and_the_job_r
         con.close()
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_fails_the_job_and_takes_the_others_down(big, tiny_model_path):
     con = big
     job = create(con, "crashing", tiny_model_path, "SELECT p AS prompt, c AS completion FROM big",
@@ -176,6 +179,7 @@ PARENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_database_process_leaves_no_training_process(tmp_path, tiny_model_path):
     child = subprocess.Popen([sys.executable, "-c", PARENT, tiny_model_path, str(tmp_path / "k.duckdb")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -217,6 +221,7 @@ def test_options_this_machine_cannot_run_are_clear_errors_that_create_nothing(fa
     assert catalog_counts(faq) == before
 
 
+@pytest.mark.slow
 def test_a_rendezvous_endpoint_that_does_not_answer_fails_after_the_bounded_wait(faq, tiny_model_path):
     """The job's rdzv_timeout (5 s) bounds the wait, not torch's default of 600 s: the job fails within WAIT's
     300 s however busy the machine, and not before its 5 s are out."""
@@ -281,6 +286,7 @@ def test_global_batch_steps_and_the_torchrun_command_of_each_machine():
     assert "--standalone" in launch.torchrun_command(TrainingOptions(devices=2), "/tmp/job")
 
 
+@pytest.mark.slow
 def test_another_machine_joins_with_the_readme_command_and_trains_the_same(faq, tiny_model_path, free_port):
     """nodes 2 on one host: this database's torchrun hosts the rendezvous, the "other machine" is a second torchrun
     started with README's command (no job folder: it gets rows and options from the leader); both end cleanly."""

@@ -44,6 +44,7 @@ def _settings(con):
                        "current_setting('threads')").fetchall()
 
 
+@pytest.mark.slow
 def test_a_failure_midway_leaves_no_spilled_file_table_or_job(orders, tiny_model_path, private_tmp, monkeypatch):
     monkeypatch.setenv(scratch.MEMORY_ENV, "8MiB")
     seen = {}
@@ -75,6 +76,7 @@ def test_a_user_query_failing_while_streamed_leaves_no_file(orders, tiny_model_p
     assert private_tmp() == []
 
 
+@pytest.mark.slow
 def test_the_report_under_a_small_memory_limit_equals_the_report_without(con, tiny_model_path, private_tmp,
                                                                          monkeypatch):
     con.execute("""CREATE TABLE orders AS SELECT 'Question ' || j || ': ' || repeat(chr((97 + j % 26)::INTEGER),
@@ -133,6 +135,7 @@ def test_token_histograms_give_numpys_percentiles_sums_and_top_sums():
     assert prep_report.Counts().stats() == {"min": 0, "p50": 0, "p95": 0, "max": 0, "total": 0}
 
 
+@pytest.mark.slow
 def test_the_findings_in_small_chunks_equal_the_findings_in_one(con, tiny_model_path, monkeypatch):
     """Near duplicates verified a few prompts per statement, signatures and personal data a few rows per batch:
     the same per-row findings and the same report as in one statement and one batch."""

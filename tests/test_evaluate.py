@@ -161,6 +161,7 @@ def test_sql_match_on_another_database_file(db, monkeypatch, tmp_path):
     assert rows == [("1", 1.0), ("2", 0.0)]  # the references ran on the other file's items
 
 
+@pytest.mark.slow
 def test_retention_compares_a_tuned_model_with_its_base(db):
     out = evaluate(db["admin"], "ml.tuned", "SELECT 'What is item 1?' AS prompt, 'item 1' AS completion",
                    {"metrics": ["exact_match"], "max_tokens": 4, "retention": True})

@@ -6,16 +6,14 @@ COMPLETE does, token for token) and ``gguf`` (one GGUF file whose tensors, shape
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 import duckdb_ft
-from conftest import LEARN, create, one, wait
+from conftest import APPLE_PROMPTS as PROMPTS
 
-PROMPTS = ["Say the word 3", "Say the word 11", "What is 2 + 2?"]
 
 #: Run in a fresh interpreter with peft made unimportable: transformers alone loads both exports.
 LOAD = r"""
@@ -44,29 +42,14 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_path):
-    """A database file with model 'exported' (learned to say 'apple apple apple') and COMPLETE's answers."""
-    db = str(tmp_path_factory.mktemp("export") / "export.duckdb")
-    con = duckdb_ft.connect(db)
-    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
-    job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
-    assert wait(con, job) == "SUCCESS"
-    answers = [json.loads(one(con, "SELECT complete('exported', ?, '{\"max_tokens\": 6, \"temperature\": 0}')", p))
-               for p in PROMPTS]
-    con.close()  # the command line opens the file itself: DuckDB lets one process at a time write it
+@pytest.fixture
+def exported(apple_copy):
+    """A copy of the ``apple`` database (model 'exported') and COMPLETE's answers to ``PROMPTS``."""
+    db, _, answers = apple_copy
     return db, answers
 
 
-@pytest.fixture
-def exported(trained, tmp_path_factory):
-    """A copy of ``trained``'s database for one test (outside its ``tmp_path``, which some tests list)."""
-    db, answers = trained
-    copy = tmp_path_factory.mktemp("exported") / "export.duckdb"
-    shutil.copyfile(db, copy)
-    return str(copy), answers
-
-
+@pytest.mark.slow
 def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(exported, tmp_path):
     import gguf
     import numpy as np
@@ -128,6 +111,7 @@ def test_merged_and_gguf_load_with_transformers_alone_and_answer_as_complete(exp
     assert "apple" in loaded["merged"][0]["text"]
 
 
+@pytest.mark.slow
 def test_f16_gguf_is_half_precision(exported, tmp_path):
     import gguf
 

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 import duckdb_ft
-from conftest import FAST, LEARN, catalog_counts, create, describe, one, wait, wait_for
+from conftest import APPLE_PROMPTS, FAST, LEARN, catalog_counts, create, describe, one, wait, wait_for
 
 
 def test_lifecycle_create_describe_show_history(faq, tiny_model_path):
@@ -51,6 +51,7 @@ def test_lifecycle_create_describe_show_history(faq, tiny_model_path):
     assert model.fetchall() == [("main", "support_bot", True, job)]
 
 
+@pytest.mark.slow
 def test_finetuned_model_completes_differently_from_base(faq, tiny_model_path):
     con = faq
     job = create(con, "coder", tiny_model_path, "SELECT question AS prompt, answer AS completion FROM faq",
@@ -68,6 +69,7 @@ def test_finetuned_model_completes_differently_from_base(faq, tiny_model_path):
     assert d["training_result"]["validation_loss"] < history[0][0] * 0.6
 
 
+@pytest.mark.slow
 def test_several_adapters_of_one_base_in_one_query(con, tiny_model_path):
     con.execute("CREATE TABLE a AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
     con.execute("CREATE TABLE b AS SELECT 'Say the word ' || i AS p, 'zebra zebra zebra' AS c FROM range(16) t(i)")
@@ -108,6 +110,7 @@ def test_null_rows_are_skipped_and_counted(con, tiny_model_path):
     assert d["validation_data"].startswith("training rows")  # too few rows to hold some out
 
 
+@pytest.mark.slow
 def test_long_pairs_are_truncated_and_counted(con, tiny_model_path):
     con.execute("CREATE TABLE t AS SELECT 'short ' || i AS p, repeat('long answer ', 200) AS c FROM range(3) t(i)")
     job = create(con, "trunc", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t",
@@ -166,6 +169,7 @@ def test_bad_create_is_a_clear_error_that_changes_nothing(faq, tiny_model_path, 
     assert con.execute("SELECT count(*), sum(hash(question, answer)) FROM faq").fetchall() == faq_before
 
 
+@pytest.mark.slow
 def test_name_taken_by_model_or_active_job(faq, tiny_model_path):
     con = faq
     q = "SELECT question AS prompt, answer AS completion FROM faq"
@@ -221,6 +225,7 @@ def test_interrupt_ends_wait_and_the_job_goes_on(faq, tiny_model_path, monkeypat
     assert wait(con, slow, 60) == "CANCELLED"  # a later WAIT is not interrupted by the earlier Ctrl-C
 
 
+@pytest.mark.slow
 def test_cancel_running_and_pending_jobs(faq, tiny_model_path):
     con = faq
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(400) t(i)")
@@ -243,21 +248,24 @@ def test_cancel_running_and_pending_jobs(faq, tiny_model_path):
     assert wait(con, job) == "SUCCESS"
 
 
-def test_model_persists_in_the_database_file(tmp_path, tiny_model_path):
-    path = str(tmp_path / "shop.duckdb")
+def test_model_persists_in_the_database_file(apple_copy):
+    """The ``apple`` fixture trained model 'exported' and took COMPLETE's answers before closing its file: opened
+    again (a copy of it), the model answers the same."""
+    path, job, before = apple_copy
     con = duckdb_ft.connect(path)
-    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple' AS c FROM range(16) t(i)")
-    job = create(con, "keeper", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
-    assert duckdb_ft.wait(con, job) == "SUCCESS"
-    before = one(con, "SELECT complete('keeper', 'Say the word 2')")
-    con.close()
-    con = duckdb_ft.connect(path)
-    assert one(con, "SELECT complete('keeper', 'Say the word 2')") == before
-    assert describe(con, job)["status"] == "SUCCESS"
-    con.close()
+    try:
+        for prompt, answer in zip(APPLE_PROMPTS, before):
+            again = json.loads(one(con, "SELECT complete('exported', ?, '{\"max_tokens\": 6, \"temperature\": 0}')",
+                                   prompt))
+            assert again["choices"] == answer["choices"] and again["usage"] == answer["usage"], prompt
+        assert "apple" in before[0]["choices"][0]["messages"]  # what it learned, not a base model's noise
+        assert describe(con, job)["status"] == "SUCCESS"
+    finally:
+        con.close()
 
 
-def test_export_writes_a_peft_folder_that_peft_loads(tmp_path, tiny_model_path):
+@pytest.mark.slow
+def test_export_writes_a_peft_folder_that_peft_loads(apple, tmp_path, tiny_model_path):
     """duckdb-ft export: PeftModel.from_pretrained(base, folder) gives the same completion as COMPLETE."""
     import subprocess
     import sys
@@ -266,13 +274,8 @@ def test_export_writes_a_peft_folder_that_peft_loads(tmp_path, tiny_model_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    db = str(tmp_path / "export.duckdb")
-    con = duckdb_ft.connect(db)
-    con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
-    job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)
-    assert wait(con, job) == "SUCCESS"
-    ours = json.loads(one(con, "SELECT complete('exported', 'Say the word 3', '{\"max_tokens\": 6}')"))
-    con.close()
+    db, _, answers = apple  # the command line only reads the file
+    ours = answers[APPLE_PROMPTS.index("Say the word 3")]
 
     folder = tmp_path / "adapter"
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(folder)],

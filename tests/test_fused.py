@@ -118,6 +118,7 @@ ATTENTION_ONLY = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = ATTENTION_ONLY + ["gate_proj", "up_proj", "down_proj"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets", [ATTENTION_ONLY, ALL_LINEAR])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_a_fused_step_is_as_close_to_float32_as_the_plain_bf16_step(dropout, targets):
@@ -148,6 +149,7 @@ def test_a_fused_step_is_as_close_to_float32_as_the_plain_bf16_step(dropout, tar
         assert torch.equal(again[1][name], fp32[1][name]), name
 
 
+@pytest.mark.slow
 def test_prepared_leaves_the_cached_model_and_restores_the_training_tree(tiny):
     path, tokenizer, examples = tiny
     loaded = models.load(path)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import duckdb_ft
 
 CHILD = textwrap.dedent("""
@@ -16,7 +18,7 @@ CHILD = textwrap.dedent("""
     import duckdb_ft
     path, base, mode = sys.argv[1:4]
     con = duckdb_ft.connect(path)
-    con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(240) t(i)")
+    con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(80) t(i)")
     options = json.dumps({"max_epochs": 2, "batch_size": 1} if mode == "poll" else {"max_epochs": 1})
     job = con.execute("SELECT finetune('CREATE', 'lifetime', ?, 'SELECT p AS prompt, c AS completion FROM big', "
                       "NULL, ?)", [base, options]).fetchall()[0][0]
@@ -29,6 +31,9 @@ CHILD = textwrap.dedent("""
         print("STEP", step or 0, saved, status, flush=True)
         time.sleep(0.02)
 """)
+
+
+pytestmark = pytest.mark.slow  # each test runs a job in a child interpreter (and kills it)
 
 
 def spawn(db: str, base: str, mode: str) -> subprocess.Popen:
@@ -73,7 +78,7 @@ def test_killed_job_is_error_after_reopen_and_resumes_from_its_checkpoint(tmp_pa
     assert "process running this job stopped" in d["error"]["message"]
     assert "RESUME" in d["error"]["message"]
     assert con.execute("SELECT count(*) FROM duckdb_ft.models").fetchall() == [(0,)]
-    assert con.execute("SELECT count(*) FROM big").fetchall() == [(240,)]
+    assert con.execute("SELECT count(*) FROM big").fetchall() == [(80,)]
     [(saved,)] = con.execute("SELECT step FROM duckdb_ft.checkpoints WHERE job_id = ?", [job]).fetchall()
     assert 0 < saved < killed_at + 1
 

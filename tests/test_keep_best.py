@@ -32,6 +32,7 @@ def stored_adapter_loss(con, model_name: str, base: str, job_id: str, max_seq_le
     return training.evaluate(model, examples, 4, tok.pad_token_id, "cpu")
 
 
+@pytest.mark.slow
 def test_rising_validation_loss_stops_early_and_keeps_the_best_adapter(con, tiny_model_path):
     job = create(con, "picky", tiny_model_path, TRAIN_Q, VALID_Q, {**DIVERGE, "early_stopping_patience": 2})
     assert wait(con, job) == "SUCCESS"
@@ -53,6 +54,7 @@ def test_rising_validation_loss_stops_early_and_keeps_the_best_adapter(con, tiny
     assert d["trained_tokens"] == round(per_epoch * epochs_run) < per_epoch * DIVERGE["max_epochs"]
 
 
+@pytest.mark.slow
 def test_keep_best_false_stores_the_last_steps_adapter(con, tiny_model_path):
     job = create(con, "last", tiny_model_path, TRAIN_Q, VALID_Q, {**DIVERGE, "max_epochs": 2, "keep_best": False})
     assert wait(con, job) == "SUCCESS"

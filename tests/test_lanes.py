@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from duckdb_ft.ml import data, dropout, kernels, lanes, models, training
@@ -41,6 +42,7 @@ def test_seeded_dropout_masks_repeat_and_are_per_thread():
     assert 0.2 < 1 - a.float().mean().item() < 0.4
 
 
+@pytest.mark.slow
 def test_two_lanes_train_the_adapter_one_lane_trains(tiny_model_path, monkeypatch):
     """bf16 with dropout, several micro-batches a step: every mask comes from its micro-batch's seed and the
     gradients are added in micro-batch order, so two lanes in parallel give exactly one lane's adapter."""

@@ -33,6 +33,7 @@ def facts(con):
     return con
 
 
+@pytest.mark.slow
 def test_continued_model_starts_from_its_parents_adapter_and_learns_the_new_rows(facts, tiny_model_path):
     con = facts
     job = create(con, "bot", tiny_model_path, "SELECT p AS prompt, c AS completion FROM facts WHERE kind = 'A'",
@@ -74,6 +75,7 @@ def test_continued_model_starts_from_its_parents_adapter_and_learns_the_new_rows
     assert model_row(con, "bot")["parent_model"] is None
 
 
+@pytest.mark.slow
 def test_continuing_needs_usage_on_the_parent(tmp_path, tiny_model_path):
     db = str(tmp_path / "roles.duckdb")
     admin = duckdb_ft.connect(db)
@@ -99,6 +101,7 @@ def test_continuing_needs_usage_on_the_parent(tmp_path, tiny_model_path):
         admin.close()
 
 
+@pytest.mark.slow
 def test_lineage_identifies_two_trainings_on_the_same_snapshot(faq, tiny_model_path):
     con = faq
     opts = {"max_epochs": 1, "batch_size": 8, "seed": 7}
@@ -128,6 +131,7 @@ def test_lineage_identifies_two_trainings_on_the_same_snapshot(faq, tiny_model_p
     assert m4["snapshot_hash"] == m1["snapshot_hash"] and m4["options"] != m1["options"]
 
 
+@pytest.mark.slow
 def test_a_sweep_over_a_fine_tuned_model_continues_it_in_every_job(faq, tiny_model_path):
     con = faq
     query = "SELECT question AS prompt, answer AS completion FROM faq"

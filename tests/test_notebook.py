@@ -35,6 +35,7 @@ def kernel_manager(tmp_path):
     return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, tiny_model_path, kernel_manager, monkeypatch):
     from nbclient import NotebookClient
 

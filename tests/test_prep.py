@@ -62,6 +62,7 @@ def estimate(con, train=TRAIN, valid=VALID, options=SMALL, base=None):
                            json.dumps(options) if options is not None else None))
 
 
+@pytest.mark.slow
 def test_estimate_reports_each_known_count_exactly(dirty, tiny_model_path):
     con = dirty
     before = catalog_counts(con)
@@ -102,6 +103,7 @@ def test_estimate_reports_each_known_count_exactly(dirty, tiny_model_path):
                    (49, 4, "exact_duplicate")]
 
 
+@pytest.mark.slow
 def test_estimate_trained_tokens_equal_describe_after_create(dirty, tiny_model_path):
     con = dirty
     opts = {**SMALL, "dedupe": "near", "drop_conflicting": True, "pii": "mask"}
@@ -138,6 +140,7 @@ def test_pii_mask_leaves_no_email_or_card_in_the_snapshot_and_the_table_unchange
     assert one(con, "SELECT finetune('CANCEL', ?)", job).startswith("Canceled")
 
 
+@pytest.mark.slow
 def test_dedupe_none_keeps_every_row_and_refuse_lists_the_rows(dirty, tiny_model_path):
     con = dirty
     job = one(con, "SELECT finetune('CREATE', 'all_rows', ?, ?, NULL, ?)", tiny_model_path, TRAIN,
@@ -225,6 +228,7 @@ def test_sql_prefilter_passes_every_text_that_holds_personal_data():
     assert skipped > 1000  # and it does skip texts
 
 
+@pytest.mark.slow
 def test_estimate_times_training_with_a_calibration_cached_per_machine_and_model(dirty, tiny_model_path):
     from duckdb_ft.ml import calibrate
 
@@ -247,6 +251,7 @@ def test_a_query_that_fails_while_running_is_creates_error(dirty, tiny_model_pat
     assert catalog_counts(dirty)["jobs"] == 0
 
 
+@pytest.mark.slow
 def test_a_role_estimates_only_what_it_may_read(tmp_path, tiny_model_path):
     import duckdb_ft
 

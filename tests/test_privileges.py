@@ -262,6 +262,7 @@ def test_bad_statements_are_clear_errors(db):
     assert attempt(admin, "SELECT ft_execute('SHOW ROLES') LIKE '%analyst%'") == [(True,)]
 
 
+@pytest.mark.slow
 def test_privileges_walkthrough_script_runs_in_the_shell(tmp_path, tiny_model_path):
     """sql/privileges.sql, through the shell's script mode (on the tiny model, for speed)."""
     import subprocess

@@ -6,7 +6,7 @@ import pytest
 
 import duckdb_ft
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 
 def test_capital_of_france_through_connect(default_model_path):
@@ -17,15 +17,14 @@ def test_capital_of_france_through_connect(default_model_path):
 
 
 def test_finetune_real_model_overfits_a_handful_of_pairs(tmp_path, default_model_path):
-    """SmolLM2-135M learns made-up facts: the loss falls and COMPLETE answers with the trained completion."""
+    """SmolLM2-135M learns made-up facts: the loss falls and COMPLETE answers with the trained completion. Two
+    facts, so that each of the ten steps is two rows of the real model (the suite's costliest training)."""
     import json
 
     con = duckdb_ft.connect(str(tmp_path / "real.duckdb"))
     con.execute("""CREATE TABLE facts AS SELECT * FROM (VALUES
         ('What is the codename of project Alpha?', 'The codename of project Alpha is BLUE HERON.'),
-        ('What is the codename of project Beta?', 'The codename of project Beta is IRON FOX.'),
-        ('What is the codename of project Gamma?', 'The codename of project Gamma is SILENT OWL.'),
-        ('What is the codename of project Delta?', 'The codename of project Delta is RED MAPLE.')) t(q, a)""")
+        ('What is the codename of project Gamma?', 'The codename of project Gamma is SILENT OWL.')) t(q, a)""")
     options = {"max_epochs": 10, "learning_rate": 3e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                "batch_size": 4, "warmup_ratio": 0.0}
     job = con.execute("SELECT finetune('CREATE', 'codenames', 'smollm2-135m', "

@@ -45,6 +45,7 @@ def checksums(con):
     return {t: con.execute(f"SELECT count(*), sum(hash(p, c)) FROM {t}").fetchall() for t in ("big", "other")}
 
 
+@pytest.mark.slow
 def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
     """SIGKILL at random points (starting, during CREATE, mid-epoch, while storing the model), then reopen."""
     db = str(tmp_path / "kills.duckdb")
@@ -119,12 +120,15 @@ def big_job(con, name, base, rows=200, **options):
                   options={"max_epochs": 1, "batch_size": 4, **options})
 
 
+@pytest.mark.slow
 def test_complete_from_other_cursors_while_a_job_trains(big, tiny_model_path):
     con = big
     prompt_sql = ("SELECT complete(?, 'prompt ' || i, '{\"max_tokens\": 4}')::JSON ->> '$.choices[0].messages' "
                   "FROM range(8) t(i) ORDER BY i")
     reference = con.execute(prompt_sql, [tiny_model_path]).fetchall()
-    job = big_job(con, "busy", tiny_model_path, max_epochs=3, batch_size=1)
+    job = big_job(con, "busy", tiny_model_path, rows=60, max_epochs=3, batch_size=1)
+    wait_for(lambda: con.execute("SELECT coalesce(step, 0) FROM duckdb_ft.jobs").fetchall()[0][0] >= 1, 300,
+             "the job's first step")  # COMPLETE runs beside a job that trains
     results, errors = [], []
 
     def worker():
@@ -147,6 +151,7 @@ def test_complete_from_other_cursors_while_a_job_trains(big, tiny_model_path):
     assert duckdb_ft.wait(con, job) == "SUCCESS"
 
 
+@pytest.mark.slow
 def test_queued_jobs_run_one_at_a_time_in_order(big, tiny_model_path):
     con = big
     jobs = [big_job(con, f"q{i}", tiny_model_path, rows=40) for i in range(3)]
@@ -158,6 +163,7 @@ def test_queued_jobs_run_one_at_a_time_in_order(big, tiny_model_path):
         assert started >= finished, "a job started before the previous one finished"
 
 
+@pytest.mark.slow
 def test_two_threads_create_the_same_name_one_wins(big, tiny_model_path):
     con = big
     barrier = threading.Barrier(2)
@@ -184,11 +190,12 @@ def test_two_threads_create_the_same_name_one_wins(big, tiny_model_path):
     duckdb_ft.wait(con, next(v for k, v in outcomes if k == "ok"))
 
 
+@pytest.mark.slow
 def test_closing_the_database_stops_a_job_cleanly(tmp_path, tiny_model_path):
     path = str(tmp_path / "closing.duckdb")
     con = duckdb_ft.connect(path)
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(200) t(i)")
-    job = big_job(con, "closing", tiny_model_path, max_epochs=5, batch_size=1)
+    job = big_job(con, "closing", tiny_model_path, rows=40, max_epochs=5, batch_size=1)
     wait_for(lambda: con.execute("SELECT coalesce(step, 0) FROM duckdb_ft.jobs").fetchall()[0][0] >= 2, 300,
              "two training steps")
     con.close()
@@ -196,7 +203,7 @@ def test_closing_the_database_stops_a_job_cleanly(tmp_path, tiny_model_path):
     status, error, step = con.execute("SELECT status, error, step FROM duckdb_ft.jobs").fetchall()[0]
     assert status == "ERROR" and "database was closed" in error
     assert con.execute("SELECT step FROM duckdb_ft.checkpoints").fetchall() == [(step,)]  # saved as it stopped
-    assert con.execute("SELECT count(*) FROM big").fetchall() == [(200,)]
+    assert con.execute("SELECT count(*) FROM big").fetchall() == [(200,)]  # the user's table untouched
     assert con.execute("SELECT finetune('RESUME', ?)", [job]).fetchall()
     assert duckdb_ft.wait(con, job) == "SUCCESS"
     con.close()
@@ -227,6 +234,7 @@ def fuzz_db(tiny_model_path):
     con.close()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(options=st.one_of(st.dictionaries(option_names, json_values, max_size=4).map(json.dumps),
                          st.text(max_size=40),
@@ -300,6 +308,7 @@ message_items = st.fixed_dictionaries({}, optional={
     "content": st.text(max_size=20) | st.none() | st.integers() | st.lists(st.text(max_size=3), max_size=2)})
 
 
+@pytest.mark.slow
 @FUZZ
 @given(messages=st.lists(message_items, max_size=4).map(json.dumps) | st.text(max_size=30))
 def test_fuzzed_messages_complete_or_fail_clearly(fuzz_db, tiny_model_path, messages):
@@ -316,6 +325,7 @@ def test_fuzzed_messages_complete_or_fail_clearly(fuzz_db, tiny_model_path, mess
     assert (None if tried is None else json.loads(tried)["choices"][0]["messages"]) == answer
 
 
+@pytest.mark.slow
 def test_hostile_data(fuzz_db, tiny_model_path):
     con = fuzz_db
     before = catalog_counts(con)
@@ -334,6 +344,7 @@ def test_hostile_data(fuzz_db, tiny_model_path):
     assert d["skipped_rows"] == 2 and d["train_rows"] == 3 and d["truncated_rows"] >= 1
 
 
+@pytest.mark.slow
 def test_a_100k_row_training_query_is_copied_in_bounded_memory(fuzz_db, tiny_model_path):
     import tracemalloc
 

@@ -107,6 +107,7 @@ def test_statements_without_a_result_print_nothing_and_explain_prints_the_plan(c
 # ----------------------------------------------------------------------------------------- errors and scripts
 
 
+@pytest.mark.slow
 def test_udf_errors_are_one_line_and_duckdb_errors_look_like_duckdbs():
     r = run("-c", "SELECT finetune('FOO')")
     assert r.returncode == 1 and r.stdout == ""
@@ -132,6 +133,7 @@ def test_error_message_forms():
     assert error_message(Boom("bad")) == "Error: Boom: bad"
 
 
+@pytest.mark.slow
 def test_stdin_script_goes_on_after_an_error_and_exits_1_like_duckdb(tmp_path):
     script = "CREATE TABLE t AS SELECT 41 AS x;\nSELECT nope; SELECT x + 1 AS y FROM t;\nSELECT x\nFROM t WHERE x > 99;\n"
     r = run(str(tmp_path / "db.duckdb"), "-csv", stdin=script)
@@ -140,6 +142,7 @@ def test_stdin_script_goes_on_after_an_error_and_exits_1_like_duckdb(tmp_path):
     assert r.returncode == 1 and r.stdout == ""
 
 
+@pytest.mark.slow
 def test_stdin_script_with_dot_commands(tmp_path):
     script = ("-- a comment\nCREATE TABLE people(name VARCHAR, age INT);\n"
               "INSERT INTO people VALUES ('Ana', 31), ('Ben', NULL);\nCREATE VIEW adults AS FROM people WHERE age >= 18;\n"
@@ -152,6 +155,7 @@ def test_stdin_script_with_dot_commands(tmp_path):
                         "name = Ana\n age = 31\n")
 
 
+@pytest.mark.slow
 def test_read_stops_at_the_first_error(tmp_path):
     (tmp_path / "s.sql").write_text("SELECT 1 AS one;\nSELECT nope;\nSELECT 3 AS three;\n")
     r = run("-csv", "-c", f".read {tmp_path / 's.sql'}")
@@ -173,6 +177,7 @@ def test_timer_prints_run_time(capsys):
     assert "Run Time (s): real " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_is_the_subcommand_and_a_database_named_demo_opens_as_dot_slash(monkeypatch, tmp_path):
     import duckdb_ft
 
@@ -186,12 +191,14 @@ def test_demo_is_the_subcommand_and_a_database_named_demo_opens_as_dot_slash(mon
     assert r.returncode == 0 and r.stdout == "x\n1\n" and (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 def test_wait_for_a_missing_job_is_an_error():
     r = run("--wait", "ft_missing")
     assert r.returncode == 1 and r.stderr == ("Error: fine-tuning job 'ft_missing' does not exist: finetune('SHOW') "
                                               "lists the jobs\n")
 
 
+@pytest.mark.slow
 def test_wait_option_after_c_follows_the_new_job_in_plain_lines(tmp_path, tiny_model_path):
     create = ("CREATE TABLE qa AS SELECT 'q' || i AS q, 'a' || i AS a FROM range(8) t(i);"
               f"SELECT finetune('CREATE', 'm', '{tiny_model_path}', 'SELECT q AS prompt, a AS completion FROM qa',"
@@ -260,6 +267,7 @@ def terminal(tmp_path):
     child.close(force=True)
 
 
+@pytest.mark.slow
 def test_interactive_session(terminal, tmp_path):
     import pexpect
 

@@ -73,6 +73,7 @@ def run_script(path: Path, database: Path, model: str) -> subprocess.CompletedPr
                           timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SQL.glob("*.sql")), ids=lambda p: p.name)
 def test_sql_script_runs_in_the_shell(script, tmp_path, tiny_model_path):
     r = run_script(script, tmp_path / "script.duckdb", tiny_model_path)

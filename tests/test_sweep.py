@@ -72,6 +72,7 @@ def test_cancel_of_a_sweep_cancels_every_job(faq, tiny_model_path):
         rows(con, "FROM finetune_sweep('sw_nope')")
 
 
+@pytest.mark.slow
 def test_a_sweep_with_eval_query_ranks_by_that_metric_once_every_job_has_finished(faq, tiny_model_path):
     con = faq
     options = {**GRID, "lora_r": [4], "eval_query": "SELECT question AS prompt, answer AS completion FROM faq "

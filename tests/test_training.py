@@ -171,6 +171,7 @@ def test_fast_dropout_keeps_the_distribution_and_the_gradient():
     assert drop(x) is x
 
 
+@pytest.mark.slow
 def test_training_swaps_in_the_cpu_fast_paths(tiny):
     path, tokenizer, examples = tiny
     base = models.load_for_training(path)
@@ -275,6 +276,7 @@ def test_micro_batches_cover_the_rows_in_order_within_the_budget(tiny):
     assert data.split_rows(examples, rows, 10 ** 6) == [rows]
 
 
+@pytest.mark.slow
 def test_a_step_in_micro_batches_trains_the_same_adapter(tiny, monkeypatch):
     """Micro-batches of a step sum to the step's gradient: the same adapter after two epochs, one row at a time
     or each batch whole (no dropout, so both draw nothing at random)."""
@@ -319,6 +321,7 @@ def test_steady_allocator_pins_glibc():
     kernels.release_free_memory()
 
 
+@pytest.mark.slow
 def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
     """Importing duckdb_ft before torch turns on PyTorch's huge-page allocation for large CPU tensors; a value
     the user set is kept, and with torch already loaded nothing is set (torch reads it once, at its first
@@ -337,6 +340,7 @@ def test_the_model_package_asks_torch_for_huge_pages_unless_the_user_chose():
     assert run(f"import torch, duckdb_ft.ml; {show}") == "None"
 
 
+@pytest.mark.slow
 def test_the_model_package_bounds_the_kernel_caches_unless_the_user_chose():
     """PyTorch's and oneDNN's caches of compiled kernels are bounded (32 and 64) when duckdb_ft is imported before
     torch (micro-batches of ever new shapes fill them, each kernel holding memory); a user's value is kept, and after
@@ -356,6 +360,7 @@ def test_the_model_package_bounds_the_kernel_caches_unless_the_user_chose():
     assert run(f"import torch, duckdb_ft.ml; {show}") == "None None"
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_recomputes_the_same_step(tiny):
     """Checkpointing with the CPU fast paths (fast dropout included: its mask must be drawn again identically)."""
     path, tokenizer, examples = tiny

@@ -23,6 +23,7 @@ def usage(con, where="TRUE"):
     return [dict(zip(cols, r)) for r in rel.fetchall()]
 
 
+@pytest.mark.slow
 def test_concurrent_cursors_lose_no_count(con, tiny_model_path):
     threads, statements = 4, 6
     tokens = [[0, 0] for _ in range(threads)]
@@ -89,6 +90,7 @@ def test_a_failing_complete_counts_its_call_as_errors(con, tiny_model_path):
     assert (r["function_name"], r["calls"], r["rows"], r["errors"], r["prompt_tokens"]) == ("COMPLETE", 1, 2, 2, 0)
 
 
+@pytest.mark.slow
 def test_roles_see_their_own_usage_and_the_administrator_everyones(tmp_path, tiny_model_path):
     path = str(tmp_path / "u.duckdb")
     admin = duckdb_ft.connect(path)
