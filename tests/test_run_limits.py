@@ -10,6 +10,7 @@ import pytest
 
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
+from duckdb_ft.governance import quotas
 from conftest import allow_base_model, catalog_counts, describe, one, setup_attack_db, user_connection
 
 Q = "SELECT s AS prompt, s AS completion FROM pub"  # 5 rows
@@ -83,10 +84,27 @@ def test_every_role_limit_is_in_the_readmes_role_limits_table():
     import re
     from pathlib import Path
 
-    from duckdb_ft.governance import quotas
-
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = readme.split("### Role limits", 1)[1].split("\n#", 1)[0]
     named = set(re.findall(r"^\| (.+?) \|", table, re.M))
     names = {n.strip("` ") for cell in named for n in cell.split(",")}
     assert set(quotas.LIMITS) <= names, set(quotas.LIMITS) - names
+
+
+def test_a_roles_limit_binds_the_roles_granted_it_and_describe_role_shows_where_each_comes_from(limited):
+    admin, u1 = limited
+    admin.execute("CREATE ROLE team").fetchall()
+    admin.execute("CREATE ROLE other").fetchall()
+    admin.execute("GRANT ROLE team TO ROLE attacker").fetchall()  # attacker (u1's role) has team's privileges
+    admin.execute("ALTER ROLE team SET MAX_EPOCHS = 1, MAX_JOB_SECONDS = 60").fetchall()
+    admin.execute("ALTER ROLE attacker SET MAX_EPOCHS = 2").fetchall()
+    admin.execute("ALTER ROLE other SET MAX_SEQ_LENGTH = 16").fetchall()
+    refused(u1, "MAX_EPOCHS", CREATE, Q, None, json.dumps({"max_epochs": 2}))  # team's 1, the smaller
+    binding = {r[0]: r[1:] for r in u1.execute("DESCRIBE ROLE attacker").fetchall()}
+    assert binding["MAX_EPOCHS"] == (1, "team") and binding["MAX_JOB_SECONDS"] == (60, "team")
+    assert binding["MAX_SEQ_LENGTH"] == (None, None) and set(binding) == set(quotas.LIMITS)
+    with pytest.raises(duckdb_ft.NotFound, match="does not exist or is not one of"):
+        u1.execute("DESCRIBE ROLE other").fetchall()  # a role u1 does not have: as one that does not exist
+    assert {r[0]: r[1] for r in admin.execute("DESC ROLE other").fetchall()}["MAX_SEQ_LENGTH"] == 16
+    assert all(r[1] is None for r in admin.execute("DESCRIBE ROLE admin").fetchall())
+    assert catalog_counts(admin) == NOTHING

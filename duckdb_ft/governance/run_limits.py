@@ -11,6 +11,7 @@
 - RESUME queues a job again: ``MAX_QUEUED_JOBS`` and ``MAX_TRAINED_TOKENS_PER_DAY`` hold there as at CREATE.
 
 A job's limits are its owner's (the role that created it), read when it starts; the administrator's have none.
+``DESCRIBE ROLE r`` (:func:`describe_role`) shows every limit as it binds ``r``, and the role it is set on.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import catalog
+from ..catalog import access as accessdb
+from ..errors import NotFound
 from ..options import TrainingOptions
 from . import quotas
+from .roles import ADMIN, PUBLIC, effective_roles
 
 if TYPE_CHECKING:
     from ..surface.engine import Session
@@ -74,3 +79,22 @@ def check_resume(session: Session | None, cur: Any, job: dict[str, Any]) -> None
     if session is None:  # the package resuming jobs its process left (resume_stopped): nothing new is asked
         return
     quotas.check_job(session, cur, TrainingOptions.from_json(job["options"]), 1)
+
+
+def describe_role(session: Session, cur: Any, role: str) -> list[dict[str, Any]]:
+    """Every limit as it binds ``role``: its value (None: no limit) and the role it is set on (the smallest value
+    among the role's own roles). The administrator describes any role, another role only the roles it has."""
+    mine = None if session.is_admin else effective_roles(cur, session.role)
+    exists = role in (ADMIN, PUBLIC) or accessdb.role_exists(cur, role)
+    if not exists or (mine is not None and role not in mine):
+        raise NotFound(f"role '{role}' does not exist or is not one of the current role's roles "
+                       f"(current role: {session.role}; SHOW ROLES lists them)")
+    binding: dict[str, tuple[int, str]] = {}
+    if role != ADMIN:
+        roles = effective_roles(cur, role)
+        rows = cur.execute(f"SELECT role, name, value FROM {catalog.SCHEMA}.role_limits ORDER BY role").fetchall()
+        for holder, name, value in rows:
+            if holder in roles and (name not in binding or value < binding[name][0]):
+                binding[name] = (value, holder)
+    return [{"limit": n, "value": binding.get(n, (None, None))[0], "set_on": binding.get(n, (None, None))[1]}
+            for n in quotas.LIMITS]

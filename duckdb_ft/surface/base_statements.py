@@ -2,7 +2,8 @@
 (``CREATE [OR REPLACE] BASE MODEL name FROM 'folder' | 'org/name'``, ``DROP BASE MODEL [IF EXISTS] name``,
 ``SHOW BASE MODELS``; the rules are :mod:`..governance.base_models`'; ``GRANT USAGE ON BASE MODEL name TO ROLE r``
 is a GRANT) and role limits (``ALTER ROLE r SET MAX_QUEUED_JOBS = 5, ...`` / ``UNSET ...``, ``SHOW LIMITS``; the
-rules are :mod:`..governance.quotas`').
+rules are :mod:`..governance.quotas`'; ``DESCRIBE ROLE r``, every limit as it binds ``r``:
+:mod:`..governance.run_limits`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from ..catalog import access as accessdb
 from ..errors import NotFound
-from ..governance import base_models, quotas
+from ..governance import base_models, quotas, run_limits
 from ..ml.models import BUILTIN
 from .engine import Session
 from .grammar import FtStatement
@@ -51,6 +52,13 @@ def _show_limits(session: Session, st: FtStatement) -> pa.Table:
                      "value": pa.array([r["value"] for r in rows], pa.int64())})
 
 
+def _describe_role(session: Session, st: FtStatement) -> pa.Table:
+    rows = run_limits.describe_role(session, session.engine.cursor(), st.role)
+    return pa.table({"limit": pa.array([r["limit"] for r in rows], pa.string()),
+                     "value": pa.array([r["value"] for r in rows], pa.int64()),
+                     "set_on": pa.array([r["set_on"] for r in rows], pa.string())})
+
+
 HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
     "CREATE BASE MODEL": _create, "DROP BASE MODEL": _drop, "SHOW BASE MODELS": _show,
-    "ALTER ROLE": _alter_role, "SHOW LIMITS": _show_limits}
+    "ALTER ROLE": _alter_role, "SHOW LIMITS": _show_limits, "DESCRIBE ROLE": _describe_role}

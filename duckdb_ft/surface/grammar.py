@@ -275,6 +275,8 @@ FT_STATEMENTS: dict[tuple[str, ...], Any] = {
     ("ALTER", "ROLE"): _alter_role,
     ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
     ("DESC", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
+    ("DESCRIBE", "ROLE"): lambda t: FtStatement(kind="DESCRIBE ROLE", role=t.name()),
+    ("DESC", "ROLE"): lambda t: FtStatement(kind="DESCRIBE ROLE", role=t.name()),
 }
 
 
