@@ -49,6 +49,7 @@ def test_rows_times_epochs_bound_create_and_sweep_and_a_refusal_leaves_nothing(l
     assert u1.execute("SELECT * FROM pub").fetchall()  # the session goes on
 
 
+@pytest.mark.slow  # trains: a job stopped at its first steps, one trained to its end
 def test_a_job_past_max_job_seconds_is_cancelled_naming_the_limit_and_the_queue_goes_on(limited):
     admin, u1 = limited
     admin.execute("ALTER ROLE attacker SET MAX_JOB_SECONDS = 0").fetchall()
@@ -68,6 +69,7 @@ def test_a_job_past_max_job_seconds_is_cancelled_naming_the_limit_and_the_queue_
     assert describe(admin, job)["status"] == "ERROR"
 
 
+@pytest.mark.slow  # trains for a second or more
 def test_a_running_job_stops_once_its_roles_trained_tokens_of_the_day_pass_the_limit(limited):
     admin, u1 = limited
     admin.execute("ALTER ROLE attacker SET MAX_TRAINED_TOKENS_PER_DAY = 60").fetchall()  # none trained yet: CREATE
