@@ -72,13 +72,17 @@ def test_a_job_past_max_job_seconds_is_cancelled_naming_the_limit_and_the_queue_
 @pytest.mark.slow  # trains for a second or more
 def test_a_running_job_stops_once_its_roles_trained_tokens_of_the_day_pass_the_limit(limited):
     admin, u1 = limited
-    admin.execute("ALTER ROLE attacker SET MAX_TRAINED_TOKENS_PER_DAY = 60").fetchall()  # none trained yet: CREATE
+    admin.execute("ALTER ROLE attacker SET MAX_TRAINED_TOKENS_PER_DAY = 60").fetchall()  # none trained yet: SWEEP
     many = "SELECT a.s || b.s || c.s AS prompt, a.s AS completion FROM pub a, pub b, pub c"  # 125 rows
-    job = one(u1, CREATE, many, None, json.dumps({"max_epochs": 10, "batch_size": 1}))  # 1250 steps
-    assert one(admin, "SELECT finetune('WAIT', ?, 300)", job) == "CANCELLED"
-    error = describe(admin, job)["error"]["message"]
-    assert "role limit MAX_TRAINED_TOKENS_PER_DAY" in error and "attacker" in error, error
-    assert one(admin, "SELECT step < total_steps FROM duckdb_ft.jobs WHERE id = ?", job)
+    one(u1, SWEEP, many, json.dumps({"max_epochs": 10, "batch_size": 1, "learning_rate": [1e-4, 2e-4]}))
+    jobs = [r[0] for r in admin.execute("SELECT id FROM duckdb_ft.jobs ORDER BY model_name").fetchall()]
+    assert [one(admin, "SELECT finetune('WAIT', ?, 300)", j) for j in jobs] == ["CANCELLED", "CANCELLED"]
+    for job in jobs:
+        error = describe(admin, job)["error"]["message"]
+        assert "role limit MAX_TRAINED_TOKENS_PER_DAY" in error and "attacker" in error, error
+    steps = admin.execute("SELECT coalesce(step, 0), total_steps FROM duckdb_ft.jobs ORDER BY model_name").fetchall()
+    assert 0 < steps[0][0] < steps[0][1], steps  # the first stopped on its way
+    assert steps[1][0] == 0, steps  # the second, the day's tokens spent, before its first step
     refused(u1, "MAX_TRAINED_TOKENS_PER_DAY", CREATE, Q, None, json.dumps({"max_epochs": 1}))
 
 

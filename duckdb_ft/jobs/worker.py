@@ -61,6 +61,8 @@ class Worker:
 
     def _train(self) -> None:
         job, opts = self.job, self.opts
+        if self.deadline.passed():  # the role's day of tokens spent (or no seconds): stop before loading anything
+            raise training.Cancelled()
         path = models.resolve(job["base_model"])
         tokenizer = models.load_tokenizer(path)
         rows_of = job.get("snapshot_of") or self.id  # a sweep's jobs read its first job's snapshot
