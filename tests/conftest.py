@@ -1,12 +1,13 @@
 """Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama and its tokenized
 ``PAIRS``, an in-memory database, the ``faq`` and ``big`` tables) and the helpers test files share (``rows``,
 ``one``, ``create``, ``describe``, ``wait``, ``wait_for``, ``catalog_counts``, ``python_output``, ``peft_model``,
-``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``; the options ``FAST``, ``ONE_EPOCH`` and
-``LEARN``; ``COMMAND``, the
-duckdb-ft command line): ``from conftest import ...``. Test modules import nothing from each other.
+``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``allow_base_model``; the options ``FAST``,
+``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line): ``from conftest import ...``. Test modules
+import nothing from each other. Set-ups that train (``apple``, ``tiny``) are made once a run and never changed; a
+test that changes a trained database works on a copy of its file.
 
-Tests marked ``slow`` (torchrun, kill loops, the notebook, the shell and scripts through subprocesses and
-terminals, the real model, the demo) are left out by ``make test-fast``; ``make test`` runs everything.
+Tests marked ``slow`` (torchrun, kill loops, the notebook, the shell and scripts as subprocesses and in a terminal,
+the real model, jobs trained to their end, fuzzing) are left out by ``make test-fast``; ``make test`` runs them all.
 
 The tiny model has random weights but the real SmolLM2 tokenizer and chat template, so every code path
 (chat templating, padding, masking, LoRA) is the real one; it trains and generates in milliseconds.
