@@ -256,3 +256,16 @@ def test_multi_machine_options_are_for_the_administrator(attack, tiny_model_path
         u1.execute("SELECT finetune('SWEEP', 'ml.hog', ?, ?, NULL, ?)",
                    [tiny_model_path, q, json.dumps({"rdzv_timeout": [300, 86400]})]).fetchall()
     assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
+
+
+def test_sql_match_runs_no_administrator_function_for_a_user():
+    from duckdb_ft.evaluation.sqlmatch import Sandbox
+
+    with Sandbox(pure_only=True) as box:  # a user's evaluation
+        assert box.result("SELECT upper('a'), 1 + 1") == [("A", 2)]
+        for sql in ("SELECT current_setting('threads')", "SELECT version()", "SELECT current_schema",
+                    "SELECT nextval('s')", "SELECT no_such_function(1)"):
+            assert box.result(sql) is None, sql
+        assert not box.match("SELECT current_setting('threads')", "SELECT '1'")
+    with Sandbox() as box:  # the administrator's: DuckDB as it is
+        assert box.result("SELECT version() IS NOT NULL") == [(True,)]

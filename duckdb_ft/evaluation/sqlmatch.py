@@ -8,7 +8,10 @@ average may come back as a DOUBLE or a DECIMAL); column names do not matter.
 
 The sandbox holds copies of the tables and views the reference queries read (views as tables), so a prediction
 sees what its reference sees and nothing else: it cannot write the user's database, nor read what the caller's
-role may not read (the caller checks SELECT on those tables before they are copied).
+role may not read (the caller checks SELECT on those tables before they are copied). For a user's evaluation
+(``pure_only``), SQL that calls a function off the user sessions' allow-list (:mod:`..governance.calls`:
+``current_setting``, ``version``, ...) does not run and does not match, so no prediction reads what plain SQL
+could not.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from ..catalog import registered
 from ..errors import InvalidArgument
+from ..governance.calls import pure_query
 from ..queries import check_query
 
 TIME_LIMIT_S = 5.0
@@ -52,8 +56,11 @@ class Sandbox:
     a dict from ``schema.table`` to a pyarrow table, to copy in.
     """
 
-    def __init__(self, tables: dict[str, Any] | None = None, setup: Callable[[Any], None] | None = None):
+    def __init__(self, tables: dict[str, Any] | None = None, setup: Callable[[Any], None] | None = None,
+                 pure_only: bool = False):
         import duckdb
+
+        self.pure_only = pure_only  # a user's: SQL calling a function off the allow-list does not run
 
         self.con = duckdb.connect(":memory:", config={"threads": 1})
         for name, arrow in (tables or {}).items():
@@ -81,6 +88,8 @@ class Sandbox:
         try:
             sql = check_query(sql, "prediction")
         except Exception:  # FtError, or sqlglot's TokenError on an unterminated string: not a query
+            return None
+        if self.pure_only and not pure_query(self.con, sql):  # settings, the sandbox's catalog, ...: no match
             return None
         timer = threading.Timer(TIME_LIMIT_S, self.con.interrupt)
         timer.start()

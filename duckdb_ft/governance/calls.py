@@ -120,6 +120,23 @@ def walk_node(node: dict, calls: set, types: set) -> None:
                    str(node.get("type_name") or "").lower()))
 
 
+def pure_query(cur: Any, sql: str) -> bool:
+    """Does ``sql`` (one query, parsed by DuckDB on ``cur``) call only allow-listed functions, unqualified, and
+    name only built-in types? For SQL a user's session has run somewhere else (sql_match's predictions)."""
+    try:
+        tree = json.loads(cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    except Exception:  # duckdb.Error: not one query DuckDB can parse
+        return False
+    calls: set = set()
+    types: set = set()
+    if tree.get("error"):
+        return False
+    _collect(tree, calls, types)
+    builtin = builtin_types(cur) if types else frozenset()
+    return all(not c and not s and n in ALLOWED_FUNCTIONS for c, s, n in calls) and \
+        all(not c and not s and n in builtin for c, s, n in types)
+
+
 def outside_queries(stmt: exp.Expression) -> list[str]:
     """SELECTs of a DML/DDL statement's expressions that are not inside one of its queries (UPDATE's SET and
     WHERE, VALUES rows, column defaults, CHECKs, column types), for DuckDB's parser to name their calls and types."""
