@@ -106,7 +106,7 @@ def test_a_roles_limit_binds_the_roles_granted_it_and_describe_role_shows_where_
     admin.execute("ALTER ROLE attacker SET MAX_EPOCHS = 2").fetchall()
     admin.execute("ALTER ROLE other SET MAX_SEQ_LENGTH = 16").fetchall()
     refused(u1, "MAX_EPOCHS", CREATE, Q, None, json.dumps({"max_epochs": 2}))  # team's 1, the smaller
-    binding = {r[0]: r[1:] for r in u1.execute("DESCRIBE ROLE attacker").fetchall()}
+    binding = {r[0]: r[1:3] for r in u1.execute("DESCRIBE ROLE attacker").fetchall()}  # value, set_on
     assert binding["MAX_EPOCHS"] == (1, "team") and binding["MAX_JOB_SECONDS"] == (60, "team")
     assert binding["MAX_SEQ_LENGTH"] == (None, None) and set(binding) == set(quotas.LIMITS)
     with pytest.raises(duckdb_ft.NotFound, match="does not exist or is not one of"):

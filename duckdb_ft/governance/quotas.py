@@ -33,9 +33,24 @@ from .roles import ADMIN, effective_roles
 if TYPE_CHECKING:
     from ..surface.engine import Session
 
-LIMITS = ("MAX_QUEUED_JOBS", "MAX_SWEEP_JOBS", "MAX_EPOCHS", "MAX_SEQ_LENGTH", "MAX_BATCH_SIZE", "MAX_TRAINING_ROWS",
-          "MAX_TRAINED_TOKENS_PER_DAY", "MAX_COMPLETE_TOKENS", "MAX_COMPLETE_TOKENS_PER_DAY",
-          "MAX_JOB_SECONDS", "MAX_ROW_EPOCHS")  # these two: governance/run_limits.py
+#: Every role limit and what it bounds, for a non-administrator: one entry a limit (``ALTER ROLE`` accepts these
+#: names, ``DESCRIBE ROLE`` shows each; the README's Role limits table names each, which a test checks). Where
+#: each is checked: this module's functions, and :mod:`.run_limits` for a job as it runs.
+LIMITS: dict[str, str] = {
+    "MAX_QUEUED_JOBS": "the role's PENDING and IN_PROGRESS jobs with the new ones (CREATE, SWEEP, RESUME)",
+    "MAX_SWEEP_JOBS": "the combinations of one SWEEP",
+    "MAX_EPOCHS": "a job's max_epochs (CREATE, every SWEEP combination, ESTIMATE)",
+    "MAX_SEQ_LENGTH": "a job's max_seq_length (CREATE, every SWEEP combination, ESTIMATE)",
+    "MAX_BATCH_SIZE": "a job's batch_size x gradient_accumulation_steps (CREATE, every SWEEP combination, ESTIMATE)",
+    "MAX_TRAINING_ROWS": "the training rows of CREATE's snapshot, after cleaning",
+    "MAX_ROW_EPOCHS": "a job's training rows x max_epochs (a SWEEP: its largest max_epochs)",
+    "MAX_TRAINED_TOKENS_PER_DAY": "tokens the role's jobs of the last 24 hours trained: CREATE, SWEEP and RESUME "
+                                  "are refused there, and a running job stops",
+    "MAX_JOB_SECONDS": "how long a job runs: past it, it is stopped and CANCELLED",
+    "MAX_COMPLETE_TOKENS": "COMPLETE's and EVALUATE's max_tokens per row (512 when their options do not say)",
+    "MAX_COMPLETE_TOKENS_PER_DAY": "the role's COMPLETE, TRY_COMPLETE and EVALUATE tokens of the last 24 hours: "
+                                   "COMPLETE and EVALUATE are refused there",
+}
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_MAX_TOKENS = 512  # COMPLETE's when the options do not say (ml/complete.py)
 

@@ -82,8 +82,8 @@ def check_resume(session: Session | None, cur: Any, job: dict[str, Any]) -> None
 
 
 def describe_role(session: Session, cur: Any, role: str) -> list[dict[str, Any]]:
-    """Every limit as it binds ``role``: its value (None: no limit) and the role it is set on (the smallest value
-    among the role's own roles). The administrator describes any role, another role only the roles it has."""
+    """Every limit as it binds ``role``: its value (None: no limit), the role it is set on (the smallest value
+    among the role's own roles) and what it bounds. The administrator describes any role, another role only the roles it has."""
     mine = None if session.is_admin else effective_roles(cur, session.role)
     exists = role in (ADMIN, PUBLIC) or accessdb.role_exists(cur, role)
     if not exists or (mine is not None and role not in mine):
@@ -96,5 +96,5 @@ def describe_role(session: Session, cur: Any, role: str) -> list[dict[str, Any]]
         for holder, name, value in rows:
             if holder in roles and (name not in binding or value < binding[name][0]):
                 binding[name] = (value, holder)
-    return [{"limit": n, "value": binding.get(n, (None, None))[0], "set_on": binding.get(n, (None, None))[1]}
-            for n in quotas.LIMITS]
+    return [{"limit": n, "value": binding.get(n, (None, None))[0], "set_on": binding.get(n, (None, None))[1],
+             "bounds": bounds} for n, bounds in quotas.LIMITS.items()]

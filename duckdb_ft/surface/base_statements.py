@@ -56,7 +56,8 @@ def _describe_role(session: Session, st: FtStatement) -> pa.Table:
     rows = run_limits.describe_role(session, session.engine.cursor(), st.role)
     return pa.table({"limit": pa.array([r["limit"] for r in rows], pa.string()),
                      "value": pa.array([r["value"] for r in rows], pa.int64()),
-                     "set_on": pa.array([r["set_on"] for r in rows], pa.string())})
+                     "set_on": pa.array([r["set_on"] for r in rows], pa.string()),
+                     "bounds": pa.array([r["bounds"] for r in rows], pa.string())})
 
 
 HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
