@@ -186,11 +186,18 @@ class CompleteOptions:
     dtype: str = "float32"
     """Matrix products of generation: "float32" (the reference) or "bfloat16" (autocast, the weights stay float32;
     only where the hardware computes bfloat16 natively: greedy answers may differ from float32's)."""
+    response_format: str | None = None
+    """Cortex's structured output, ``{"type": "json", "schema": {...}}``, as JSON text (properties in their order):
+    the answer is JSON valid against the schema, by constrained decoding (``ml/constrain.py``; the schema is checked
+    by ``ml/schema.py`` before generation)."""
 
     @classmethod
     def parse(cls, text: str | None) -> "CompleteOptions":
         """Parse Cortex-style options JSON (``'{"temperature": 0.2, "max_tokens": 64}'``); NULL or '' is defaults."""
-        return parse_options(cls, text, "COMPLETE", _COMPLETE_CHECKS)
+        opts = parse_options(cls, text, "COMPLETE", _COMPLETE_CHECKS)
+        if isinstance(opts.response_format, dict):  # hashable: rows are grouped and deduplicated by their options
+            opts = dataclasses.replace(opts, response_format=json.dumps(opts.response_format))
+        return opts
 
 
 @dataclass(frozen=True)
@@ -321,8 +328,14 @@ _CHECKS = {
     "quantization": _one_of("none", "4bit", "8bit"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
+def _response_format(v: Any) -> str | None:
+    if v is None or isinstance(v, dict):
+        return None  # the schema itself is checked by ml/schema.py, before generation
+    return "must be an object {\"type\": \"json\", \"schema\": {...}}"
+
+
 _COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1),
-                    "dtype": _one_of("float32", "bfloat16")}
+                    "dtype": _one_of("float32", "bfloat16"), "response_format": _response_format}
 assert set(_COMPLETE_CHECKS) == {f.name for f in dataclasses.fields(CompleteOptions)}
 
 

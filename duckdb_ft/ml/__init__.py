@@ -11,7 +11,8 @@ run models (importing this package loads none of them).
   :mod:`.distributed` one torchrun training process; :mod:`.devices` what the machine can train on;
   :mod:`.calibrate` ESTIMATE's measured seconds per trained token.
 - :mod:`.complete`: COMPLETE's batched generation; :mod:`.decode` continuous batching; :mod:`.prefix` a batch's
-  shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss.
+  shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss;
+  :mod:`.schema` a response_format's JSON Schema checked; :mod:`.constrain` constrained decoding (xgrammar).
 - :mod:`.export`: a fine-tuned model written as a PEFT adapter folder, a merged model or (:mod:`.gguf_file`) one
   GGUF file.
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import FtError, InvalidArgument, ModelLoadError
 from ..options import CompleteOptions
-from . import decode, devices, lora_mix, models, prefix
+from . import constrain, decode, devices, lora_mix, models, prefix, schema
 from .models import LoadedModel
 
 #: Cortex's default is 4096 new tokens; on a CPU a runaway answer of that length costs minutes per row,
@@ -81,6 +81,7 @@ class Request:
     options: CompleteOptions
     ids: list[int] | None = None
     max_new: int = 0
+    grammar: constrain.Grammar | None = None
     result: Completion | None = None
     error: FtError | None = None
 
@@ -173,6 +174,9 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
         r.ids = prompt_ids(loaded, r.messages)
         try:
             r.max_new = fit_context(loaded, len(r.ids), r.options.max_tokens)
+            if r.options.response_format is not None:  # its grammar, before anything is generated
+                r.grammar = constrain.compile(loaded, r.options.response_format, stop_ids(loaded.model, loaded.tokenizer))
+                constrain.check_budget(r.grammar, r.max_new)
         except InvalidArgument as e:
             r.error = e
         if r.error is None and r.options.dtype == "bfloat16" and not devices.bfloat16_native(
@@ -227,6 +231,14 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
         kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if any(r.grammar is not None for r in batch):  # each row's grammar masks its logits, then sampling as asked
+        states = [constrain.start(r.grammar) if r.grammar is not None else None for r in batch]
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([constrain.Processor(
+            states, width, batch[0].max_new, opts.temperature, opts.top_p)])
+        if opts.temperature > 0:
+            kwargs.update(temperature=1.0, top_p=1.0)
     mixed = len(set(adapters)) > 1
     names = [a or lora_mix.BASE for a in adapters] if mixed else None
     dev = next(model.parameters()).device
@@ -257,7 +269,8 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
     import torch
 
     tok, model = loaded.tokenizer, loaded.model
-    rows = [decode.Row(ids=r.ids, max_new=r.max_new, adapter=a) for r, a in items]
+    rows = [decode.Row(ids=r.ids, max_new=r.max_new, adapter=a,
+                       constraint=constrain.start(r.grammar) if r.grammar is not None else None) for r, a in items]
     adapters = list(dict.fromkeys(a for _, a in items))
     mixed = len(adapters) > 1
     stop = set(stop_ids(model, tok))
@@ -308,10 +321,12 @@ class _adapter:
         return False
 
 
-def cortex_json(model: str, c: Completion) -> str:
-    """The JSON that Cortex COMPLETE returns when given options."""
+def cortex_json(model: str, c: Completion, structured: bool = False) -> str:
+    """The JSON that Cortex COMPLETE returns when given options; with a response format (``structured``) also
+    Cortex's ``structured_output``: ``[{"raw_message": <the JSON answer>, "type": "json"}]``."""
     return json.dumps({
         "choices": [{"messages": c.text}],
+        **({"structured_output": [{"raw_message": json.loads(c.text), "type": "json"}]} if structured else {}),
         "created": int(time.time()),
         "model": model,
         "usage": {
@@ -347,6 +362,7 @@ def complete_rows(
             continue
         try:
             opts = CompleteOptions.parse(options[i]) if options is not None else CompleteOptions()
+            schema.parse_response_format(opts.response_format)  # an unsupported schema fails before generation
             req = Request(parse_messages(p, encoded=options is not None), opts)
         except Exception:  # TRY_COMPLETE: any failure of a row is NULL (RecursionError of a deep JSON, ...)
             if try_mode:
@@ -380,5 +396,6 @@ def complete_rows(
                 if try_mode:
                     continue
                 raise r.error
-            out[i] = cortex_json(model_name, r.result) if options is not None else r.result.text
+            out[i] = (cortex_json(model_name, r.result, r.options.response_format is not None) if options is not None
+                      else r.result.text)
     return out

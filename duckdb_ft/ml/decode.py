@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import lora_mix, prefix
+from . import constrain, lora_mix, prefix
 
 #: A group of waiting rows is admitted once this many slots are free (or nothing else is running).
 ADMIT_MIN = 8
@@ -33,6 +33,8 @@ class Row:
     max_new: int
     adapter: str | None = None
     new: list[int] = field(default_factory=list)
+    constraint: constrain.RowState | None = None
+    """A response_format's grammar state: the row's tokens are chosen among those it allows (``constrain.py``)."""
 
 
 def supported(model: Any) -> bool:
@@ -109,7 +111,7 @@ def _greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[
         out = model(input_ids=last.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1), cache=cache,
                     use_cache=True, logits_to_keep=1, **names(running))
         pos = pos + 1
-        last = out.logits[:, -1, :].float().argmax(-1)
+        last = _choose(out.logits[:, -1, :].float(), running)
         keep = _record(running, last, stop)
         if len(keep) < len(running):  # finished rows leave; columns that are padding in every row left go too
             running = [running[k] for k in keep]
@@ -163,7 +165,14 @@ def _prefill(model: Any, group: Sequence[Row], shared: int, prefix_kv: dict, pad
         cache = DynamicCache()
     out = model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=position[:, shared:], cache=cache,
                 use_cache=True, logits_to_keep=1, **kw)
-    return _cache(out), mask, out.logits[:, -1, :].float().argmax(-1)
+    return _cache(out), mask, _choose(out.logits[:, -1, :].float(), group)
+
+
+def _choose(logits: Any, rows: Sequence[Row]) -> Any:
+    """Each row's greedy token; rows with a response format choose among the tokens their grammar allows."""
+    if all(r.constraint is None for r in rows):
+        return logits.argmax(-1)
+    return constrain.greedy_pick(logits, [r.constraint for r in rows], [r.max_new - len(r.new) for r in rows])
 
 
 def _join(kv: list, mask: Any, g_kv: list, g_mask: Any) -> tuple[list, Any]:

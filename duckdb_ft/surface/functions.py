@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import estimate, shapes
-from . import router, usage
+from . import ai, router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
 from .grammar import parse_ft_statement
@@ -51,6 +51,9 @@ def _register_udfs(con: Any, engine: Engine) -> None:
             session = engine.session(session_ids[0])
             return usage.complete_and_record(engine, session, models, prompts, options, try_mode=try_mode)
         return run
+
+    def ai_complete(models, prompts, parameters, formats, details, session_ids):
+        return ai.ai_complete(engine, engine.session(session_ids[0]), models, prompts, parameters, formats, details)
 
     def usage_history(session_ids):
         return [json.dumps(usage.as_records(usage.usage_rows(engine, engine.session(s)))) for s in session_ids]
@@ -109,6 +112,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_complete_opts", complete(False, True), [V, V, V, V]),
         ("__ft_try_complete", complete(True, False), [V, V, V]),
         ("__ft_try_complete_opts", complete(True, True), [V, V, V, V]),
+        ("__ft_ai_complete", ai_complete, [V] * 6),
     ]
     for name, fn, params in udfs:
         con.create_function(name, _udf(fn, len(params)), params, V, type="arrow", null_handling="special", side_effects=True)
@@ -180,11 +184,19 @@ def _macros(session_id: str) -> list[str]:
             (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+        _ai_complete_macro("TEMP MACRO ai_complete", s),
     ]
 
 
+def _ai_complete_macro(name: str, session: str) -> str:
+    """AI_COMPLETE with Snowflake's parameters and defaults; named arguments (``response_format => {...}``) work."""
+    return (f"CREATE OR REPLACE {name}(model, prompt, model_parameters := NULL, response_format := NULL, "
+            f"show_details := false) AS __ft_ai_complete(model, to_json(prompt)::VARCHAR, "
+            f"to_json(model_parameters)::VARCHAR, to_json(response_format)::VARCHAR, show_details::VARCHAR, {session})")
+
+
 def _cortex_macros() -> list[str]:
-    """``SNOWFLAKE.CORTEX.FINETUNE / COMPLETE / TRY_COMPLETE``, so Cortex scripts run unchanged.
+    """``SNOWFLAKE.CORTEX.FINETUNE / COMPLETE / TRY_COMPLETE / AI_COMPLETE``, so Cortex scripts run unchanged.
 
     They live in an in-memory database attached as ``snowflake`` (instance-wide, never written to the user's file)
     and find the calling connection's session through its temporary macro ``__ft_session_id()``.
@@ -199,6 +211,7 @@ def _cortex_macros() -> list[str]:
         f"""CREATE OR REPLACE MACRO snowflake.cortex.try_complete(model, prompt)
                 AS __ft_try_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+        _ai_complete_macro("MACRO snowflake.cortex.ai_complete", s),
     ]
 
 

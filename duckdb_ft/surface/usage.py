@@ -22,9 +22,9 @@ from .engine import Engine, Session
 
 def complete_and_record(engine: Engine, session: Session, models: Sequence[str | None],
                         prompts: Sequence[str | None], options: Sequence[str | None] | None, *,
-                        try_mode: bool) -> list[str | None]:
-    """:func:`complete_rows` over one chunk, its usage added to the engine's recorder and flushed (one transaction
-    per call, whether the call succeeded or raised)."""
+                        try_mode: bool, function: str | None = None) -> list[str | None]:
+    """:func:`complete_rows` over one chunk, its usage added to the engine's recorder under ``function`` (default
+    COMPLETE or TRY_COMPLETE) and flushed (one transaction per call, whether the call succeeded or raised)."""
     found: dict[str, dict | None] = {}
     requests: dict[int, completion.Request] = {}
     try:
@@ -37,7 +37,7 @@ def complete_and_record(engine: Engine, session: Session, models: Sequence[str |
         return completion.complete_rows(lambda name: engine.resolve_model(session, name, found), models, prompts,
                                         options, try_mode=try_mode, on_request=requests.__setitem__)
     finally:
-        record(engine.usage, "TRY_COMPLETE" if try_mode else "COMPLETE", session.role, models, prompts, found,
+        record(engine.usage, function or ("TRY_COMPLETE" if try_mode else "COMPLETE"), session.role, models, prompts, found,
                requests)
         engine.usage.flush()
 
