@@ -37,8 +37,8 @@ def complete_and_record(engine: Engine, session: Session, models: Sequence[str |
         return completion.complete_rows(lambda name: engine.resolve_model(session, name, found), models, prompts,
                                         options, try_mode=try_mode, on_request=requests.__setitem__)
     finally:
-        record(engine.usage, function or ("TRY_COMPLETE" if try_mode else "COMPLETE"), session.role, models, prompts, found,
-               requests)
+        record(engine.usage, function or ("TRY_COMPLETE" if try_mode else "COMPLETE"), session.role, models,
+               prompts, found, requests)
         engine.usage.flush()
 
 
