@@ -52,7 +52,7 @@ def test_messages_as_list_of_structs_and_as_json_string(con, tiny_model_path):
 @pytest.mark.parametrize("options, message", [
     ('{bad json', "not valid JSON"),
     ('[1, 2]', "must be a JSON object"),
-    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\): temprature; valid options: dtype, max_tokens, temperature, top_p"),
+    ('{"temprature": 0.5}', r"unknown COMPLETE option\(s\): temprature; valid options: dtype, max_tokens, response_format, temperature, top_p"),
     ('{"dtype": "float16"}', 'dtype must be one of "float32", "bfloat16"'),
     ('{"max_tokens": 0}', "max_tokens must be an integer of at least 1"),
     ('{"max_tokens": "ten"}', "max_tokens must be an integer of at least 1"),
