@@ -37,13 +37,17 @@ class Deadline:
 
     TOKENS_EVERY = 1.0  # seconds between two reads of the day's trained tokens
 
-    def __init__(self, cur: Any, owner: str):
-        limits = quotas.role_limits(cur, owner)
+    def __init__(self, cur: Any, owner: str, limits: dict[str, int]):
         self.cur, self.owner, self.why = cur, owner, ""
         self.limit = limits.get("MAX_JOB_SECONDS")
         self.tokens = limits.get("MAX_TRAINED_TOKENS_PER_DAY")
         self.ends = None if self.limit is None else time.monotonic() + self.limit
         self._read = 0.0
+
+    @classmethod
+    def of(cls, cur: Any, owner: str) -> "Deadline":
+        """The deadline of a job of ``owner`` starting now (its limits read from the catalog)."""
+        return cls(cur, owner, quotas.role_limits(cur, owner))
 
     def passed(self) -> bool:
         if self.why:
@@ -83,7 +87,8 @@ def check_resume(session: Session | None, cur: Any, job: dict[str, Any]) -> None
 
 def describe_role(session: Session, cur: Any, role: str) -> list[dict[str, Any]]:
     """Every limit as it binds ``role``: its value (None: no limit), the role it is set on (the smallest value
-    among the role's own roles) and what it bounds. The administrator describes any role, another role only the roles it has."""
+    among the role's own roles) and what it bounds. The administrator describes any role, another role only the
+    roles it has."""
     mine = None if session.is_admin else effective_roles(cur, session.role)
     exists = role in (ADMIN, PUBLIC) or accessdb.role_exists(cur, role)
     if not exists or (mine is not None and role not in mine):

@@ -34,13 +34,13 @@ class Worker:
         self.runner, self.job, self.id = runner, job, job["id"]
         self.cur = runner.engine.cursor()
         self.opts = TrainingOptions.from_json(job["options"])
-        self.deadline = Deadline(self.cur, job["owner"])  # the owner's MAX_JOB_SECONDS, from now
+        self.deadline = Deadline(self.cur, job["owner"], {})  # none until the job starts (_train)
 
     def run(self) -> None:
         try:
             self._train()
         except training.Cancelled:
-            if self.deadline.passed() and not self.runner.cancels[self.id].is_set():
+            if self.deadline.why and not self.runner.cancels[self.id].is_set():  # a role's limit stopped it
                 jobdb.delete_checkpoint(self.cur, self.id)
                 self._update(status="CANCELLED", error=self.deadline.error(), finished_on=catalog.now_ms())
             elif self.runner.shutdown.is_set():
@@ -61,6 +61,7 @@ class Worker:
 
     def _train(self) -> None:
         job, opts = self.job, self.opts
+        self.deadline = Deadline.of(self.cur, job["owner"])  # the owner's limits on a running job, from now
         if self.deadline.passed():  # the role's day of tokens spent (or no seconds): stop before loading anything
             raise training.Cancelled()
         path = models.resolve(job["base_model"])
