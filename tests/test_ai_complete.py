@@ -119,3 +119,25 @@ def test_usage_counts_ai_complete_under_its_own_name(con, tiny_model_path):
     q(con, "SELECT complete(?, 'x', '{\"max_tokens\": 2}')", tiny_model_path)
     got = {r[0]: r[1:] for r in q(con, "SELECT function_name, rows, errors FROM finetune_usage()")}
     assert got["AI_COMPLETE"] == (5, 0) and got["COMPLETE"] == (1, 0)
+
+
+def test_device_mask_path_equals_the_kernel(tiny_model_path):
+    """The torch unpacking of the bitmask (what a GPU, or logits wider than the grammar's vocabulary, use) masks
+    exactly what xgrammar's CPU kernel masks."""
+    import torch
+
+    from duckdb_ft.ml import complete as completion, constrain, models
+
+    loaded = models.load(tiny_model_path)
+    grammar = constrain.compile(loaded, _format(PERSON), completion.stop_ids(loaded.model, loaded.tokenizer))
+    torch.manual_seed(0)
+    logits = torch.randn(3, grammar.vocab)
+    states = [constrain.start(grammar), None, constrain.start(grammar)]
+    constrain.accept(states, [grammar.encode("{")[0], 0, grammar.encode("{")[0]])
+    kernel = logits.clone()
+    constrain.mask_rows(kernel, states, [100, 100, 100])
+    wide = torch.cat([logits.double(), torch.zeros(3, 5, dtype=torch.float64)], dim=1)
+    constrain.mask_rows(wide, states, [100, 100, 100])
+    assert torch.equal(torch.isinf(kernel), torch.isinf(wide[:, :grammar.vocab]))
+    assert torch.isinf(wide[[0, 2], grammar.vocab:]).all() and not torch.isinf(wide[1]).any()
+    assert torch.isinf(kernel[0]).sum() > grammar.vocab - 100  # after "{" little is allowed
