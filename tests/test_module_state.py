@@ -30,7 +30,8 @@ STATE = {
     "duckdb_ft.jobs.lineage._hashes": "the MAX_HASHES digests computed last",
     "duckdb_ft.jobs.runner._RUNNERS": "weak set: the live job runners, stopped at exit",
     "duckdb_ft.ml.chat_tokens._ENCODERS": "weak keys: each encoder goes with its tokenizer",
-    "duckdb_ft.ml.constrain._COMPILERS": "weak keys: each grammar compiler goes with its tokenizer",
+    "duckdb_ft.ml.constrain._COMPILERS": "weak keys: each grammar compiler goes with its tokenizer, with its "
+                                         "MAX_GRAMMARS grammars used last",
     "duckdb_ft.ml.kernels._LAST_SEGMENTS": "one entry: a weak reference to the last mask",
     "duckdb_ft.evaluation.evaluate.RUNNING": "one entry per evaluate() call running, removed in its finally",
     "duckdb_ft.catalog.migrations.MIGRATIONS": "filled once at import by @migration, then constant",

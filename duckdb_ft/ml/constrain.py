@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 CLOSERS = ('"', "}", "]", ",", "0", "false", "{", "[", "null")
 #: Steps the shortest-document simulation may take before the schema is called too large to close.
 MAX_CLOSE_STEPS = 4096
-#: The (tokenizer info, compiler) of each tokenizer; weak keys: they go with their tokenizer.
-_COMPILERS: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, threading.Lock]]" = weakref.WeakKeyDictionary()
+#: Grammars kept per tokenizer (the schemas used last); a chunk's rows of one schema share one.
+MAX_GRAMMARS = 64
+#: The (tokenizer info, compiler, its lock, its grammars by schema) of each tokenizer; weak keys: they go with
+#: their tokenizer.
+_COMPILERS: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, threading.Lock, dict[str, Grammar]]]" = \
+    weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -78,10 +82,13 @@ def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> G
         entry = _COMPILERS.get(tok)
         if entry is None or entry[0].vocab_size != vocab:
             info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab, stop_token_ids=list(stop))
-            entry = (info, xgr.GrammarCompiler(info, max_threads=1), threading.Lock())
+            entry = (info, xgr.GrammarCompiler(info, max_threads=1), threading.Lock(), {})
             _COMPILERS[tok] = entry
-    info, compiler, lock = entry
+    info, compiler, lock, grammars = entry
     with lock:
+        if response_format in grammars:
+            grammars[response_format] = grammars.pop(response_format)  # most recently used last
+            return grammars[response_format]
         try:
             compiled = compiler.compile_json_schema(json.dumps(spec), any_whitespace=False, strict_mode=True)
         except Exception as e:  # the engine's own refusal of a schema the subset check let through
@@ -93,6 +100,10 @@ def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> G
     closers = list(dict.fromkeys(ids[0] for ids in map(encode, CLOSERS) if ids))
     g = Grammar(compiled=compiled, closers=closers, reserve=0, encode=encode, vocab=vocab)
     g.reserve = _shortest(xgr, g) + 2 * schemas.depth(spec) + 2
+    with lock:
+        grammars[response_format] = g
+        while len(grammars) > MAX_GRAMMARS:
+            grammars.pop(next(iter(grammars)))
     return g
 
 
