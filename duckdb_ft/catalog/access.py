@@ -82,7 +82,10 @@ def forget_object(cur: Any, name: str) -> None:
 
 
 def prune_owners(cur: Any) -> None:
-    """Owner rows of tables and views that no longer exist (dropped by the administrator's plain SQL)."""
+    """Owner rows of tables and views, and grants on sequences, that no longer exist (dropped by the
+    administrator's plain SQL): a name reused later starts without them."""
+    cur.execute(f"""DELETE FROM {SCHEMA}.grants WHERE object_kind = 'SEQUENCE' AND object_name NOT IN (
+        SELECT schema_name || '.' || sequence_name FROM duckdb_sequences() WHERE database_name = current_database())""")
     cur.execute(f"""DELETE FROM {SCHEMA}.object_owners WHERE object_kind IN ('TABLE', 'VIEW') AND object_name NOT IN (
         SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = current_database()
         UNION ALL SELECT schema_name || '.' || view_name FROM duckdb_views()

@@ -7,7 +7,9 @@ Deny by default. DuckDB's own parser splits the text and names each statement's 
   table or a query it may read): SELECT on every relation DuckDB's parse tree names and every base table its bound
   plan scans (:mod:`.bound`), views followed to their tables;
 - INSERT / UPDATE / DELETE: the privilege on the target, SELECT on everything else the plan scans (and on the
-  target too when the statement reads it, or returns rows with RETURNING);
+  target too when the statement reads it, or returns rows with RETURNING); INSERT / UPDATE: USAGE on the
+  sequences the target's defaults, CHECKs and generated columns call (:mod:`.sequences`), as on those a view
+  read calls;
 - CREATE TABLE / CREATE VIEW in the main database: CREATE TABLE/VIEW on the schema, SELECT on what it reads;
   replacing an object needs its ownership; DROP TABLE / DROP VIEW: ownership;
 - transactions (BEGIN, COMMIT, ROLLBACK) and ``SET VARIABLE`` (its value authorized as a query).
@@ -33,6 +35,7 @@ from .. import catalog
 from ..catalog import access as accessdb, objects
 from ..errors import InvalidArgument, PermissionDenied
 from ..queries import DIALECT
+from . import sequences
 from .calls import check_calls, outside_queries
 from .bound import SAFE_PLAN_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Reading, Resolver, parse_query, plan_scans
 
@@ -160,6 +163,7 @@ def _names_read(session: Session, cur: Any, res: Resolver, reading: Reading, che
                 inner.checker = check
                 view = _queries(session, cur, _one_sqlglot(session, sql))
                 _check_reading(session, view)
+                sequences.require_usage(check, sequences.of_reading(cur, view, local.split(".", 1)[0]))
                 names |= _names_read(session, cur, inner, view, check, seen)
     return names
 
@@ -240,6 +244,8 @@ def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = N
         target = _target(session, res, stmt.this)
         local = res.local(target, session.role)
         check.require(kind, res.kind(target) or "TABLE", local)
+        if kind != "DELETE" and res.kind(target) == "TABLE":  # its defaults, CHECKs, generated columns run
+            sequences.require_usage(check, sequences.of_table(cur, local))
         returning = stmt.args.get("returning") is not None or "returning" in text.lower()
         keep = set() if returning or kind == "INSERT" else {local}  # UPDATE/DELETE scan their own target
         if returning:

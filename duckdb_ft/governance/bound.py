@@ -48,6 +48,7 @@ class Reading:
     calls: set[str] = field(default_factory=set)  # every scalar function named (lower case, without its schema)
     named: set[Name] = field(default_factory=set)  # every call, as (catalog, schema, name): checked by .calls
     types: set[Name] = field(default_factory=set)  # every type named (casts, column types)
+    sequences: set = field(default_factory=set)  # nextval/currval/setval's constant names (None: an expression)
 
     def merge(self, other: "Reading") -> None:
         self.refs |= other.refs
@@ -58,6 +59,7 @@ class Reading:
         self.calls |= other.calls
         self.named |= other.named
         self.types |= other.types
+        self.sequences |= other.sequences
 
 
 def parse_query(cur: Any, sql: str) -> Reading:
@@ -112,9 +114,24 @@ def _walk(node: Any, scope: frozenset, out: Reading) -> None:
         out.calls.add(fname)
         if fname.startswith("__ft_"):
             out.internal.add(fname)
+        if fname in ("nextval", "currval", "setval"):
+            out.sequences.add(_constant_text((node.get("arguments") or node.get("children") or [None])[0]))
     for key, value in node.items():
         if key != "cte_map":
             _walk(value, scope, out)
+
+
+def _constant_text(arg: Any) -> str | None:
+    """A call's argument when it is a string constant (DuckDB's serialized CONSTANT), else None."""
+    if isinstance(arg, dict) and isinstance(arg.get("expression"), dict):
+        arg = arg["expression"]
+    literal = arg.get("literal") if isinstance(arg, dict) and arg.get("class") == "CONSTANT" else None
+    if isinstance(literal, dict) and literal.get("kind") == "STRING":
+        return str(literal.get("text"))
+    value = arg.get("value") if isinstance(arg, dict) and arg.get("class") == "CONSTANT" else None
+    if isinstance(value, dict) and isinstance(value.get("value"), str):
+        return value["value"]
+    return None
 
 
 def plan_scans(cur: Any, sql: str, params: Any = None) -> tuple[set[Name], set[str]]:

@@ -126,6 +126,10 @@ class Checker:
                     tables, funcs = tables_read(stmt, name.split(".", 1)[0])
                     self.require_read(tables - {name}, funcs, _depth + 1)
 
+    def deny(self, privilege: str, kind: str, name: str) -> None:
+        """The one privilege error: ``privilege`` on ``name`` is required (whether or not it exists)."""
+        self._deny(privilege, kind, name)
+
     def _deny(self, privilege: str, kind: str, name: str) -> None:
         raise PermissionDenied(
             f"Insufficient privileges to operate on {kind.lower()} '{name}': {privilege} is required "

@@ -16,7 +16,7 @@ from ..errors import InvalidArgument
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "USAGE", "OWNERSHIP", "CREATE MODEL", "CREATE TABLE",
               "CREATE VIEW")
-OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL", "BASE MODEL")
+OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL", "BASE MODEL", "SEQUENCE")
 
 
 @dataclass
@@ -25,7 +25,7 @@ class FtStatement:
 
     kind: str
     privileges: list[str] = field(default_factory=list)
-    object_kind: str | None = None  # TABLE, VIEW, SCHEMA, MODEL, ALL TABLES (in a schema)
+    object_kind: str | None = None  # TABLE, VIEW, SCHEMA, MODEL, BASE MODEL, SEQUENCE, ALL TABLES (in a schema)
     object_name: str | None = None
     role: str | None = None
     grantee_kind: str | None = None  # USER or ROLE (GRANT ROLE r TO ...)
@@ -132,7 +132,7 @@ def _object(t: _Tokens, st: FtStatement) -> None:
         return
     kind = t.peek()
     if kind not in OBJECT_KINDS:
-        raise t.error("TABLE, VIEW, SCHEMA, MODEL, BASE MODEL or ALL TABLES IN SCHEMA")
+        raise t.error("TABLE, VIEW, SCHEMA, MODEL, BASE MODEL, SEQUENCE or ALL TABLES IN SCHEMA")
     t.i += 1
     st.object_kind = kind
     st.object_name = t.name() if kind == "SCHEMA" else t.qualified()

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from ..catalog import access as accessdb, models as modeldb, objects
 from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from ..governance import base_models, roles
+from ..governance import base_models, roles, sequences
 from ..queries import parse_model_name
 from .engine import Session
 from . import base_statements, usage
@@ -24,6 +24,7 @@ OBJECT_PRIVILEGES = {
     "SCHEMA": {"USAGE", "CREATE MODEL", "CREATE TABLE", "CREATE VIEW", "ALL"},
     "MODEL": {"USAGE", "OWNERSHIP", "ALL"},
     "BASE MODEL": {"USAGE"},
+    "SEQUENCE": {"USAGE"},
 }
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
     def column(c: str) -> pa.Array:
@@ -79,6 +80,12 @@ def _object(session: Session, st: FtStatement) -> tuple[str, str]:
         if base_models.registered(cur, name) is None:
             raise NotFound(f"base model '{name}' does not exist: CREATE BASE MODEL {name} FROM '...' first")
         return kind, name.lower()
+    if kind == "SEQUENCE":
+        session.checker().require_admin("grants on sequences")
+        found = sequences.lookup(cur, name, session.schema)
+        if found is None:
+            raise NotFound(f"sequence '{name}' does not exist in this database")
+        return kind, found
     if "." not in name:
         name = f"{session.schema}.{name}"
     if kind == "MODEL":
