@@ -148,3 +148,27 @@ def test_device_mask_path_equals_the_kernel(tiny_model_path):
     assert torch.equal(torch.isinf(kernel), torch.isinf(wide[:, :grammar.vocab]))
     assert torch.isinf(wide[[0, 2], grammar.vocab:]).all() and not torch.isinf(wide[1]).any()
     assert torch.isinf(kernel[0]).sum() > grammar.vocab - 100  # after "{" little is allowed
+
+
+def test_a_user_role_may_call_ai_complete_on_a_model_it_may_use(tmp_path, tiny_model_path):
+    """ai_complete and snowflake.cortex.ai_complete are public functions (the allow-list); the model's USAGE is
+    checked as COMPLETE checks it."""
+    import duckdb_ft
+    from duckdb_ft.errors import PermissionDenied
+
+    path = str(tmp_path / "u.duckdb")
+    admin = duckdb_ft.connect(path)
+    for sql in (f"CREATE BASE MODEL tiny FROM '{tiny_model_path}'", "CREATE ROLE analyst",
+                "GRANT ROLE analyst TO USER ann"):
+        admin.execute(sql).fetchall()
+    ann = duckdb_ft.connect(path, user="ann")
+    ann.execute("USE ROLE analyst")
+    call = "SELECT {}('tiny', 'hi', {{'max_tokens': 40}}, ?::VARCHAR)"
+    with pytest.raises(PermissionDenied, match="base model 'tiny'"):
+        q(ann, call.format("ai_complete"), _format(FLAT))
+    admin.execute("GRANT USAGE ON BASE MODEL tiny TO ROLE analyst").fetchall()
+    for name in ("ai_complete", "snowflake.cortex.ai_complete"):
+        [(text,)] = q(ann, call.format(name), _format(FLAT))
+        jsonschema.validate(json.loads(text), FLAT)
+    ann.close()
+    admin.close()
