@@ -172,3 +172,14 @@ def test_a_user_role_may_call_ai_complete_on_a_model_it_may_use(tmp_path, tiny_m
         jsonschema.validate(json.loads(text), FLAT)
     ann.close()
     admin.close()
+
+
+def test_without_the_grammar_engine_the_error_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from duckdb_ft.errors import ModelLoadError
+    from duckdb_ft.ml import constrain
+
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # as if not installed
+    with pytest.raises(ModelLoadError, match="xgrammar, which is not installed: run `make install`"):
+        constrain._xgrammar()
