@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import estimate, shapes
-from . import ai, router, usage
+from . import ai, aisql, router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
 from .grammar import parse_ft_statement
@@ -54,6 +54,12 @@ def _register_udfs(con: Any, engine: Engine) -> None:
 
     def ai_complete(models, prompts, parameters, formats, details, session_ids):
         return ai.ai_complete(engine, engine.session(session_ids[0]), models, prompts, parameters, formats, details)
+
+    def ai_filter(predicates, inputs, models, session_ids):
+        return aisql.ai_filter(engine, engine.session(session_ids[0]), predicates, inputs, models)
+
+    def ai_classify(inputs, categories, configs, session_ids):
+        return aisql.ai_classify(engine, engine.session(session_ids[0]), inputs, categories, configs)
 
     def usage_history(session_ids):
         return [json.dumps(usage.as_records(usage.usage_rows(engine, engine.session(s)))) for s in session_ids]
@@ -113,6 +119,8 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_try_complete", complete(True, False), [V, V, V]),
         ("__ft_try_complete_opts", complete(True, True), [V, V, V, V]),
         ("__ft_ai_complete", ai_complete, [V] * 6),
+        ("__ft_ai_filter", ai_filter, [V] * 4),
+        ("__ft_ai_classify", ai_classify, [V] * 4),
     ]
     for name, fn, params in udfs:
         con.create_function(name, _udf(fn, len(params)), params, V, type="arrow", null_handling="special", side_effects=True)
@@ -185,6 +193,7 @@ def _macros(session_id: str) -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         _ai_complete_macro("TEMP MACRO ai_complete", s),
+        *_aisql_macros("TEMP MACRO ", s),
     ]
 
 
@@ -193,6 +202,14 @@ def _ai_complete_macro(name: str, session: str) -> str:
     return (f"CREATE OR REPLACE {name}(model, prompt, model_parameters := NULL, response_format := NULL, "
             f"show_details := false) AS __ft_ai_complete(model, to_json(prompt)::VARCHAR, "
             f"to_json(model_parameters)::VARCHAR, to_json(response_format)::VARCHAR, show_details::VARCHAR, {session})")
+
+
+def _aisql_macros(prefix: str, session: str) -> list[str]:
+    """AI_FILTER (a BOOLEAN) and AI_CLASSIFY (``{"labels": [...]}`` as JSON text)."""
+    return [f"CREATE OR REPLACE {prefix}ai_filter(predicate, input := NULL, model := NULL) AS __ft_ai_filter("
+            f"predicate::VARCHAR, input::VARCHAR, model::VARCHAR, {session})::BOOLEAN",
+            f"CREATE OR REPLACE {prefix}ai_classify(input, categories, config := NULL) AS __ft_ai_classify("
+            f"input::VARCHAR, to_json(categories)::VARCHAR, to_json(config)::VARCHAR, {session})"]
 
 
 def _cortex_macros() -> list[str]:
@@ -212,6 +229,7 @@ def _cortex_macros() -> list[str]:
                 AS __ft_try_complete(model, prompt, {s}),
             (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
         _ai_complete_macro("MACRO snowflake.cortex.ai_complete", s),
+        *_aisql_macros("MACRO snowflake.cortex.", s),
     ]
 
 
