@@ -24,7 +24,7 @@ from ..catalog import evaluations as evaldb
 from ..errors import FtError, Interrupted, InvalidArgument, NotFound
 from ..governance import quotas
 from ..governance.authorize import authorize_query
-from ..governance.base_models import base_model_for
+from ..governance.base_models import base_model_for, shown
 from ..governance.sqlglot_reads import tables_read
 from ..ml import complete as completion, data, likelihood, models as mlmodels
 from ..options import CompleteOptions, EvaluateOptions
@@ -297,6 +297,8 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
     summary = _summary(run, per_model)
     if run.opts.retention:
         summary["retention"] = _retention(run)
+        for figures in summary["retention"].values():  # the registered name, never a path, to a user
+            figures["base_model"] = shown(session, engine.cursor(), figures["base_model"], mlmodels.BUILTIN)
     rows = []
     for name in run.names:
         got = per_model[name]

@@ -76,6 +76,35 @@ def base_model_for(session: Session | None, cur: Any, name: Any, builtin: Iterab
     raise denied(session, key)
 
 
+#: What a non-administrator is shown for a recorded base model that is neither built in nor registered.
+UNREGISTERED = "<unregistered base model>"
+
+
+def shown(session: Session | None, cur: Any, recorded: Any, builtin: Iterable[str] = ()) -> Any:
+    """What ``session`` is shown of a recorded ``base_model`` (a job's, a model version's, an evaluation's): the
+    administrator the folder or hub id itself; any other role a built-in name as it is, a registered source as its
+    registered name (one the role may use first), anything else as :data:`UNREGISTERED`: never a path or hub id."""
+    if session is None or session.is_admin or not isinstance(recorded, str):
+        return recorded
+    if recorded.strip().lower() in {b.lower() for b in builtin}:
+        return recorded
+    names = [n for n, _ in _lookup(cur, "source = ?", recorded.strip())]
+    if not names:
+        return UNREGISTERED
+    check = session.checker()
+    usable = [n for n in names if check.has("USAGE", KIND, n)]
+    return (usable or names)[0]
+
+
+def shown_rows(session: Session | None, cur: Any, rows: list[dict[str, Any]], builtin: Iterable[str],
+               key: str = "base_model") -> list[dict[str, Any]]:
+    """Copies of ``rows`` with their ``base_model`` as :func:`shown` (the rows themselves for the administrator)."""
+    if session is None or session.is_admin:
+        return rows
+    names = list(builtin)
+    return [{**r, key: shown(session, cur, r.get(key), names)} if key in r else r for r in rows]
+
+
 def create(session: Session, cur: Any, name: str, source: str, replace: bool = False,
            if_not_exists: bool = False) -> str:
     """Register a base model (the administrator only); returns a status line."""

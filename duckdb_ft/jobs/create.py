@@ -20,7 +20,7 @@ from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb, objects
 from ..errors import AlreadyExists, FtError, Interrupted, InvalidArgument, NotFound
 from ..governance.authorize import authorize_query
-from ..governance.base_models import base_model_for
+from ..governance.base_models import base_model_for, shown
 from ..governance import quotas
 from ..governance.limits import check_training_options
 from ..governance.run_limits import check_row_epochs
@@ -69,8 +69,15 @@ def check_request(cur: Any, session: Session, name: str | None, base_model: str,
     check_training_options(session, opts)  # several machines: the administrator's
     quotas.check_job(session, cur, opts, 1 if name is not None else 0)  # the role's limits (ALTER ROLE ... SET)
     devices.check_machine(opts)  # devices, FSDP, quantization against what this machine has
-    path = check_base_model(base_model)
-    check_fits_model(path, base_model, opts)
+    label = shown(session, cur, base_model, models.BUILTIN)  # a user's errors name no folder or hub id
+    try:
+        path = check_base_model(base_model)
+    except FtError as e:
+        if label == base_model:
+            raise
+        raise type(e)(f"base model '{label}' cannot be loaded: the administrator who registered it can see why "
+                      "(SHOW BASE MODELS)") from None
+    check_fits_model(path, label, opts)
     train_q = check_query(training_query, "training query")
     val_q = check_query(validation_query, "validation query") if validation_query else None
     if not objects.schema_exists(cur, schema):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import models as modeldb, snapshots
 from ..errors import InvalidArgument, NotFound, PermissionDenied
+from ..governance.base_models import shown
+from ..ml.models import BUILTIN
 from ..options import TrainingOptions
 from ..queries import model_ref, parse_model_ref
 
@@ -77,7 +79,7 @@ def find_parent(cur: Any, session: Session, base_model: str, options: str | None
     if changed:
         raise InvalidArgument(f"continuing model '{full}' keeps its LoRA shape, but the options change it: "
                               f"{'; '.join(changed)}. Drop those options, or train a new adapter from its base "
-                              f"model '{row['base_model']}'")
+                              f"model '{shown(session, cur, row['base_model'], BUILTIN)}'")
     return Parent(model_ref(schema, name, row["version"]), row["job_id"], row["base_model"])
 
 
@@ -88,7 +90,7 @@ def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:
     found = modeldb.parent_adapter(cur, job["parent_job_id"])
     if found is None:
         raise InvalidArgument(f"parent model '{job['parent_model']}' was dropped before this job started: "
-                              f"train from its base model '{job['base_model']}' instead")
+                              "train from its base model (this job's base_model) instead")
     return found[0]
 
 

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import AlreadyExists, FtError, Interrupted, JobError, NotFound, PermissionDenied
+from ..governance.base_models import shown, shown_rows
 from ..governance.run_limits import check_resume
+from ..ml.models import BUILTIN
 from . import fair, shapes
 from .create import create_job
 from .worker import RESUMABLE, Worker
@@ -59,11 +61,15 @@ class JobRunner:
         return job_id
 
     def describe(self, job_id: str, session: Session | None = None) -> dict[str, Any]:
-        return shapes.describe(self._get(job_id, session))
+        out = shapes.describe(self._get(job_id, session))
+        out["base_model"] = shown(session, self.engine.cursor(), out["base_model"], BUILTIN)  # no path to a user
+        return out
 
     def show(self, session: Session | None = None) -> list[dict[str, Any]]:
         roles = None if session is None or session.is_admin else session.checker().roles
-        return [shapes.show(j) for j in jobdb.list_jobs(self.engine.cursor()) if roles is None or j["owner"] in roles]
+        cur = self.engine.cursor()
+        return shown_rows(session, cur, [shapes.show(j) for j in jobdb.list_jobs(cur)
+                                         if roles is None or j["owner"] in roles], BUILTIN)
 
     def history(self, job_id: str, session: Session | None = None) -> list[dict[str, Any]]:
         self._get(job_id, session)

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..catalog import access as accessdb, models as modeldb, objects
 from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from ..governance import base_models, roles, sequences
+from ..ml.models import BUILTIN
 from ..queries import parse_model_name
 from .engine import Session
 from . import base_statements, usage
@@ -214,7 +215,7 @@ def _show_models(session: Session, st: FtStatement) -> pa.Table:
         raise NotFound(f"schema '{schema}' does not exist")
     rows = [m for m in modeldb.list_models(cur, schema)
             if check.has("USAGE", "MODEL", f"{m['schema_name']}.{m['name']}")]
-    return _table(rows, MODEL_COLUMNS)
+    return _table(base_models.shown_rows(session, cur, rows, BUILTIN), MODEL_COLUMNS)
 
 
 def _model(session: Session, st: FtStatement, need: str = "USAGE") -> tuple[str, str, dict]:
@@ -272,7 +273,7 @@ def _show_versions(session: Session, st: FtStatement) -> pa.Table:
     schema, name, _ = _model(session, st)
     rows = [{**v, "name": v["version"], "model_name": v["name"], "is_default_version": v["is_default"]}
             for v in modeldb.list_versions(session.engine.cursor(), schema, name)]
-    return _table(rows, VERSION_COLUMNS)
+    return _table(base_models.shown_rows(session, session.engine.cursor(), rows, BUILTIN), VERSION_COLUMNS)
 
 
 def _describe_model(session: Session, st: FtStatement) -> pa.Table:
@@ -281,6 +282,7 @@ def _describe_model(session: Session, st: FtStatement) -> pa.Table:
     first = ("schema_name", "name", "version", "is_default")
     model = {**{k: model[k] for k in first}, **{k: v for k, v in model.items() if k not in first and k != "adapter"}}
     model["adapter_bytes"] = len(modeldb.model_adapter(session.engine.cursor(), model["job_id"]))
+    model = base_models.shown_rows(session, session.engine.cursor(), [model], BUILTIN)[0]  # no path to a user
     return _table([model], list(model))
 
 
