@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "duckdb_ft"
 HEAVY = {"torch", "transformers", "peft", "safetensors", "accelerate", "datasets"}
 
@@ -152,6 +154,7 @@ print("OK", len(sys.argv) - 1)
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_on_its_own():
     modules = sorted(m for m in _modules() if not m.endswith("__main__"))
     run = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, *modules], capture_output=True, text=True, timeout=300)

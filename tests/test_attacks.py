@@ -195,6 +195,7 @@ def in_thread(fn, *args):
     return t, box
 
 
+@pytest.mark.slow
 def test_a_finetune_nested_in_a_training_query_is_refused_and_hangs_nothing(attack, tiny_model_path):
     admin, u1 = attack
     inner = (f"SELECT __ft_finetune(__ft_session_id(), ''CREATE'', ''ml.inner'', ''{tiny_model_path}'', "
@@ -219,6 +220,7 @@ SLOW_QUERY = ("SELECT p.s AS prompt, p.s AS completion FROM pub p, range(2000000
               "WHERE hash(i) % 1000000007 = 3")
 
 
+@pytest.mark.slow
 def test_a_long_training_query_is_interruptible_and_blocks_no_other_create(attack, tiny_model_path):
     admin, u1 = attack
     t, box = in_thread(lambda: u1.execute("SELECT finetune('CREATE', 'ml.slow', ?, ?, NULL, ?)",
@@ -253,6 +255,7 @@ def test_the_training_query_runs_once(attack, tiny_model_path):
     duckdb_ft.wait(admin, job[0][0], 120)
 
 
+@pytest.mark.slow
 def test_one_sessions_close_leaves_the_administrators_job_running(tmp_path, tiny_model_path):
     path = str(tmp_path / "shared.duckdb")
     admin = duckdb_ft.connect(path)
@@ -334,6 +337,7 @@ def test_create_checks_what_the_base_model_bounds(attack, tiny_model_path):
     assert admin.execute("SELECT count(*) FROM duckdb_ft.jobs").fetchall() == [(0,)]
 
 
+@pytest.mark.slow
 def test_wait_with_a_nan_timeout_is_an_error(attack, tiny_model_path):
     admin, u1 = attack
     job = admin.execute("SELECT finetune('CREATE', 'ml.w', ?, 'SELECT s AS prompt, s AS completion FROM pub', "

@@ -131,6 +131,7 @@ def test_errors_a_user_provokes_carry_no_session_id(attack):
     assert u1.session.id not in str(e.value)
 
 
+@pytest.mark.slow
 def test_export_tells_a_user_no_more_than_the_other_model_statements(attack, tiny_model_path, tmp_path):
     admin, u1 = attack
     job = admin.execute("SELECT finetune('CREATE', 'ml.private', ?, 'SELECT s AS prompt, s AS completion FROM pub', "
@@ -193,6 +194,7 @@ def base_model_refusals(u1, name):
     ]
 
 
+@pytest.mark.slow
 def test_a_user_cannot_name_a_folder_or_hub_id_as_a_base_model(attack, tiny_model_path, tmp_path):
     admin, u1 = attack
     empty = tmp_path / "no_config"

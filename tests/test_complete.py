@@ -133,6 +133,7 @@ def test_identical_greedy_rows_are_generated_once_and_answered_alike(con, tiny_m
     assert len(sampled) == 5 and calls[1:] == [5]  # sampling: every row draws its own answer
 
 
+@pytest.mark.slow
 def test_rows_with_different_models_in_one_query(con, tiny_model_path):
     rows = q(con, "SELECT try_complete(m, 'hi') FROM (VALUES (?), ('nope'), (NULL)) t(m)", tiny_model_path)
     assert rows[0][0] is not None and rows[1][0] is None and rows[2][0] is None

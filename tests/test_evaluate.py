@@ -64,6 +64,7 @@ METRICS = ["exact_match", "normalized_match", "contains", "token_f1", "rouge_l",
            {"name": "words", "sql": "length(string_split(prediction, ' '))"}]
 
 
+@pytest.mark.slow
 def test_two_models_on_the_same_rows_stored_scored_and_compared(db):
     admin, base = db["admin"], db["base"]
     out = evaluate(admin, [base, "ml.tuned"], options={"metrics": METRICS, "max_tokens": 6})

@@ -125,6 +125,7 @@ def test_f16_gguf_is_half_precision(exported, tmp_path):
     assert reader.fields["general.file_type"].contents() == 1
 
 
+@pytest.mark.slow
 def test_an_export_that_fails_midway_leaves_nothing(exported, tmp_path, monkeypatch):
     from duckdb_ft.ml import gguf_file
 
@@ -142,6 +143,7 @@ def test_an_export_that_fails_midway_leaves_nothing(exported, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_export_requests_are_clear_errors_and_leave_nothing(exported, tmp_path):
     db = exported[0]
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(tmp_path / "z"),

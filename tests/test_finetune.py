@@ -248,6 +248,7 @@ def test_cancel_running_and_pending_jobs(faq, tiny_model_path):
     assert wait(con, job) == "SUCCESS"
 
 
+@pytest.mark.slow
 def test_model_persists_in_the_database_file(apple_copy):
     """The ``apple`` fixture trained model 'exported' and took COMPLETE's answers before closing its file: opened
     again (a copy of it), the model answers the same."""

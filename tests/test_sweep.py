@@ -18,6 +18,7 @@ def sweep(con, name, base, options, validation=None):
     return one(con, "SELECT finetune('SWEEP', ?, ?, ?, ?, ?)", name, base, QUERY, validation, json.dumps(options))
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_runs_four_jobs_over_one_snapshot_and_ranks_them(faq, tiny_model_path):
     con = faq
     sweep_id = sweep(con, "faq_bot", tiny_model_path, GRID)

@@ -20,6 +20,7 @@ def reference_loss(model, batch):
     return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_equal_the_full_logits_reference(tiny):
     """No mask on right-padded batches, logits only at completion positions, explicit attention: same numbers."""
     path, tokenizer, examples = tiny
@@ -209,6 +210,7 @@ def test_packed_batches_are_random_batches_with_little_padding():
     assert list(data.packed_batches(examples, 8, seed=1)) == list(data.packed_batches(examples, 8, seed=1))  # resume
 
 
+@pytest.mark.slow
 def test_packed_rows_give_the_loss_and_gradients_of_separate_rows(tiny, monkeypatch):
     """Examples packed into one row attend only inside themselves: the same loss and LoRA gradients as one
     example per row, through the explicit attention path and through transformers' sdpa."""
@@ -240,6 +242,7 @@ def test_packed_rows_give_the_loss_and_gradients_of_separate_rows(tiny, monkeypa
             assert len(masks) == (len(examples) + 1) * got_model.config.num_hidden_layers
 
 
+@pytest.mark.slow
 def test_training_module_shares_the_cached_weights(tiny):
     """One copy of the base weights for COMPLETE and training; training never writes them."""
     path, tokenizer, examples = tiny

@@ -53,6 +53,7 @@ def versioned(trained_versions, tmp_path):
     return str(copy), j1, j2
 
 
+@pytest.mark.slow
 def test_rolling_back_the_default_version_changes_what_complete_answers(versioned):
     path, j1, j2 = versioned
     con = duckdb_ft.connect(path)
@@ -77,6 +78,7 @@ def test_rolling_back_the_default_version_changes_what_complete_answers(versione
         con.close()
 
 
+@pytest.mark.slow
 def test_bad_versions_are_clear_errors_that_change_nothing(versioned, tiny_model_path):
     path, _, _ = versioned
     con = duckdb_ft.connect(path)
@@ -113,6 +115,7 @@ def test_bad_versions_are_clear_errors_that_change_nothing(versioned, tiny_model
         con.close()
 
 
+@pytest.mark.slow
 def test_grants_on_the_model_cover_its_versions_and_only_the_owner_changes_them(versioned):
     path, _, _ = versioned
     admin = duckdb_ft.connect(path)
@@ -143,6 +146,7 @@ def test_grants_on_the_model_cover_its_versions_and_only_the_owner_changes_them(
         ann.close()
 
 
+@pytest.mark.slow
 def test_a_version_can_be_dropped_unless_it_is_the_default_and_the_next_one_counts_on(tmp_path, tiny_model_path):
     con = duckdb_ft.connect(str(tmp_path / "d.duckdb"))
     con.execute("CREATE TABLE t AS SELECT 'q' || i AS prompt, 'a' AS completion FROM range(8) t(i)")
@@ -165,6 +169,7 @@ def test_a_version_can_be_dropped_unless_it_is_the_default_and_the_next_one_coun
     con.close()
 
 
+@pytest.mark.slow
 def test_continuing_a_version_records_it_as_the_parent(versioned):
     path, j1, _ = versioned
     con = duckdb_ft.connect(path)
@@ -219,6 +224,7 @@ def test_models_from_before_versions_become_version_v1_of_themselves(tmp_path):
         con.close()
 
 
+@pytest.mark.slow
 def test_export_and_evaluate_name_a_version(versioned, tmp_path):
     path, j1, j2 = versioned
     con = duckdb_ft.connect(path)
