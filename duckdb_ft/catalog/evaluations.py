@@ -6,10 +6,9 @@ from typing import Any, Sequence
 
 from . import SCHEMA, dicts, registered
 
-#: Per-row metric columns of ``evaluation_rows`` (built-in metrics; user metrics go in ``user_metrics`` JSON).
-METRIC_COLUMNS = ("exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf",
-                  "json_valid", "sql_match", "completion_loss")
-ROW_COLUMNS = ("evaluation_id", "model", "idx", "id", "prompt", "completion", "prediction", *METRIC_COLUMNS,
+#: Columns of ``evaluation_rows``: a built-in metric's score per row in ``scores`` (a MAP of metric name to score,
+#: so a new metric needs no migration), user metrics' in ``user_metrics`` (JSON).
+ROW_COLUMNS = ("evaluation_id", "model", "idx", "id", "prompt", "completion", "prediction", "scores",
                "user_metrics", "prompt_tokens", "completion_tokens", "latency_ms")
 
 
@@ -34,12 +33,14 @@ def list_all(cur: Any) -> list[dict[str, Any]]:
 
 
 def insert_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """Per-row results; each dict has the keys of ROW_COLUMNS (missing metrics: None)."""
+    """Per-row results; each dict has the keys of ROW_COLUMNS, ``scores`` a dict of metric name to score."""
     if not rows:
         return
     import pyarrow as pa
 
-    table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows])
+    table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS if c != "scores"} for r in rows])
+    scores = pa.array([list((r.get("scores") or {}).items()) for r in rows], pa.map_(pa.string(), pa.float64()))
+    table = table.append_column("scores", scores)
     quoted = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
     with registered(cur, "__ft_evaluation_rows", table):
         cur.execute(f"INSERT INTO {SCHEMA}.evaluation_rows ({quoted}) SELECT {quoted} FROM __ft_evaluation_rows")

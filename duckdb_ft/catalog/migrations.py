@@ -206,6 +206,27 @@ def m013_role_limits(cur: Any) -> None:
         role VARCHAR NOT NULL, name VARCHAR NOT NULL, value BIGINT NOT NULL, PRIMARY KEY (role, name))""")
 
 
+@migration
+def m014_evaluation_scores(cur: Any) -> None:
+    # EVALUATE's built-in metrics: per-row scores in one column, scores MAP(VARCHAR, DOUBLE) (metric name -> score),
+    # instead of a column per metric, so a new metric needs no migration. The scores stored so far move into it
+    # (a NULL column, a metric the evaluation did not compute, is left out); the table is rebuilt without the
+    # per-metric columns, as m010 rebuilds models. These are the columns m003 created, frozen here.
+    metrics = ("exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf", "json_valid",
+               "sql_match", "completion_loss")
+    entries = ", ".join(f"{{'key': '{m}', 'value': \"{m}\"}}" for m in metrics)
+    cur.execute(f"""CREATE TABLE {SCHEMA}.evaluation_rows_scored (
+        evaluation_id VARCHAR NOT NULL, model VARCHAR NOT NULL, idx BIGINT NOT NULL, id VARCHAR,
+        prompt VARCHAR, completion VARCHAR, prediction VARCHAR, scores MAP(VARCHAR, DOUBLE),
+        user_metrics VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, latency_ms DOUBLE)""")
+    cur.execute(f"""INSERT INTO {SCHEMA}.evaluation_rows_scored
+        SELECT evaluation_id, model, idx, id, prompt, completion, prediction,
+               map_from_entries(list_filter([{entries}], lambda e: e.value IS NOT NULL)),
+               user_metrics, prompt_tokens, completion_tokens, latency_ms
+        FROM {SCHEMA}.evaluation_rows""")
+    cur.execute(f"DROP TABLE {SCHEMA}.evaluation_rows")
+    cur.execute(f"ALTER TABLE {SCHEMA}.evaluation_rows_scored RENAME TO evaluation_rows")
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

@@ -131,8 +131,7 @@ def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, opti
         if not os.path.isfile(opts.sql_database):
             raise NotFound(f"sql_database {opts.sql_database!r} is not a file: pass the path of a DuckDB database")
     ids, prompts, refs, skipped = _rows(cur, sql)
-    names_of = [m.name for m in wanted]
-    sandbox = _sandbox(engine, session, refs, ids, opts) if "sql_match" in names_of else None
+    sandbox = _sandbox(engine, session, refs, ids, opts) if any(m.needs == M.SANDBOX for m in wanted) else None
     try:
         loaded = {n: engine.resolve_model(session, n) for n in names}
         copts = opts.complete_options()
@@ -281,18 +280,9 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
         latency = _generate(session, cur, run.id, model, adapter, run.requests[name], run.lengths[name],
                             k * len(run.prompts), total)
         preds = [r.result.text for r in run.requests[name]]
-        values: dict[str, list] = {}
-        for m in run.wanted:
-            if m.name in M.TEXT_METRICS:
-                values[m.name] = M.text_scores(m.name, preds, run.refs)
-            elif m.name == "sql_match":
-                values[m.name] = [float(run.sandbox.match(p, r)) for p, r in zip(preds, run.refs)]
-            elif m.name == "completion_loss":
-                values[m.name] = likelihood.completion_losses(model, list(zip(run.prompts, run.refs)), adapter)
-            else:
-                values[m.name] = usermetrics.scores(cur, m, {"id": run.ids, "model": [name] * len(run.ids),
-                                                            "prompt": run.prompts, "completion": run.refs,
-                                                            "prediction": preds})
+        scoring = M.Scoring(ids=run.ids, prompts=run.prompts, refs=run.refs, preds=preds, model_name=name,
+                            model=model, adapter=adapter, sandbox=run.sandbox, cur=cur)
+        values = {m.name: m.score(scoring) for m in run.wanted}
         per_model[name] = {"preds": preds, "values": values, "latency": latency}
     summary = _summary(run, per_model)
     if run.opts.retention:
@@ -308,7 +298,7 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
                    "prediction": got["preds"][i], "prompt_tokens": r.prompt_tokens,
                    "completion_tokens": r.completion_tokens, "latency_ms": got["latency"][i]}
             user = {m.name: got["values"][m.name][i] for m in run.wanted if m.sql}
-            row.update({m.name: got["values"][m.name][i] for m in run.wanted if not m.sql})
+            row["scores"] = {m.name: got["values"][m.name][i] for m in run.wanted if not m.sql}
             row["user_metrics"] = json.dumps(user) if user else None
             rows.append(row)
     with catalog.transaction(cur):

@@ -27,37 +27,47 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 
+#: What a metric scores from: the texts alone, sql_match's sandbox (built once per evaluation, only when a wanted
+#: metric needs it), the model itself, or DuckDB running a user metric's SQL.
+TEXTS, SANDBOX, MODEL, SQL = "texts", "sandbox", "model", "sql"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """One model's answers on an evaluation's rows, and what a metric may need to score them."""
+
+    ids: Sequence[str]
+    prompts: Sequence[str]
+    refs: Sequence[str]
+    preds: Sequence[str | None]
+    model_name: str = ""
+    model: Any = None  # the loaded model (metrics that need MODEL)
+    adapter: str | None = None
+    sandbox: Any = None  # sql_match's sandbox (SANDBOX)
+    cur: Any = None  # a cursor of the session's engine (SQL)
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A metric's name and how to compare it: ``binary`` (0/1 per row: McNemar's test), ``higher_is_better``."""
+    """One metric: its name, its scorer (a :class:`Scoring` to one score per row, None where there is none), what
+    the scorer needs (:data:`TEXTS`, :data:`SANDBOX`, :data:`MODEL`, :data:`SQL`), and how to compare it:
+    ``binary`` (0/1 per row: McNemar's test), ``higher_is_better``, ``corpus`` (``"mean"``, or ``"bleu"``/
+    ``"chrf"``: sacrebleu's corpus score from summed statistics); ``default``: in the default set."""
 
     name: str
+    score: Callable[[Scoring], list[float | None]]
+    needs: str = TEXTS
     binary: bool = False
     higher_is_better: bool = True
-    corpus: str = "mean"  # "mean", or "bleu"/"chrf": sacrebleu's corpus score from summed statistics
+    corpus: str = "mean"
+    default: bool = False
     sql: str | None = None  # a user metric's SQL expression
 
-
-BUILTIN: dict[str, Metric] = {m.name: m for m in [
-    Metric("exact_match", binary=True),
-    Metric("normalized_match", binary=True),
-    Metric("contains", binary=True),
-    Metric("token_f1"),
-    Metric("rouge_l"),
-    Metric("bleu", corpus="bleu"),
-    Metric("chrf", corpus="chrf"),
-    Metric("json_valid", binary=True),
-    Metric("sql_match", binary=True),
-    Metric("completion_loss", higher_is_better=False),
-]}
-#: Metrics computed from the texts alone (the others need a sandbox or the model).
-TEXT_METRICS = ("exact_match", "normalized_match", "contains", "token_f1", "rouge_l", "bleu", "chrf", "json_valid")
-DEFAULT = ["exact_match", "normalized_match", "token_f1", "rouge_l", "bleu", "chrf", "completion_loss"]
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _FENCE = re.compile(r"```[ \t]*[A-Za-z]*[ \t]*\n?(.*?)(?:```|$)", re.S)
@@ -121,20 +131,45 @@ def _sentence(name: str, preds: Sequence[str], refs: Sequence[str]) -> list[floa
     return [m.sentence_score(p, [r]).score for p, r in zip(preds, refs)]
 
 
-_ROW = {"exact_match": exact_match, "normalized_match": normalized_match, "contains": contains,
-        "token_f1": token_f1, "json_valid": json_valid}
+def _rows(fn: Callable[[str, str], float]) -> Callable[[Scoring], list[float | None]]:
+    """A scorer from a per-row function of (prediction, reference); a missing prediction is the empty string."""
+    return lambda s: [fn(p or "", r) for p, r in zip(s.preds, s.refs)]
 
 
-def text_scores(name: str, preds: Sequence[str | None], refs: Sequence[str]) -> list[float]:
-    """The per-row scores of a text metric (a missing prediction counts as the empty string)."""
-    preds = [p or "" for p in preds]
-    if name in _ROW:
-        return [_ROW[name](p, r) for p, r in zip(preds, refs)]
-    if name == "rouge_l":
-        return _rouge_l(preds, refs)
-    if name in ("bleu", "chrf"):
-        return _sentence(name, preds, refs)
-    raise KeyError(name)
+def _sql_match(s: Scoring) -> list[float | None]:
+    return [float(s.sandbox.match(p, r)) for p, r in zip(s.preds, s.refs)]
+
+
+def _completion_loss(s: Scoring) -> list[float | None]:
+    from ..ml import likelihood
+
+    return likelihood.completion_losses(s.model, list(zip(s.prompts, s.refs)), s.adapter)
+
+
+#: The built-in metrics, in the order the default set and ``finetune_evaluation(id)``'s columns list them. Adding a
+#: metric is one entry here: EVALUATE's name check, the scoring, the stored rows (a MAP of scores: no migration)
+#: and the columns of ``finetune_evaluation(id)`` all read this table.
+BUILTIN: dict[str, Metric] = {m.name: m for m in [
+    Metric("exact_match", _rows(exact_match), binary=True, default=True),
+    Metric("normalized_match", _rows(normalized_match), binary=True, default=True),
+    Metric("contains", _rows(contains), binary=True),
+    Metric("token_f1", _rows(token_f1), default=True),
+    Metric("rouge_l", lambda s: _rouge_l([p or "" for p in s.preds], s.refs), default=True),
+    Metric("bleu", lambda s: _sentence("bleu", [p or "" for p in s.preds], s.refs), corpus="bleu", default=True),
+    Metric("chrf", lambda s: _sentence("chrf", [p or "" for p in s.preds], s.refs), corpus="chrf", default=True),
+    Metric("json_valid", _rows(json_valid), binary=True),
+    Metric("sql_match", _sql_match, needs=SANDBOX, binary=True),
+    Metric("completion_loss", _completion_loss, needs=MODEL, higher_is_better=False, default=True),
+]}
+DEFAULT = [m.name for m in BUILTIN.values() if m.default]
+
+
+def text_scores(name: str, preds: Sequence[str | None], refs: Sequence[str]) -> list[float | None]:
+    """The per-row scores of a built-in metric that needs only the texts."""
+    metric = BUILTIN[name]
+    if metric.needs != TEXTS:
+        raise KeyError(f"{name} needs {metric.needs}, not only the texts")
+    return metric.score(Scoring(ids=[], prompts=[], refs=refs, preds=preds))
 
 
 # ------------------------------------------------------------------------------------------------- corpus scores

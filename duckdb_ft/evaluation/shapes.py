@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..catalog.evaluations import METRIC_COLUMNS
+from .metrics import BUILTIN
 
 SHOW_FIELDS = {"id": "VARCHAR", "status": "VARCHAR", "models": "VARCHAR[]", "rows": "BIGINT",
                "progress": "DOUBLE", "created_on": "BIGINT", "finished_on": "BIGINT"}
 ROW_FIELDS: dict[str, Any] = {
     "id": "VARCHAR", "model": "VARCHAR", "prompt": "VARCHAR", "completion": "VARCHAR", "prediction": "VARCHAR",
-    **{m: "DOUBLE" for m in METRIC_COLUMNS},
+    **{m: "DOUBLE" for m in BUILTIN},  # a column per built-in metric, from the stored MAP of scores
     "user_metrics": "MAP(VARCHAR, DOUBLE)", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
     "latency_ms": "DOUBLE",
 }
@@ -48,6 +48,7 @@ def describe(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def row(r: dict[str, Any]) -> dict[str, Any]:
-    out = {k: r.get(k) for k in ROW_FIELDS}
+    scores = r.get("scores") or {}
+    out = {k: scores.get(k) if k in BUILTIN else r.get(k) for k in ROW_FIELDS}
     out["user_metrics"] = json.loads(r["user_metrics"]) if r.get("user_metrics") else None
     return out

@@ -18,7 +18,7 @@ from ..errors import InvalidArgument
 from ..governance.authorize import authorize_query
 from ..ml import data
 from ..queries import check_query
-from . import evaluate as evaluation
+from . import evaluate as evaluation, metrics as M
 
 if TYPE_CHECKING:
     from ..surface.engine import Engine, Session
@@ -41,8 +41,10 @@ def check(engine: Engine, session: Session, options: str | None) -> dict[str, st
                               "'{\"eval_query\": \"SELECT q AS prompt, a AS completion FROM test\", "
                               "\"eval_metric\": \"exact_match\"}'")
     wanted = evaluation.parse_metrics([metric])
-    if wanted[0].sql is not None or metric == "sql_match":
-        raise InvalidArgument(f"eval_metric {metric!r}: a sweep ranks by a built-in text metric or completion_loss")
+    if wanted[0].needs not in (M.TEXTS, M.MODEL):
+        rankable = [m.name for m in M.BUILTIN.values() if m.needs in (M.TEXTS, M.MODEL)]
+        raise InvalidArgument(f"eval_metric {metric!r}: a sweep ranks by a built-in metric scored from the texts or "
+                              f"the model: {', '.join(rankable)}")
     cur = engine.cursor()
     sql = check_query(query, "eval_query")
     authorize_query(session, cur, sql, "eval_query")

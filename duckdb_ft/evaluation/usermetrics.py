@@ -9,6 +9,7 @@ queries).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, Sequence
@@ -19,7 +20,7 @@ from ..catalog import registered
 from ..errors import InvalidArgument
 from ..governance.authorize import authorize_query
 from ..queries import check_query, parse
-from .metrics import BUILTIN, Metric
+from .metrics import BUILTIN, SQL, Metric
 
 if TYPE_CHECKING:
     from ..surface.engine import Session
@@ -43,7 +44,10 @@ def parse_spec(spec: Any) -> Metric:
         raise InvalidArgument(f"user metric name {name!r} is taken by a built-in metric or column: choose another")
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidArgument(f"user metric {name!r}: sql must be a SQL expression, e.g. \"length(prediction) < 200\"")
-    return Metric(name, sql=sql.strip())
+    sql = sql.strip()
+    return Metric(name, lambda s: scores(s.cur, name, sql, {"id": s.ids, "model": [s.model_name] * len(s.ids),
+                                                            "prompt": s.prompts, "completion": s.refs,
+                                                            "prediction": s.preds}), needs=SQL, sql=sql)
 
 
 def _select(metric: Metric, source: str = ROWS) -> str:
@@ -82,11 +86,11 @@ def check(cur: Any, session: Session, metric: Metric) -> Metric:
     kind = str(described[0][1]).upper()
     if kind != "BOOLEAN" and not kind.startswith(_NUMERIC):
         raise InvalidArgument(f"{what} must be BOOLEAN or a number, got {kind}: e.g. length(prediction) < 200")
-    return Metric(metric.name, binary=kind == "BOOLEAN", sql=metric.sql)
+    return dataclasses.replace(metric, binary=kind == "BOOLEAN")
 
 
-def scores(cur: Any, metric: Metric, rows: dict[str, Sequence[Any]]) -> list[float | None]:
-    """The expression on every row (``rows``: a column name to its values, every column of COLUMNS)."""
+def scores(cur: Any, name: str, sql: str, rows: dict[str, Sequence[Any]]) -> list[float | None]:
+    """User metric ``name``'s expression ``sql`` on every row (``rows``: a column name to its values, every column of COLUMNS)."""
     import pyarrow as pa
 
     n = len(rows["prediction"])
@@ -94,8 +98,8 @@ def scores(cur: Any, metric: Metric, rows: dict[str, Sequence[Any]]) -> list[flo
     view = f"{ROWS}_{uuid.uuid4().hex}"
     with registered(cur, view, table):
         try:
-            sql = f"SELECT ({metric.sql})::DOUBLE FROM {view} AS {ROWS} ORDER BY __row"
-            return [r[0] for r in cur.execute(sql).fetchall()]
+            query = f"SELECT ({sql})::DOUBLE FROM {view} AS {ROWS} ORDER BY __row"
+            return [r[0] for r in cur.execute(query).fetchall()]
         except Exception as e:  # a runtime error of the user's expression (a cast that fails on one row...)
-            raise InvalidArgument(f"user metric {metric.name!r} failed on the predictions: "
+            raise InvalidArgument(f"user metric {name!r} failed on the predictions: "
                                   f"{str(e).splitlines()[0]}") from None
