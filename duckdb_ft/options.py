@@ -15,6 +15,76 @@ from typing import Any
 from .errors import InvalidArgument
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"option {k!r} is given twice")
+        seen[k] = v
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _int(lo: int, hi: int | None = None):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            return f"must be an integer from {lo} to {hi}" if hi is not None else f"must be an integer of at least {lo}"
+        return None
+    return check
+
+
+def _float(lo: float, hi: float, lo_open: bool = False):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "must be a number"
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            return f"must be in {'(' if lo_open else '['}{lo}, {hi}]"
+        return None
+    return check
+
+
+def _modules(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(m, str) and m.isidentifier() for m in v):
+        return 'must be a non-empty list of module names, e.g. ["q_proj", "v_proj"]'
+    return None
+
+
+def _endpoint(v: Any) -> str | None:
+    if v is None:
+        return None
+    host, _, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        return 'must be "host:port", e.g. "10.0.0.1:29400"'
+    return None
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _one_of(*values: str):
+    def check(v: Any) -> str | None:
+        return None if v in values else "must be one of " + ", ".join(f'"{x}"' for x in values)
+    return check
+
+
+_lr = _float(0.0, 1.0, lo_open=True)
+_frac = _float(0.0, 0.5)
+_dropout = _float(0.0, 0.9)
+_warm = _float(0.0, 0.5)
+_decay = _float(0.0, 1.0)
+_clip = _float(0.0, 1e6)
+_temperature = _float(0.0, 2.0)
+_top_p = _float(0.0, 1.0, lo_open=True)
+_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip, _temperature, _top_p}
+
+
+
 @dataclass
 class TrainingOptions:
     """Every hyperparameter of a fine-tuning job (names as in the options JSON of FINETUNE 'CREATE')."""
@@ -172,21 +242,43 @@ def parse_options(cls: type, text: str | None, what: str, checks: dict[str, Any]
     return cls(**values)
 
 
+def _response_format(v: Any) -> str | None:
+    if v is None or isinstance(v, dict):
+        return None  # the schema itself is checked by ml/schema.py, before generation
+    return "must be an object {\"type\": \"json\", \"schema\": {...}}"
+
+
+#: How a COMPLETE option changes generation, which decides how rows batch (``ml/complete.py``): ``KEY``, rows
+#: batch together only with equal values (the option is in :meth:`CompleteOptions.batch_key`); ``PER_ROW``,
+#: applied to each row on its own, so rows of different values share a batch (``max_tokens``: the row's token
+#: budget, which the batching key holds; ``response_format``: the row's grammar, which masks that row's logits
+#: alone); ``NONE``, it does not change what is generated.
+KEY, PER_ROW, NONE = "key", "per_row", "none"
+
+
+def _complete_option(default: Any, check: Any, batching: str) -> Any:
+    """One COMPLETE option: its default, its check (a value to None or the problem), how it batches."""
+    assert batching in (KEY, PER_ROW, NONE), batching
+    return dataclasses.field(default=default, metadata={"check": check, "batching": batching})
+
+
 @dataclass(frozen=True)
 class CompleteOptions:
-    """Generation options of COMPLETE / TRY_COMPLETE, named as Cortex COMPLETE names them."""
+    """Generation options of COMPLETE / TRY_COMPLETE, named as Cortex COMPLETE names them. One field per option:
+    adding an option is one field here (its default, check and batching); the parser, the error's list of valid
+    options and COMPLETE's batching key are read from the fields."""
 
-    temperature: float = 0.0
+    temperature: float = _complete_option(0.0, _temperature, KEY)
     """0 is greedy decoding (deterministic); above 0 samples with that temperature."""
-    top_p: float = 1.0
+    top_p: float = _complete_option(1.0, _top_p, KEY)
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (only with temperature > 0)."""
-    max_tokens: int | None = None
+    max_tokens: int | None = _complete_option(None, _int(1), PER_ROW)
     """Most tokens to generate. Unset: up to the default cap, as far as the context allows; set: the prompt plus
     max_tokens must fit the model's context."""
-    dtype: str = "float32"
+    dtype: str = _complete_option("float32", _one_of("float32", "bfloat16"), KEY)
     """Matrix products of generation: "float32" (the reference) or "bfloat16" (autocast, the weights stay float32;
     only where the hardware computes bfloat16 natively: greedy answers may differ from float32's)."""
-    response_format: str | None = None
+    response_format: str | None = _complete_option(None, _response_format, PER_ROW)
     """Cortex's structured output, ``{"type": "json", "schema": {...}}``, as JSON text (properties in their order):
     the answer is JSON valid against the schema, by constrained decoding (``ml/constrain.py``; the schema is checked
     by ``ml/schema.py`` before generation)."""
@@ -194,10 +286,14 @@ class CompleteOptions:
     @classmethod
     def parse(cls, text: str | None) -> "CompleteOptions":
         """Parse Cortex-style options JSON (``'{"temperature": 0.2, "max_tokens": 64}'``); NULL or '' is defaults."""
-        opts = parse_options(cls, text, "COMPLETE", _COMPLETE_CHECKS)
+        opts = parse_options(cls, text, "COMPLETE", {f.name: f.metadata["check"] for f in dataclasses.fields(cls)})
         if isinstance(opts.response_format, dict):  # hashable: rows are grouped and deduplicated by their options
             opts = dataclasses.replace(opts, response_format=json.dumps(opts.response_format))
         return opts
+
+    def batch_key(self) -> tuple:
+        """The values of every option marked ``KEY``: rows batch together only where these are equal."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["batching"] == KEY)
 
 
 @dataclass(frozen=True)
@@ -230,73 +326,7 @@ class EvaluateOptions:
     def complete_options(self) -> CompleteOptions:
         return CompleteOptions(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in seen:
-            raise ValueError(f"option {k!r} is given twice")
-        seen[k] = v
-    return seen
 
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
-def _int(lo: int, hi: int | None = None):
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            return f"must be an integer from {lo} to {hi}" if hi is not None else f"must be an integer of at least {lo}"
-        return None
-    return check
-
-
-def _float(lo: float, hi: float, lo_open: bool = False):
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return "must be a number"
-        if (v <= lo if lo_open else v < lo) or v > hi:
-            return f"must be in {'(' if lo_open else '['}{lo}, {hi}]"
-        return None
-    return check
-
-
-def _modules(v: Any) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, list) or not v or not all(isinstance(m, str) and m.isidentifier() for m in v):
-        return 'must be a non-empty list of module names, e.g. ["q_proj", "v_proj"]'
-    return None
-
-
-def _endpoint(v: Any) -> str | None:
-    if v is None:
-        return None
-    host, _, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
-        return 'must be "host:port", e.g. "10.0.0.1:29400"'
-    return None
-
-
-def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
-
-
-def _one_of(*values: str):
-    def check(v: Any) -> str | None:
-        return None if v in values else "must be one of " + ", ".join(f'"{x}"' for x in values)
-    return check
-
-
-_lr = _float(0.0, 1.0, lo_open=True)
-_frac = _float(0.0, 0.5)
-_dropout = _float(0.0, 0.9)
-_warm = _float(0.0, 0.5)
-_decay = _float(0.0, 1.0)
-_clip = _float(0.0, 1e6)
-_temperature = _float(0.0, 2.0)
-_top_p = _float(0.0, 1.0, lo_open=True)
-_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip, _temperature, _top_p}
 _CHECKS = {
     "max_epochs": _int(1, 10),
     "learning_rate": _lr,
@@ -328,17 +358,6 @@ _CHECKS = {
     "quantization": _one_of("none", "4bit", "8bit"),
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
-def _response_format(v: Any) -> str | None:
-    if v is None or isinstance(v, dict):
-        return None  # the schema itself is checked by ml/schema.py, before generation
-    return "must be an object {\"type\": \"json\", \"schema\": {...}}"
-
-
-_COMPLETE_CHECKS = {"temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1),
-                    "dtype": _one_of("float32", "bfloat16"), "response_format": _response_format}
-assert set(_COMPLETE_CHECKS) == {f.name for f in dataclasses.fields(CompleteOptions)}
-
-
 def _metric_list(v: Any) -> str | None:
     if v is None:
         return None

@@ -113,3 +113,37 @@ def test_every_metric_is_documented_in_the_readme_and_only_those():
     assert documented == set(M.BUILTIN), "README's metric table and metrics.BUILTIN differ"
     default = re.search(r"default `([^`]+)`", section.replace("\n  ", " ")).group(1)
     assert default.split(", ") == M.DEFAULT, "README's default metrics and metrics.DEFAULT differ"
+
+
+# ------------------------------------------------------------------------------------------------ COMPLETE options
+
+
+def test_every_complete_option_is_in_the_batching_key_or_marked_as_not_in_it():
+    from duckdb_ft import options
+    from duckdb_ft.ml import complete
+    from duckdb_ft.options import CompleteOptions
+
+    fields = dataclasses.fields(CompleteOptions)
+    base = CompleteOptions()
+    for f in fields:
+        assert f.metadata.get("batching") in (options.KEY, options.PER_ROW, options.NONE), f.name
+        assert callable(f.metadata.get("check")), f.name
+        changed = dataclasses.replace(base, **{f.name: object()}).batch_key() != base.batch_key()
+        assert changed == (f.metadata["batching"] == options.KEY), f"{f.name}: batch_key() and its marking differ"
+    # PER_ROW options are applied to each row on its own, each in its own way: max_tokens as Request.max_new (in
+    # the key), response_format as Request.grammar (each row's logits masked alone)
+    assert {f.name for f in fields if f.metadata["batching"] == options.PER_ROW} == {"max_tokens", "response_format"}
+    source = __import__("inspect").getsource(complete._generate_unique)
+    assert "batch_key()" in source and "r.max_new" in source and "r.grammar" in source, \
+        "COMPLETE's batches must key on batch_key()"
+    with pytest.raises(duckdb_ft.InvalidArgument) as err:
+        CompleteOptions.parse('{"bogus": 1}')
+    assert all(f.name in str(err.value) for f in fields)
+
+
+def test_every_complete_option_is_documented():
+    section = _section("COMPLETE")
+    from duckdb_ft.options import CompleteOptions
+
+    for f in dataclasses.fields(CompleteOptions):
+        assert f"`{f.name}`" in section, f"COMPLETE option {f.name} is not in the README's COMPLETE section"

@@ -191,17 +191,18 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
         else:
             todo.append((r, a))
 
-    # Same options batch together; within them, rows of one adapter, then similar lengths, so left padding stays
-    # small and a batch mixes adapters only where one adapter's rows do not fill it.
+    # Same options batch together (every option that changes generation: CompleteOptions.batch_key, and the row's
+    # token budget); within them, rows of one adapter, then similar lengths, so left padding stays small and a
+    # batch mixes adapters only where one adapter's rows do not fill it.
     def kind(item: tuple[Request, str | None]) -> tuple:
         r = item[0]
-        return (r.options.dtype, r.options.temperature, r.options.top_p, r.max_new)
+        return (*r.options.batch_key(), r.max_new)
 
-    todo.sort(key=lambda item: (kind(item), item[1] or "", len(item[0].ids)))
+    todo.sort(key=lambda item: ([(v is None, v) for v in kind(item)], item[1] or "", len(item[0].ids)))
     if loaded.continuous and decode.supported(loaded.model):
-        for dtype in dict.fromkeys(r.options.dtype for r, _ in todo):
-            # every greedy row of one dtype, whatever its max_tokens, shares one continuous batch
-            greedy = [item for item in todo if item[0].options.temperature == 0 and item[0].options.dtype == dtype]
+        for key in dict.fromkeys(r.options.batch_key() for r, _ in todo if r.options.temperature == 0):
+            # every greedy row of the same options, whatever its max_tokens, shares one continuous batch
+            greedy = [item for item in todo if item[0].options.batch_key() == key]
             if greedy:  # longest max_tokens first: the rows admitted last, which set the tail, are the shortest
                 greedy.sort(key=lambda item: (-item[0].max_new, item[1] or "", len(item[0].ids)))
                 _generate_continuous(loaded, greedy)
