@@ -47,7 +47,37 @@ class AlreadyExists(FtError, duckdb.CatalogException):
 
 
 class PermissionDenied(FtError, duckdb.PermissionException):
-    """The current role lacks a privilege; the message names the privilege and the object."""
+    """The current role lacks a privilege; the message names the privilege and the object.
+
+    Made by :meth:`of`, which formats every such message one way and keeps its parts as fields (``privilege``,
+    ``object_kind``, ``object_name``, ``role``); a plain ``PermissionDenied(message)`` (one turned back from
+    DuckDB's report by :func:`from_duckdb`) has them None.
+    """
+
+    #: The privilege of statements and objects that only the administrator may use.
+    ADMINISTRATOR = "ADMINISTRATOR"
+
+    privilege: str | None = None
+    object_kind: str | None = None
+    object_name: str | None = None
+    role: str | None = None
+
+    @classmethod
+    def of(cls, privilege: str, kind: str | None = None, name: str | None = None, role: str | None = None, *,
+           reason: str | None = None, hint: str | None = None) -> "PermissionDenied":
+        """``Insufficient privileges[ to operate on <kind> '<name>']: <reason> (current role: <role>[; <hint>])``.
+
+        ``privilege``: what is missing (``SELECT``, ``OWNERSHIP``, :attr:`ADMINISTRATOR`, ...); ``kind``, ``name``:
+        the object (no kind: the statement as a whole; a kind without a name, e.g. ``temporary objects``, is named
+        as is); ``reason``: what failed, by default ``<privilege> is required``; ``role``: the current role (None:
+        not named); ``hint``: what to do, after the role.
+        """
+        where = "" if kind is None else f" to operate on {kind.lower()}" + ("" if name is None else f" '{name}'")
+        tail = "; ".join(x for x in (f"current role: {role}" if role is not None else None, hint) if x)
+        error = cls(f"Insufficient privileges{where}: {reason or f'{privilege} is required'}"
+                    + (f" ({tail})" if tail else ""))
+        error.privilege, error.object_kind, error.object_name, error.role = privilege, kind, name, role
+        return error
 
 
 class Interrupted(FtError, duckdb.InterruptException):

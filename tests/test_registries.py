@@ -147,3 +147,144 @@ def test_every_complete_option_is_documented():
 
     for f in dataclasses.fields(CompleteOptions):
         assert f"`{f.name}`" in section, f"COMPLETE option {f.name} is not in the README's COMPLETE section"
+
+
+# ------------------------------------------------------------------------------------------------ statements
+
+
+def test_every_statement_type_duckdb_names_is_checked_or_for_the_administrator():
+    from duckdb_ft.governance import authorize
+
+    kinds = set(duckdb.StatementType.__members__)
+    assert not set(authorize.STATEMENTS) & set(authorize.ADMIN_ONLY)
+    assert set(authorize.STATEMENTS) | set(authorize.ADMIN_ONLY) == kinds, \
+        "DuckDB's statement types changed: add each new one to authorize.STATEMENTS or ADMIN_ONLY"
+
+
+@pytest.fixture
+def admin_and_user(tmp_path):
+    """A database file with table t, view v, schema s, and role r (USAGE on main, ALL on t) of user u."""
+    path = str(tmp_path / "db.duckdb")
+    admin = duckdb_ft.connect(path)
+    for sql in ["CREATE TABLE t AS SELECT 1 AS a", "CREATE VIEW v AS SELECT a FROM t", "CREATE SCHEMA s",
+                "CREATE ROLE r", "GRANT USAGE ON SCHEMA main TO ROLE r", "GRANT ALL ON TABLE t TO ROLE r",
+                "GRANT ROLE r TO USER u"]:
+        admin.execute(sql).fetchall()
+    user = duckdb_ft.connect(path, user="u")
+    yield admin, user, tmp_path
+    user.close()
+    admin.close()
+
+
+def test_statement_types_for_the_administrator_are_denied_to_a_user(admin_and_user):
+    from duckdb_ft.governance import authorize
+
+    admin, user, tmp = admin_and_user
+    samples = {"ALTER": "ALTER TABLE t ADD COLUMN b INT", "COPY": f"COPY t TO '{tmp}/x.csv'",
+               "PRAGMA": "PRAGMA version", "EXPLAIN": "EXPLAIN SELECT 1", "CALL": "CALL pragma_version()",
+               "LOAD": "LOAD json", "ATTACH": "ATTACH ':memory:' AS x", "DETACH": "DETACH x", "VACUUM": "VACUUM",
+               "MERGE_INTO": "MERGE INTO t USING t AS s ON t.a = s.a WHEN MATCHED THEN DELETE",
+               "MULTI": "PIVOT t ON a USING count(*)", "EXPORT": f"EXPORT DATABASE '{tmp}/x'",
+               "PREPARE": "PREPARE p AS SELECT 1"}
+    for kind, sql in samples.items():
+        assert kind in authorize.ADMIN_ONLY, kind
+        assert [s.type.name for s in duckdb.connect().extract_statements(sql)] == [kind], sql
+        with pytest.raises(duckdb_ft.PermissionDenied, match="Insufficient privileges") as err:
+            user.execute(sql)
+        assert err.value.privilege == duckdb_ft.PermissionDenied.ADMINISTRATOR and err.value.role == "r", sql
+    assert admin.execute("SELECT a FROM t").fetchall() == [(1,)]  # nothing changed
+
+
+def test_every_duckdb_ft_statement_is_parsed_routed_and_documented():
+    from duckdb_ft.surface import statements
+
+    block = re.search(r"```sql\n(CREATE ROLE.*?)```", _section("Roles, grants and privileges"), re.S).group(1)
+    forms = (block.replace("[", "").replace("]", ""), re.sub(r"\[[^\]]*\] ?", "", block))  # [optional] words in or out
+    for head, entry in statements.STATEMENTS.items():
+        assert callable(entry.parse) and callable(entry.run), head
+        assert any(" ".join(head) in f for f in forms), f"{' '.join(head)} is not in the README's statement list"
+        assert " ".join(head) in statements.forms()
+    heads = list(statements.STATEMENTS)
+    for k, head in enumerate(heads):  # a longer head comes before a shorter one it starts with
+        assert not any(later[:len(head)] == head and len(later) > len(head) for later in heads[k + 1:]), head
+
+
+def test_every_show_form_is_an_entry_and_other_shows_are_duckdbs():
+    from duckdb_ft.surface import statements
+
+    examples = {"ROLES": "SHOW ROLES", "GRANTS": "SHOW GRANTS TO ROLE r", "MODELS": "SHOW MODELS IN SCHEMA s",
+                "VERSIONS": "SHOW VERSIONS IN MODEL m", "USAGE": "SHOW USAGE", "BASE MODELS": "SHOW BASE MODELS",
+                "LIMITS": "SHOW LIMITS"}
+    shows = {" ".join(head[1:]) for head in statements.STATEMENTS if head[0] == "SHOW"}
+    assert shows == set(examples), "a SHOW form was added or removed: give it an example here"
+    for form, sql in examples.items():
+        st = statements.parse_ft_statement(sql)
+        assert st is not None and st.head == ("SHOW", *form.split()) and st.kind == f"SHOW {form}", sql
+    for sql in ("SHOW TABLES", "SHOW ALL TABLES", "SHOW t"):
+        assert statements.parse_ft_statement(sql) is None, sql
+    with pytest.raises(duckdb_ft.InvalidArgument) as err:
+        duckdb_ft.connect().execute("SELECT ft_execute('SHOW TABLES')").fetchall()
+    assert all(f"SHOW {form}" in str(err.value) for form in shows)
+
+
+# ------------------------------------------------------------------------------------------------ privileges
+
+
+def test_every_privilege_is_grantable_where_it_applies_and_documented(admin_and_user):
+    from duckdb_ft.governance.roles import OBJECT_KINDS, PRIVILEGES
+
+    admin, user, _ = admin_and_user
+    admin.execute("INSERT INTO duckdb_ft.models (schema_name, name, base_model, lora_config, adapter, job_id, owner, "
+                  "created_on, version, is_default) VALUES ('main', 'm', 'tiny', '{}', 'x'::BLOB, 'ft_1', 'admin', "
+                  "1, 'v1', true)")
+    admin.execute("CREATE BASE MODEL bm FROM 'org/bm'").fetchall()
+    admin.execute("CREATE SEQUENCE seq").fetchall()
+    objects = {"TABLE": "TABLE main.t", "VIEW": "VIEW main.v", "SCHEMA": "SCHEMA s", "MODEL": "MODEL main.m",
+               "BASE MODEL": "BASE MODEL bm", "SEQUENCE": "SEQUENCE main.seq",
+               "ALL TABLES": "ALL TABLES IN SCHEMA main"}
+    assert set(objects) == {*OBJECT_KINDS, "ALL TABLES"}
+    admin.execute("CREATE ROLE g").fetchall()
+    for privilege, kinds in PRIVILEGES.items():
+        for kind, target in objects.items():
+            sql = f"GRANT {privilege} ON {target} TO ROLE g"
+            if kind in kinds:
+                admin.execute(sql).fetchall()
+            elif kind != "VIEW":  # a view takes a table's privileges but OWNERSHIP
+                with pytest.raises(duckdb_ft.InvalidArgument, match="does not apply"):
+                    admin.execute(sql).fetchall()
+    granted = {(r[0], r[1]) for r in admin.execute("SHOW GRANTS TO ROLE g").fetchall()}  # privilege, granted_on
+    for privilege, kinds in PRIVILEGES.items():
+        if privilege != "OWNERSHIP":  # OWNERSHIP makes g the owner instead of a grant
+            assert {(privilege, k) for k in kinds} <= granted, privilege
+    section = _section("Roles, grants and privileges")
+    table = re.search(r"\| privilege \| on \|\n\| --- \| --- \|\n((?:\|.*\|\n)+)", section).group(1)
+    documented = {}
+    for line in table.splitlines():
+        names, on = line.strip("|").split("|")
+        for name in re.findall(r"`([A-Z ]+)`", names):
+            documented[name] = tuple(k.strip().replace(" IN SCHEMA", "") for k in on.split(","))
+    assert documented == PRIVILEGES, "README's privilege table and roles.PRIVILEGES differ"
+
+
+# ------------------------------------------------------------------------------------------------ permission errors
+
+
+def test_every_permission_denial_is_made_by_one_constructor():
+    package = Path(duckdb_ft.__file__).resolve().parent
+    made = re.compile(r"PermissionDenied\(\s*f?[\"']Insufficient privileges")
+    hand_made = [str(p.relative_to(package)) for p in package.rglob("*.py") if made.search(p.read_text())]
+    assert not hand_made, f"format denials with PermissionDenied.of(...), not by hand: {hand_made}"
+    e = duckdb_ft.PermissionDenied.of("SELECT", "TABLE", "main.t", "viewer")
+    assert str(e) == "Insufficient privileges to operate on table 'main.t': SELECT is required (current role: viewer)"
+    assert (e.privilege, e.object_kind, e.object_name, e.role) == ("SELECT", "TABLE", "main.t", "viewer")
+
+
+def test_a_denial_carries_its_privilege_object_and_role(admin_and_user):
+    admin, user, _ = admin_and_user
+    with pytest.raises(duckdb_ft.PermissionDenied) as err:
+        user.execute("SELECT * FROM v")
+    assert (err.value.privilege, err.value.object_kind, err.value.object_name, err.value.role) == \
+        ("SELECT", "VIEW", "main.v", "r")
+    with pytest.raises(duckdb_ft.PermissionDenied) as err:
+        user.execute("CREATE TABLE s.x (a INT)")
+    assert (err.value.privilege, err.value.object_kind, err.value.object_name) == ("USAGE", "SCHEMA", "s")

@@ -7,10 +7,13 @@
   it; ownership of what it creates, recorded in the same transaction.
 - :mod:`.calls` (with the data of :mod:`.function_list`): the functions and types a user may name, an allow-list
   derived from DuckDB's own function catalog.
+- :mod:`.calls` (with the data of :mod:`.function_list`): the functions and types a user may name, an allow-list
+  derived from DuckDB's own function catalog.
 - :mod:`.sequences`: USAGE on the sequences a user's write or read reaches through the administrator's table
   defaults, CHECKs, generated columns and view bodies.
-- :mod:`.sqlglot_reads`: sqlglot's reading (a second reading of the text, never what a decision rests on) of a statement (``tables_read``), still used by :meth:`Checker.require_read`'s
-  view following and the evaluation's user metrics; authorize.py uses sqlglot only to name DML/DDL targets.
+- :mod:`.sqlglot_reads`: sqlglot's reading (a second reading of the text, never what a decision rests on) of a
+  statement (``tables_read``), still used by the evaluation's sql_match sandbox; authorize.py uses sqlglot only to
+  name DML/DDL targets.
 
 Deny by default: a statement shape :mod:`.authorize` does not name is for the administrator only.
 """

@@ -25,7 +25,7 @@ duckdb-ft's internal functions (``__ft_*``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 import sqlglot
@@ -56,8 +56,12 @@ class Decision:
     drops: list[tuple[str, str]] = field(default_factory=list)
 
 
+_UNBOUND_PIVOT = ("a PIVOT without an IN list runs a query while DuckDB binds it, so only the administrator may run "
+                  "one; list the values instead: PIVOT t ON c IN ('a', 'b') USING count(*)")
+
+
 def _deny(what: str, session: Session) -> PermissionDenied:
-    return PermissionDenied(f"Insufficient privileges: {what} (current role: {session.role})")
+    return PermissionDenied.of(PermissionDenied.ADMINISTRATOR, role=session.role, reason=what)
 
 
 def authorize(session: Session, sql: str, con: Any = None, params: Any = None) -> list[Decision]:
@@ -101,8 +105,7 @@ def _check_reading(session: Session, reading: Reading) -> None:
         raise _deny(f"duckdb-ft's internal functions ({', '.join(sorted(reading.internal))}) are called only "
                     "through finetune(), complete() and the other public functions", session)
     if reading.unbound_pivots:
-        raise _deny("a PIVOT without an IN list runs a query while DuckDB binds it, so only the administrator may "
-                    "run one; list the values instead: PIVOT t ON c IN ('a', 'b') USING count(*)", session)
+        raise _deny(_UNBOUND_PIVOT, session)
     if reading.shows:
         raise _deny(f"SHOW {', '.join(sorted(reading.shows))} lists objects of the database, for the administrator "
                     "only; DESCRIBE a table or query you may read (DESCRIBE SELECT * FROM t)", session)
@@ -137,12 +140,12 @@ def _require_select(session: Session, res: Resolver, name: tuple[str, str, str])
     """SELECT on one relation of the main database (resolved), which must exist and not be duckdb-ft's."""
     local = res.local(name, session.role)
     if name[1].lower() == catalog.SCHEMA:
-        raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the duckdb-ft "
-                               "catalog is reached only through its functions and statements")
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, "SCHEMA", catalog.SCHEMA,
+                                  reason="the duckdb-ft catalog is reached only through its functions and statements")
     kind = res.kind(name)
     if kind is None:
-        raise PermissionDenied(f"Insufficient privileges to operate on table '{local}': it does not exist or is "
-                               f"not a table of this database (current role: {session.role})")
+        raise PermissionDenied.of("SELECT", "TABLE", local, session.role,
+                                  reason="it does not exist or is not a table of this database")
     res.checker.require("SELECT", kind, local)
     return local
 
@@ -204,8 +207,8 @@ def _target(session: Session, res: Resolver, table: Any) -> tuple[str, str, str]
     name = res.target((table.catalog, table.db, table.name))
     local = res.local(name, session.role)
     if local.split(".", 1)[0] == catalog.SCHEMA:
-        raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the duckdb-ft "
-                               "catalog changes only through its functions and statements")
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, "SCHEMA", catalog.SCHEMA,
+                                  reason="the duckdb-ft catalog changes only through its functions and statements")
     return name
 
 
@@ -213,63 +216,76 @@ def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = N
     res = Resolver(cur, session.schema, params)
     res.text, res.checker = text, session.checker()
     d = Decision(text, kind)
-    if kind == "SELECT":
-        d.reads = _check_query(session, cur, res, parse_query(cur, text), text)
-        return d
-    if kind == "TRANSACTION":
-        word = text.split()[0].upper() if text.split() else ""
-        session.in_transaction = word in ("BEGIN", "START") or (session.in_transaction and word not in (
-            "COMMIT", "END", "ROLLBACK", "ABORT"))
-        return d
-    if kind == "MULTI":  # DuckDB's PIVOT without an IN list: a query at bind time, then the statement
-        _check_reading(session, Reading(unbound_pivots=1))
-    if kind not in ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "SET"):
-        raise _deny(f"{kind} is for the administrator only", session)
-    stmt = _one_sqlglot(session, text)
+    check = STATEMENTS.get(kind)
+    if check is None:
+        raise _deny(ADMIN_ONLY.get(kind) or f"{kind} is for the administrator only", session)
+    check(session, cur, res, d)
+    return d
+
+
+def _query(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    d.reads = _check_query(session, cur, res, parse_query(cur, d.text), d.text)
+
+
+def _transaction(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    word = d.text.split()[0].upper() if d.text.split() else ""
+    session.in_transaction = word in ("BEGIN", "START") or (session.in_transaction and word not in (
+        "COMMIT", "END", "ROLLBACK", "ABORT"))
+
+
+def _set_variable(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    stmt = _one_sqlglot(session, d.text)
+    items = stmt.expressions if isinstance(stmt, exp.Set) else []
+    if not items or any(str(i.args.get("kind") or "").upper() != "VARIABLE" for i in items):
+        raise _deny("SET is for the administrator only (a user session may SET VARIABLE)", session)
+    for item in items:
+        value = item.this.expression if isinstance(item.this, exp.EQ) else None
+        if value is None:
+            raise _deny("this SET VARIABLE cannot be checked, so only the administrator may run it", session)
+        query = f"SELECT {value.sql(dialect=DIALECT)}"
+        d.reads |= _check_query(session, cur, res, parse_query(cur, query), query)
+
+
+def _write(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    """INSERT, UPDATE, DELETE: the privilege on the target, SELECT on what else is read."""
+    stmt = _one_sqlglot(session, d.text)
+    if not isinstance(stmt, (exp.Insert, exp.Update, exp.Delete)):
+        raise _deny("this statement cannot be checked, so only the administrator may run it", session)
+    target = _target(session, res, stmt.this)
+    local = res.local(target, session.role)
+    res.checker.require(d.kind, res.kind(target) or "TABLE", local)
+    if d.kind != "DELETE" and res.kind(target) == "TABLE":  # its defaults, CHECKs, generated columns run
+        sequences.require_usage(res.checker, sequences.of_table(cur, local))
+    returning = stmt.args.get("returning") is not None or "returning" in d.text.lower()
+    keep = set() if returning or d.kind == "INSERT" else {local}  # UPDATE/DELETE scan their own target
+    if returning:
+        _require_select(session, res, target)  # RETURNING shows the target's rows
+    d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), d.text, keep)
+    d.writes = {local}
+
+
+def _create(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    stmt = _one_sqlglot(session, d.text)
+    ckind = str(stmt.args.get("kind") or "").upper() if isinstance(stmt, exp.Create) else ""
+    if ckind not in ("TABLE", "VIEW") or stmt.find(exp.TemporaryProperty) is not None:
+        raise _deny("CREATE of anything but a table or view of the main database is for the administrator only",
+                    session)
+    target = _target(session, res, stmt.this)
+    local = res.local(target, session.role)
     check = res.checker
-    if kind == "SET":
-        items = stmt.expressions if isinstance(stmt, exp.Set) else []
-        if not items or any(str(i.args.get("kind") or "").upper() != "VARIABLE" for i in items):
-            raise _deny("SET is for the administrator only (a user session may SET VARIABLE)", session)
-        for item in items:
-            value = item.this.expression if isinstance(item.this, exp.EQ) else None
-            if value is None:
-                raise _deny("this SET VARIABLE cannot be checked, so only the administrator may run it", session)
-            query = f"SELECT {value.sql(dialect=DIALECT)}"
-            d.reads |= _check_query(session, cur, res, parse_query(cur, query), query)
-        return d
-    if kind in ("INSERT", "UPDATE", "DELETE"):
-        if not isinstance(stmt, (exp.Insert, exp.Update, exp.Delete)):
-            raise _deny("this statement cannot be checked, so only the administrator may run it", session)
-        target = _target(session, res, stmt.this)
-        local = res.local(target, session.role)
-        check.require(kind, res.kind(target) or "TABLE", local)
-        if kind != "DELETE" and res.kind(target) == "TABLE":  # its defaults, CHECKs, generated columns run
-            sequences.require_usage(check, sequences.of_table(cur, local))
-        returning = stmt.args.get("returning") is not None or "returning" in text.lower()
-        keep = set() if returning or kind == "INSERT" else {local}  # UPDATE/DELETE scan their own target
-        if returning:
-            _require_select(session, res, target)  # RETURNING shows the target's rows
-        d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), text, keep)
-        d.writes = {local}
-        return d
-    if kind == "CREATE":
-        ckind = str(stmt.args.get("kind") or "").upper() if isinstance(stmt, exp.Create) else ""
-        if ckind not in ("TABLE", "VIEW") or stmt.find(exp.TemporaryProperty) is not None:
-            raise _deny("CREATE of anything but a table or view of the main database is for the administrator only",
-                        session)
-        target = _target(session, res, stmt.this)
-        local = res.local(target, session.role)
-        check.require(f"CREATE {ckind}", "SCHEMA", local.split(".", 1)[0])
-        existing = res.kind(target)
-        if existing and not check.owns(existing, local) and (stmt.args.get("replace") or not stmt.args.get("exists")):
-            raise PermissionDenied(f"Insufficient privileges to operate on {existing.lower()} '{local}': it exists "
-                                   f"and replacing it needs OWNERSHIP (current role: {session.role})")
-        query = stmt.expression  # its query, or none: column types and defaults are checked all the same
-        plan = None if query is None else text if ckind == "TABLE" else query.sql(dialect=DIALECT)
-        d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), plan) - {local}
-        d.creates = (ckind, local)
-        return d
+    check.require(f"CREATE {ckind}", "SCHEMA", local.split(".", 1)[0])
+    existing = res.kind(target)
+    if existing and not check.owns(existing, local) and (stmt.args.get("replace") or not stmt.args.get("exists")):
+        raise PermissionDenied.of("OWNERSHIP", existing, local, session.role,
+                                  reason="it exists and replacing it needs OWNERSHIP")
+    query = stmt.expression  # its query, or none: column types and defaults are checked all the same
+    plan = None if query is None else d.text if ckind == "TABLE" else query.sql(dialect=DIALECT)
+    d.reads = _check_query(session, cur, res, _queries(session, cur, stmt), plan) - {local}
+    d.creates = (ckind, local)
+
+
+def _drop(session: Session, cur: Any, res: Resolver, d: Decision) -> None:
+    stmt = _one_sqlglot(session, d.text)
     dkind = str(stmt.args.get("kind") or "").upper() if isinstance(stmt, exp.Drop) else ""
     if dkind not in ("TABLE", "VIEW") or stmt.args.get("cascade"):
         raise _deny("DROP of anything but a table or view (without CASCADE) is for the administrator only", session)
@@ -278,9 +294,32 @@ def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = N
         local = res.local(target, session.role)
         if res.kind(target) is None:
             continue  # DuckDB says whether it exists (IF EXISTS or an error)
-        check.require_owner(res.kind(target), local, f"DROP {dkind}")
+        res.checker.require_owner(res.kind(target), local, f"DROP {dkind}")
         d.drops.append((res.kind(target), local))
-    return d
+
+
+#: What a user session may run, by the statement type DuckDB's parser names (as sqlglot's STATEMENT_PARSERS: a
+#: kind -> its check, which fills in the :class:`Decision` or raises PermissionDenied). Adding a statement kind is
+#: one entry here; every other kind is in :data:`ADMIN_ONLY`.
+STATEMENTS: dict[str, Callable[[Session, Any, Resolver, Decision], None]] = {
+    "SELECT": _query,  # SELECT, FROM-first, VALUES, set operations, PIVOT ... IN, UNPIVOT, DESCRIBE, SUMMARIZE
+    "TRANSACTION": _transaction,
+    "SET": _set_variable,
+    "INSERT": _write,
+    "UPDATE": _write,
+    "DELETE": _write,
+    "CREATE": _create,
+    "DROP": _drop,
+}
+#: Every other statement type DuckDB's parser names: for the administrator only, with the reason a denial gives
+#: (None: "<kind> is for the administrator only"). A test checks that the two tables cover DuckDB's types.
+ADMIN_ONLY: dict[str, str | None] = {
+    **dict.fromkeys(("INVALID", "PREPARE", "EXECUTE", "ALTER", "COPY", "ANALYZE", "VARIABLE_SET", "CREATE_FUNC",
+                     "EXPLAIN", "EXPORT", "PRAGMA", "VACUUM", "CALL", "LOAD", "RELATION", "EXTENSION",
+                     "LOGICAL_PLAN", "ATTACH", "DETACH", "COPY_DATABASE", "MERGE_INTO")),
+    # DuckDB's PIVOT without an IN list: a query at bind time, then the statement
+    "MULTI": _UNBOUND_PIVOT,
+}
 
 
 # ---------------------------------------------------------------------------------------------- ownership

@@ -45,9 +45,8 @@ def _lookup(cur: Any, where: str, value: str) -> list[tuple[str, str]]:
 
 def denied(session: Session, name: str) -> PermissionDenied:
     """The one error of a base model a session may not name: missing, a folder, a hub id, not granted."""
-    return PermissionDenied(f"Insufficient privileges to operate on base model {name!r}: it does not exist or USAGE "
-                            f"is required (current role: {session.role}; SHOW BASE MODELS lists the base models you "
-                            "may use)")
+    return PermissionDenied.of("USAGE", "BASE MODEL", name, session.role, reason="it does not exist or USAGE is "
+                               "required", hint="SHOW BASE MODELS lists the base models you may use")
 
 
 def base_model_for(session: Session | None, cur: Any, name: Any, builtin: Iterable[str]) -> Any:

@@ -70,8 +70,8 @@ def parse_query(cur: Any, sql: str) -> Reading:
     """
     tree = json.loads(cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     if tree.get("error"):
-        raise PermissionDenied(f"Insufficient privileges: this statement cannot be checked, so only the "
-                               f"administrator may run it ({tree.get('error_message')})")
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, reason="this statement cannot be checked, so only "
+                                  f"the administrator may run it ({tree.get('error_message')})")
     out = Reading()
     _walk(tree.get("statements", []), frozenset(), out)
     return out
@@ -143,8 +143,8 @@ def plan_scans(cur: Any, sql: str, params: Any = None) -> tuple[set[Name], set[s
     try:
         rows = cur.execute(f"EXPLAIN (FORMAT json) {sql}", params if params else None).fetchall()
     except Exception as e:
-        raise PermissionDenied(f"Insufficient privileges: this statement cannot be checked, so only the "
-                               f"administrator may run it ({str(e).splitlines()[0]})") from None
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, reason="this statement cannot be checked, so only "
+                                  f"the administrator may run it ({str(e).splitlines()[0]})") from None
     tables: set[Name] = set()
     functions: set[str] = set()
 
@@ -226,8 +226,9 @@ class Resolver:
     def local(self, name: Name, role: str) -> str:
         """``schema.name`` of an object of the main database; any other database is refused."""
         if not self.is_main(name[0]):
-            where = "temporary objects" if name[0].lower() == "temp" else f"database '{name[0]}'"
-            raise PermissionDenied(f"Insufficient privileges to operate on {where}: only the main database "
-                                   f"'{self.main}' is governed, so {'.'.join(name)} is for the administrator only "
-                                   f"(current role: {role})")
+            temp = name[0].lower() == "temp"
+            raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, "TEMPORARY OBJECTS" if temp else "DATABASE",
+                                      None if temp else name[0], role,
+                                      reason=f"only the main database '{self.main}' is governed, so "
+                                             f"{'.'.join(name)} is for the administrator only")
         return f"{name[1]}.{name[2]}"

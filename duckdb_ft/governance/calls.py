@@ -56,8 +56,8 @@ REVIEWED_ADMIN = {"current_setting", "current_database", "current_schema", "curr
 
 def deny_call(session: Session, what: str, name: str) -> PermissionDenied:
     """The one error for a function or type that does not exist or that the role may not use."""
-    return PermissionDenied(f"Insufficient privileges: {what} '{name}' does not exist or is for the administrator "
-                            f"only (current role: {session.role})")
+    return PermissionDenied.of(PermissionDenied.ADMINISTRATOR, role=session.role,
+                               reason=f"{what} '{name}' does not exist or is for the administrator only")
 
 
 _TYPES: dict[str, frozenset] = {}

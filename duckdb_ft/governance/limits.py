@@ -27,6 +27,7 @@ def check_training_options(session: Session, opts: TrainingOptions) -> None:
         return
     set_ = [f"{k} {getattr(opts, k)!r}" for k, default in MULTI_NODE.items() if getattr(opts, k) != default]
     if set_:
-        raise PermissionDenied(f"Insufficient privileges: the multi-machine options ({', '.join(set_)}) are for the "
-                               f"administrator only: a job on several machines holds the job queue and opens a "
-                               f"rendezvous port on the database's machine (current role: {session.role})")
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, role=session.role,
+                                  reason=f"the multi-machine options ({', '.join(set_)}) are for the administrator "
+                                         "only: a job on several machines holds the job queue and opens a rendezvous "
+                                         "port on the database's machine")

@@ -102,9 +102,8 @@ def role_limits(cur: Any, role: str) -> dict[str, int]:
 
 
 def _refuse(session: Session, name: str, value: int, need: str) -> PermissionDenied:
-    return PermissionDenied(f"Insufficient privileges: role limit {name} is {value}, and this needs {need} "
-                            f"(current role: {session.role}; SHOW LIMITS lists them, the administrator sets them "
-                            "with ALTER ROLE)")
+    return PermissionDenied.of(name, role=session.role, reason=f"role limit {name} is {value}, and this needs {need}",
+                               hint="SHOW LIMITS lists them, the administrator sets them with ALTER ROLE")
 
 
 def check_job(session: Session, cur: Any, opts: TrainingOptions, new_jobs: int = 1) -> None:

@@ -13,17 +13,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
-from .. import catalog
-from ..catalog import access as accessdb, objects
+from ..catalog import access as accessdb
 from ..errors import PermissionDenied
-from ..queries import parse
-from .sqlglot_reads import SAFE_TABLE_FUNCTIONS, tables_read
 
 ADMIN = "admin"
 PUBLIC = "public"
-TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: Every privilege a role may be granted, and the kinds of object it applies to (``ALL TABLES``: every table and
+#: view of a schema). GRANT's grammar, its check of what applies to what, and the README's privilege table read
+#: this table; ``ALL [PRIVILEGES]`` grants each privilege that applies. Adding a privilege is one entry here (and
+#: the check that needs it: :meth:`Checker.require`).
+PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "SELECT": ("TABLE", "VIEW", "ALL TABLES"),
+    "INSERT": ("TABLE", "ALL TABLES"),
+    "UPDATE": ("TABLE", "ALL TABLES"),
+    "DELETE": ("TABLE", "ALL TABLES"),
+    "USAGE": ("SCHEMA", "MODEL", "BASE MODEL", "SEQUENCE"),
+    "OWNERSHIP": ("TABLE", "VIEW", "MODEL"),
+    "CREATE MODEL": ("SCHEMA",),
+    "CREATE TABLE": ("SCHEMA",),
+    "CREATE VIEW": ("SCHEMA",),
+}
+#: The kinds of object a GRANT names (``ALL TABLES IN SCHEMA s`` besides them).
+OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL", "BASE MODEL", "SEQUENCE")
+
+
+def applicable(kind: str) -> set[str]:
+    """The privileges a GRANT may give on a kind of object (and ALL)."""
+    return {p for p, kinds in PRIVILEGES.items() if kind in kinds} | {"ALL"}
 
 
 def effective_roles(cur: Any, role: str) -> set[str]:
@@ -90,47 +108,16 @@ class Checker:
 
     def require_owner(self, kind: str, name: str, action: str) -> None:
         if not self.owns(kind, name):
-            raise PermissionDenied(
-                f"Insufficient privileges to operate on {kind.lower()} '{name}': {action} needs OWNERSHIP "
-                f"(current role: {self.role})")
+            raise PermissionDenied.of("OWNERSHIP", kind, name, self.role, reason=f"{action} needs OWNERSHIP")
 
     def require_admin(self, action: str) -> None:
         if not self.admin:
-            raise PermissionDenied(f"Insufficient privileges: {action} is for the administrator only "
-                                   f"(current role: {self.role})")
-
-    def require_read(self, names: Iterable[str], functions: Iterable[str] = (), _depth: int = 0,
-                     follow_views: bool = True) -> None:
-        """SELECT on every table and view read, views followed to what they read (unless the caller follows them
-        itself, on DuckDB's own parse: :mod:`.authorize`); external reads: admin only."""
-        if self.admin:
-            return
-        external = sorted(set(functions) - SAFE_TABLE_FUNCTIONS)
-        if external:
-            raise PermissionDenied(
-                f"Insufficient privileges: reading files or other databases ({', '.join(external)}) is for the "
-                f"administrator only (current role: {self.role})")
-        for name in sorted(names):
-            if name.split(".", 1)[0] == catalog.SCHEMA:
-                raise PermissionDenied(f"Insufficient privileges to operate on schema '{catalog.SCHEMA}': the "
-                                       "duckdb-ft catalog is reached only through its functions and statements")
-            kind = objects.relation_kind(self.cur, name)
-            if kind is None:
-                raise PermissionDenied(f"Insufficient privileges to operate on table '{name}': it does not exist "
-                                       f"or is not a table of this database (current role: {self.role})")
-            self.require("SELECT", kind, name)
-            if kind == "VIEW" and follow_views and _depth < 16:
-                sql = objects.view_sql(self.cur, name)
-                if sql:
-                    stmt = parse(sql)[0]
-                    tables, funcs = tables_read(stmt, name.split(".", 1)[0])
-                    self.require_read(tables - {name}, funcs, _depth + 1)
+            raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, role=self.role,
+                                      reason=f"{action} is for the administrator only")
 
     def deny(self, privilege: str, kind: str, name: str) -> None:
         """The one privilege error: ``privilege`` on ``name`` is required (whether or not it exists)."""
         self._deny(privilege, kind, name)
 
     def _deny(self, privilege: str, kind: str, name: str) -> None:
-        raise PermissionDenied(
-            f"Insufficient privileges to operate on {kind.lower()} '{name}': {privilege} is required "
-            f"(current role: {self.role})")
+        raise PermissionDenied.of(privilege, kind, name, self.role)

@@ -63,8 +63,8 @@ def find_parent(cur: Any, session: Session, base_model: str, options: str | None
     if row is None and version is None:
         return None
     if row is None or not session.checker().has("USAGE", "MODEL", full):
-        raise PermissionDenied(f"Insufficient privileges to operate on model '{full}': it does not exist or USAGE "
-                               f"is required to continue training it (current role: {session.role})")
+        raise PermissionDenied.of("USAGE", "MODEL", full, session.role,
+                                  reason="it does not exist or USAGE is required to continue training it")
     lora = json.loads(row["lora_config"])
     given = json.loads(options) if options else {}
     changed = []

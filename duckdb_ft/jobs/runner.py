@@ -78,8 +78,8 @@ class JobRunner:
     def _owned(self, job_id: str, session: Session, action: str) -> dict[str, Any]:
         job = self._get(job_id, session)
         if session is not None and not session.is_admin and job["owner"] not in session.checker().roles:
-            raise PermissionDenied(f"Insufficient privileges to operate on job {job_id}: {action} needs "
-                                   f"OWNERSHIP (owner: {job['owner']}, current role: {session.role})")
+            raise PermissionDenied.of("OWNERSHIP", "JOB", job_id, session.role, reason=f"{action} needs OWNERSHIP",
+                                      hint=f"owner: {job['owner']}")
         return job
 
     def cancel(self, job_id: str, session: Session | None = None) -> str:

@@ -61,9 +61,9 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
     if not modeldb.model_exists(cur, schema, model) or not session.checker().owns("MODEL", f"{schema}.{model}"):
         if session.is_admin:
             raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
-        raise PermissionDenied(f"Insufficient privileges to operate on model '{schema}.{model}': it does not exist "
-                               f"or OWNERSHIP is required (current role: {session.role}; SHOW MODELS lists the "
-                               "models you may use)")  # one error: a user cannot tell the two apart
+        raise PermissionDenied.of(  # one error: a user cannot tell the two apart
+            "OWNERSHIP", "MODEL", f"{schema}.{model}", session.role,
+            reason="it does not exist or OWNERSHIP is required", hint="SHOW MODELS lists the models you may use")
     session.engine.check_current()
     row = modeldb.get_model(cur, schema, model, version)
     if row is None:

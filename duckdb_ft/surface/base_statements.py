@@ -1,14 +1,12 @@
-"""The statements of issue 30's governance, parsed by :mod:`.grammar`, handled here: registered base models
-(``CREATE [OR REPLACE] BASE MODEL name FROM 'folder' | 'org/name'``, ``DROP BASE MODEL [IF EXISTS] name``,
-``SHOW BASE MODELS``; the rules are :mod:`..governance.base_models`'; ``GRANT USAGE ON BASE MODEL name TO ROLE r``
-is a GRANT) and role limits (``ALTER ROLE r SET MAX_QUEUED_JOBS = 5, ...`` / ``UNSET ...``, ``SHOW LIMITS``; the
-rules are :mod:`..governance.quotas`'; ``DESCRIBE ROLE r``, every limit as it binds ``r``:
-:mod:`..governance.run_limits`).
+"""The statements of issue 30's governance, parsed by :mod:`.grammar`, handled here, each an entry of
+:data:`.statements.STATEMENTS`: registered base models (``CREATE [OR REPLACE] BASE MODEL name FROM 'folder' |
+'org/name'``, ``DROP BASE MODEL [IF EXISTS] name``, ``SHOW BASE MODELS``; the rules are
+:mod:`..governance.base_models`'; ``GRANT USAGE ON BASE MODEL name TO ROLE r`` is a GRANT) and role limits
+(``ALTER ROLE r SET MAX_QUEUED_JOBS = 5, ...`` / ``UNSET ...``, ``SHOW LIMITS``; the rules are
+:mod:`..governance.quotas`'; ``DESCRIBE ROLE r``, every limit as it binds ``r``: :mod:`..governance.run_limits`).
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import pyarrow as pa
 
@@ -20,24 +18,24 @@ from .engine import Session
 from .grammar import FtStatement
 
 
-def _create(session: Session, st: FtStatement) -> pa.Table:
+def create(session: Session, st: FtStatement) -> pa.Table:
     message = base_models.create(session, session.engine.cursor(), st.object_name, st.source,
                                  replace=st.replace, if_not_exists=st.if_exists)
     return pa.table({"status": [message]})
 
 
-def _drop(session: Session, st: FtStatement) -> pa.Table:
+def drop(session: Session, st: FtStatement) -> pa.Table:
     return pa.table({"status": [base_models.drop(session, session.engine.cursor(), st.object_name, st.if_exists)]})
 
 
-def _show(session: Session, st: FtStatement) -> pa.Table:
+def show(session: Session, st: FtStatement) -> pa.Table:
     rows = base_models.show(session, session.engine.cursor(), BUILTIN)
     return pa.table({"name": pa.array([r["name"] for r in rows], pa.string()),
                      "source": pa.array([r["source"] for r in rows], pa.string()),
                      "created_on": pa.array([r["created_on"] for r in rows], pa.int64())})
 
 
-def _alter_role(session: Session, st: FtStatement) -> pa.Table:
+def alter_role(session: Session, st: FtStatement) -> pa.Table:
     cur = session.engine.cursor()
     session.checker().require_admin("ALTER ROLE ... SET a limit")
     if st.role != "public" and not accessdb.role_exists(cur, st.role):
@@ -45,21 +43,16 @@ def _alter_role(session: Session, st: FtStatement) -> pa.Table:
     return pa.table({"status": [quotas.set_limits(session, cur, st.role, st.settings)]})
 
 
-def _show_limits(session: Session, st: FtStatement) -> pa.Table:
+def show_limits(session: Session, st: FtStatement) -> pa.Table:
     rows = quotas.show_limits(session, session.engine.cursor())
     return pa.table({"role": pa.array([r["role"] for r in rows], pa.string()),
                      "limit": pa.array([r["limit"] for r in rows], pa.string()),
                      "value": pa.array([r["value"] for r in rows], pa.int64())})
 
 
-def _describe_role(session: Session, st: FtStatement) -> pa.Table:
+def describe_role(session: Session, st: FtStatement) -> pa.Table:
     rows = run_limits.describe_role(session, session.engine.cursor(), st.role)
     return pa.table({"limit": pa.array([r["limit"] for r in rows], pa.string()),
                      "value": pa.array([r["value"] for r in rows], pa.int64()),
                      "set_on": pa.array([r["set_on"] for r in rows], pa.string()),
                      "bounds": pa.array([r["bounds"] for r in rows], pa.string())})
-
-
-HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
-    "CREATE BASE MODEL": _create, "DROP BASE MODEL": _drop, "SHOW BASE MODELS": _show,
-    "ALTER ROLE": _alter_role, "SHOW LIMITS": _show_limits, "DESCRIBE ROLE": _describe_role}

@@ -19,8 +19,8 @@ from ..errors import PermissionDenied, from_duckdb
 from . import router
 from .engine import Session, session_of, unregister
 from .functions import install
-from .grammar import parse_ft_statement
 from .redact import hide_ids
+from .statements import parse_ft_statement
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
 USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}

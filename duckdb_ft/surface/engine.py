@@ -126,8 +126,8 @@ class Engine:
         if row is None and version is not None:
             full = f"{schema}.{model}"
             if session is not None and not session.checker().has("USAGE", "MODEL", full):
-                raise PermissionDenied(f"Insufficient privileges to operate on model '{full}': it does not exist or "
-                                       f"USAGE is required (current role: {session.role})")
+                raise PermissionDenied.of("USAGE", "MODEL", full, session.role,
+                                          reason="it does not exist or USAGE is required")
             if modeldb.model_exists(cur, schema, model):
                 raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
                                f"{schema}.{model} lists them")

@@ -21,7 +21,7 @@ from ..jobs import estimate, shapes
 from . import ai, aisql, router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
-from .grammar import parse_ft_statement
+from .statements import forms, parse_ft_statement
 
 _install_lock = threading.Lock()
 
@@ -99,8 +99,8 @@ def _register_udfs(con: Any, engine: Engine) -> None:
                 out.append(None)
                 continue
             if parse_ft_statement(text) is None:
-                raise InvalidArgument("ft_execute() runs duckdb-ft's own statements (GRANT, REVOKE, CREATE ROLE, "
-                                      "USE ROLE, SHOW MODELS, DROP MODEL, ...); run other SQL directly")
+                raise InvalidArgument(f"ft_execute() runs duckdb-ft's own statements ({forms()}); run other SQL "
+                                      "directly")
             table = router.run(engine.session(sid), None, text)
             out.append(json.dumps(table.to_pylist(), default=str))
         return out

@@ -1,7 +1,9 @@
 """duckdb-ft's own statements, which DuckDB cannot parse: roles, grants, models.
 
-They are read from sqlglot's DuckDB token stream by the small grammar below: a table from a statement's leading
-words to its parser, as sqlglot's STATEMENT_PARSERS. Anything else is DuckDB's.
+They are read from sqlglot's DuckDB token stream by the small grammar below: one parser per statement, for the
+words after its leading ones. The table from leading words to parser and handler, as sqlglot's
+STATEMENT_PARSERS, is :data:`statements.STATEMENTS`; :func:`parse` reads a statement against it. Anything else is
+DuckDB's.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from typing import Any
 import sqlglot
 
 from ..errors import InvalidArgument
+from ..governance.roles import OBJECT_KINDS, PRIVILEGES
 
-
-PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "USAGE", "OWNERSHIP", "CREATE MODEL", "CREATE TABLE",
-              "CREATE VIEW")
-OBJECT_KINDS = ("TABLE", "VIEW", "SCHEMA", "MODEL", "BASE MODEL", "SEQUENCE")
 
 
 @dataclass
@@ -36,6 +35,7 @@ class FtStatement:
     replace: bool = False  # CREATE OR REPLACE
     settings: dict[str, int | None] = field(default_factory=dict)  # ALTER ROLE r SET NAME = n, ... (None: UNSET)
     text: str = ""
+    head: tuple[str, ...] = ()  # the leading words that chose its parser and handler
 
 
 class _Tokens:
@@ -110,15 +110,10 @@ def _privileges(t: _Tokens) -> list[str]:
             t.accept("PRIVILEGES")
             privs.append("ALL")
         else:
-            word = t.peek()
-            if word == "CREATE" and t.peek(1) in ("MODEL", "TABLE", "VIEW"):
-                privs.append(f"CREATE {t.peek(1)}")
-                t.i += 2
-            elif word in PRIVILEGES:
-                privs.append(word)
-                t.i += 1
-            else:
+            found = next((p for p in PRIVILEGES if t.accept(*p.split())), None)
+            if found is None:
                 raise t.error(f"a privilege ({', '.join(PRIVILEGES)}, ALL)")
+            privs.append(found)
         if not t.accept(","):
             return privs
 
@@ -132,7 +127,7 @@ def _object(t: _Tokens, st: FtStatement) -> None:
         return
     kind = t.peek()
     if kind not in OBJECT_KINDS:
-        raise t.error("TABLE, VIEW, SCHEMA, MODEL, BASE MODEL, SEQUENCE or ALL TABLES IN SCHEMA")
+        raise t.error(f"{', '.join(OBJECT_KINDS)} or ALL TABLES IN SCHEMA")
     t.i += 1
     st.object_kind = kind
     st.object_name = t.name() if kind == "SCHEMA" else t.qualified()
@@ -141,56 +136,53 @@ def _object(t: _Tokens, st: FtStatement) -> None:
                               f"'{st.object_name}' without @version")
 
 
-def _grant_or_revoke(t: _Tokens, kind: str) -> FtStatement:
-    to = "TO" if kind == "GRANT" else "FROM"
-    if t.accept("ROLE"):
-        st = FtStatement(kind=f"{kind} ROLE", role=t.name())
-        t.expect(to)
-        if t.peek() not in ("USER", "ROLE"):
-            raise t.error("USER or ROLE")
-        st.grantee_kind = t.peek()
-        t.i += 1
-        st.grantee = t.name()
-        return st
+def grant_role(t: _Tokens, kind: str) -> FtStatement:
+    """GRANT ROLE r TO {USER u | ROLE r2}; REVOKE ROLE r FROM ..."""
+    st = FtStatement(kind=f"{kind} ROLE", role=t.name())
+    t.expect("TO" if kind == "GRANT" else "FROM")
+    if t.peek() not in ("USER", "ROLE"):
+        raise t.error("USER or ROLE")
+    st.grantee_kind = t.peek()
+    t.i += 1
+    st.grantee = t.name()
+    return st
+
+
+def grant(t: _Tokens, kind: str) -> FtStatement:
+    """GRANT privileges ON object TO [ROLE] r; REVOKE privileges ON object FROM [ROLE] r."""
     st = FtStatement(kind=kind, privileges=_privileges(t))
     t.expect("ON")
     _object(t, st)
-    t.expect(to)
+    t.expect("TO" if kind == "GRANT" else "FROM")
     t.accept("ROLE")
     st.role = t.name()
     return st
 
 
-def _show(t: _Tokens) -> FtStatement:
-    if t.accept("USAGE"):
-        return FtStatement(kind="SHOW USAGE")
-    if t.accept("VERSIONS"):
-        t.expect("IN", "MODEL")
-        return _model_name(t, FtStatement(kind="SHOW VERSIONS"), versioned=False)
-    if t.accept("ROLES"):
-        return FtStatement(kind="SHOW ROLES")
-    if t.accept("BASE", "MODELS"):
-        return FtStatement(kind="SHOW BASE MODELS")
-    if t.accept("LIMITS"):
-        return FtStatement(kind="SHOW LIMITS")
-    if t.accept("MODELS"):
-        st = FtStatement(kind="SHOW MODELS")
-        if t.accept("IN"):
-            t.accept("SCHEMA")
-            st.object_kind, st.object_name = "SCHEMA", t.name()
-        return st
-    if t.accept("GRANTS"):
-        st = FtStatement(kind="SHOW GRANTS")
-        if t.accept("TO"):
-            if t.peek() not in ("ROLE", "USER"):
-                raise t.error("ROLE or USER")
-            st.grantee_kind = t.peek()
-            t.i += 1
-            st.grantee = t.name()
-        elif t.accept("ON"):
-            _object(t, st)
-        return st
-    raise t.error("ROLES, MODELS, BASE MODELS, LIMITS, VERSIONS, GRANTS or USAGE")
+def show_models(t: _Tokens) -> FtStatement:
+    st = FtStatement(kind="SHOW MODELS")
+    if t.accept("IN"):
+        t.accept("SCHEMA")
+        st.object_kind, st.object_name = "SCHEMA", t.name()
+    return st
+
+
+def show_grants(t: _Tokens) -> FtStatement:
+    st = FtStatement(kind="SHOW GRANTS")
+    if t.accept("TO"):
+        if t.peek() not in ("ROLE", "USER"):
+            raise t.error("ROLE or USER")
+        st.grantee_kind = t.peek()
+        t.i += 1
+        st.grantee = t.name()
+    elif t.accept("ON"):
+        _object(t, st)
+    return st
+
+
+def show_versions(t: _Tokens) -> FtStatement:
+    t.expect("IN", "MODEL")
+    return _model_name(t, FtStatement(kind="SHOW VERSIONS"), versioned=False)
 
 
 def _model_name(t: _Tokens, st: FtStatement, versioned: bool = True) -> FtStatement:
@@ -203,14 +195,14 @@ def _model_name(t: _Tokens, st: FtStatement, versioned: bool = True) -> FtStatem
     return st
 
 
-def _drop_model(t: _Tokens) -> FtStatement:
+def drop_model(t: _Tokens) -> FtStatement:
     st = _model_name(t, FtStatement(kind="DROP MODEL", if_exists=t.accept("IF", "EXISTS")))
     if st.version is None and t.accept("VERSION"):
         st.version = t.version()
     return st
 
 
-def _alter_model(t: _Tokens) -> FtStatement:
+def alter_model(t: _Tokens) -> FtStatement:
     """ALTER MODEL m SET DEFAULT VERSION v (or Snowflake's SET DEFAULT_VERSION = v); ALTER MODEL m DROP VERSION v."""
     st = _model_name(t, FtStatement(kind="ALTER MODEL"), versioned=False)
     if t.accept("DROP", "VERSION"):
@@ -224,7 +216,7 @@ def _alter_model(t: _Tokens) -> FtStatement:
     return st
 
 
-def _create_base_model(t: _Tokens, replace: bool) -> FtStatement:
+def create_base_model(t: _Tokens, replace: bool) -> FtStatement:
     """CREATE [OR REPLACE] BASE MODEL [IF NOT EXISTS] name FROM 'folder or org/name'."""
     st = FtStatement(kind="CREATE BASE MODEL", replace=replace, if_exists=t.accept("IF", "NOT", "EXISTS"))
     st.object_kind, st.object_name = "BASE MODEL", t.name()
@@ -236,7 +228,12 @@ def _create_base_model(t: _Tokens, replace: bool) -> FtStatement:
     return st
 
 
-def _alter_role(t: _Tokens) -> FtStatement:
+def drop_base_model(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="DROP BASE MODEL", if_exists=t.accept("IF", "EXISTS"), object_kind="BASE MODEL",
+                       object_name=t.name())
+
+
+def alter_role(t: _Tokens) -> FtStatement:
     """ALTER ROLE r SET NAME = n [, NAME = n ...] | UNSET NAME [, NAME ...]: a role's limits."""
     st = FtStatement(kind="ALTER ROLE", role=t.name())
     unset = t.accept("UNSET")
@@ -256,42 +253,35 @@ def _alter_role(t: _Tokens) -> FtStatement:
             return st
 
 
-# Leading words → parser of the rest. Anything else is DuckDB's.
-FT_STATEMENTS: dict[tuple[str, ...], Any] = {
-    ("CREATE", "ROLE"): lambda t: FtStatement(kind="CREATE ROLE", if_exists=t.accept("IF", "NOT", "EXISTS"),
-                                               role=t.name()),
-    ("DROP", "ROLE"): lambda t: FtStatement(kind="DROP ROLE", if_exists=t.accept("IF", "EXISTS"), role=t.name()),
-    ("GRANT",): lambda t: _grant_or_revoke(t, "GRANT"),
-    ("REVOKE",): lambda t: _grant_or_revoke(t, "REVOKE"),
-    ("USE", "ROLE"): lambda t: FtStatement(kind="USE ROLE", role=t.name()),
-    ("SHOW", "ROLES"): None, ("SHOW", "MODELS"): None, ("SHOW", "GRANTS"): None,  # all by _show
-    ("SHOW", "VERSIONS"): None, ("SHOW", "USAGE"): None, ("SHOW", "BASE"): None, ("SHOW", "LIMITS"): None,
-    ("CREATE", "BASE", "MODEL"): lambda t: _create_base_model(t, False),
-    ("CREATE", "OR", "REPLACE", "BASE", "MODEL"): lambda t: _create_base_model(t, True),
-    ("DROP", "BASE", "MODEL"): lambda t: FtStatement(kind="DROP BASE MODEL", if_exists=t.accept("IF", "EXISTS"),
-                                                      object_kind="BASE MODEL", object_name=t.name()),
-    ("DROP", "MODEL"): _drop_model,
-    ("ALTER", "MODEL"): _alter_model,
-    ("ALTER", "ROLE"): _alter_role,
-    ("DESCRIBE", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
-    ("DESC", "MODEL"): lambda t: _model_name(t, FtStatement(kind="DESCRIBE MODEL")),
-    ("DESCRIBE", "ROLE"): lambda t: FtStatement(kind="DESCRIBE ROLE", role=t.name()),
-    ("DESC", "ROLE"): lambda t: FtStatement(kind="DESCRIBE ROLE", role=t.name()),
-}
+def describe_model(t: _Tokens) -> FtStatement:
+    return _model_name(t, FtStatement(kind="DESCRIBE MODEL"))
 
 
-def parse_ft_statement(sql: str) -> FtStatement | None:
-    """Parse a duckdb-ft statement; None when the statement is not one of ours (DuckDB runs it)."""
+def create_role(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="CREATE ROLE", if_exists=t.accept("IF", "NOT", "EXISTS"), role=t.name())
+
+
+def drop_role(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="DROP ROLE", if_exists=t.accept("IF", "EXISTS"), role=t.name())
+
+
+def describe_role(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="DESCRIBE ROLE", role=t.name())
+
+
+def use_role(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="USE ROLE", role=t.name())
+
+
+def parse(sql: str, parsers: dict[tuple[str, ...], Any]) -> FtStatement | None:
+    """Parse ``sql`` with the parser of the first entry of ``parsers`` (leading words -> parser of the rest) whose
+    words lead it; None when none does (the statement is DuckDB's)."""
     t = _Tokens(sql)
-    for head, parser in FT_STATEMENTS.items():
+    for head, parser in parsers.items():
         if all(t.peek(k) == w for k, w in enumerate(head)):
-            if head[0] == "SHOW":
-                t.i += 1
-                st = _show(t)
-            else:
-                t.i += len(head)
-                st = parser(t)
+            t.i += len(head)
+            st = parser(t)
             t.end()
-            st.text = sql
+            st.text, st.head = sql, head
             return st
     return None

@@ -13,16 +13,15 @@ from typing import Any
 from ..catalog import access as accessdb
 from ..governance.authorize import authorize, run_owned
 from ..governance.ownership import check_admin_create
+from . import statements
 from .engine import Session
-from .grammar import parse_ft_statement
-from .statements import HANDLERS
 
 
 def run(session: Session, con: Any, sql: str, params: Any = None) -> Any:
     """Run one statement for ``session``: a pyarrow Table for duckdb-ft statements, else DuckDB's result."""
-    st = parse_ft_statement(sql) if isinstance(sql, str) else None
+    st = statements.parse_ft_statement(sql) if isinstance(sql, str) else None
     if st is not None:
-        return HANDLERS[st.kind](session, st)
+        return statements.run(session, st)
     if session.is_admin:
         before_admin(session, con, sql)
         result = con.sql(sql, params=params) if params else con.sql(sql)

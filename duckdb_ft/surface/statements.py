@@ -4,6 +4,7 @@ the catalog, and answers with a small table (pyarrow), as Snowflake answers the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -14,19 +15,10 @@ from ..governance import base_models, roles, sequences
 from ..ml.models import BUILTIN
 from ..queries import parse_model_name
 from .engine import Session
-from . import base_statements, usage
+from . import base_statements, grammar, usage
 from .grammar import FtStatement
 
-#: The privileges GRANT accepts on each kind of object.
-OBJECT_PRIVILEGES = {
-    "TABLE": {"SELECT", "INSERT", "UPDATE", "DELETE", "OWNERSHIP", "ALL"},
-    "VIEW": {"SELECT", "OWNERSHIP", "ALL"},
-    "ALL TABLES": {"SELECT", "INSERT", "UPDATE", "DELETE", "ALL"},
-    "SCHEMA": {"USAGE", "CREATE MODEL", "CREATE TABLE", "CREATE VIEW", "ALL"},
-    "MODEL": {"USAGE", "OWNERSHIP", "ALL"},
-    "BASE MODEL": {"USAGE"},
-    "SEQUENCE": {"USAGE"},
-}
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
     def column(c: str) -> pa.Array:
         values = [r.get(c) for r in rows]
@@ -104,15 +96,15 @@ def _no_such_model(session: Session, name: str, need: str = "USAGE") -> None:
     """A model the role may not use is told apart from none at all only to the administrator."""
     if session.is_admin:
         raise NotFound(f"model '{name}' does not exist (SHOW MODELS lists them)")
-    raise PermissionDenied(f"Insufficient privileges to operate on model '{name}': it does not exist or {need} is "
-                           f"required (current role: {session.role}; SHOW MODELS lists the models you may use)")
+    raise PermissionDenied.of(need, "MODEL", name, session.role, reason=f"it does not exist or {need} is required",
+                              hint="SHOW MODELS lists the models you may use")
 
 
 def _grant(session: Session, st: FtStatement, revoke: bool = False) -> pa.Table:
     cur = session.engine.cursor()
     kind, name = _object(session, st)
     _role_must_exist(cur, st.role)
-    allowed = OBJECT_PRIVILEGES["TABLE" if kind == "VIEW" and "OWNERSHIP" not in st.privileges else kind]
+    allowed = roles.applicable("TABLE" if kind == "VIEW" and "OWNERSHIP" not in st.privileges else kind)
     for p in st.privileges:
         if p not in allowed:
             raise InvalidArgument(f"privilege {p} does not apply to {kind.lower()} '{name}'; "
@@ -262,6 +254,8 @@ def _drop_model(session: Session, st: FtStatement) -> pa.Table:
 
 
 def _alter_model(session: Session, st: FtStatement) -> pa.Table:
+    if st.kind == "DROP MODEL":  # ALTER MODEL m DROP VERSION v
+        return _drop_model(session, st)
     schema, name, _ = _model(session, st, "OWNERSHIP")  # the version exists
     full = f"{schema}.{name}"
     session.checker().require_owner("MODEL", full, "ALTER MODEL")
@@ -286,21 +280,58 @@ def _describe_model(session: Session, st: FtStatement) -> pa.Table:
     return _table([model], list(model))
 
 
-HANDLERS: dict[str, Callable[[Session, FtStatement], pa.Table]] = {
-    "CREATE ROLE": _create_role,
-    "DROP ROLE": _drop_role,
-    "GRANT": _grant,
-    "REVOKE": lambda s, st: _grant(s, st, revoke=True),
-    "GRANT ROLE": _grant_role,
-    "REVOKE ROLE": lambda s, st: _grant_role(s, st, revoke=True),
-    "USE ROLE": _use_role,
-    "SHOW ROLES": _show_roles,
-    "SHOW GRANTS": _show_grants,
-    "SHOW MODELS": _show_models,
-    "DROP MODEL": _drop_model,
-    "ALTER MODEL": _alter_model,
-    "SHOW VERSIONS": _show_versions,
-    "SHOW USAGE": lambda s, st: _table(usage.usage_rows(s.engine, s), usage.USAGE_COLUMNS),
-    "DESCRIBE MODEL": _describe_model,
-    **base_statements.HANDLERS,
+@dataclass(frozen=True)
+class Statement:
+    """One of duckdb-ft's statements: the parser of the words after its leading ones, and its handler."""
+
+    parse: Callable[[Any], FtStatement]
+    run: Callable[[Session, FtStatement], pa.Table]
+
+
+#: duckdb-ft's own statements, as sqlglot's STATEMENT_PARSERS: leading words -> parser and handler. The first entry
+#: whose words lead a statement takes it (a longer head before a shorter one it starts with); anything else is
+#: DuckDB's. SHOW forms are entries like any other. Adding a statement is one entry here.
+STATEMENTS: dict[tuple[str, ...], Statement] = {
+    ("CREATE", "ROLE"): Statement(grammar.create_role, _create_role),
+    ("DROP", "ROLE"): Statement(grammar.drop_role, _drop_role),
+    ("GRANT", "ROLE"): Statement(lambda t: grammar.grant_role(t, "GRANT"), _grant_role),
+    ("REVOKE", "ROLE"): Statement(lambda t: grammar.grant_role(t, "REVOKE"),
+                                  lambda s, st: _grant_role(s, st, revoke=True)),
+    ("GRANT",): Statement(lambda t: grammar.grant(t, "GRANT"), _grant),
+    ("REVOKE",): Statement(lambda t: grammar.grant(t, "REVOKE"), lambda s, st: _grant(s, st, revoke=True)),
+    ("USE", "ROLE"): Statement(grammar.use_role, _use_role),
+    ("SHOW", "ROLES"): Statement(lambda t: FtStatement(kind="SHOW ROLES"), _show_roles),
+    ("SHOW", "GRANTS"): Statement(grammar.show_grants, _show_grants),
+    ("SHOW", "MODELS"): Statement(grammar.show_models, _show_models),
+    ("SHOW", "VERSIONS"): Statement(grammar.show_versions, _show_versions),
+    ("SHOW", "USAGE"): Statement(lambda t: FtStatement(kind="SHOW USAGE"),
+                                 lambda s, st: _table(usage.usage_rows(s.engine, s), usage.USAGE_COLUMNS)),
+    ("DROP", "MODEL"): Statement(grammar.drop_model, _drop_model),
+    ("ALTER", "MODEL"): Statement(grammar.alter_model, _alter_model),
+    ("DESCRIBE", "MODEL"): Statement(grammar.describe_model, _describe_model),
+    ("DESC", "MODEL"): Statement(grammar.describe_model, _describe_model),
+    ("CREATE", "BASE", "MODEL"): Statement(lambda t: grammar.create_base_model(t, False), base_statements.create),
+    ("CREATE", "OR", "REPLACE", "BASE", "MODEL"): Statement(lambda t: grammar.create_base_model(t, True),
+                                                            base_statements.create),
+    ("DROP", "BASE", "MODEL"): Statement(grammar.drop_base_model, base_statements.drop),
+    ("SHOW", "BASE", "MODELS"): Statement(lambda t: FtStatement(kind="SHOW BASE MODELS"), base_statements.show),
+    ("ALTER", "ROLE"): Statement(grammar.alter_role, base_statements.alter_role),
+    ("SHOW", "LIMITS"): Statement(lambda t: FtStatement(kind="SHOW LIMITS"), base_statements.show_limits),
+    ("DESCRIBE", "ROLE"): Statement(grammar.describe_role, base_statements.describe_role),
+    ("DESC", "ROLE"): Statement(grammar.describe_role, base_statements.describe_role),
 }
+
+
+def parse_ft_statement(sql: str) -> FtStatement | None:
+    """Parse a duckdb-ft statement; None when the statement is not one of ours (DuckDB runs it)."""
+    return grammar.parse(sql, {head: s.parse for head, s in STATEMENTS.items()})
+
+
+def run(session: Session, st: FtStatement) -> pa.Table:
+    """Run a parsed duckdb-ft statement with its handler."""
+    return STATEMENTS[st.head].run(session, st)
+
+
+def forms() -> str:
+    """The statements of :data:`STATEMENTS`, for an error that lists them (``GRANT, REVOKE, CREATE ROLE, ...``)."""
+    return ", ".join(dict.fromkeys(" ".join(head) for head in STATEMENTS))
