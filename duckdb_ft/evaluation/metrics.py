@@ -27,9 +27,13 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..ml.models import LoadedModel
+    from .sqlmatch import Sandbox
 
 
 #: What a metric scores from: the texts alone, sql_match's sandbox (built once per evaluation, only when a wanted
@@ -46,9 +50,9 @@ class Scoring:
     refs: Sequence[str]
     preds: Sequence[str | None]
     model_name: str = ""
-    model: Any = None  # the loaded model (metrics that need MODEL)
+    model: LoadedModel | None = None  # metrics that need MODEL
     adapter: str | None = None
-    sandbox: Any = None  # sql_match's sandbox (SANDBOX)
+    sandbox: Sandbox | None = None  # sql_match's (SANDBOX)
     cur: Any = None  # a cursor of the session's engine (SQL)
 
 
