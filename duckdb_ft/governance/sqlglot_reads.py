@@ -1,8 +1,8 @@
 """sqlglot's reading of a statement: the tables and views it names, and its table functions.
 
 A second reading of the text, not DuckDB's: the authorizer decides on DuckDB's own parse and plan
-(:mod:`.bound`, :mod:`.authorize`). This reading serves :meth:`.roles.Checker.require_read`'s view following and
-EVALUATE's user metrics, which look at an expression's subqueries.
+(:mod:`.bound`, :mod:`.authorize`). This reading serves EVALUATE's sql_match sandbox, which copies the tables its
+reference queries read.
 """
 
 from __future__ import annotations
