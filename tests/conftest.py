@@ -1,7 +1,7 @@
 """Shared fixtures (a temporary model cache, the real default model, a tiny two-layer Llama and its tokenized
 ``PAIRS``, an in-memory database, the ``faq`` and ``big`` tables) and the helpers test files share (``rows``,
 ``one``, ``create``, ``describe``, ``wait``, ``wait_for``, ``catalog_counts``, ``python_output``, ``peft_model``,
-``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``allow_base_model``; the options ``FAST``,
+``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``refused``, ``allow_base_model``; the ``limited`` fixture; the options ``FAST``,
 ``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line): ``from conftest import ...``. Test modules
 import nothing from each other. Set-ups that train (``apple``, ``tiny``) are made once a run and never changed; a
 test that changes a trained database works on a copy of its file.
@@ -144,6 +144,11 @@ def denied(con, sql, *params, match="Insufficient privileges"):
         con.execute(sql, list(params)).fetchall()
 
 
+def refused(con, limit, sql, *params):
+    """``sql`` run on ``con`` is refused by the role limit ``limit``, which the error names."""
+    denied(con, sql, *params, match=f"role limit {limit} is")
+
+
 def user_connection(admin, user: str):
     """A user session on the administrator's database (an in-memory one: the same instance)."""
     from duckdb_ft.surface.connection import Connection
@@ -258,6 +263,19 @@ def apple_copy(apple, tmp_path_factory):
     copy = tmp_path_factory.mktemp("apple_copy") / "apple.duckdb"
     shutil.copyfile(db, copy)
     return str(copy), job, answers
+
+
+@pytest.fixture
+def limited():
+    """The attack database's administrator and user ``u1`` (role ``attacker``), for the role-limit tests."""
+    import duckdb_ft
+
+    admin = duckdb_ft.connect()
+    setup_attack_db(admin)
+    u1 = user_connection(admin, "u1")
+    yield admin, u1
+    u1.close()
+    admin.close()
 
 
 @pytest.fixture

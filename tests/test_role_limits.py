@@ -7,26 +7,10 @@ import json
 
 import pytest
 
-import duckdb_ft
 from duckdb_ft.errors import InvalidArgument, PermissionDenied
-from conftest import allow_base_model, setup_attack_db, user_connection
+from conftest import allow_base_model, refused
 
 Q = "SELECT s AS prompt, s AS completion FROM pub"
-
-
-@pytest.fixture
-def limited():
-    admin = duckdb_ft.connect()
-    setup_attack_db(admin)
-    u1 = user_connection(admin, "u1")
-    yield admin, u1
-    u1.close()
-    admin.close()
-
-
-def refused(con, limit, sql, *params):
-    with pytest.raises(PermissionDenied, match=f"role limit {limit} is"):
-        con.execute(sql, list(params)).fetchall()
 
 
 def test_only_the_administrator_sets_limits_and_a_role_sees_its_own(limited):

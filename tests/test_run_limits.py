@@ -9,28 +9,18 @@ import json
 import pytest
 
 import duckdb_ft
-from duckdb_ft.errors import PermissionDenied
 from duckdb_ft.governance import quotas
-from conftest import allow_base_model, catalog_counts, describe, one, setup_attack_db, user_connection
+from conftest import allow_base_model, catalog_counts, describe, one, refused
 
 Q = "SELECT s AS prompt, s AS completion FROM pub"  # 5 rows
 NOTHING = {"jobs": 0, "job_rows": 0, "metrics": 0, "models": 0, "checkpoints": 0}
 
 
 @pytest.fixture
-def limited(tiny_model_path):
-    admin = duckdb_ft.connect()
-    setup_attack_db(admin)
-    allow_base_model(admin, tiny_model_path)
-    u1 = user_connection(admin, "u1")
-    yield admin, u1
-    u1.close()
-    admin.close()
-
-
-def refused(con, limit, sql, *params):
-    with pytest.raises(PermissionDenied, match=f"role limit {limit} is"):
-        con.execute(sql, list(params)).fetchall()
+def limited(limited, tiny_model_path):
+    """conftest's ``limited``, with the tiny model registered as a base model every role may use."""
+    allow_base_model(limited[0], tiny_model_path)
+    return limited
 
 
 CREATE = "SELECT finetune('CREATE', 'ml.m', 'tiny', ?, ?, ?)"
