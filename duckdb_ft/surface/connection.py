@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import PermissionDenied, from_duckdb
-from . import router
+from . import cursors, router
 from .engine import Session, session_of, unregister
 from .functions import install
 from .redact import hide_ids
@@ -158,9 +158,11 @@ class Connection:
 
     def cursor(self) -> "Connection":
         """Another connection to the same database, as the same user and role."""
-        raw = self._raw.cursor()
-        session = install(raw, user=self.session.user)
-        session.role = self.session.role
+        raw = self._raw.cursor()  # given a session like this one's as it opens (surface/cursors.py)
+        session = cursors.session_of(raw)
+        if session is None or session.user != self.session.user:  # never another identity than this one's
+            session = install(raw, user=self.session.user)
+            session.role = self.session.role
         return Connection(raw, session)
 
     def close(self) -> None:

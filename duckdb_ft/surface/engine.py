@@ -4,6 +4,7 @@ and the registry that finds a connection's engine.
 DuckDB registers Python functions on the database instance (every connection and cursor of it sees them), while
 macros are per connection. So the engine (internal cursors, catalog, job worker, model resolution) lives with
 the instance, and each connection's macros carry the id of its :class:`Session` (who is calling) into the UDFs.
+A cursor of an installed connection is given its own session of the same user as it opens (:mod:`.cursors`).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class Engine:
         except KeyError:
             raise FtError(f"unknown duckdb-ft session {session_id!r}: call duckdb_ft.install(con) on this connection")
 
-    def new_session(self, user: str | None = None) -> "Session":
-        role = roles.ADMIN if user is None or self.read_only else roles.default_role(self.cursor(), user)
+    def new_session(self, user: str | None = None, role: str | None = None) -> "Session":
+        """A new session of ``user`` (None: the administrator), in ``role`` or else the user's default role."""
+        if role is None:
+            role = roles.ADMIN if user is None or self.read_only else roles.default_role(self.cursor(), user)
         s = Session(engine=self, user=user, role=role)
         self.sessions[s.id] = s
         return s

@@ -2,7 +2,7 @@
 
 Python UDFs are registered once per database instance, under internal names (``__ft_*``); the public names
 (``complete``, ``try_complete``, ``finetune``, ...) are temporary macros created on each connection, which pass the
-connection's session id to the UDFs. Each UDF parses its arguments, calls one core function and formats the
+connection's session id to the UDFs; a cursor of an installed connection gets its own (:mod:`.cursors`). Each UDF parses its arguments, calls one core function and formats the
 result; core errors become SQL errors only here.
 """
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import estimate, shapes
-from . import ai, aisql, router, usage
+from . import ai, aisql, cursors, router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
 from .statements import forms, parse_ft_statement
@@ -247,6 +247,7 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
         the connection's :class:`Session`.
     """
     with _install_lock:
+        cursors.enable(_inherit)
         engine = find_engine(con)
         if engine is None:
             engine = Engine(con, resume_jobs=resume_jobs)
@@ -256,11 +257,24 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
         else:
             new = False
         session = engine.new_session(user)
-        for sql in _macros(session.id):
-            con.execute(sql)
+        _attach(con, session)
         if new:  # after the session's macros: the Cortex macros call __ft_session_id()
             attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
             if "snowflake" not in attached and not engine.read_only:  # a user's own database of that name wins
                 for sql in _cortex_macros():
                     con.execute(sql)
         return session
+
+
+def _attach(con: Any, session: Session) -> None:
+    """Give ``con`` the macros that carry ``session`` into the UDFs, and remember its session (for its cursors)."""
+    for sql in _macros(session.id):
+        con.execute(sql)
+    cursors.bind(con, session)
+
+
+def _inherit(cursor: Any, parent: Session) -> None:
+    """A new cursor of ``parent``'s connection: a session of the same user, role and schema (:mod:`.cursors`)."""
+    session = parent.engine.new_session(parent.user, role=parent.role)
+    session.schema = parent.schema
+    _attach(cursor, session)
