@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from . import ml as _ml  # noqa: F401  imports no model library; asks torch for huge pages if it loads after us
 from .errors import (
     AlreadyExists,
+    AuthenticationFailed,
     FtError,
     Interrupted,
     InvalidArgument,
@@ -50,7 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
-    "AlreadyExists", "PermissionDenied", "JobError", "Interrupted", "RemoteError", "__version__",
+    "AlreadyExists", "AuthenticationFailed", "PermissionDenied", "JobError", "Interrupted", "RemoteError", "__version__",
 ]
 
 

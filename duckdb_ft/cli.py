@@ -2,6 +2,7 @@
 
     duckdb-ft [DATABASE] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
     duckdb-ft demo [DATABASE]
+    duckdb-ft token DATABASE [--user admin] [--days N] [--name NAME]
 
 With ``-c`` or ``-f`` it runs that and exits; with a script on standard input (``duckdb-ft db.duckdb < script.sql``)
 it runs the script; in a terminal it is interactive. A first argument ``demo`` is the subcommand: open a database
@@ -144,8 +145,49 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+def token(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="duckdb-ft token",
+                                description="Mint a programmatic access token (for `duckdb-ft serve`) while no "
+                                            "server holds the database file; print only the token on stdout. "
+                                            "User admin, the administrator, is created if it does not exist.")
+    p.add_argument("database", help="database file")
+    p.add_argument("--user", default="admin", help="the token's user (default: admin, the administrator)")
+    p.add_argument("--days", type=int, default=None, help="days until it expires (default 15, at most 365)")
+    p.add_argument("--name", default=None, help="the token's name (default: cli_<UTC date>_<time>)")
+    args = p.parse_args(argv)
+    import duckdb
+
+    from .catalog import migrations, transaction
+    from .governance.credentials import first_token
+    from .shell.repl import error_message
+
+    try:
+        con = duckdb.connect(args.database)
+    except duckdb.IOException as e:
+        held = "lock" in str(e).lower()
+        print(f"Error: database file {args.database} is open in another process (a running duckdb-ft serve?): "
+              "stop it, or mint a token through it with ALTER USER admin ADD PROGRAMMATIC ACCESS TOKEN name"
+              if held else f"Error: unable to open database {args.database}: {e}", file=sys.stderr)
+        return 2
+    try:
+        cur = con.cursor()
+        migrations.migrate(cur)
+        with transaction(cur):
+            secret, name = first_token(cur, args.user, days=args.days, name=args.name)
+    except Exception as e:  # noqa: BLE001 - one message, no traceback
+        message = error_message(e)
+        print(message if message.startswith("Error:") else f"Error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
+    print(f"Programmatic access token {name} of user {args.user} (ALTER USER {args.user} REMOVE PROGRAMMATIC "
+          f"ACCESS TOKEN {name} revokes it):", file=sys.stderr)
+    print(secret)
+    return 0
+
+
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.
-SUBCOMMANDS = {"demo": demo, "export": export}
+SUBCOMMANDS = {"demo": demo, "export": export, "token": token}
 
 
 def main(argv: list[str] | None = None) -> int:

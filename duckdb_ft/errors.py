@@ -80,6 +80,16 @@ class PermissionDenied(FtError, duckdb.PermissionException):
         return error
 
 
+class AuthenticationFailed(FtError, duckdb.PermissionException):
+    """A password or access token was refused. One message for every cause (unknown user, wrong secret, expired
+    or removed token, a role restriction no longer granted), so a caller learns nothing of which it was."""
+
+    MESSAGE = "authentication failed: invalid, expired or revoked credentials"
+
+    def __init__(self, message: str = MESSAGE):
+        super().__init__(message)
+
+
 class Interrupted(FtError, duckdb.InterruptException):
     """A blocking call was interrupted (``Connection.interrupt()``, Ctrl-C in the shell)."""
 

@@ -38,9 +38,11 @@ STATE = {
     "duckdb_ft.evaluation.evaluate.RUNNING": "one entry per evaluate() call running, removed in its finally",
     "duckdb_ft.catalog.migrations.MIGRATIONS": "filled once at import by @migration, then constant",
     "duckdb_ft.governance.calls._TYPES": "one entry: DuckDB's type names for the version this process runs",
+    "duckdb_ft.governance.credentials.BACKOFF": "an LRU of at most Backoff.size keys, each forgotten after its "
+                                                "window",
 }
 MUTABLE = {"dict", "list", "set", "OrderedDict", "Counter", "deque", "defaultdict", "WeakValueDictionary",
-           "WeakKeyDictionary", "WeakSet"}
+           "WeakKeyDictionary", "WeakSet", "Backoff"}
 CONFIG = {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 
 

@@ -227,6 +227,18 @@ def m014_evaluation_scores(cur: Any) -> None:
     cur.execute(f"DROP TABLE {SCHEMA}.evaluation_rows")
     cur.execute(f"ALTER TABLE {SCHEMA}.evaluation_rows_scored RENAME TO evaluation_rows")
 
+
+@migration
+def m015_users(cur: Any) -> None:
+    # Users who log in (issue 32): a password's scrypt hash (NULL: no password), the DEFAULT_ROLE of CREATE USER;
+    # and their programmatic access tokens, found by the public id their text carries, the secret only hashed.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.users (
+        name VARCHAR PRIMARY KEY, password_hash VARCHAR, default_role VARCHAR, created_on BIGINT NOT NULL)""")
+    cur.execute(f"""CREATE TABLE {SCHEMA}.user_tokens (
+        id VARCHAR PRIMARY KEY, user_name VARCHAR NOT NULL, name VARCHAR NOT NULL, secret_hash VARCHAR NOT NULL,
+        role_restriction VARCHAR, expires_at BIGINT NOT NULL, created_on BIGINT NOT NULL)""")
+
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

@@ -2,8 +2,9 @@
 
 - A session opened without a user is the administrator (role ``admin``): every check passes. The administrator
   may ``USE ROLE r`` to act as any role (and ``USE ROLE admin`` to come back).
-- A user session acts as its current role: the user's first granted role unless ``USE ROLE`` picked another
-  granted one. A role has its own grants, those of the roles granted to it (a hierarchy), and ``public``'s.
+- A user session acts as its current role: the user's DEFAULT_ROLE (CREATE USER) when it is granted to the user,
+  else the user's first granted role, unless ``USE ROLE`` picked another granted one (or a token restricted the
+  session to one role). A user granted the role ``admin`` is an administrator (the server's user ``admin`` is). A role has its own grants, those of the roles granted to it (a hierarchy), and ``public``'s.
 - Objects in a schema need ``USAGE`` on the schema, then the object's privilege: ``SELECT``/``INSERT``/
   ``UPDATE``/``DELETE`` on a table or view (``ALL TABLES IN SCHEMA`` covers a schema's tables and views),
   ``USAGE`` on a model, ``CREATE MODEL``/``CREATE TABLE``/``CREATE VIEW`` on a schema. An object's owner role
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import access as accessdb
+from ..catalog import access as accessdb, users as usersdb
 from ..errors import PermissionDenied
 
 ADMIN = "admin"
@@ -65,10 +66,20 @@ def user_roles(cur: Any, user: str) -> list[str]:
 
 
 def default_role(cur: Any, user: str | None) -> str:
+    """The role a user's session starts with: its DEFAULT_ROLE if granted to it (as Snowflake, naming a default
+    role grants nothing), else its first granted role, else ``public``; None (no user) is the administrator."""
     if user is None:
         return ADMIN
     roles = user_roles(cur, user)
+    chosen = usersdb.default_role(cur, user)
+    if chosen is not None and (chosen in roles or chosen == PUBLIC):
+        return chosen
     return roles[0] if roles else PUBLIC
+
+
+def is_granted(cur: Any, user: str, role: str) -> bool:
+    """Whether ``user`` may act as ``role``: granted to it directly, or ``public``."""
+    return role == PUBLIC or role in user_roles(cur, user)
 
 
 class Checker:

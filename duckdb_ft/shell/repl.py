@@ -22,6 +22,7 @@ import duckdb
 
 from ..errors import FtError, from_duckdb, udf_error
 from ..surface.connection import execute
+from ..surface.redact import mask_secrets
 from . import progress, render, sqltext
 from .commands import COMMANDS, CommandError, Quit, find
 
@@ -50,6 +51,22 @@ def error_message(e: BaseException) -> str:
         m = _DUCKDB_ERROR.match(text)
         return f"{m.group(1)}:\n{m.group(2)}" if m else f"Error: {text}"
     return f"Error: {type(e).__name__}: {text}"
+
+
+def history_store(path: str) -> Any:
+    """The interactive shell's history: the file ``path`` (in memory when it cannot be written), each entry
+    stored with its passwords masked (``CREATE USER u PASSWORD = '***'``)."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    class Masked:
+        def append_string(self, string: str) -> None:
+            super().append_string(mask_secrets(string))  # type: ignore[misc]
+
+    try:
+        open(path, "a").close()
+        return type("MaskedFileHistory", (Masked, FileHistory), {})(path)
+    except OSError:
+        return type("MaskedHistory", (Masked, InMemoryHistory), {})()
 
 
 def _interrupted(e: BaseException) -> bool:
@@ -258,17 +275,11 @@ class Shell:
     def repl(self, history: str | None = None) -> int:
         """The interactive loop: line editing, history, multi-line statements; Ctrl-D or ``.quit`` leaves."""
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
         from prompt_toolkit.lexers import PygmentsLexer
         from pygments.lexers.sql import SqlLexer
 
-        path = os.path.expanduser(history or os.environ.get("DUCKDB_FT_HISTORY") or DEFAULT_HISTORY)
-        try:
-            open(path, "a").close()
-            store: Any = FileHistory(path)
-        except OSError:
-            store = InMemoryHistory()
+        store = history_store(os.path.expanduser(history or os.environ.get("DUCKDB_FT_HISTORY") or DEFAULT_HISTORY))
         keys = KeyBindings()
 
         @keys.add("enter")

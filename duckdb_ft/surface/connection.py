@@ -161,7 +161,7 @@ class Connection:
         raw = self._raw.cursor()  # given a session like this one's as it opens (surface/cursors.py)
         session = cursors.session_of(raw)
         if session is None or session.user != self.session.user:  # never another identity than this one's
-            session = install(raw, user=self.session.user)
+            session = install(raw, user=self.session.user, role=self.session.role_restriction)
             session.role = self.session.role
         return Connection(raw, session)
 

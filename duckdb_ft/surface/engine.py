@@ -66,10 +66,19 @@ class Engine:
             raise FtError(f"unknown duckdb-ft session {session_id!r}: call duckdb_ft.install(con) on this connection")
 
     def new_session(self, user: str | None = None, role: str | None = None) -> "Session":
-        """A new session of ``user`` (None: the administrator), in ``role`` or else the user's default role."""
-        if role is None:
-            role = roles.ADMIN if user is None or self.read_only else roles.default_role(self.cursor(), user)
-        s = Session(engine=self, user=user, role=role)
+        """A session as ``user`` (None: the administrator), acting as ``role`` and held to it (an access token's
+        ROLE_RESTRICTION: it must be granted to the user) or, without one, as the user's default role."""
+        restriction = None
+        if user is None or self.read_only:
+            role = roles.ADMIN
+        elif role is not None:
+            if not roles.is_granted(self.cursor(), user, role):
+                raise PermissionDenied(f"role '{role}' is not granted to user {user}: GRANT ROLE {role} TO USER "
+                                       f"{user} first")
+            restriction = role
+        else:
+            role = roles.default_role(self.cursor(), user)
+        s = Session(engine=self, user=user, role=role, role_restriction=restriction)
         self.sessions[s.id] = s
         return s
 
@@ -157,6 +166,8 @@ class Session:
     #: ownership is recorded in it; and the cursor running a CREATE's copy of rows, which interrupt() stops.
     in_transaction: bool = False
     busy_cursor: Any = field(default=None, repr=False, compare=False)
+    #: The one role an access token restricted the session to (USE ROLE cannot leave it), or None.
+    role_restriction: str | None = None
 
     @property
     def is_admin(self) -> bool:

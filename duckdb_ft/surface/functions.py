@@ -233,12 +233,13 @@ def _cortex_macros() -> list[str]:
     ]
 
 
-def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> Session:
+def install(con: Any, *, user: str | None = None, resume_jobs: bool = False, role: str | None = None) -> Session:
     """Register duckdb-ft on ``con`` (any DuckDB connection). Installing again is harmless.
 
     Args:
         con: a ``duckdb.DuckDBPyConnection`` (or cursor).
         user: open the session as this user; None is the database administrator.
+        role: hold the user's session to this role (an access token's ROLE_RESTRICTION); None: its default role.
         resume_jobs: when this opens the database, resume the jobs that stopped unfinished (a process died or
             closed the database while they ran), whether or not another open marked them ERROR first (default:
             they are marked ERROR, and ``finetune('RESUME', id)`` resumes one).
@@ -256,7 +257,7 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False) -> 
             new = True
         else:
             new = False
-        session = engine.new_session(user)
+        session = engine.new_session(user, role=role)
         _attach(con, session)
         if new:  # after the session's macros: the Cortex macros call __ft_session_id()
             attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
@@ -275,6 +276,6 @@ def _attach(con: Any, session: Session) -> None:
 
 def _inherit(cursor: Any, parent: Session) -> None:
     """A new cursor of ``parent``'s connection: a session of the same user, role and schema (:mod:`.cursors`)."""
-    session = parent.engine.new_session(parent.user, role=parent.role)
-    session.schema = parent.schema
+    session = parent.engine.new_session(parent.user, role=parent.role_restriction)  # a token's restriction holds
+    session.role, session.schema = parent.role, parent.schema
     _attach(cursor, session)

@@ -15,6 +15,7 @@ import sqlglot
 
 from ..errors import InvalidArgument
 from ..governance.roles import OBJECT_KINDS, PRIVILEGES
+from .redact import mask_secrets
 
 
 
@@ -34,7 +35,11 @@ class FtStatement:
     source: str | None = None  # CREATE BASE MODEL name FROM 'source'
     replace: bool = False  # CREATE OR REPLACE
     settings: dict[str, int | None] = field(default_factory=dict)  # ALTER ROLE r SET NAME = n, ... (None: UNSET)
-    text: str = ""
+    #: CREATE/ALTER USER's PASSWORD = '...': never shown (repr), as the statement's text is not.
+    password: str | None = field(default=None, repr=False)
+    #: A user's or a token's properties: DEFAULT_ROLE, ROLE_RESTRICTION, DAYS_TO_EXPIRY; UNSET names: None.
+    properties: dict[str, Any] = field(default_factory=dict)
+    text: str = field(default="", repr=False)
     head: tuple[str, ...] = ()  # the leading words that chose its parser and handler
 
 
@@ -71,7 +76,10 @@ class _Tokens:
 
     def error(self, wanted: str) -> InvalidArgument:
         got = self.peek() or "end of statement"
-        return InvalidArgument(f"syntax error in {self.sql.strip()[:80]!r}: expected {wanted}, got {got!r}")
+        if "password" in self.sql.lower() and self.i > 0 and self.peek(-1) in ("PASSWORD", "="):
+            got = "***"  # a password in the wrong place is not echoed either
+        return InvalidArgument(f"syntax error in {mask_secrets(self.sql.strip())[:80]!r}: expected {wanted}, "
+                               f"got {got!r}")
 
     def name(self) -> str:
         """An identifier: a quoted one keeps its case, an unquoted one folds to lower case."""
@@ -271,6 +279,96 @@ def describe_role(t: _Tokens) -> FtStatement:
 
 def use_role(t: _Tokens) -> FtStatement:
     return FtStatement(kind="USE ROLE", role=t.name())
+
+
+#: The properties of CREATE USER / ALTER USER ... SET, and of ALTER USER ... ADD PROGRAMMATIC ACCESS TOKEN: the kind
+#: of value each takes.
+USER_PROPERTIES = {"PASSWORD": "string", "DEFAULT_ROLE": "name"}
+TOKEN_PROPERTIES = {"ROLE_RESTRICTION": "name", "DAYS_TO_EXPIRY": "number"}
+
+
+def _properties(t: _Tokens, allowed: dict[str, str], st: FtStatement) -> None:
+    """``NAME = value ...`` (Snowflake separates them by spaces; commas are accepted): PASSWORD into
+    ``st.password``, the others into ``st.properties``."""
+    while not t.done():
+        name = t.name().upper()
+        if name not in allowed or name in st.properties or (name == "PASSWORD" and st.password is not None):
+            raise InvalidArgument(f"{name} is not a property here (or is given twice); valid: {', '.join(allowed)}")
+        t.expect("=")
+        kind = t.toks[t.i].token_type.name if not t.done() else ""
+        if allowed[name] == "string":
+            if kind != "STRING":
+                raise InvalidArgument(f"{name} takes a quoted string: {name} = '...'")
+            st.password = t.toks[t.i].text
+            t.i += 1
+        elif allowed[name] == "number":
+            if kind != "NUMBER" or not t.toks[t.i].text.isdigit():
+                raise t.error(f"a whole number for {name}")
+            st.properties[name] = int(t.toks[t.i].text)
+            t.i += 1
+        elif kind == "STRING":  # a role as a string literal (Snowflake's ROLE_RESTRICTION = 'viewer')
+            st.properties[name] = t.toks[t.i].text
+            t.i += 1
+        else:
+            st.properties[name] = t.name()
+        t.accept(",")
+
+
+def create_user(t: _Tokens) -> FtStatement:
+    """CREATE USER [IF NOT EXISTS] name [PASSWORD = '...'] [DEFAULT_ROLE = role]."""
+    st = FtStatement(kind="CREATE USER", if_exists=t.accept("IF", "NOT", "EXISTS"), grantee=t.name())
+    _properties(t, USER_PROPERTIES, st)
+    return st
+
+
+def drop_user(t: _Tokens) -> FtStatement:
+    return FtStatement(kind="DROP USER", if_exists=t.accept("IF", "EXISTS"), grantee=t.name())
+
+
+def _token_words(t: _Tokens) -> bool:
+    return t.accept("PROGRAMMATIC", "ACCESS", "TOKEN") or t.accept("PAT")
+
+
+def alter_user(t: _Tokens) -> FtStatement:
+    """ALTER USER [IF EXISTS] [name] {SET PASSWORD = '...' | SET DEFAULT_ROLE = r | UNSET DEFAULT_ROLE
+    | ADD PROGRAMMATIC ACCESS TOKEN t [ROLE_RESTRICTION = 'r'] [DAYS_TO_EXPIRY = n]
+    | REMOVE PROGRAMMATIC ACCESS TOKEN t} (PAT for PROGRAMMATIC ACCESS TOKEN; no name: the session's user)."""
+    st = FtStatement(kind="ALTER USER", if_exists=t.accept("IF", "EXISTS"))
+    if not (t.peek() in ("ADD", "REMOVE") and t.peek(1) in ("PROGRAMMATIC", "PAT")):
+        st.grantee = t.name()
+    if t.accept("SET"):
+        st.kind = "ALTER USER SET"
+        _properties(t, USER_PROPERTIES, st)
+        if not st.properties and st.password is None:
+            raise t.error(f"a property ({', '.join(USER_PROPERTIES)})")
+    elif t.accept("UNSET"):
+        st.kind = "ALTER USER UNSET"
+        while True:
+            name = t.name().upper()
+            if name not in USER_PROPERTIES:
+                raise InvalidArgument(f"UNSET {name}: valid properties are {', '.join(USER_PROPERTIES)}")
+            st.properties[name] = None
+            if not t.accept(","):
+                break
+    elif t.peek() in ("ADD", "REMOVE"):
+        st.kind = f"ALTER USER {t.peek()} TOKEN"
+        t.i += 1
+        if not _token_words(t):
+            raise t.error("PROGRAMMATIC ACCESS TOKEN (or PAT)")
+        st.object_kind, st.object_name = "TOKEN", t.name()
+        if st.kind == "ALTER USER ADD TOKEN":
+            _properties(t, TOKEN_PROPERTIES, st)
+    else:
+        raise t.error("SET, UNSET, ADD PROGRAMMATIC ACCESS TOKEN or REMOVE PROGRAMMATIC ACCESS TOKEN")
+    return st
+
+
+def show_tokens(t: _Tokens, kind: str = "SHOW USER PROGRAMMATIC ACCESS TOKENS") -> FtStatement:
+    """SHOW USER {PROGRAMMATIC ACCESS TOKENS | PATS} [FOR USER name] (after SHOW USER ...)."""
+    st = FtStatement(kind=kind)
+    if t.accept("FOR", "USER"):
+        st.grantee = t.name()
+    return st
 
 
 def parse(sql: str, parsers: dict[tuple[str, ...], Any]) -> FtStatement | None:

@@ -1,4 +1,7 @@
-"""Errors a user session provokes, with duckdb-ft's ids taken out.
+"""What must not be shown: the ids in errors a user session provokes, and the passwords in statements.
+
+Passwords (``CREATE USER u PASSWORD = '...'``, ``ALTER USER u SET PASSWORD = '...'``) are masked by
+:func:`mask_secrets` wherever a statement's text is echoed: syntax errors, the shell's history.
 
 The session's macros (``complete``, ``finetune``, ...) pass the session's id to duckdb-ft's functions, and DuckDB
 expands a macro before it binds: its errors quote the expanded text (``complete('m', 'p').x`` is refused with
@@ -9,6 +12,7 @@ error, so no message a user can provoke carries one.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -17,6 +21,37 @@ if TYPE_CHECKING:
     from .engine import Session
 
 HIDDEN = "<hidden>"
+MASK = "'***'"
+_AFTER_PASSWORD = re.compile(r"(?is)(\bpassword\b).*")
+
+
+def mask_secrets(sql: str) -> str:
+    """``sql`` with the value after each PASSWORD (and every string literal after it in its statement) replaced
+    by ``'***'``; text that cannot be tokenized loses everything after the word PASSWORD."""
+    if not isinstance(sql, str) or "password" not in sql.lower():
+        return sql
+    from sqlglot.dialects.duckdb import DuckDB
+
+    try:
+        tokens = DuckDB().tokenize(sql)
+    except Exception:  # an unterminated quote, ...: keep nothing after the word
+        return _AFTER_PASSWORD.sub(r"\1 " + MASK, sql)
+    out, pos, armed, value_next = [], 0, False, False
+    for tok in tokens:
+        kind = tok.token_type.name
+        if kind == "SEMICOLON":
+            armed = value_next = False
+        elif kind not in ("STRING", "IDENTIFIER") and tok.text.upper() == "PASSWORD":
+            armed = value_next = True
+            continue
+        elif armed and kind == "EQ":
+            continue
+        elif armed and (value_next or kind == "STRING"):
+            out.append(sql[pos:tok.start] + MASK)
+            pos, value_next = tok.end + 1, False
+            continue
+        value_next = False
+    return "".join(out) + sql[pos:]
 
 
 def hide_ids(error: BaseException, session: Session | None) -> BaseException | None:

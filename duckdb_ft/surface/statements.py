@@ -15,7 +15,7 @@ from ..governance import base_models, roles, sequences
 from ..ml.models import BUILTIN
 from ..queries import parse_model_name
 from .engine import Session
-from . import base_statements, grammar, usage
+from . import base_statements, grammar, usage, user_statements
 from .grammar import FtStatement
 
 
@@ -149,6 +149,9 @@ def _grant_role(session: Session, st: FtStatement, revoke: bool = False) -> pa.T
 def _use_role(session: Session, st: FtStatement) -> pa.Table:
     cur = session.engine.cursor()
     _role_must_exist(cur, st.role)
+    if session.role_restriction is not None and st.role != session.role_restriction:
+        raise PermissionDenied(f"this session's access token is restricted to role {session.role_restriction}: "
+                               "use a token of the role you need")
     if session.user is not None and st.role not in roles.user_roles(cur, session.user) + [roles.PUBLIC]:
         raise PermissionDenied(f"role '{st.role}' is not granted to user {session.user}: "
                                f"GRANT ROLE {st.role} TO USER {session.user} first")
@@ -319,6 +322,13 @@ STATEMENTS: dict[tuple[str, ...], Statement] = {
     ("SHOW", "LIMITS"): Statement(lambda t: FtStatement(kind="SHOW LIMITS"), base_statements.show_limits),
     ("DESCRIBE", "ROLE"): Statement(grammar.describe_role, base_statements.describe_role),
     ("DESC", "ROLE"): Statement(grammar.describe_role, base_statements.describe_role),
+    ("CREATE", "USER"): Statement(grammar.create_user, user_statements.create_user),
+    ("ALTER", "USER"): Statement(grammar.alter_user, user_statements.alter_user),
+    ("DROP", "USER"): Statement(grammar.drop_user, user_statements.drop_user),
+    ("SHOW", "USERS"): Statement(lambda t: FtStatement(kind="SHOW USERS"), user_statements.show_users),
+    ("SHOW", "USER", "PROGRAMMATIC", "ACCESS", "TOKENS"): Statement(grammar.show_tokens, user_statements.show_tokens),
+    ("SHOW", "USER", "PATS"): Statement(lambda t: grammar.show_tokens(t, "SHOW USER PATS"),
+                                        user_statements.show_tokens),
 }
 
 
