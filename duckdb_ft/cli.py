@@ -135,7 +135,7 @@ def export(argv: list[str]) -> int:
         path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
                                       push_to_hub=args.push_to_hub, private=not args.public)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
-        print(f"Error: {error_message(e)}", file=sys.stderr)
+        _error(error_message(e))
         return 1
     if args.push_to_hub:
         where = f" to {args.folder} and" if args.folder else ""
@@ -158,8 +158,8 @@ def token(argv: list[str]) -> int:
     import duckdb
 
     from .catalog import migrations, transaction
+    from .errors import FtError
     from .governance.credentials import first_token
-    from .shell.repl import error_message
 
     try:
         con = duckdb.connect(args.database)
@@ -175,8 +175,7 @@ def token(argv: list[str]) -> int:
         with transaction(cur):
             secret, name = first_token(cur, args.user, days=args.days, name=args.name)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
-        message = error_message(e)
-        print(message if message.startswith("Error:") else f"Error: {message}", file=sys.stderr)
+        _error(str(e) if isinstance(e, FtError) else f"{type(e).__name__}: {e}")
         return 2
     finally:
         con.close()
@@ -184,6 +183,11 @@ def token(argv: list[str]) -> int:
           f"ACCESS TOKEN {name} revokes it):", file=sys.stderr)
     print(secret)
     return 0
+
+
+def _error(message: str) -> None:
+    """A subcommand's failure on standard error, with one ``Error:`` in front."""
+    print(message if message.startswith("Error:") else f"Error: {message}", file=sys.stderr)
 
 
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.

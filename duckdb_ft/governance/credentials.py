@@ -36,6 +36,8 @@ DEFAULT_DAYS, MAX_DAYS, MAX_TOKENS_PER_USER = 15, 365, 15
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _TOKEN = re.compile(rf"{TOKEN_PREFIX}([0-9a-f]{{16}})_([A-Za-z0-9_-]{{20,100}})")
 _MAX_NAME = 255
+#: The longest password (or token) checked: a longer one fails without being hashed.
+MAX_SECRET = 1024
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ def authenticate_password(cursor: Any, user: str, password: str, *, client: str 
     row = usersdb.get_user(cursor, user) if 0 < len(user) <= _MAX_NAME else None
     BACKOFF.wait(user, client)
     stored = row["password_hash"] if row and row["password_hash"] else None
-    ok = verify_secret(password if isinstance(password, str) else "", stored or _dummy_hash()) and stored is not None
+    password = password if isinstance(password, str) and len(password) <= MAX_SECRET else ""
+    ok = verify_secret(password, stored or _dummy_hash()) and stored is not None
     if not ok:
         BACKOFF.failed(user, client)
         raise AuthenticationFailed()

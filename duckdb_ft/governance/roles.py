@@ -4,7 +4,8 @@
   may ``USE ROLE r`` to act as any role (and ``USE ROLE admin`` to come back).
 - A user session acts as its current role: the user's DEFAULT_ROLE (CREATE USER) when it is granted to the user,
   else the user's first granted role, unless ``USE ROLE`` picked another granted one (or a token restricted the
-  session to one role). A user granted the role ``admin`` is an administrator (the server's user ``admin`` is). A role has its own grants, those of the roles granted to it (a hierarchy), and ``public``'s.
+  session to one role). A user granted the role ``admin`` is an administrator (the server's user ``admin`` is).
+  A role has its own grants, those of the roles granted to it (a hierarchy), and ``public``'s.
 - Objects in a schema need ``USAGE`` on the schema, then the object's privilege: ``SELECT``/``INSERT``/
   ``UPDATE``/``DELETE`` on a table or view (``ALL TABLES IN SCHEMA`` covers a schema's tables and views),
   ``USAGE`` on a model, ``CREATE MODEL``/``CREATE TABLE``/``CREATE VIEW`` on a schema. An object's owner role

@@ -19,13 +19,13 @@ from .roles import ADMIN, PUBLIC
 if TYPE_CHECKING:
     from ..surface.engine import Session
 
-#: Snowflake's shortest password.
-MIN_PASSWORD = 8
+#: Snowflake's shortest password; the longest one (authentication refuses longer ones unread).
+MIN_PASSWORD, MAX_PASSWORD = 8, credentials.MAX_SECRET
 
 
 def _password_hash(password: str) -> str:
-    if len(password) < MIN_PASSWORD:
-        raise InvalidArgument(f"a password has at least {MIN_PASSWORD} characters")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise InvalidArgument(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     return credentials.hash_secret(password)
 
 

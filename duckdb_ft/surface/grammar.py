@@ -306,8 +306,8 @@ def _properties(t: _Tokens, allowed: dict[str, str], st: FtStatement) -> None:
                 raise t.error(f"a whole number for {name}")
             st.properties[name] = int(t.toks[t.i].text)
             t.i += 1
-        elif kind == "STRING":  # a role as a string literal (Snowflake's ROLE_RESTRICTION = 'viewer')
-            st.properties[name] = t.toks[t.i].text
+        elif kind == "STRING":  # a role as a string literal (Snowflake's ROLE_RESTRICTION = 'VIEWER'), folded
+            st.properties[name] = t.toks[t.i].text.lower()  # as an unquoted name is
             t.i += 1
         else:
             st.properties[name] = t.name()
