@@ -174,7 +174,8 @@ def test_name_taken_by_model_or_active_job(faq, tiny_model_path):
     con = faq
     q = "SELECT question AS prompt, answer AS completion FROM faq"
     job = create(con, "taken", tiny_model_path, q, options=FAST)
-    with pytest.raises(duckdb.Error, match=rf"model name 'main.taken' is taken by job {job}"):
+    with pytest.raises(duckdb.Error, match=rf"model name 'main.taken' is taken by job {job} \(which is creating "
+                                           r"it\): choose another name"):  # one clean sentence, no stray ',:'
         create(con, "taken", tiny_model_path, q, options=FAST)
     assert wait(con, job) == "SUCCESS"
     before = catalog_counts(con)

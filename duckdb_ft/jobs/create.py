@@ -187,7 +187,7 @@ def target_free(cur: Any, schema: str, model_name: str, version: str, versioned:
         return
     holder = jobdb.name_in_use(cur, schema, model_name)
     if holder:
-        what = "a model" if holder == "model" else f"job {holder}, which is creating it,"
+        what = "a model" if holder == "model" else f"job {holder} (which is creating it)"
         raise AlreadyExists(f"model name '{schema}.{model_name}' is taken by {what}: choose another name, "
                             f"DROP MODEL {schema}.{model_name}, or add a version to it with the option "
                             f"'{{\"version\": true}}'")
