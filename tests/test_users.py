@@ -130,6 +130,16 @@ def test_only_the_administrator_creates_alters_drops_and_lists_users(admin):
     assert rows(admin, "SELECT * FROM duckdb_ft.users ORDER BY name") == before
 
 
+def test_a_user_reads_no_hash_and_takes_no_default_role_it_was_not_granted(admin):
+    admin.execute("CREATE USER frank PASSWORD = 'franks password' DEFAULT_ROLE = analyst")
+    frank = user_connection(admin, "frank")
+    assert frank.session.role == "public"  # DEFAULT_ROLE names a role, it grants nothing
+    for table in ("users", "user_tokens"):
+        denied(frank, f"SELECT * FROM duckdb_ft.{table}", match="duckdb-ft catalog is reached only through")
+    admin.execute("GRANT ROLE analyst TO USER frank")
+    assert user_connection(admin, "frank").session.role == "analyst"
+
+
 def test_a_user_changes_its_own_password_but_not_another_users(admin):
     alice = user_connection(admin, "alice")
     alice.execute("ALTER USER alice SET PASSWORD = 'alices new one'")
