@@ -216,7 +216,7 @@ def test_every_show_form_is_an_entry_and_other_shows_are_duckdbs():
                 "VERSIONS": "SHOW VERSIONS IN MODEL m", "USAGE": "SHOW USAGE", "BASE MODELS": "SHOW BASE MODELS",
                 "LIMITS": "SHOW LIMITS", "USERS": "SHOW USERS",
                 "USER PROGRAMMATIC ACCESS TOKENS": "SHOW USER PROGRAMMATIC ACCESS TOKENS FOR USER u",
-                "USER PATS": "SHOW USER PATS"}
+                "USER PATS": "SHOW USER PATS", "DUCKDB_FT_DEFAULT_MODEL": "SHOW duckdb_ft_default_model"}
     shows = {" ".join(head[1:]) for head in statements.STATEMENTS if head[0] == "SHOW"}
     assert shows == set(examples), "a SHOW form was added or removed: give it an example here"
     for form, sql in examples.items():

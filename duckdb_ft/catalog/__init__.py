@@ -5,6 +5,7 @@
 - :mod:`.models`: fine-tuned models and their versions (adapter weights as safetensors bytes).
 - :mod:`.access`: roles, role members, grants and object owners.
 - :mod:`.users`: users, their password hashes and access tokens (hashes only).
+- :mod:`.settings`: database settings the administrator sets (the AISQL functions' default model).
 - :mod:`.usage`: the usage history of COMPLETE, TRY_COMPLETE, EVALUATE and jobs, counted in memory and flushed.
 - :mod:`.objects`: what DuckDB's own catalog says of the user's schemas, tables and views.
 

@@ -239,6 +239,14 @@ def m015_users(cur: Any) -> None:
         role_restriction VARCHAR, expires_at BIGINT NOT NULL, created_on BIGINT NOT NULL)""")
 
 
+@migration
+def m019_settings(cur: Any) -> None:
+    # Database settings the administrator sets with duckdb-ft's SET statement (issue 34: the AISQL functions'
+    # default model, duckdb_ft_default_model), one row per setting.
+    cur.execute(f"""CREATE TABLE {SCHEMA}.settings (
+        name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL, set_by VARCHAR, set_on BIGINT NOT NULL)""")
+
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InvalidArgument
 from . import usage
+from .default_model import default_model
 
 if TYPE_CHECKING:
     from .engine import Engine, Session
 
-DEFAULT_MODEL = "smollm2-135m"
 CLASSIFY_OPTIONS = {"output_mode", "task_description", "model"}
 _YES_NO = {"type": "json", "schema": {"enum": ["yes", "no"]}}
 
@@ -27,7 +27,8 @@ def ai_filter(engine: Engine, session: Session, predicates: Sequence[str | None]
     """'true' / 'false' per row (NULL where the predicate is NULL)."""
     prompts = [None if p is None else _user(f"{p}\n\n{i}\n\nAnswer yes or no." if i is not None
                                             else f"{p}\n\nAnswer yes or no.") for p, i in zip(predicates, inputs)]
-    names = [m or DEFAULT_MODEL for m in models]
+    default = default_model(engine)
+    names = [m or default for m in models]
     options = json.dumps({"max_tokens": 16, "response_format": _YES_NO})
     raw = usage.complete_and_record(engine, session, names, prompts, [options] * len(prompts), try_mode=False,
                                     function="AI_FILTER")
@@ -38,9 +39,10 @@ def ai_classify(engine: Engine, session: Session, inputs: Sequence[str | None], 
                 configs: Sequence[str | None]) -> list[str | None]:
     """``{"labels": [...]}`` as JSON text per row (NULL where the input or the categories are NULL)."""
     prompts, options, names = [], [], []
+    default = default_model(engine)
     for text, cats, conf in zip(inputs, categories, configs):
         config = _config(conf)
-        names.append(config.get("model") or DEFAULT_MODEL)
+        names.append(config.get("model") or default)
         if text is None or cats is None:
             prompts.append(None)
             options.append(None)

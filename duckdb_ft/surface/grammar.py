@@ -236,6 +236,20 @@ def create_base_model(t: _Tokens, replace: bool) -> FtStatement:
     return st
 
 
+def set_default_model(t: _Tokens) -> FtStatement:
+    """SET duckdb_ft_default_model = 'name' | name (or TO): the AISQL functions' default model."""
+    st = FtStatement(kind="SET DUCKDB_FT_DEFAULT_MODEL")
+    if not (t.accept("=") or t.accept("TO")):
+        raise t.error("= 'model name'")
+    if not t.done() and t.toks[t.i].token_type.name == "STRING":
+        st.object_name = t.toks[t.i].text
+        t.i += 1
+        return st
+    _model_name(t, st)
+    st.object_name += f"@{st.version}" if st.version else ""
+    return st
+
+
 def drop_base_model(t: _Tokens) -> FtStatement:
     return FtStatement(kind="DROP BASE MODEL", if_exists=t.accept("IF", "EXISTS"), object_kind="BASE MODEL",
                        object_name=t.name())
@@ -376,7 +390,7 @@ def parse(sql: str, parsers: dict[tuple[str, ...], Any]) -> FtStatement | None:
     words lead it; None when none does (the statement is DuckDB's)."""
     t = _Tokens(sql)
     for head, parser in parsers.items():
-        if all(t.peek(k) == w for k, w in enumerate(head)):
+        if all(t.peek(k).upper() == w for k, w in enumerate(head)):  # upper: RESET's rest is one STRING token
             t.i += len(head)
             st = parser(t)
             t.end()

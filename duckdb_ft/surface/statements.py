@@ -15,7 +15,7 @@ from ..governance import base_models, roles, sequences
 from ..ml.models import BUILTIN
 from ..queries import parse_model_name
 from .engine import Session
-from . import base_statements, grammar, usage, user_statements
+from . import base_statements, default_model, grammar, usage, user_statements
 from .grammar import FtStatement
 
 
@@ -329,6 +329,11 @@ STATEMENTS: dict[tuple[str, ...], Statement] = {
     ("SHOW", "USER", "PROGRAMMATIC", "ACCESS", "TOKENS"): Statement(grammar.show_tokens, user_statements.show_tokens),
     ("SHOW", "USER", "PATS"): Statement(lambda t: grammar.show_tokens(t, "SHOW USER PATS"),
                                         user_statements.show_tokens),
+    ("SET", "DUCKDB_FT_DEFAULT_MODEL"): Statement(grammar.set_default_model, default_model.set_default),
+    ("RESET", "DUCKDB_FT_DEFAULT_MODEL"): Statement(lambda t: FtStatement(kind="RESET DUCKDB_FT_DEFAULT_MODEL"),
+                                                    default_model.reset_default),
+    ("SHOW", "DUCKDB_FT_DEFAULT_MODEL"): Statement(lambda t: FtStatement(kind="SHOW DUCKDB_FT_DEFAULT_MODEL"),
+                                                   default_model.show_default),
 }
 
 
