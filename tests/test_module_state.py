@@ -38,6 +38,7 @@ STATE = {
     "duckdb_ft.evaluation.evaluate.RUNNING": "one entry per evaluate() call running, removed in its finally",
     "duckdb_ft.catalog.migrations.MIGRATIONS": "filled once at import by @migration, then constant",
     "duckdb_ft.governance.calls._TYPES": "one entry: DuckDB's type names for the version this process runs",
+    "duckdb_ft.governance.credentials._VERIFIED": "the MAX_VERIFIED digests of tokens verified last",
     "duckdb_ft.governance.credentials.BACKOFF": "an LRU of at most Backoff.size keys, each forgotten after its "
                                                 "window",
 }

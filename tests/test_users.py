@@ -254,6 +254,25 @@ def test_the_backoff_forgets_old_failures_and_keeps_a_bounded_number_of_keys():
     assert backoff.delay("user99") == 8  # capped
 
 
+def test_a_token_is_hashed_with_scrypt_once_then_its_row_is_still_read_each_time(admin, monkeypatch):
+    calls = []
+    verify = credentials.verify_secret
+    monkeypatch.setattr(credentials, "verify_secret", lambda *a: calls.append(1) or verify(*a))
+    secret = token(admin, "alice", "app")
+    for _ in range(3):
+        assert authenticate_token(cursor(admin), secret).user == "alice"
+    assert len(calls) == 1  # the server's per-request check costs one catalog read, not 30-90 ms of scrypt
+    refused(authenticate_token, cursor(admin), secret[:-4] + "AAAA")  # a wrong secret is hashed: no shortcut
+    assert len(calls) == 2
+    admin.execute("ALTER USER alice REMOVE PAT app")
+    admin.execute("ALTER USER alice ADD PAT app")  # the same name again: another token, another hash
+    refused(authenticate_token, cursor(admin), secret)
+    monkeypatch.setattr(credentials, "MAX_VERIFIED", 2)
+    for k in range(3):
+        authenticate_token(cursor(admin), token(admin, "bob", f"b{k}"))
+    assert len(credentials._VERIFIED) == 2
+
+
 # ---------------------------------------------------------------------------------------------------- secrets
 
 
