@@ -3,10 +3,12 @@
     duckdb-ft [DATABASE] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
     duckdb-ft demo [DATABASE]
     duckdb-ft token DATABASE [--user admin] [--days N] [--name NAME]
+    duckdb-ft serve DATABASE [--host 127.0.0.1] [--port 8000] [--grace 10] [--ssl-keyfile K --ssl-certfile C]
 
 With ``-c`` or ``-f`` it runs that and exits; with a script on standard input (``duckdb-ft db.duckdb < script.sql``)
 it runs the script; in a terminal it is interactive. A first argument ``demo`` is the subcommand: open a database
-file named ``demo`` as ``./demo``. Thin: the shell is :mod:`duckdb_ft.shell`; the demo is :mod:`duckdb_ft.demo`.
+file named ``demo`` as ``./demo``. Thin: the shell is :mod:`duckdb_ft.shell`; the demo is :mod:`duckdb_ft.demo`; the server is
+:mod:`duckdb_ft.server`.
 """
 
 from __future__ import annotations
@@ -190,8 +192,46 @@ def _error(message: str) -> None:
     print(message if message.startswith("Error:") else f"Error: {message}", file=sys.stderr)
 
 
+def serve(argv: list[str]) -> int:
+    from .server.bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_QUEUE
+
+    p = argparse.ArgumentParser(prog="duckdb-ft serve",
+                                description="Serve a database over HTTP: the OpenAI-compatible /v1 API, SQL over "
+                                            "/api/v2/statements, /metrics and /health. Every request needs "
+                                            "'Authorization: Bearer <token>' (duckdb-ft token DB mints one).")
+    p.add_argument("database", help="database file (the server holds it: no other process can open it meanwhile)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                       "only; 0.0.0.0 exposes the server to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds that SIGTERM/SIGINT leave requests in flight "
+                                                             "before they are cut (default 10)")
+    p.add_argument("--ssl-keyfile", help="TLS private key (with --ssl-certfile: serve https)")
+    p.add_argument("--ssl-certfile", help="TLS certificate chain")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body (default "
+                                                                              f"{MAX_BODY_BYTES}; larger: 413)")
+    p.add_argument("--max-prompt-chars", type=int, default=MAX_PROMPT_CHARS,
+                   help=f"longest prompt in characters (default {MAX_PROMPT_CHARS}; longer: 400)")
+    p.add_argument("--max-queue", type=int, default=MAX_QUEUE,
+                   help=f"generation requests waiting or running at most (default {MAX_QUEUE}; more: 429)")
+    args = p.parse_args(argv)
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        p.error("--ssl-keyfile and --ssl-certfile go together")
+    import duckdb_ft
+
+    from .server.run import Settings, serve as run_server
+    from .shell.repl import error_message
+
+    try:
+        con = duckdb_ft.connect(args.database, resume_jobs=True)
+    except Exception as e:  # noqa: BLE001 - one message, no traceback
+        print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
+        return 1
+    return run_server(Settings(args.database, args.host, args.port, args.grace, args.ssl_keyfile, args.ssl_certfile,
+                               args.max_body_bytes, args.max_prompt_chars, args.max_queue), con)
+
+
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.
-SUBCOMMANDS = {"demo": demo, "export": export, "token": token}
+SUBCOMMANDS = {"demo": demo, "export": export, "token": token, "serve": serve}
 
 
 def main(argv: list[str] | None = None) -> int:

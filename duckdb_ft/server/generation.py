@@ -1,0 +1,93 @@
+"""One HTTP request's completion, through COMPLETE's own surface path (``surface/usage.complete_and_record``): the
+same model resolution and USAGE check, the same options, the same batched generation, and the same usage history
+(function ``COMPLETE``, the session's role). A greedy answer is COMPLETE's, token for token, by construction.
+
+:class:`Request` is what the OpenAI endpoints parsed; :func:`check_model` tells an unknown model from a usable one
+(one error for "does not exist" and "no USAGE"); :func:`complete` runs it, blocking (call it from a worker thread);
+``on_text`` receives the answer's text as it is produced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import InvalidArgument, NotFound, PermissionDenied
+from ..ml.complete import DEFAULT_MAX_TOKENS
+from ..surface import usage
+
+if TYPE_CHECKING:
+    from ..surface.engine import Engine, Session
+
+
+class ModelUnavailable(Exception):
+    """The model does not exist, or the session's role may not use it: one message for both (HTTP 404)."""
+
+    def __init__(self, model: str):
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.")
+
+
+@dataclass
+class Request:
+    """A completion request: chat messages and COMPLETE's options, with OpenAI's ``stop`` sequences."""
+
+    model: str
+    messages: list[dict[str, str]]
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def options(self) -> str:
+        """COMPLETE's options JSON for this request."""
+        opts: dict = {"temperature": self.temperature, "top_p": self.top_p}
+        if self.max_tokens is not None:
+            opts["max_tokens"] = self.max_tokens
+        return json.dumps(opts)
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (an end token or a stop sequence) or "length" (max_tokens reached)
+
+
+def check_model(engine: Engine, session: Session, model: str) -> None:
+    """Raise :class:`ModelUnavailable` unless ``session`` may complete with ``model`` (it is loaded here, once).
+
+    The surface's own resolution decides (``Engine.resolve_model``: a fine-tuned model needs USAGE on it, a base
+    model must be built in, or registered with USAGE); its errors, which differ, all become the one 404.
+    """
+    try:
+        engine.resolve_model(session, model)
+    except (NotFound, PermissionDenied, InvalidArgument):
+        raise ModelUnavailable(model) from None
+
+
+def complete(engine: Engine, session: Session, request: Request,
+             on_text: Callable[[str], None] | None = None) -> Answer:
+    """Generate ``request``'s answer as COMPLETE does, its usage recorded as COMPLETE's; blocking.
+
+    Raises:
+        InvalidArgument: the options or the prompt are not valid for this model (too long for its context, ...).
+        PermissionDenied: a role limit refuses the call.
+    """
+    raw = usage.complete_and_record(engine, session, [request.model], [json.dumps(request.messages)],
+                                    [request.options()], try_mode=False, function="COMPLETE")
+    out = json.loads(raw[0])
+    text, stopped = cut_at_stop(out["choices"][0]["messages"], request.stop)
+    counts = out["usage"]
+    limit = request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS
+    finish = "stop" if stopped or counts["completion_tokens"] < limit else "length"
+    if on_text is not None and text:
+        on_text(text)
+    return Answer(text, counts["prompt_tokens"], counts["completion_tokens"], finish)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first occurrence of any stop sequence (excluded), and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
