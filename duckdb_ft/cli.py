@@ -1,14 +1,14 @@
 """The ``duckdb-ft`` command: a SQL shell like ``duckdb``'s, and ``duckdb-ft demo``.
 
-    duckdb-ft [DATABASE] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
+    duckdb-ft [DATABASE | --server URL] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
     duckdb-ft demo [DATABASE]
     duckdb-ft token DATABASE [--user admin] [--days N] [--name NAME]
     duckdb-ft serve DATABASE [--host 127.0.0.1] [--port 8000] [--grace 10] [--ssl-keyfile K --ssl-certfile C]
 
 With ``-c`` or ``-f`` it runs that and exits; with a script on standard input (``duckdb-ft db.duckdb < script.sql``)
 it runs the script; in a terminal it is interactive. A first argument ``demo`` is the subcommand: open a database
-file named ``demo`` as ``./demo``. Thin: the shell is :mod:`duckdb_ft.shell`; the demo is :mod:`duckdb_ft.demo`; the server is
-:mod:`duckdb_ft.server`.
+file named ``demo`` as ``./demo``. Thin: the shell is :mod:`duckdb_ft.shell`; the demo is :mod:`duckdb_ft.demo`;
+the server is :mod:`duckdb_ft.server` (``--server URL``: the shell as its client, :mod:`duckdb_ft.shell.remote`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def _shell_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", nargs="?", const="", default=None, metavar="JOB_ID",
                    help="watch a fine-tuning job (default: every job still running after the commands) until it "
                         "finishes, with a live progress bar in a terminal")
+    p.add_argument("--server", metavar="URL", help="run against a duckdb-ft server (duckdb-ft serve) instead of a "
+                                                   "file, as the user of the token in $DUCKDB_FT_TOKEN")
     p.add_argument("-readonly", "--readonly", action="store_true", help="open the database read-only")
     p.add_argument("--history", metavar="FILE", help="history file (default: $DUCKDB_FT_HISTORY or "
                                                      "~/.duckdb_ft_history)")
@@ -62,11 +64,16 @@ def shell(argv: list[str]) -> int:
         return 0
     if args.wait and args.database is None and not args.wait.startswith("ft_"):
         args.database, args.wait = args.wait, ""  # `duckdb-ft --wait shop.duckdb`
-    try:
-        con = duckdb_ft.connect(args.database, read_only=args.readonly)
-    except Exception as e:  # noqa: BLE001 - one message, no traceback
-        print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
-        return 1
+    if args.server is not None:
+        con = _remote(args)
+        if con is None:
+            return 1
+    else:
+        try:
+            con = duckdb_ft.connect(args.database, read_only=args.readonly)
+        except Exception as e:  # noqa: BLE001 - one message, no traceback
+            print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
+            return 1
     sh = Shell(con, mode=args.mode or "box")
     ok = True
     try:
@@ -79,8 +86,8 @@ def shell(argv: list[str]) -> int:
         elif args.wait is None:
             print(f"duckdb-ft {duckdb_ft.__version__} (DuckDB {duckdb.__version__})\n"
                   'Enter ".help" for usage hints, ".quit" or Ctrl-D to leave.')
-            print(f"Connected to {args.database}." if args.database else
-                  "Connected to a transient in-memory database.")
+            print(f"Connected to {args.server}." if args.server else f"Connected to {args.database}."
+                  if args.database else "Connected to a transient in-memory database.")
             return sh.repl(args.history)
         if args.wait is not None and (ok or not args.bail) and not sh.interrupted:
             ok = sh.run_command(f".wait {_quote(args.wait)}" if args.wait else ".wait") and ok
@@ -89,6 +96,29 @@ def shell(argv: list[str]) -> int:
     if sh.interrupted:
         return 130
     return 0 if ok else 1
+
+
+def _remote(args: argparse.Namespace) -> object | None:
+    """The shell's connection to ``--server URL`` (token from $DUCKDB_FT_TOKEN), checked with one statement; None
+    after saying what is wrong."""
+    from .shell.remote import TOKEN_VARIABLE, Remote
+    from .shell.repl import error_message
+
+    if args.database is not None:
+        print("Error: give a database file or --server URL, not both", file=sys.stderr)
+        return None
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        print(f"Error: --server needs a token in ${TOKEN_VARIABLE} (the administrator mints one with "
+              "`duckdb-ft token DB`)", file=sys.stderr)
+        return None
+    con = Remote(args.server, token)
+    try:
+        con.sql("SELECT 1")
+    except Exception as e:  # noqa: BLE001 - one message, no traceback
+        print(error_message(e), file=sys.stderr)
+        return None
+    return con
 
 
 def _quote(text: str) -> str:

@@ -47,9 +47,7 @@ def identify(engine: Engine, header: str | None, client: str = "") -> Any:
 def session(engine: Engine, identity: Any) -> Iterator[Session]:
     """A Session of ``identity``'s user and role for one request (no DuckDB connection: the /v1 API), forgotten
     after it."""
-    s = engine.new_session(identity.user)
-    if identity.role:
-        s.role = identity.role
+    s = engine.new_session(identity.user, role=identity.role)
     try:
         yield s
     finally:
@@ -61,10 +59,7 @@ def connection(root: Any, identity: Any) -> Iterator[Connection]:
     """A duckdb-ft Connection (a cursor of ``root``, the server's database) as ``identity``'s user and role, for one
     request's SQL: locked down and authorized exactly as ``duckdb_ft.connect(path, user=...)``'s; closed after."""
     raw = root.cursor()
-    s = install(raw, user=identity.user)
-    if identity.role:
-        s.role = identity.role
-    con = Connection(raw, s)
+    con = Connection(raw, install(raw, user=identity.user, role=identity.role))
     try:
         yield con
     finally:

@@ -88,8 +88,9 @@ def run(state: State, identity: Any, statement: str, params: list | None,
             if rel is None:
                 return [], [], []
             columns, types = list(rel.columns), [str(t) for t in rel.types]
-            if not columns:
-                return [], [], []
+            if not columns or (getattr(rel, "type", "") == "MATERIALIZED_RELATION" and columns in (["Count"],
+                                                                                                   ["Success"])):
+                return [], [], []  # CREATE / INSERT / SET: no result set, as the shell prints none
             text = rel.project(", ".join(f"#{i + 1}::VARCHAR" for i in range(len(columns))))
             return columns, types, [list(r) for r in text.fetchall()]
         finally:

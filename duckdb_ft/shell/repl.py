@@ -146,7 +146,7 @@ class Shell:
         return ok
 
     def _execute(self, sql: str) -> None:
-        rel = execute(self.con, sql)
+        rel = self.con.sql(sql) if getattr(self.con, "remote", False) else execute(self.con, sql)
         if rel is None:
             return
         columns = list(rel.columns)
