@@ -301,3 +301,42 @@ def big(con):
     """``con`` with table big: 200 prompt/completion pairs (columns p, c), for jobs that run long."""
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(200) t(i)")
     return con
+
+
+class Server:
+    """A ``duckdb-ft serve`` subprocess on a free localhost port (:func:`serve`): its ``url``, ``process`` and the
+    file its standard error goes to (``log()`` reads it)."""
+
+    def __init__(self, db: str, *options: str):
+        import socket
+        import subprocess
+        import tempfile
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.stderr = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
+        self.process = subprocess.Popen([*COMMAND, "serve", db, "--port", str(port), *options],
+                                        stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+        def up():
+            assert self.process.poll() is None, f"duckdb-ft serve exited: {self.log()[-2000:]}"
+            try:
+                return urllib.request.urlopen(self.url + "/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=180, what="duckdb-ft serve to answer /health", interval=0.2)
+
+    def log(self) -> str:
+        return Path(self.stderr.name).read_text()
+
+    def stop(self, sig=None, timeout=120) -> int:
+        """Send ``sig`` (default SIGTERM), wait for the exit; its status."""
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(sig or signal.SIGTERM)
+        return self.process.wait(timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..errors import FtError
+from ..errors import AuthenticationFailed
 from ..surface.connection import Connection
 from ..surface.functions import install
 
@@ -39,7 +39,7 @@ def identify(engine: Engine, header: str | None, client: str = "") -> Any:
 
     try:
         return credentials.authenticate_token(engine.cursor(), secret.strip(), client=client)
-    except FtError as e:  # AuthenticationFailed: one message for an unknown user, a wrong secret, an expired token
+    except AuthenticationFailed as e:  # one message for an unknown user, a wrong secret, an expired token
         raise Unauthenticated(str(e)) from None
 
 

@@ -9,6 +9,7 @@ queue's depth; jobs by status, read from the catalog at each scrape.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -108,14 +109,19 @@ class AccessLog:
         failure = None
         try:
             await self.app(scope, receive, sending)
-        except Exception as e:  # noqa: BLE001 - the client gets a 500, the log one line, nobody a traceback
-            failure = type(e).__name__
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - a 500 (503 when cut), one log line
+            cut = isinstance(e, asyncio.CancelledError)  # uvicorn cut it: the stop's grace is over
+            failure = "cut at shutdown" if cut else type(e).__name__
             if not status[0]:
-                body = self.error(scope.get("path", ""), 500, "The server failed on this request; its log says "
-                                                              "which error.")
-                await sending({"type": "http.response.start", "status": 500,
-                               "headers": [(b"content-type", b"application/json")]})
-                await sending({"type": "http.response.body", "body": body})
+                code, message = (503, "The server is shutting down: this request was cut.") if cut else (
+                    500, "The server failed on this request; its log says which error.")
+                try:
+                    await sending({"type": "http.response.start", "status": code,
+                                   "headers": [(b"content-type", b"application/json")]})
+                    await sending({"type": "http.response.body", "body": self.error(scope.get("path", ""), code,
+                                                                                    message)})
+                except Exception:  # noqa: BLE001 - the connection is gone already
+                    pass
         ms = (time.perf_counter() - start) * 1000
         path = scope.get("path", "")
         endpoint = scope.get("route_name") or _endpoint(path)

@@ -33,6 +33,7 @@ api = APIRouter()
 UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "logit_bias": None,
                "tools": None, "tool_choice": None, "functions": None, "function_call": None, "top_logprobs": None,
                "response_format": None, "best_of": 1, "echo": False, "suffix": None}
+CUT = "The server is shutting down: this request was cut at the end of its grace period; retry after it restarts."
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -149,17 +150,9 @@ class _Call:
         self.state.queue.leave()
         self.state.metrics.requests.labels(self.endpoint, self.model, status or self.status).inc()
 
-    async def run(self) -> generation.Answer:
-        try:
-            return await in_thread(self.generate)
-        except Refused as e:
-            self.status = str(e.status)
-            raise
-        finally:
-            self.finish()
-
-    async def stream(self, chat: bool, include_usage: bool) -> Any:
-        """The answer as server-sent events; an error before the first text is a plain JSON error response."""
+    def start(self) -> asyncio.Queue:
+        """Generate on a thread of its own; its events ("text", piece), then ("done", answer) or ("error", e) come
+        on the returned queue. The request's place in the queue is held until the generation ends."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -171,15 +164,33 @@ class _Call:
 
         def work() -> None:
             try:
+                cut = self.state.cut_at()
+                if cut is not None and time.monotonic() >= cut:  # waited past the stop's deadline: not begun
+                    raise Refused(503, CUT, "server_shutting_down", "server_error")
                 put(("done", self.generate(lambda piece: put(("text", piece)))))
-            except BaseException as e:  # noqa: BLE001 - handed to the stream
+            except BaseException as e:  # noqa: BLE001 - handed to the request
                 self.status = str(e.status) if isinstance(e, Refused) else "500"
                 put(("error", e))
             finally:
                 self.finish()
 
-        threading.Thread(target=work, name="duckdb-ft-stream", daemon=True).start()
-        first = await events.get()
+        threading.Thread(target=work, name="duckdb-ft-generation", daemon=True).start()
+        return events
+
+    async def run(self) -> generation.Answer:
+        """The whole answer (errors raised: Refused is 400/429/503)."""
+        events = self.start()
+        while True:
+            kind, value = await self._next(events)
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+    async def stream(self, chat: bool, include_usage: bool) -> Any:
+        """The answer as server-sent events; an error before the first text is a plain JSON error response."""
+        events = self.start()
+        first = await self._next(events)
         if first[0] == "error":
             raise first[1]
         id_, model = streaming.new_id(chat), self.req.model
@@ -199,25 +210,23 @@ class _Call:
                     yield streaming.DONE
                     return
                 else:
-                    yield streaming.event(streaming.error("The server failed while generating this answer.",
-                                                          "server_error"))
+                    status = getattr(value, "status", 500)
+                    yield streaming.event(streaming.error(
+                        str(value) if status == 503 else "The server failed while generating this answer.",
+                        "server_error", "server_shutting_down" if status == 503 else None))
                     return
                 item = await self._next(events)
-                if item is None:  # the server is stopping and its grace is over: cut, and say so
-                    yield streaming.event(streaming.error("The server is shutting down: this answer was cut.",
-                                                          "server_error", "server_shutting_down"))
-                    return
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    async def _next(self, events: asyncio.Queue) -> tuple | None:
-        """The next event, or None once the server's grace deadline has passed."""
+    async def _next(self, events: asyncio.Queue) -> tuple:
+        """The next event; once the server's grace deadline has passed, an error event: the answer is cut."""
         while True:
             cut = self.state.cut_at()
-            wait = 0.25 if cut is None else max(cut - time.monotonic(), 0.0)
-            if cut is not None and wait <= 0:
-                return None
+            wait = 0.25 if cut is None else cut - time.monotonic()
+            if wait <= 0:
+                return "error", Refused(503, CUT, "server_shutting_down", "server_error")
             try:
                 return await asyncio.wait_for(events.get(), timeout=min(wait, 0.25))
             except asyncio.TimeoutError:

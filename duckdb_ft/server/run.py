@@ -4,8 +4,10 @@ in flight finished or cut at the deadline, running jobs checkpointed (resumable)
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -79,4 +81,9 @@ def serve(settings: Settings, con: Any) -> int:
         queue.drain(cut - time.monotonic() + 1.0)  # answers still generating: their own end, or the deadline
         con.close()  # a running job is checkpointed and left resumable; the database is closed
     print("duckdb-ft serve: stopped; the database is closed.", file=sys.stderr, flush=True)
+    if any(t.name == "duckdb-ft-generation" and t.is_alive() for t in threading.enumerate()):
+        # An answer cut at the deadline may still be generating on its thread (a model call cannot be stopped
+        # midway): leave now, as the interpreter's own exit would tear the model's threads down under it.
+        sys.stdout.flush()
+        os._exit(code)
     return code

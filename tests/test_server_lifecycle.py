@@ -1,0 +1,91 @@
+"""``duckdb-ft serve``'s lifetime: SIGTERM while a job trains and answers stream exits 0 without a traceback, the
+streams finished or cut, the job checkpointed and resumed by the next start; SIGKILL then a start resumes it again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import Server, allow_base_model, wait_for
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+
+
+def sql(server, token, statement):
+    """The rows of ``statement`` run through the server's SQL API (as text)."""
+    req = urllib.request.Request(server.url + "/api/v2/statements", data=json.dumps({"statement": statement}).encode(),
+                                 method="POST", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())["data"]
+
+
+def job_state(server, token, job):
+    return tuple(sql(server, token, f"SELECT status, step FROM finetune('DESCRIBE', '{job}')")[0])
+
+
+def steps(server, token, job):
+    """The steps an IN_PROGRESS job has done (-1 in any other status)."""
+    status, step = job_state(server, token, job)
+    return int(step or 0) if status == "IN_PROGRESS" else -1
+
+
+def queue_depth(server, token):
+    req = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(req, timeout=30).read().decode()
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("duckdb_ft_queue_depth"))
+
+
+def test_sigterm_mid_stream_and_training_exits_0_and_restarts_resume_the_job(tmp_path, tiny_model_path):
+    import duckdb_ft
+    from duckdb_ft.governance.credentials import first_token
+
+    db = str(tmp_path / "life.duckdb")
+    con = duckdb_ft.connect(db)
+    allow_base_model(con, tiny_model_path)
+    con.execute("CREATE TABLE t AS SELECT 'Say the number ' || i AS p, 'number ' || i AS c FROM range(2000) t(i)")
+    token = first_token(con.duckdb_connection.cursor())[0]
+    con.close()
+
+    server = Server(db, "--grace", "3")
+    job = sql(server, token, "SELECT finetune('CREATE', 'long_job', 'tiny', 'SELECT p AS prompt, c AS completion "
+                             "FROM t', NULL, '{\"max_epochs\": 10, \"batch_size\": 4}')")[0][0]
+    wait_for(lambda: steps(server, token, job) >= 1, what="the job's first step")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0, timeout=120)
+    ends: list[str] = []
+
+    def stream() -> None:
+        try:
+            chunks = list(client.completions.create(model="tiny", prompt="Tell me a story", max_tokens=300,
+                                                    stream=True))
+            ends.append(chunks[-1].choices[0].finish_reason or "cut")
+        except (openai.APIError, ValueError) as e:  # cut by the deadline, or refused while stopping
+            ends.append(type(e).__name__)
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: queue_depth(server, token) >= 1, what="streams in flight")
+    assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
+    for t in threads:
+        t.join(60)
+    assert len(ends) == 8 and not any(t.is_alive() for t in threads)
+    assert "Traceback" not in server.log()
+
+    stopped = duckdb_ft.connect(db)
+    described = json.loads(stopped.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchall()[0][0])
+    stopped.close()
+    assert described["status"] == "ERROR" and described["step"] > 0, described  # checkpointed, resumable
+
+    server = Server(db)  # resumes the job
+    wait_for(lambda: job_state(server, token, job)[0] == "IN_PROGRESS", what="the job to resume")
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    server = Server(db)  # after a SIGKILL too
+    wait_for(lambda: job_state(server, token, job)[0] == "IN_PROGRESS", what="the job to resume after SIGKILL")
+    sql(server, token, f"SELECT finetune('CANCEL', '{job}')")
+    assert server.stop() == 0 and "Traceback" not in server.log()
