@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -18,6 +19,8 @@ import pytest
 from conftest import APPLE_PROMPTS, COMMAND, Server, allow_base_model, one, rows, wait_for
 
 openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow  # a server subprocess (seconds to start); tests/test_server_app.py is the fast loop's
 
 NOT_FOUND = "The model `{}` does not exist or you do not have access to it."
 MAX_PROMPT_CHARS = 2000
@@ -248,3 +251,34 @@ def test_access_log_is_json_lines_without_prompts_or_tokens(served):
     assert any(line["user"] == "alice" and line["path"] == "/v1/completions" for line in lines)
     log = served.log()
     assert "very private" not in log and not any(t in log for t in served.tokens.values())
+
+
+# ---------------------------------------------------------------------------------------------- the README
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_readme_serving_walkthrough_gets_a_first_answer(tmp_path, default_model_path):
+    """The README's "Serving" section, run as written (on a free port instead of 8000): its token and serve commands,
+    then its Python snippet with the openai client."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Serving"):]
+    shell = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    commands = [line.split("  #")[0].strip() for line in shell.splitlines() if line.strip()]
+    assert commands[0] == "duckdb-ft token shop.duckdb > admin.token"
+    assert commands[1] == "duckdb-ft serve shop.duckdb"
+    subprocess.run(f"{' '.join(COMMAND)} token shop.duckdb > admin.token", shell=True, cwd=tmp_path, check=True,
+                   timeout=120)
+    server = Server(str(tmp_path / "shop.duckdb"))
+    try:
+        code = snippet.replace("http://127.0.0.1:8000", server.url).replace('open("admin.token")',
+                                                                           f'open({str(tmp_path / "admin.token")!r})')
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "Paris" in run.stdout
+    finally:
+        assert server.stop() == 0

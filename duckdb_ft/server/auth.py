@@ -55,10 +55,10 @@ def session(engine: Engine, identity: Any) -> Iterator[Session]:
 
 
 @contextlib.contextmanager
-def connection(root: Any, identity: Any) -> Iterator[Connection]:
-    """A duckdb-ft Connection (a cursor of ``root``, the server's database) as ``identity``'s user and role, for one
+def connection(engine: Engine, identity: Any) -> Iterator[Connection]:
+    """A duckdb-ft Connection (a new cursor of the server's database) as ``identity``'s user and role, for one
     request's SQL: locked down and authorized exactly as ``duckdb_ft.connect(path, user=...)``'s; closed after."""
-    raw = root.cursor()
+    raw = engine.cursor()  # a cursor without a session of its own: it gets the user's, and nothing else
     con = Connection(raw, install(raw, user=identity.user, role=identity.role))
     try:
         yield con

@@ -81,7 +81,7 @@ async def cancel(handle: str, request: Request) -> JSONResponse:
 def run(state: State, identity: Any, statement: str, params: list | None,
         handle: str) -> tuple[list[str], list[str], list[list[str | None]]]:
     """Blocking: run ``statement`` on a connection of ``identity``; its column names, types and rows as text."""
-    with auth.connection(state.con.duckdb_connection, identity) as con:
+    with auth.connection(state.engine, identity) as con:
         state.running[handle] = (identity.user, con)
         try:
             rel = con.sql(statement, params=params or None)
@@ -123,6 +123,5 @@ def error_body(e: duckdb.Error, handle: str | None = None) -> dict[str, Any]:
     """A failed statement in Snowflake's shape, with the error's class (``errorType``) for clients."""
     code, state = next((c, s) for cls, c, s in ERROR_CODES if isinstance(e, cls))
     kind = type(e).__name__ if isinstance(e, FtError) else next(
-        (cls.__name__ for cls in type(e).__mro__ if cls.__module__.startswith("duckdb") and cls is not FtError),
-        "Error")
+        (cls.__name__ for cls in type(e).__mro__ if getattr(duckdb, cls.__name__, None) is cls), "Error")
     return {"code": code, "message": str(e), "sqlState": state, "errorType": kind, "statementHandle": handle}
