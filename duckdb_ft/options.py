@@ -81,7 +81,8 @@ _decay = _float(0.0, 1.0)
 _clip = _float(0.0, 1e6)
 _temperature = _float(0.0, 2.0)
 _top_p = _float(0.0, 1.0, lo_open=True)
-_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip, _temperature, _top_p}
+_positive = _float(0.0, 100.0, lo_open=True)
+_FLOATS = {_lr, _frac, _dropout, _warm, _decay, _clip, _temperature, _top_p, _positive}
 
 
 
@@ -159,6 +160,22 @@ class TrainingOptions:
     quantization: str = "none"
     """Base weights stored in "4bit" or "8bit" (QLoRA through bitsandbytes: CUDA only, pip install
     'duckdb-ft[gpu]'), or "none"."""
+    method: str = "sft"
+    """What the rows teach: "sft" (supervised: columns prompt, completion), "dpo" (preference pairs: prompt,
+    chosen, rejected) or "kto" (thumbs up/down: prompt, completion, label BOOLEAN), as TRL's DPOTrainer and
+    KTOTrainer (``ml/preference.py``)."""
+    beta: float = 0.1
+    """dpo and kto: how far the model may move from the reference (larger: closer to it)."""
+    loss_type: str = "sigmoid"
+    """dpo: "sigmoid" (DPO) or "ipo" (IPO, on log-probabilities averaged per completion token, as TRL)."""
+    reference: str | None = None
+    """dpo and kto: the reference policy, which is also where training starts: None is the base model (or, for a job
+    that continues a fine-tuned model, that model); a fine-tuned model's name starts from its adapter and keeps it
+    as the reference (the model the feedback was collected on)."""
+    desirable_weight: float = 1.0
+    """kto: weight of the rows labelled true."""
+    undesirable_weight: float = 1.0
+    """kto: weight of the rows labelled false."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -190,6 +207,15 @@ class TrainingOptions:
         if self.nodes > 1 and not self.rdzv_endpoint:
             out.append(f'nodes {self.nodes} needs rdzv_endpoint: the "host:port" of this machine that the other '
                        'machines reach, e.g. "10.0.0.1:29400"')
+        if self.method != "sft" and self.world_size > 1:
+            out.append(f'method "{self.method}" trains in one process: leave devices and nodes at 1')
+        if self.method != "sft" and (self.pii != "keep" or self.drop_conflicting):
+            out.append(f'method "{self.method}" takes pii "keep" and drop_conflicting false (masking and conflicts '
+                       'are defined on prompt and completion only): clean the preference rows in the query')
+        if self.method != "dpo" and self.loss_type != "sigmoid":
+            out.append(f'loss_type "{self.loss_type}" is a dpo loss: set method "dpo", or leave loss_type out')
+        if self.method == "sft" and self.reference is not None:
+            out.append('reference is the reference policy of methods "dpo" and "kto": set method, or leave it out')
         if self.strategy == "fsdp" and self.world_size < 2:
             out.append('strategy "fsdp" shards the model across processes and needs devices (times nodes) of at '
                        'least 2; one device trains unsharded: leave strategy "ddp"')
@@ -356,6 +382,12 @@ _CHECKS = {
     "rdzv_timeout": _int(5, 86400),
     "strategy": _one_of("ddp", "fsdp"),
     "quantization": _one_of("none", "4bit", "8bit"),
+    "method": _one_of("sft", "dpo", "kto"),
+    "beta": _positive,
+    "loss_type": _one_of("sigmoid", "ipo"),
+    "reference": lambda v: None if v is None or (isinstance(v, str) and v.strip()) else "must be a model name",
+    "desirable_weight": _positive,
+    "undesirable_weight": _positive,
 }
 assert set(_CHECKS) == set(TrainingOptions.names())
 def _metric_list(v: Any) -> str | None:

@@ -47,8 +47,8 @@ def store_staged_rows(cur: Any, job_id: str, staged: str) -> int:
 
     ``idx`` is the row's number in its query's result, so the stored order is the query's order."""
     return int(cur.execute(f"""
-        INSERT INTO {SCHEMA}.job_rows
-        SELECT ?, split, row, prompt, completion FROM {staged} WHERE dropped IS NULL""", [job_id]).fetchall()[0][0])
+        INSERT INTO {SCHEMA}.job_rows (job_id, split, idx, prompt, completion, rejected, label)
+        SELECT ?, split, row, prompt, completion, rejected, label FROM {staged} WHERE dropped IS NULL""", [job_id]).fetchall()[0][0])
 
 
 def count_rows(cur: Any, job_id: str) -> dict[str, int]:
@@ -58,9 +58,10 @@ def count_rows(cur: Any, job_id: str) -> dict[str, int]:
 
 
 def read_rows(cur: Any, job_id: str, split: str, batch_rows: int = 4096) -> Any:
-    """A pyarrow RecordBatchReader over (prompt, completion) of one split, in a stable order."""
+    """A pyarrow RecordBatchReader over (prompt, completion, rejected, label) of one split, in a stable order
+    (rejected: a dpo row's; label: a kto row's; NULL otherwise)."""
     return cur.sql(
-        f"SELECT prompt, completion FROM {SCHEMA}.job_rows WHERE job_id = ? AND split = ? ORDER BY idx",
+        f"SELECT prompt, completion, rejected, label FROM {SCHEMA}.job_rows WHERE job_id = ? AND split = ? ORDER BY idx",
         params=[job_id, split]).to_arrow_reader(batch_rows)
 
 
@@ -68,14 +69,18 @@ def read_rows(cur: Any, job_id: str, split: str, batch_rows: int = 4096) -> Any:
 
 
 def insert_metric(cur: Any, job_id: str, m: dict[str, Any]) -> None:
-    cur.execute(f"INSERT INTO {SCHEMA}.metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    found = m.get("method_metrics") or None  # a preference method's (TRL's names): a MAP, NULL for sft
+    cur.execute(f"INSERT INTO {SCHEMA}.metrics (job_id, step, epoch, training_loss, validation_loss, learning_rate, "
+                f"tokens, elapsed_s, method_metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                f"CASE WHEN ?::VARCHAR[] IS NULL THEN NULL ELSE map(?::VARCHAR[], ?::DOUBLE[]) END)",
                 [job_id, m["step"], m["epoch"], m.get("training_loss"), m.get("validation_loss"),
-                 m.get("learning_rate"), m.get("tokens"), m.get("elapsed_s")])
+                 m.get("learning_rate"), m.get("tokens"), m.get("elapsed_s"),
+                 *([None, None, None] if found is None else [list(found), list(found), list(found.values())])])
 
 
 def metrics(cur: Any, job_id: str) -> list[dict[str, Any]]:
     return dicts(cur.execute(
-        f"SELECT step, epoch, training_loss, validation_loss, learning_rate, tokens, elapsed_s "
+        f"SELECT step, epoch, training_loss, validation_loss, learning_rate, tokens, elapsed_s, method_metrics "
         f"FROM {SCHEMA}.metrics WHERE job_id = ? ORDER BY step, validation_loss NULLS FIRST", [job_id]))
 
 

@@ -247,6 +247,17 @@ def m019_settings(cur: Any) -> None:
         name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL, set_by VARCHAR, set_on BIGINT NOT NULL)""")
 
 
+@migration
+def m016_preference_rows(cur: Any) -> None:
+    # Preference tuning (issue 35): a dpo job's rows keep chosen in completion and their rejected answer here; a
+    # kto job's rows their thumbs up/down in label (both NULL for sft). A step's method metrics (TRL's
+    # rewards/chosen, rewards/margins, ...) beside its losses, and the latest of them on the job.
+    cur.execute(f"ALTER TABLE {SCHEMA}.job_rows ADD COLUMN rejected VARCHAR")
+    cur.execute(f"ALTER TABLE {SCHEMA}.job_rows ADD COLUMN label BOOLEAN")
+    cur.execute(f"ALTER TABLE {SCHEMA}.metrics ADD COLUMN method_metrics MAP(VARCHAR, DOUBLE)")
+    cur.execute(f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN method_metrics VARCHAR")
+
+
 def pending(cur: Any) -> list[str]:
     """The migrations not yet applied to a catalog that exists (none when there is no catalog at all)."""
     try:

@@ -17,11 +17,13 @@ def snapshot_digest(cur: Any, job_id: str, batch_rows: int = 4096) -> tuple[int,
     """(rows, SHA-256 hex) of a job's snapshot, both splits, streamed in batches."""
     h = hashlib.sha256()
     n = 0
-    reader = cur.sql(f"SELECT split, prompt, completion FROM {SCHEMA}.job_rows WHERE job_id = ? "
+    reader = cur.sql(f"SELECT split, prompt, completion, rejected, label FROM {SCHEMA}.job_rows WHERE job_id = ? "
                      "ORDER BY split, idx", params=[job_id]).to_arrow_reader(batch_rows)
     for batch in reader:
-        cols = [batch.column(i).to_pylist() for i in range(3)]
-        for split, prompt, completion in zip(*cols):
-            h.update(f"{split}\x1f{prompt}\x1f{completion}\x1e".encode())
+        cols = [batch.column(i).to_pylist() for i in range(5)]
+        for split, prompt, completion, rejected, label in zip(*cols):
+            # a preference row's rejected answer or label too (an sft row's digest is as before)
+            extra = "".join(f"\x1f{x}" for x in (rejected, label) if x is not None)
+            h.update(f"{split}\x1f{prompt}\x1f{completion}{extra}\x1e".encode())
         n += batch.num_rows
     return n, h.hexdigest()

@@ -62,6 +62,8 @@ def check_request(cur: Any, session: Session, name: str | None, base_model: str,
     version_opt, options = split_version_option(options)
     opts = TrainingOptions.parse(options)
     parent = lineage.find_parent(cur, session, base_model, options, opts)  # continue a fine-tuned model
+    if opts.reference is not None:  # dpo/kto: start from that fine-tuned model, and keep it as the reference
+        parent = lineage.reference_parent(cur, session, base_model, opts.reference, parent, options, opts)
     if parent is not None:
         base_model = parent.base_model
     else:  # built-in, registered (USAGE; the job records its folder or hub id), any for the administrator
@@ -88,9 +90,9 @@ def check_request(cur: Any, session: Session, name: str | None, base_model: str,
     for q, what in ((train_q, "training query"), (val_q, "validation query")):
         if q:
             authorize_query(session, cur, q, what)  # on DuckDB's own parse and plan; no FINETUNE inside
-    data.check_columns(cur, train_q, "training query")
+    data.check_columns(cur, train_q, "training query", opts.method)
     if val_q:
-        data.check_columns(cur, val_q, "validation query")
+        data.check_columns(cur, val_q, "validation query", opts.method)
     req = Request(schema, model_name, base_model, path, train_q, val_q, opts, parent)
     if name is not None and version_opt is not None:
         req.versioned = True
@@ -198,6 +200,7 @@ def _snapshot(cur: Any, job_id: str, train_q: str, val_q: str | None, opts: Trai
     record their counts and the cleaning on the job; return the counts per split."""
     st = prep_stage.stage(cur, train_q, val_q, opts)
     try:
+        prep_stage.check_preference_rows(cur, st, opts.method)
         cleaning = prep_clean.clean(cur, st, opts)
         counts = prep_stage.settle_splits(cur, st)
         if val_q and not counts.get("validation"):

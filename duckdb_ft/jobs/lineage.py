@@ -83,6 +83,25 @@ def find_parent(cur: Any, session: Session, base_model: str, options: str | None
     return Parent(model_ref(schema, name, row["version"]), row["job_id"], row["base_model"])
 
 
+def reference_parent(cur: Any, session: Session, base_model: str, reference: str, parent: Parent | None,
+                     options: str | None, opts: TrainingOptions) -> Parent:
+    """The option ``reference`` of a dpo or kto job: a fine-tuned model the job starts from (as a continuation)
+    and keeps as its reference policy. It must be that model (or a fine-tune of the base model given)."""
+    found = find_parent(cur, session, reference, options, opts)
+    if found is None:
+        raise NotFound(f"reference '{reference}' is no fine-tuned model (SHOW MODELS lists them): leave reference out "
+                       "to use the base model as the reference")
+    if parent is not None and parent.name != found.name:
+        raise InvalidArgument(f"this job continues '{parent.name}' but its reference is '{found.name}': a job starts "
+                              "from its reference, so give one of them only")
+    given = base_model.strip() if isinstance(base_model, str) else base_model
+    if parent is None and given not in (found.base_model, shown(session, cur, found.base_model, BUILTIN)):
+        raise InvalidArgument(f"reference '{found.name}' is a fine-tune of base model "
+                              f"'{shown(session, cur, found.base_model, BUILTIN)}', not of '{given}': pass that base "
+                              "model")
+    return found
+
+
 def initial_adapter(cur: Any, job: dict[str, Any]) -> bytes | None:
     """The parent's adapter bytes a continued job starts from (None: not a continuation)."""
     if not job.get("parent_job_id"):

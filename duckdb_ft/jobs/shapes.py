@@ -18,14 +18,16 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON", "cleaning": "JSON",
     "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
     "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
-    "workers": "BIGINT", "model_version": "VARCHAR", "parent_model": "VARCHAR", "error": {"message": "VARCHAR"},
+    "workers": "BIGINT", "model_version": "VARCHAR", "parent_model": "VARCHAR",
+    "method_metrics": "MAP(VARCHAR, DOUBLE)", "error": {"message": "VARCHAR"},
 }
 SWEEP_FIELDS = {"rank": "BIGINT", "job_id": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR", "swept": "JSON",
                 "validation_loss": "DOUBLE", "training_loss": "DOUBLE", "best_step": "BIGINT",
                 "trained_tokens": "BIGINT", "wall_s": "DOUBLE", "eval_metric": "VARCHAR", "eval_score": "DOUBLE",
                 "options": "JSON"}
 HISTORY_FIELDS = {"step": "BIGINT", "epoch": "DOUBLE", "training_loss": "DOUBLE", "validation_loss": "DOUBLE",
-                  "learning_rate": "DOUBLE", "tokens": "BIGINT", "elapsed_s": "DOUBLE"}
+                  "learning_rate": "DOUBLE", "tokens": "BIGINT", "elapsed_s": "DOUBLE",
+                  "method_metrics": "MAP(VARCHAR, DOUBLE)"}
 
 
 def from_json_type(fields: dict[str, Any], *, array: bool = False) -> str:
@@ -53,6 +55,8 @@ def describe(job: dict[str, Any]) -> dict[str, Any]:
         "workers": _workers(job["options"]),
         "model_version": job.get("model_version") or "v1",  # the version the job creates
         "parent_model": job.get("parent_model"),  # the model version it continues (NULL: from a base model)
+        # dpo, kto: the latest of TRL's metrics (rewards/chosen, ..., eval_rewards/accuracies); NULL for sft
+        "method_metrics": json.loads(job["method_metrics"]) if job.get("method_metrics") else None,
         "error": {"message": job["error"]} if job["error"] else None,
     }
     out = {k: values[k] if k in values else job[k] for k in DESCRIBE_FIELDS}

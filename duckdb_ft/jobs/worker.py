@@ -16,7 +16,7 @@ from .. import catalog
 from ..catalog import jobs as jobdb, models as modeldb
 from ..errors import FtError, InvalidArgument
 from ..governance.run_limits import Deadline
-from ..ml import data, models, training
+from ..ml import data, models, preference, training
 from ..options import TrainingOptions
 from . import launch, lineage
 
@@ -68,15 +68,21 @@ class Worker:
         tokenizer = models.load_tokenizer(path)
         rows_of = job.get("snapshot_of") or self.id  # a sweep's jobs read its first job's snapshot
         stats = data.TokenStats()
-        train_ex = data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, rows_of, "train"),
-                                        opts.max_seq_length, stats)
+        objective = preference.objective(opts)  # dpo, kto: their rows and loss (None: sft)
+
+        def tokenized(split: str, counts: data.TokenStats) -> Any:
+            reader = jobdb.read_rows(self.cur, rows_of, split)
+            if objective is not None:
+                return preference.tokenize_reader(tokenizer, reader, opts.method, opts.max_seq_length,
+                                                  opts.batch_size, counts)
+            return data.tokenize_reader(tokenizer, reader, opts.max_seq_length, counts)
+
+        train_ex = tokenized("train", stats)
         if not train_ex:
             raise InvalidArgument(f"every training pair was dropped: each prompt fills max_seq_length "
                                   f"({opts.max_seq_length}); raise it or shorten the prompts")
         val_stats = data.TokenStats()
-        val_ex = (data.tokenize_reader(tokenizer, jobdb.read_rows(self.cur, rows_of, "validation"),
-                                       opts.max_seq_length, val_stats)
-                  if job["validation_rows"] else train_ex)
+        val_ex = tokenized("validation", val_stats) if job["validation_rows"] else train_ex
         steps_per_epoch = opts.steps_per_epoch(len(train_ex))
         total = steps_per_epoch * opts.max_epochs
         self._update(train_tokens=stats.tokens, truncated_rows=stats.truncated + val_stats.truncated,
@@ -88,10 +94,12 @@ class Worker:
             jobdb.delete_metrics_after(self.cur, self.id, 0)
         local = opts.world_size == 1  # else torchrun's processes load it (jobs/launch.py)
         base = models.load_base_for_training(path, opts.quantization) if local else None
-        initial = None if resume else lineage.initial_adapter(self.cur, job)  # a continued job: the parent's
+        # a continued job starts from the parent's adapter; a preference job keeps it as its reference, resumed too
+        initial = None if resume and objective is None else lineage.initial_adapter(self.cur, job)
         cancel = self.runner.cancels[self.id]
 
         pending: list[dict[str, Any]] = []
+        latest: dict[str, float] = {}  # the method's metrics as last logged (training's and validation's)
         last_flush = [time.monotonic()]
 
         def flush() -> None:
@@ -100,13 +108,16 @@ class Worker:
                 return
             m = pending[-1]
             losses = [x["validation_loss"] for x in pending if "validation_loss" in x]
+            for x in pending:
+                latest.update(x.get("method_metrics") or {})
             with catalog.transaction(self.cur):
                 for x in pending:
                     jobdb.insert_metric(self.cur, self.id, x)
                 self._update(progress=min(1.0, m["step"] / total), step=m["step"],
                              trained_tokens=int(round(stats.tokens * m["step"] / steps_per_epoch)),
                              training_loss=m["training_loss"],
-                             **({"validation_loss": losses[-1]} if losses else {}))
+                             **({"validation_loss": losses[-1]} if losses else {}),
+                             **({"method_metrics": json.dumps(latest)} if latest else {}))
             pending.clear()
             last_flush[0] = time.monotonic()
 
@@ -129,7 +140,8 @@ class Worker:
             if local:
                 result = training.train(base, train_ex, val_ex, opts, tokenizer.pad_token_id, hooks,
                                         resume=resume[1] if resume else None,
-                                        initial=models.adapter_from_bytes(initial) if initial else None)
+                                        initial=models.adapter_from_bytes(initial) if initial else None,
+                                        objective=objective)
             else:
                 result = launch.train(opts, job["base_model"], lambda split: jobdb.read_rows(self.cur, rows_of, split),
                                       bool(job["validation_rows"]), hooks, resume=resume[1] if resume else None,

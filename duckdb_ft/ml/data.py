@@ -18,8 +18,16 @@ IGNORE = -100  # label of tokens outside the loss (the prompt, padding)
 PACK_SLACK = 128  # tokens a packed row may run past its batch's longest example
 
 
-def check_columns(cur: Any, query: str, what: str = "training query") -> None:
-    """The query must return text columns ``prompt`` and ``completion``; the error shows how to alias.
+#: The columns a training query returns, by FINETUNE's option ``method``: text, except kto's ``label`` (BOOLEAN).
+COLUMNS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"),
+           "kto": ("prompt", "completion", "label")}
+_ALIAS = {"sft": "SELECT question AS prompt, answer AS completion FROM my_table",
+          "dpo": "SELECT question AS prompt, kept AS chosen, discarded AS rejected FROM drafts",
+          "kto": "SELECT question AS prompt, answer AS completion, thumbs_up AS label FROM feedback"}
+
+
+def check_columns(cur: Any, query: str, what: str = "training query", method: str = "sft") -> None:
+    """The query must return the method's columns (:data:`COLUMNS`); the error shows how to alias.
 
     Binding the query (``DESCRIBE``) also reports unknown tables and columns before any job exists.
     """
@@ -29,15 +37,21 @@ def check_columns(cur: Any, query: str, what: str = "training query") -> None:
         msg = str(e).split("\n")[0]
         raise InvalidArgument(f"the {what} fails: {msg}") from None
     types = {row[0]: str(row[1]).upper() for row in described}
-    missing = [c for c in ("prompt", "completion") if c not in types]
+    wanted = COLUMNS[method]
+    missing = [c for c in wanted if c not in types]
     if missing:
         returned = ", ".join(f"{c} {t}" for c, t in types.items()) or "none"
+        kind = "" if method == "sft" else f" (method {method})"
         raise InvalidArgument(
-            f"the {what} must return columns prompt and completion; it returned: {returned}. "
-            f"Alias your columns, e.g. SELECT question AS prompt, answer AS completion FROM my_table"
+            f"the {what}{kind} must return columns {', '.join(wanted[:-1])} and {wanted[-1]}; it returned: "
+            f"{returned}. Alias your columns, e.g. {_ALIAS[method]}"
         )
-    for c in ("prompt", "completion"):
-        if not types[c].startswith(TEXT_TYPES):
+    for c in wanted:
+        if c == "label":
+            if types[c] != "BOOLEAN":
+                raise InvalidArgument(f"column label of the {what} must be BOOLEAN (true: a good answer, false: a "
+                                      f"bad one), got {types[c]}: e.g. rating >= 4 AS label, or thumbs = 'up' AS label")
+        elif not types[c].startswith(TEXT_TYPES):
             raise InvalidArgument(
                 f"column {c} of the {what} must be text (VARCHAR), got {types[c]}: cast it, e.g. {c}::VARCHAR AS {c}"
             )

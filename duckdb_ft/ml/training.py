@@ -260,12 +260,15 @@ def train(
     resume: bytes | None = None,
     initial: dict[str, Any] | None = None,
     world: Local | None = None,
+    objective: Any = None,
 ) -> TrainResult:
     """Train LoRA adapters on ``base``: a module tree of its own (peft wraps it in place), whose frozen weights may
     be shared with other modules (``models.load_for_training``): they are only read. ``initial``: adapter weights
     to start from instead of a fresh LoRA (continued training: the parent model's, of the same shape). ``world``:
     the processes sharing each step (None: this one alone); every process of a world sees the same examples, the
-    same step of ``global_batch`` pairs, and computes the same step's loss over all of them."""
+    same step of ``global_batch`` pairs, and computes the same step's loss over all of them. ``objective``: a
+    preference method's loss (``preference.Preference``: dpo, kto; its reference is ``initial``, else the base
+    model), on one process; None is SFT's completion loss."""
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
@@ -296,7 +299,8 @@ def train(
     elif initial is not None:
         set_peft_model_state_dict(model, {k: v.to(device) for k, v in initial.items()})
     model.train()
-    loss_of = world.prepare(model)
+    loss_of = objective.loss_fn(model) if objective is not None else world.prepare(model)
+    collate_fn = objective.collate if objective is not None else collate_packed
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
 
@@ -324,12 +328,22 @@ def train(
         else contextlib.nullcontext()
 
     def evaluate() -> float | None:  # in float32, with the float32 base weights
+        if objective is not None:  # in the reference log-probabilities' dtype: the steps'
+            loss, found = objective.evaluate(model, val_examples, opts.batch_size, pad_id, device,
+                                             lambda: _autocast(device, dtype), budget)
+            eval_metrics.update(found)
+            return loss
         with weights.originals() if weights is not None else contextlib.nullcontext():
             return world.evaluate(model, val_examples, opts.batch_size, pad_id, device)
+
+    eval_metrics: dict[str, float] = {}
 
     local = type(world) is Local  # one process: its step's micro-batches go to lanes (DDP worlds sync their own)
     lane_pool = lanes.Lanes(torch.get_num_threads() if device == "cpu" and local else 1)
     with session as fit_threads, fast as weights, contextlib.closing(lane_pool):
+        if objective is not None:  # the reference's log-probabilities, in the steps' own compute dtype
+            objective.prepare(model, [train_examples, val_examples], pad_id, device,
+                              lambda: _autocast(device, dtype), initial, budget)
         start = time.perf_counter()
         last_ckpt = start
         val_loss: float | None = None
@@ -356,11 +370,14 @@ def train(
                     g["lr"] = lr
                 # The loss is a mean over every completion token of the optimizer step, whatever the micro-batching.
                 n_step = sum(train_examples[i].n_trained for rows in group for row in rows for i in row) or 1
+                if objective is not None:  # kto: each batch's KL estimate under the policy as it is now
+                    objective.before_step(model, train_examples, group, pad_id, device,
+                                          lambda: _autocast(device, dtype), budget)
                 mine = world.share(group)  # a process with no pair in a short last step still joins the sync, at 0
                 work = [part for rows in (mine or group[:1]) for part in split_rows(train_examples, rows, budget)]
                 if local:  # the micro-batches' gradients by lanes (one here without a CPU's cores)
                     def micro_batch(j: int, rows: list[list[list[int]]] = work) -> tuple[Any, int]:
-                        batch = collate_packed(train_examples, rows[j], pad_id)
+                        batch = collate_fn(train_examples, rows[j], pad_id)
                         with _autocast(device, dtype):
                             loss, _ = loss_of(_to(batch, device))
                         return loss, int(batch["attention_mask"].sum())
@@ -383,10 +400,14 @@ def train(
                 metric: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "training_loss": train_loss,
                                           "learning_rate": lr, "tokens": tokens_seen,
                                           "elapsed_s": time.perf_counter() - start, "total_steps": total_steps}
+                if objective is not None:
+                    metric["method_metrics"] = objective.step_metrics()
                 end_of_epoch = k == n_groups - 1
                 if end_of_epoch or (opts.eval_steps and step % opts.eval_steps == 0):
                     val_loss = evaluate()
                     metric["validation_loss"] = val_loss
+                    if eval_metrics:
+                        metric["method_metrics"] = {**metric.get("method_metrics", {}), **eval_metrics}
                     selection.observe(step, val_loss, lambda: world.adapter_state(model))
                 hooks.on_step(metric)
                 if selection.stopped_early:

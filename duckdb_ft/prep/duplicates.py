@@ -49,7 +49,7 @@ def exact_and_conflicting(cur: Any, stage: str, findings: str) -> None:
     cur.execute(f"""
         INSERT INTO {findings}
         SELECT query, row, 'exact_duplicate', NULL, first, 'same prompt and completion as row ' || first
-        FROM (SELECT query, row, min(row) OVER (PARTITION BY query, prompt, completion) AS first
+        FROM (SELECT query, row, min(row) OVER (PARTITION BY query, prompt, completion, rejected, label) AS first
               FROM {stage} WHERE dropped IS DISTINCT FROM 'skipped')
         WHERE row > first""")
     cur.execute(f"""

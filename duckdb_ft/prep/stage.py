@@ -17,6 +17,15 @@ from ..catalog import registered
 from ..errors import InvalidArgument
 from ..options import TrainingOptions
 
+#: The staged columns by FINETUNE's ``method`` (rejected: a dpo row's; label: a kto row's; NULL otherwise).
+_COLUMNS = {
+    "sft": "prompt::VARCHAR AS prompt, completion::VARCHAR AS completion, NULL::VARCHAR AS rejected, "
+           "NULL::BOOLEAN AS label",
+    "dpo": "prompt::VARCHAR AS prompt, chosen::VARCHAR AS completion, rejected::VARCHAR AS rejected, "
+           "NULL::BOOLEAN AS label",
+    "kto": "prompt::VARCHAR AS prompt, completion::VARCHAR AS completion, NULL::VARCHAR AS rejected, "
+           "label::BOOLEAN AS label",
+}
 MIN_ROWS_FOR_SPLIT = 10  # fewer rows than this and no validation query: validate on the training rows
 STREAM_ROWS = 65536  # rows per Arrow record batch streamed into another database
 
@@ -63,24 +72,23 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
     holdout = 0 if val_q else int(round(opts.validation_fraction * 100))
     split = (f"CASE WHEN hash(prompt, completion) % 100 < {holdout} THEN 'validation' ELSE 'train' END"
              if holdout else "'train'")
+    columns = _COLUMNS[opts.method]  # a dpo row's chosen answer is its completion
     selects = [f"""
-        SELECT 'training' AS query, row, {split} AS split, prompt, completion,
+        SELECT 'training' AS query, row, {split} AS split, prompt, completion, rejected, label,
                CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END AS dropped
-        FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
-              FROM (\n{train_q}\n) AS q)"""]
+        FROM (SELECT row_number() OVER () AS row, {columns} FROM (\n{train_q}\n) AS q)"""]
     if val_q:
         selects.append(f"""
-            SELECT 'validation', row, 'validation', prompt, completion,
+            SELECT 'validation', row, 'validation', prompt, completion, rejected, label,
                    CASE WHEN prompt IS NULL OR completion IS NULL THEN 'skipped' END
-            FROM (SELECT row_number() OVER () AS row, prompt::VARCHAR AS prompt, completion::VARCHAR AS completion
-                  FROM (\n{val_q}\n) AS q)""")
+            FROM (SELECT row_number() OVER () AS row, {columns} FROM (\n{val_q}\n) AS q)""")
     if into is None:
         cur.execute(f"CREATE TEMP TABLE {table} AS {selects[0]}")
         for select in selects[1:]:
             cur.execute(f"INSERT INTO {table} {select}")
         return Stage(table, bool(val_q))
     into.execute(f"CREATE TEMP TABLE {table} (query VARCHAR, row BIGINT, split VARCHAR, prompt VARCHAR, "
-                 f"completion VARCHAR, dropped VARCHAR)")
+                 f"completion VARCHAR, rejected VARCHAR, label BOOLEAN, dropped VARCHAR)")
     for select in selects:
         reader = cur.sql(select).to_arrow_reader(STREAM_ROWS)
         try:
@@ -90,6 +98,32 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
         finally:
             reader.close()
     return Stage(table, bool(val_q))
+
+
+#: A preference row that cannot train, by method: (SQL condition on the staged row, what it says).
+_BAD_ROWS = {
+    "dpo": [("prompt IS NULL", "a NULL prompt"), ("completion IS NULL", "a NULL chosen"),
+            ("rejected IS NULL", "a NULL rejected"),
+            ("completion = rejected", "chosen equal to rejected (nothing to prefer)")],
+    "kto": [("prompt IS NULL", "a NULL prompt"), ("completion IS NULL", "a NULL completion"),
+            ("label IS NULL", "a NULL label")],
+}
+
+
+def check_preference_rows(cur: Any, st: Stage, method: str) -> None:
+    """A dpo or kto snapshot must have no row that cannot train (NULLs, chosen = rejected): one error counting
+    each kind of bad row, with the first rows of each, before anything is stored."""
+    problems = []
+    for condition, what in _BAD_ROWS.get(method, []):
+        found = cur.execute(f"SELECT query, count(*), list(row ORDER BY row)[:5] FROM {st.table} "
+                            f"WHERE {condition} GROUP BY query ORDER BY query DESC").fetchall()
+        for query, n, rows in found:
+            more = f" and {n - len(rows)} more" if n > len(rows) else ""
+            problems.append(f"{n} {query} row{'s' if n > 1 else ''} with {what} "
+                            f"(row{'s' if n > 1 else ''} {', '.join(map(str, rows))}{more})")
+    if problems:
+        raise InvalidArgument(f"the {method} rows cannot all train: " + "; ".join(problems) + ". Filter them out in "
+                              "the query (e.g. WHERE chosen IS NOT NULL AND chosen <> rejected); nothing was created")
 
 
 def settle_splits(cur: Any, st: Stage) -> dict[str, int]:
