@@ -5,7 +5,7 @@ run models (importing this package loads none of them).
   :mod:`.hub` a model pushed to the Hugging Face Hub.
 - :mod:`.data`: the query's columns checked; pairs tokenized with the chat template; packed random batches;
   :mod:`.chat_tokens` the chat template rendered once and rows tokenized in batches.
-- :mod:`.training`: the LoRA training loop; :mod:`.keep_best` which adapter it keeps and when it stops early;
+- :mod:`.training`: the LoRA training loop; :mod:`.preference` its DPO and KTO losses; :mod:`.keep_best` which adapter it keeps and when it stops early;
   :mod:`.kernels` its faster CPU pieces, :mod:`.fused` its fused bf16 decoder pieces and :mod:`.dropout` its LoRA
   dropout (the three import torch on import); :mod:`.lanes` a CPU step's micro-batches shared by the cores;
   :mod:`.distributed` one torchrun training process; :mod:`.devices` what the machine can train on;

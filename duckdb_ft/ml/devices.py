@@ -1,6 +1,6 @@
 """What a machine can train on: CREATE's checks of the scale-out options against it, and the settings a process
 loads and trains with on a CPU or a CUDA GPU, as pure functions of what the machine has (so they are tested here,
-on a CPU, for the GPU as well).
+on a CPU, for the GPU as well), and the dtype a training step computes in (``compute_dtype``, ``autocast``).
 """
 
 from __future__ import annotations
@@ -125,3 +125,22 @@ def quantization_config(settings: LoadSettings) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=getattr(torch, settings.dtype))
+
+
+def compute_dtype(opts: TrainingOptions, device: str) -> Any:
+    """The dtype matrix products run in: ``opts.dtype``, where "auto" is bfloat16 on hardware that multiplies it
+    natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere."""
+    import torch
+
+    if opts.dtype != "auto":
+        return getattr(torch, opts.dtype)
+    return torch.bfloat16 if bfloat16_native(device) else torch.float32
+
+
+def autocast(device: str, dtype: Any = None) -> Any:
+    """bf16 autocast (weights stay fp32: the cached base model is shared with COMPLETE), or no autocast."""
+    import torch
+
+    if dtype is None or dtype == torch.float32:
+        return torch.autocast(device, enabled=False)
+    return torch.autocast(device, dtype=dtype)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from ..options import TrainingOptions
 from . import devices
+from .devices import autocast as _autocast, compute_dtype  # noqa: F401  (compute_dtype: training's, as before)
 from .data import (IGNORE, Example, collate_packed, iter_batches, iter_packed, padded_positions,
                    packed_batches, split_rows)
 from .keep_best import Selection
@@ -207,25 +208,6 @@ def _world_step(world: Local, loss_of: Callable[[dict[str, Any]], Any], examples
 
 def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def compute_dtype(opts: TrainingOptions, device: str) -> Any:
-    """The dtype matrix products run in: ``opts.dtype``, where "auto" is bfloat16 on hardware that multiplies it
-    natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere."""
-    import torch
-
-    if opts.dtype != "auto":
-        return getattr(torch, opts.dtype)
-    return torch.bfloat16 if devices.bfloat16_native(device) else torch.float32
-
-
-def _autocast(device: str, dtype: Any = None) -> Any:
-    """bf16 autocast (weights stay fp32: the cached base model is shared with COMPLETE), or no autocast."""
-    import torch
-
-    if dtype is None or dtype == torch.float32:
-        return torch.autocast(device, enabled=False)
-    return torch.autocast(device, dtype=dtype)
 
 
 def _cpu_fast_paths(base: Any) -> None:
