@@ -16,8 +16,8 @@ HEAVY = {"torch", "transformers", "peft", "safetensors", "accelerate", "datasets
 
 #: Each room's rank: a module may import its own room or a room of lower rank, never a higher one or a sibling.
 RANKS = {"errors": 0, "options": 0.5, "queries": 0.5, "catalog": 1, "governance": 2, "ml": 2, "prep": 2.7, "jobs": 3,
-         "evaluation": 3.5, "surface": 4, "__init__": 5, "integrations": 5.5, "server": 5.5, "shell": 6, "demo": 7,
-         "cli": 8, "__main__": 9}
+         "evaluation": 3.5, "surface": 4, "__init__": 5, "integrations": 5.5, "server": 5.5, "dbt": 5.5, "shell": 6,
+         "demo": 7, "cli": 8, "__main__": 9}
 
 
 def _modules() -> dict[str, Path]:
