@@ -213,9 +213,12 @@ def _target(session: Session, res: Resolver, table: Any) -> tuple[str, str, str]
 
 
 def _statement(session: Session, cur: Any, kind: str, text: str, params: Any = None) -> Decision:
+    d = Decision(text, kind)
+    if kind == "TRANSACTION":  # reads no catalog: a ROLLBACK runs in a transaction an error aborted
+        _transaction(session, cur, None, d)
+        return d
     res = Resolver(cur, session.schema, params)
     res.text, res.checker = text, session.checker()
-    d = Decision(text, kind)
     check = STATEMENTS.get(kind)
     if check is None:
         raise _deny(ADMIN_ONLY.get(kind) or f"{kind} is for the administrator only", session)

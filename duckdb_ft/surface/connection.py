@@ -56,6 +56,8 @@ class Connection:
         self._root = root  # the connection connect() opened: closing it closes the database
         self._table: pa.Table | None = None  # the pending result of execute(), when not DuckDB's own
         self._offset = 0
+        #: DuckDB's types of a user session's pending result from execute() (None: see ``description``).
+        self.result_types: list | None = None
         self._closed = False
         if root:
             with session.engine.roots_lock:
@@ -79,7 +81,7 @@ class Connection:
     def execute(self, query: str, parameters: Any = None) -> "Connection":
         """Run one statement; fetch its rows with fetchall() and friends (as DuckDB's ``execute``)."""
         self._open()
-        self._table, self._offset = None, 0
+        self._table, self._offset, self.result_types = None, 0, None
         self.session.interrupted.clear()
         if self.session.is_admin and parse_ft_statement(query) is None:
             router.before_admin(self.session, self._raw, query)
@@ -91,6 +93,7 @@ class Connection:
             self._table = result
         elif self.session.user is not None:
             self._table = _arrow(result) if result is not None else pa.table({})
+            self.result_types = list(result.types) if result is not None else []  # JSON, UUID: lost in Arrow
         return self
 
     def interrupt(self) -> None:

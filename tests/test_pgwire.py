@@ -1,0 +1,150 @@
+"""The PostgreSQL wire door (duckdb_ft/server/pgwire.py) with real clients against a real server subprocess:
+log-in by password and by token, one duckdb-ft session per connection, errors as SQLSTATEs, simple and extended
+protocol with bound parameters, types, the catalog for psql and SQLAlchemy, cancel, and bad input."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from conftest import wait_for  # noqa: E402
+
+PASSWORD = "alice password 1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WireServer:
+    """``python -m duckdb_ft.server.pgwire DB`` on a free localhost port; its log is its standard error."""
+
+    def __init__(self, db: Path):
+        self.port = free_port()
+        self.log_path = db.with_suffix(".log")
+        self.process = subprocess.Popen([sys.executable, "-m", "duckdb_ft.server.pgwire", str(db), "--port",
+                                         str(self.port)], stdout=subprocess.DEVNULL,
+                                        stderr=self.log_path.open("w"))
+
+        def up():
+            assert self.process.poll() is None, f"the server exited: {self.log()}"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, timeout=120, what="the wire server to listen")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def connect(self, user="alice", password=PASSWORD, **kw):
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=user, password=password, dbname="shop",
+                               connect_timeout=20, **kw)
+
+    def url(self, user="alice", password=PASSWORD) -> str:
+        return f"postgresql://{user}:{password.replace(' ', '%20')}@127.0.0.1:{self.port}/shop"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def build(db: Path) -> str:
+    """The shop: tables pub (alice's role reads it) and secret (it does not), users alice and bob; alice's token."""
+    import duckdb_ft
+
+    con = duckdb_ft.connect(str(db))
+    for sql in ["CREATE ROLE analyst", f"CREATE USER alice PASSWORD = '{PASSWORD}' DEFAULT_ROLE = analyst",
+                "GRANT ROLE analyst TO USER alice", "CREATE USER bob PASSWORD = 'bobs password'",
+                "CREATE TABLE pub(id INTEGER, name VARCHAR, price DECIMAL(10,2))",
+                "INSERT INTO pub VALUES (1, 'apple', 1.50), (2, 'pear', NULL), (3, 'it''s', 0.25)",
+                "CREATE TABLE secret(x INTEGER)", "CREATE VIEW pub_names AS SELECT name FROM pub",
+                "GRANT USAGE ON SCHEMA main TO ROLE analyst", "GRANT SELECT ON TABLE pub TO ROLE analyst",
+                "GRANT SELECT ON VIEW pub_names TO ROLE analyst"]:
+        con.execute(sql)
+    (row,) = con.execute("ALTER USER alice ADD PROGRAMMATIC ACCESS TOKEN wire").fetchall()
+    con.close()
+    return row[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    db = tmp_path_factory.mktemp("pgwire") / "shop.duckdb"
+    token = build(db)
+    s = WireServer(db)
+    s.token = token
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log(), s.log()
+
+
+def sqlstate_of(con, sql, params=None) -> str:
+    with pytest.raises(psycopg.Error) as e:
+        con.execute(sql, params)
+    con.rollback()
+    return e.value.sqlstate
+
+
+def test_a_user_logs_in_with_its_password_or_its_token_and_reads_what_its_role_may(server):
+    for secret in (PASSWORD, server.token):
+        with server.connect(password=secret) as con:
+            assert con.execute("SELECT id, name FROM pub ORDER BY id").fetchall() == [
+                (1, "apple"), (2, "pear"), (3, "it's")]
+            assert sqlstate_of(con, "SELECT * FROM secret") == "42501"
+
+
+def test_wrong_password_unknown_user_and_another_users_token_get_one_error(server):
+    messages = set()
+    for user, secret in [("alice", "wrong password"), ("mallory", PASSWORD), ("bob", server.token)]:
+        with pytest.raises(psycopg.OperationalError) as e:
+            server.connect(user=user, password=secret)
+        messages.add(str(e.value).rsplit("FATAL:", 1)[-1].strip())
+    assert len(messages) == 1 and "authentication failed" in messages.pop()
+
+
+def test_errors_come_back_with_their_sqlstate_and_duckdb_ft_message(server):
+    with server.connect() as con:
+        assert sqlstate_of(con, "SELECT * FROM secret") == "42501"
+        assert sqlstate_of(con, "SELEC 1") == "42601"
+        assert sqlstate_of(con, "SELECT finetune('DESCRIBE', 'ft_nope')") == "42P01"
+        assert sqlstate_of(con, "SELECT finetune('NOPE')") == "22023"
+        with pytest.raises(psycopg.Error, match="fine-tuning job 'ft_nope' does not exist"):
+            con.execute("SELECT finetune('DESCRIBE', 'ft_nope')")
+        con.rollback()
+        assert con.execute("SELECT 1").fetchone() == (1,)  # the connection goes on after errors
+
+
+def test_parameters_are_bound_not_spliced_in_extended_and_simple_protocol(server):
+    with server.connect(autocommit=True) as con:
+        hostile = "x' OR '1'='1"
+        assert con.execute("SELECT id FROM pub WHERE name = %s", [hostile]).fetchall() == []
+        assert con.execute("SELECT id FROM pub WHERE name = %s", ["it's"]).fetchall() == [(3,)]
+        assert con.execute("SELECT %s::INTEGER + %s", [40, 2]).fetchone() == (42,)
+        for _ in range(7):  # past psycopg's prepare threshold: a named statement, described then executed
+            assert con.execute("SELECT name FROM pub WHERE id = %s", [1]).fetchone() == ("apple",)
+        cur = psycopg.ClientCursor(con)  # the simple protocol (psycopg quotes the values itself)
+        assert cur.execute("SELECT id FROM pub WHERE name = %s", ["it's"]).fetchall() == [(3,)]
+        assert cur.execute("SELECT 1; SELECT 2").fetchall() == [(2,)]
+
+
+def test_each_connection_is_its_own_session_of_its_user(server):
+    with server.connect(autocommit=True) as a, server.connect(autocommit=True) as b:
+        a.execute("SET VARIABLE mine = 'a'")
+        assert a.execute("SELECT getvariable('mine')").fetchone() == ("a",)
+        assert b.execute("SELECT getvariable('mine')").fetchone() == (None,)
+        assert sqlstate_of(b, "USE ROLE admin") == "42501"
+        assert sqlstate_of(b, "CREATE TABLE mine(x INTEGER)") == "42501"  # analyst may not create
+
+
+def test_transactions_roll_back_after_an_error(server):
+    with server.connect() as con:  # psycopg opens a transaction before the first statement
+        assert sqlstate_of(con, "SELECT finetune('DESCRIBE', 'ft_nope')") == "42P01"
+        assert con.execute("SELECT count(*) FROM pub").fetchone() == (3,)
