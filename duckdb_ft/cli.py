@@ -3,7 +3,7 @@
     duckdb-ft [DATABASE | --server URL] [-c SQL] [-f FILE] [-bail] [--wait [JOB_ID]] [-box|-csv|-json|-line|-markdown|-list]
     duckdb-ft demo [DATABASE]
     duckdb-ft token DATABASE [--user admin] [--days N] [--name NAME]
-    duckdb-ft serve DATABASE [--host 127.0.0.1] [--port 8000] [--grace 10] [--ssl-keyfile K --ssl-certfile C]
+    duckdb-ft serve DATABASE [--host 127.0.0.1] [--port 8000] [--pg-port 5433] [--grace 10] [--ssl-keyfile K --ssl-certfile C]
 
 With ``-c`` or ``-f`` it runs that and exits; with a script on standard input (``duckdb-ft db.duckdb < script.sql``)
 it runs the script; in a terminal it is interactive. A first argument ``demo`` is the subcommand: open a database
@@ -243,6 +243,8 @@ def serve(argv: list[str]) -> int:
                    help=f"longest prompt in characters (default {MAX_PROMPT_CHARS}; longer: 400)")
     p.add_argument("--max-queue", type=int, default=MAX_QUEUE,
                    help=f"generation requests waiting or running at most (default {MAX_QUEUE}; more: 429)")
+    p.add_argument("--pg-port", type=int, help="also speak the PostgreSQL wire protocol on this port, on --host "
+                                               "(psql, JDBC, SQLAlchemy; off unless given; needs the pg extra)")
     args = p.parse_args(argv)
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
         p.error("--ssl-keyfile and --ssl-certfile go together")
@@ -257,7 +259,7 @@ def serve(argv: list[str]) -> int:
         print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
         return 1
     return run_server(Settings(args.database, args.host, args.port, args.grace, args.ssl_keyfile, args.ssl_certfile,
-                               args.max_body_bytes, args.max_prompt_chars, args.max_queue), con)
+                               args.max_body_bytes, args.max_prompt_chars, args.max_queue, args.pg_port), con)
 
 
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.

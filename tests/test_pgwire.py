@@ -5,16 +5,13 @@ protocol with bound parameters, types, the catalog for psql and SQLAlchemy, canc
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import wait_for  # noqa: E402
+from conftest import Server  # noqa: E402
 
 PASSWORD = "alice password 1"
 
@@ -25,36 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class WireServer:
-    """``python -m duckdb_ft.server.pgwire DB`` on a free localhost port; its log is its standard error."""
+class WireServer(Server):
+    """``duckdb-ft serve DB --pg-port N`` on free localhost ports (:class:`conftest.Server`), with psycopg."""
 
     def __init__(self, db: Path):
         self.port = free_port()
-        self.log_path = db.with_suffix(".log")
-        self.process = subprocess.Popen([sys.executable, "-m", "duckdb_ft.server.pgwire", str(db), "--port",
-                                         str(self.port)], stdout=subprocess.DEVNULL,
-                                        stderr=self.log_path.open("w"))
-
-        def up():
-            assert self.process.poll() is None, f"the server exited: {self.log()}"
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(up, timeout=120, what="the wire server to listen")
-
-    def log(self) -> str:
-        return self.log_path.read_text()
+        super().__init__(str(db), "--pg-port", str(self.port))
 
     def connect(self, user="alice", password=PASSWORD, **kw):
         return psycopg.connect(host="127.0.0.1", port=self.port, user=user, password=password, dbname="shop",
                                connect_timeout=20, **kw)
 
     def url(self, user="alice", password=PASSWORD) -> str:
-        return f"postgresql://{user}:{password.replace(' ', '%20')}@127.0.0.1:{self.port}/shop"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        return f"postgresql+psycopg://{user}:{password.replace(' ', '%20')}@127.0.0.1:{self.port}/shop"
 
 
 def build(db: Path) -> str:
@@ -82,7 +62,7 @@ def server(tmp_path_factory):
     s = WireServer(db)
     s.token = token
     yield s
-    s.stop()
+    assert s.stop() == 0
     assert "Traceback" not in s.log(), s.log()
 
 

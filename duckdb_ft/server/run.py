@@ -34,6 +34,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     max_prompt_chars: int = MAX_PROMPT_CHARS
     max_queue: int = MAX_QUEUE
+    pg_port: int | None = None  # the PostgreSQL wire protocol's port (None: off)
 
 
 class _Server(uvicorn.Server):
@@ -62,6 +63,10 @@ def serve(settings: Settings, con: Any) -> int:
                             ssl_keyfile=settings.ssl_keyfile, ssl_certfile=settings.ssl_certfile,
                             log_config=None, log_level="info")
     server = _Server(config, state)
+    wire = _start_wire(settings, con)
+    if wire is False:
+        con.close()
+        return 1
     scheme = "https" if settings.ssl_certfile else "http"
     print(f"duckdb-ft serve: {settings.database} at {scheme}://{settings.host}:{settings.port} "
           "(SIGTERM or Ctrl-C stops it)", file=sys.stderr, flush=True)
@@ -77,6 +82,9 @@ def serve(settings: Settings, con: Any) -> int:
         code = 1
     finally:
         state.stop()
+        if wire is not None:
+            wire.shutdown()
+            wire.server_close()
         cut = state.cut_at() or time.monotonic()
         queue.drain(cut - time.monotonic() + 1.0)  # answers still generating: their own end, or the deadline
         con.close()  # a running job is checkpointed and left resumable; the database is closed
@@ -87,3 +95,24 @@ def serve(settings: Settings, con: Any) -> int:
         sys.stdout.flush()
         os._exit(code)
     return code
+
+
+def _start_wire(settings: Settings, con: Any) -> Any:
+    """The PostgreSQL wire server beside HTTP when ``--pg-port`` asks for it (None: not asked; False: it could not
+    start, and the error is printed)."""
+    if settings.pg_port is None:
+        return None
+    try:
+        from . import pgwire
+    except ImportError as e:
+        print(f"Error: --pg-port needs the pg extra ({e.name} is missing): pip install 'duckdb-ft[pg]'",
+              file=sys.stderr)
+        return False
+    try:
+        wire = pgwire.start(con, settings.host, settings.pg_port)
+    except OSError as e:
+        print(f"Error: cannot serve the PostgreSQL protocol on {settings.host}:{settings.pg_port}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return False
+    print(f"duckdb-ft serve: PostgreSQL protocol at {settings.host}:{settings.pg_port}", file=sys.stderr, flush=True)
+    return wire
