@@ -299,10 +299,14 @@ def test_passwords_never_appear_in_errors_reprs_or_the_shell_history(admin, tmp_
     secret = "Hunter2-secret"
     for sql in (f"CREATE USER x PASSWORD = '{secret}' COLOR = 1", f'CREATE USER x PASSWORD = "{secret}"',
                 f"CREATE USER x PASSWORD '{secret}'", f"ALTER USER alice SET PASSWORD = '{secret}' FLY",
-                f"CREATE USER x PASSWORD = '{secret}"):
+                f"CREATE USER x PASSWORD = '{secret}", f"EXPLAIN CREATE USER x PASSWORD = '{secret}'",
+                f"CREATE USER x PASSWORD = 'part one' '{secret}'"):
         with pytest.raises(duckdb.Error) as e:
             admin.execute(sql)
         assert secret not in str(e.value), str(e.value)
+    from duckdb_ft.surface.redact import mask_secrets
+
+    assert mask_secrets("SELECT password FROM logins") == "SELECT password FROM logins"  # a column stays
     st = parse_ft_statement(f"CREATE USER x PASSWORD = '{secret}'")
     assert st.password == secret and secret not in repr(st)
     store = history_store(str(tmp_path / "history"))

@@ -19,7 +19,7 @@ from ..errors import PermissionDenied, from_duckdb
 from . import cursors, router
 from .engine import Session, session_of, unregister
 from .functions import install
-from .redact import hide_ids
+from .redact import hide_ids, hide_passwords
 from .statements import parse_ft_statement
 
 #: What a user session may use of DuckDB's connection besides sql()/execute() and the fetch methods.
@@ -28,7 +28,7 @@ USER_ATTRIBUTES = {"interrupt", "description", "rowcount", "close"}
 
 def _typed_errors(method: Callable) -> Callable:
     """DuckDB's report of an error raised inside a duckdb-ft UDF becomes that duckdb-ft error again; a user
-    session's errors lose the ids they quote (:mod:`.redact`)."""
+    session's errors lose the ids they quote, and every error the passwords it quotes (:mod:`.redact`)."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,6 +38,7 @@ def _typed_errors(method: Callable) -> Callable:
             ours = from_duckdb(e)
             session = getattr(args[0], "session", None) if args else None
             hidden = hide_ids(ours or e, session)  # a user's errors never carry a session's id
+            hidden = hide_passwords(hidden or ours or e) or hidden  # DuckDB's parser quotes the statement
             if hidden is not None:
                 raise hidden from None
             if ours is None:

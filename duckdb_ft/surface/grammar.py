@@ -15,7 +15,7 @@ import sqlglot
 
 from ..errors import InvalidArgument
 from ..governance.roles import OBJECT_KINDS, PRIVILEGES
-from .redact import mask_secrets
+from .redact import mask_secrets, secret_spans
 
 
 
@@ -76,7 +76,7 @@ class _Tokens:
 
     def error(self, wanted: str) -> InvalidArgument:
         got = self.peek() or "end of statement"
-        if "password" in self.sql.lower() and self.i > 0 and self.peek(-1) in ("PASSWORD", "="):
+        if not self.done() and any(a <= self.toks[self.i].start < b for a, b in secret_spans(self.sql) or []):
             got = "***"  # a password in the wrong place is not echoed either
         return InvalidArgument(f"syntax error in {mask_secrets(self.sql.strip())[:80]!r}: expected {wanted}, "
                                f"got {got!r}")

@@ -25,33 +25,58 @@ MASK = "'***'"
 _AFTER_PASSWORD = re.compile(r"(?is)(\bpassword\b).*")
 
 
+def hide_passwords(error: BaseException) -> BaseException | None:
+    """``error`` again (same class) with the passwords its message quotes masked (DuckDB's parser errors quote
+    the statement: ``EXPLAIN CREATE USER u PASSWORD = '...'``); None when it quotes none."""
+    text = str(error)
+    masked = mask_secrets(text)
+    if masked == text or not isinstance(error, duckdb.Error):
+        return None
+    try:
+        return type(error)(masked)
+    except Exception:  # a class that takes other arguments: DuckDB's base class keeps the message
+        return duckdb.Error(masked)
+
+
 def mask_secrets(sql: str) -> str:
-    """``sql`` with the value after each PASSWORD (and every string literal after it in its statement) replaced
-    by ``'***'``; text that cannot be tokenized loses everything after the word PASSWORD."""
+    """``sql`` with each password replaced by ``'***'``: the value after ``PASSWORD =`` (whatever its kind) or a
+    string right after ``PASSWORD``, and the string literals that follow it at once. A column named password
+    (``SELECT password FROM t``) is left as it is; text that cannot be tokenized (an unterminated quote) loses
+    everything after the word PASSWORD."""
+    spans = secret_spans(sql)
+    if spans is None:
+        return _AFTER_PASSWORD.sub(r"\1 " + MASK, sql)
+    out, pos = [], 0
+    for start, end in spans:
+        out.append(sql[pos:start] + MASK)
+        pos = end
+    return "".join(out) + sql[pos:]
+
+
+def secret_spans(sql: str) -> list[tuple[int, int]] | None:
+    """Where :func:`mask_secrets` masks ``sql``: (start, end) of each password token; None when the text cannot
+    be tokenized."""
     if not isinstance(sql, str) or "password" not in sql.lower():
-        return sql
+        return []
     from sqlglot.dialects.duckdb import DuckDB
 
     try:
         tokens = DuckDB().tokenize(sql)
-    except Exception:  # an unterminated quote, ...: keep nothing after the word
-        return _AFTER_PASSWORD.sub(r"\1 " + MASK, sql)
-    out, pos, armed, value_next = [], 0, False, False
+    except Exception:  # an unterminated quote, ...
+        return None
+    spans, state = [], ""  # state: "word" after PASSWORD, "value" after PASSWORD =, "more" after a value
     for tok in tokens:
         kind = tok.token_type.name
-        if kind == "SEMICOLON":
-            armed = value_next = False
-        elif kind not in ("STRING", "IDENTIFIER") and tok.text.upper() == "PASSWORD":
-            armed = value_next = True
-            continue
-        elif armed and kind == "EQ":
-            continue
-        elif armed and (value_next or kind == "STRING"):
-            out.append(sql[pos:tok.start] + MASK)
-            pos, value_next = tok.end + 1, False
-            continue
-        value_next = False
-    return "".join(out) + sql[pos:]
+        if kind not in ("STRING", "IDENTIFIER") and tok.text.upper() == "PASSWORD":
+            state = "word"
+        elif state == "word" and kind == "EQ":
+            state = "value"
+        elif state == "value" or (state in ("word", "more") and kind == "STRING"):
+            spans.append((tok.start, tok.end + 1))
+            state = "more"
+        else:
+            state = ""
+    return spans
 
 
 def hide_ids(error: BaseException, session: Session | None) -> BaseException | None:
