@@ -57,5 +57,9 @@ def test_quickstart_notebook_runs(tmp_path, tiny_model_path, kernel_manager, mon
     assert any("SUCCESS" in text(c) for c in nb.cells if c.cell_type == "code")
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs), \
         "the loss curves were not plotted"
+    progress = [c for c in nb.cells if c.cell_type == "code" and "tqdm" in c.source]
+    assert progress and any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                            for o in progress[0].outputs), "the progress bar is no widget (is ipywidgets installed?)"
+    assert "IProgress not found" not in text(progress[0]) and text(progress[0]).count("\r") < 5
     sql_cells = [c for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith("%%sql")]
     assert sql_cells and all(c.outputs for c in sql_cells)
