@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.error
 import urllib.request
 
 import pytest
@@ -35,10 +34,14 @@ def steps(server, token, job):
     return int(step or 0) if status == "IN_PROGRESS" else -1
 
 
-def queue_depth(server, token):
+def metrics(server, token):
     req = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
-    text = urllib.request.urlopen(req, timeout=30).read().decode()
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("duckdb_ft_queue_depth"))
+    return urllib.request.urlopen(req, timeout=30).read().decode()
+
+
+def queue_depth(server, token):
+    return next(float(line.split()[1]) for line in metrics(server, token).splitlines()
+                if line.startswith("duckdb_ft_queue_depth"))
 
 
 def test_sigterm_mid_stream_and_training_exits_0_and_restarts_resume_the_job(tmp_path, tiny_model_path):
@@ -55,7 +58,8 @@ def test_sigterm_mid_stream_and_training_exits_0_and_restarts_resume_the_job(tmp
     server = Server(db, "--grace", "3")
     job = sql(server, token, "SELECT finetune('CREATE', 'long_job', 'tiny', 'SELECT p AS prompt, c AS completion "
                              "FROM t', NULL, '{\"max_epochs\": 10, \"batch_size\": 4}')")[0][0]
-    wait_for(lambda: steps(server, token, job) >= 1, what="the job's first step")
+    wait_for(lambda: steps(server, token, job) >= 2, what="the job's first steps")
+    assert f'duckdb_ft_job_training_tokens_per_second{{job_id="{job}"}}' in metrics(server, token)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0, timeout=120)
     ends: list[str] = []
 

@@ -4,7 +4,7 @@ answer, a token or a query string).
 
 Metrics live in a registry of their own per server (never the process-wide default one): requests by endpoint,
 model and status; prompt and completion tokens by model; time to first token and total latency; the generation
-queue's depth; jobs by status, read from the catalog at each scrape.
+queue's depth; jobs by status and running jobs' training tokens/s, read from the catalog at each scrape.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 #: The model label of a request whose model is unknown or not allowed: names a client made up never become series.
 UNKNOWN = "<unknown>"
 JOB_STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR", "CANCELLED")
+#: Each running job's tokens per second between its last two recorded steps.
+SPEEDS = f"""
+    SELECT job_id, (tokens - prev_tokens) / (elapsed_s - prev_elapsed) FROM (
+        SELECT job_id, tokens, elapsed_s, lag(tokens) OVER w AS prev_tokens, lag(elapsed_s) OVER w AS prev_elapsed,
+               row_number() OVER (PARTITION BY job_id ORDER BY step DESC) AS newest
+        FROM {SCHEMA}.metrics WHERE job_id IN (SELECT id FROM {SCHEMA}.jobs WHERE status = 'IN_PROGRESS')
+        WINDOW w AS (PARTITION BY job_id ORDER BY step))
+    WHERE newest = 1 AND elapsed_s > prev_elapsed"""
 
 
 class _Jobs:
@@ -50,6 +58,15 @@ class _Jobs:
         for status, n in counts.items():
             family.add_metric([status], n)
         yield family
+        speed = GaugeMetricFamily("duckdb_ft_job_training_tokens_per_second", "Training tokens per second of each "
+                                  "running job, over its last two recorded steps.", labels=["job_id"])
+        try:
+            rows = self.engine.cursor().execute(SPEEDS).fetchall()
+        except Exception:  # noqa: BLE001 - as above
+            rows = []
+        for job_id, tokens_per_s in rows:
+            speed.add_metric([job_id], tokens_per_s)
+        yield speed
 
 
 class Metrics:

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..errors import FtError, InvalidArgument, PermissionDenied
+from ..errors import FtError, InvalidArgument, ModelLoadError, PermissionDenied
 from ..options import CompleteOptions
 from ..surface import router as sql_router
 from . import generation, streaming
@@ -91,7 +91,7 @@ async def _complete(request: Request, chat: bool) -> Any:
     try:
         await in_thread(call.check)
     except BaseException as e:
-        call.finish("404" if isinstance(e, generation.ModelUnavailable) else "500")
+        call.finish("404" if isinstance(e, generation.ModelUnavailable) else str(getattr(e, "status", 500)))
         raise
     if stream:
         return await call.stream(chat, include_usage)
@@ -115,7 +115,11 @@ class _Call:
         """Blocking: the request's session opened, its model checked (404 before anything else)."""
         self._session_cm = session(self.state.engine, self.identity)
         self.session = self._session_cm.__enter__()
-        generation.check_model(self.state.engine, self.session, self.req.model)  # 404 before anything else
+        try:
+            generation.check_model(self.state.engine, self.session, self.req.model)
+        except ModelLoadError:  # it exists, but its files do not load: nothing of them (paths) to the client
+            raise Refused(503, f"The model `{self.req.model}` could not be loaded; the administrator can load it "
+                               "with SELECT complete(...) to see why.", "model_unavailable", "server_error") from None  # 404 before anything else
         self.model = self.req.model
 
     def generate(self, on_text: Any = None) -> generation.Answer:
