@@ -41,7 +41,9 @@ from .errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
+    QueueFull,
     RemoteError,
+    RequestTimeout,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +53,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
-    "AlreadyExists", "AuthenticationFailed", "PermissionDenied", "JobError", "Interrupted", "RemoteError", "__version__",
+    "AlreadyExists", "AuthenticationFailed", "PermissionDenied", "JobError", "Interrupted", "RemoteError",
+    "QueueFull", "RequestTimeout", "__version__",
 ]
 
 

@@ -98,6 +98,14 @@ class JobError(FtError, duckdb.InvalidInputException):
     """A fine-tuning job cannot do what was asked in its current state."""
 
 
+class QueueFull(FtError, duckdb.OperationalError):
+    """A model's request queue is full (``ml/batcher.py``): retry later (HTTP 429 or 503)."""
+
+
+class RequestTimeout(FtError, duckdb.OperationalError):
+    """A request did not finish within its timeout (``ml/batcher.py``); its slot was freed."""
+
+
 _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (\w+): (.*)", re.S)
 
 

@@ -1,7 +1,8 @@
 """State that lives longer than a call has an owner or a bound: adapters attached to a cached base model (least
 recently used evicted past ``models.MAX_ADAPTERS``), the cached base models (``models.MAX_BASE_MODELS``), an
-engine per open database (gone when it closes), weight digests (``lineage.MAX_HASHES``), and COMPLETE's
-counters and decoding switch (the loaded model's)."""
+engine per open database (gone when it closes), weight digests (``lineage.MAX_HASHES``), COMPLETE's
+counters and decoding switch (the loaded model's), and the decode loop across requests (``ml/batcher.py``: one per
+loaded model, its queue, prefix store and thread bounded)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ STATE = {
     "duckdb_ft.governance.credentials._VERIFIED": "the MAX_VERIFIED digests of tokens verified last",
     "duckdb_ft.governance.credentials.BACKOFF": "an LRU of at most Backoff.size keys, each forgotten after its "
                                                 "window",
+}
+#: State held by objects rather than modules, with its owner and bound; the test below checks each.
+OWNED = {
+    "LoadedModel.batcher": "one Batcher per loaded base model (batcher_for), gone with it",
+    "Batcher._waiting": "at most queue_size requests; more are refused with QueueFull",
+    "Batcher._batches": "at most slots running rows, in one batch per options key",
+    "Batcher._prefixes": "prefix.Store: its max_entries entries used last, max_tokens tokens in all",
+    "Batcher._thread": "started by submit, exits after batcher.IDLE_EXIT seconds idle or at close()",
+    "LoadedModel.pinned": "one count per adapter of a queued or running request, dropped when it ends",
 }
 MUTABLE = {"dict", "list", "set", "OrderedDict", "Counter", "deque", "defaultdict", "WeakValueDictionary",
            "WeakKeyDictionary", "WeakSet", "Backoff"}
@@ -186,3 +196,25 @@ def _module_state() -> set[str]:
 
 def test_every_module_level_state_has_an_owner_or_a_bound():
     assert _module_state() == set(STATE), "module-level state: give it an owner or a bound, and name it in STATE"
+
+
+def test_the_decode_loop_is_owned_by_its_loaded_model_and_bounded(tiny_model_path, monkeypatch):
+    from duckdb_ft.ml import batcher as batching
+
+    monkeypatch.setattr(batching, "IDLE_EXIT", 0.1)
+    loaded = models.LoadedModel(name="tiny", path=tiny_model_path, tokenizer=models.load_tokenizer(tiny_model_path),
+                                model=models.load(tiny_model_path).model)
+    b = batching.batcher_for(loaded)
+    assert batching.batcher_for(loaded) is b is loaded.batcher
+    store = b._prefixes
+    prompts = [f"Question number {i} about a long shared preamble of several words." for i in range(12)]
+    futures = [b.submit(completion.Request([{"role": "user", "content": p}], CompleteOptions(max_tokens=2)), None)
+               for p in prompts]
+    assert all(f.result(timeout=60).completion_tokens == 2 for f in futures)
+    assert 0 < len(store.entries) <= store.max_entries and sum(len(e[2]) for e in store.entries) <= store.max_tokens
+    assert len(b._waiting) == 0 and sum(len(x.rows) for x in b._batches.values()) == 0 and not loaded.pinned
+    from conftest import wait_for
+
+    wait_for(lambda: b._thread is None, what="the idle decode thread's exit")
+    assert set(OWNED) >= {"Batcher." + n for n in ("_waiting", "_batches", "_prefixes", "_thread")}
+    b.close()

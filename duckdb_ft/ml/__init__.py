@@ -10,8 +10,8 @@ run models (importing this package loads none of them).
   dropout (the three import torch on import); :mod:`.lanes` a CPU step's micro-batches shared by the cores;
   :mod:`.distributed` one torchrun training process; :mod:`.devices` what the machine can train on;
   :mod:`.calibrate` ESTIMATE's measured seconds per trained token.
-- :mod:`.complete`: COMPLETE's batched generation; :mod:`.decode` continuous batching; :mod:`.prefix` a batch's
-  shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss;
+- :mod:`.complete`: COMPLETE's batched generation; :mod:`.decode` continuous batching; :mod:`.batcher` one
+  decode loop per base model across requests (a server's), :mod:`.running` its running batch; :mod:`.prefix` a batch's shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss;
   :mod:`.schema` a response_format's JSON Schema checked; :mod:`.constrain` constrained decoding (xgrammar).
 - :mod:`.export`: a fine-tuned model written as a PEFT adapter folder, a merged model or (:mod:`.gguf_file`) one
   GGUF file.

@@ -24,10 +24,13 @@ import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import ModelLoadError, ModelNotFound
 from . import devices
+
+if TYPE_CHECKING:
+    from .batcher import Batcher
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "DUCKDB_FT_CACHE"
@@ -206,6 +209,8 @@ class LoadedModel:
     stats: Counter = field(default_factory=Counter)
     """COMPLETE's counters since the load (benchmarks read them): rows asked for, rows generated (duplicates once),
     ``generate`` calls, prompt tokens of every row, prompt tokens computed. Updated under ``lock``."""
+    batcher: Batcher | None = None  # the decode loop across requests (batcher.batcher_for), made when first asked
+    pinned: Counter = field(default_factory=Counter)  # adapters of the batcher's requests: evict_adapters keeps them
 
     def use_adapters(self, keys: Iterable[str | None]) -> None:
         """Mark the attached adapters among ``keys`` as used now: the last to be evicted."""
@@ -214,10 +219,10 @@ class LoadedModel:
                 self.adapters.move_to_end(key)
 
     def evict_adapters(self) -> list[str]:
-        """Delete the least recently used adapters beyond ``MAX_ADAPTERS``; their keys."""
+        """Delete the least recently used adapters beyond ``MAX_ADAPTERS``, but ``pinned`` ones; their keys."""
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft's "adapter was active, now deleted": COMPLETE sets its own
-            gone = list(self.adapters)[:max(0, len(self.adapters) - MAX_ADAPTERS)]
+            gone = [k for k in self.adapters if not self.pinned.get(k)][:max(0, len(self.adapters) - MAX_ADAPTERS)]
             for key in gone:
                 self.model.delete_adapter(key)
                 del self.adapters[key]
@@ -282,9 +287,7 @@ def load(name: str) -> LoadedModel:
                 devices.this_machine())))
         except OSError as e:
             raise ModelLoadError(f"cannot load model '{name}' from {path}: {e}") from e
-        model.to(device())
-        model.eval()
-        model.requires_grad_(False)
+        model.to(device()).eval().requires_grad_(False)
         weights = dict(model.named_parameters(remove_duplicate=False))
         weights.update(model.named_buffers(remove_duplicate=False))
         loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, weights=weights)
@@ -398,11 +401,8 @@ def lora_config_from_dict(config: dict[str, Any]) -> Any:
 
 
 def attach_adapter(loaded: LoadedModel, key: str, config: dict[str, Any], blob: bytes) -> None:
-    """Add a LoRA adapter under ``key`` to a cached base model, sharing its weights with every other adapter.
-
-    The first adapter wraps the base module in a PeftModel; plain base-model generation then runs with the
-    adapters disabled (see complete._adapter).
-    """
+    """Add a LoRA adapter under ``key`` to a cached base model, sharing its weights with every other adapter. The
+    first adapter wraps the base module in a PeftModel; base-model generation then runs with the adapters off."""
     from peft import PeftModel, set_peft_model_state_dict
 
     with loaded.lock:

@@ -85,3 +85,91 @@ def prefix_cache(model: Any, prefix_ids: Sequence[int], rows: int, adapter_names
     else:
         cache.batch_select_indices(pick)
     return key, cache
+
+
+class Store:
+    """Prompt prefixes kept across batches, for a decode loop whose rows arrive over time (``batcher.py``).
+
+    After a group of prompts is computed, the key/value cache of each adapter's longest prompt is kept (its real
+    tokens, padding left out); a later group whose prompts start with the same tokens (a system message, a
+    template, an earlier turn of the conversation) takes that cache, cut to the common length, and computes only
+    its own tokens. A group of several prompts that no kept entry covers has its common prefix computed once, as
+    ``prefix_cache`` does within one batch. Bounded: the ``max_entries`` entries used last, at most ``max_tokens``
+    tokens in all. Entries are kept per options key (a bfloat16 cache is not a float32 one) and adapter.
+    """
+
+    def __init__(self, max_entries: int = 8, max_tokens: int = 8192):
+        from collections import OrderedDict
+
+        self.max_entries, self.max_tokens = max_entries, max_tokens
+        self.entries: OrderedDict[tuple, list[tuple[Any, Any]]] = OrderedDict()  # (key, adapter, ids) -> kv
+        self.hits = 0
+
+    def lookup(self, model: Any, key: tuple, ids: Sequence[Sequence[int]], adapters: Sequence[str | None],
+               kwargs: Any) -> tuple[int, dict[str | None, list[tuple[Any, Any]]]]:
+        """(shared length, each adapter's cache of that length, batch dimension 1) for a group of prompts ``ids``
+        of ``adapters``; (0, {}) when they share no prefix worth it. ``kwargs(names)`` gives the model's keyword
+        arguments for a forward whose rows use adapters ``names`` (a prefix computed here)."""
+        import torch
+
+        limit = min(len(s) for s in ids) - 1
+        first, common = ids[0], limit
+        for s in ids[1:]:
+            common = min(common, _common(first, s, common))
+        distinct = list(dict.fromkeys(adapters))
+        best: dict[str | None, tuple[int, tuple]] = {}
+        for entry in self.entries:
+            k, a, tokens = entry
+            if k == key and a in distinct:
+                n = _common(first, tokens, common)
+                if n > best.get(a, (0, None))[0]:
+                    best[a] = (n, entry)
+        shared = min((best.get(a, (0, None))[0] for a in distinct), default=0)
+        if shared >= MIN_PREFIX_TOKENS:
+            self.hits += 1
+            for _, entry in best.values():
+                self.entries.move_to_end(entry)
+            return shared, {a: [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.entries[best[a][1]]]
+                            for a in distinct}
+        if len(ids) < 2 or common < MIN_PREFIX_TOKENS:
+            return 0, {}
+        dev = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([list(first[:common])] * len(distinct), device=dev), use_cache=True,
+                    **kwargs(distinct))
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        kv = {a: [(k[u:u + 1], v[u:u + 1]) for k, v in layers] for u, a in enumerate(distinct)}
+        for a in distinct:
+            self._put((key, a, tuple(first[:common])), kv[a])
+        return common, kv
+
+    def keep(self, key: tuple, ids: Sequence[Sequence[int]], adapters: Sequence[str | None], cache: Any,
+             mask: Any) -> None:
+        """Keep each adapter's longest prompt of a computed group: its rows of ``cache`` where ``mask`` is 1."""
+        longest: dict[str | None, int] = {}
+        for k, (s, a) in enumerate(zip(ids, adapters)):
+            if a not in longest or len(s) > len(ids[longest[a]]):
+                longest[a] = k
+        for a, k in longest.items():
+            if len(ids[k]) < MIN_PREFIX_TOKENS or (key, a, tuple(ids[k])) in self.entries:
+                continue
+            cols = mask[k].nonzero()[:, 0]
+            self._put((key, a, tuple(ids[k])), [(layer.keys[k:k + 1].index_select(2, cols),
+                                                 layer.values[k:k + 1].index_select(2, cols))
+                                                for layer in cache.layers])
+
+    def _put(self, entry: tuple, kv: list[tuple[Any, Any]]) -> None:
+        self.entries[entry] = kv
+        self.entries.move_to_end(entry)
+        while len(self.entries) > self.max_entries or (
+                len(self.entries) > 1 and sum(len(e[2]) for e in self.entries) > self.max_tokens):
+            self.entries.popitem(last=False)
+
+
+def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """The length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    limit = min(limit, len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
