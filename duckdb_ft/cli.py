@@ -177,8 +177,16 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors start with the one ``Error:`` of the command's other failures (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"Error: {message}\n")
+
+
 def token(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="duckdb-ft token",
+    p = _Parser(prog="duckdb-ft token",
                                 description="Mint a programmatic access token (for `duckdb-ft serve`) while no "
                                             "server holds the database file; print only the token on stdout. "
                                             "User admin, the administrator, is created if it does not exist.")

@@ -161,6 +161,8 @@ def test_a_user_manages_its_own_tokens_and_no_one_elses(admin):
     for sql in ("ALTER USER bob ADD PAT hers", "ALTER USER bob REMOVE PAT x",
                 "SHOW USER PROGRAMMATIC ACCESS TOKENS FOR USER bob"):
         denied(alice, sql, match="for the administrator only")
+    with pytest.raises(duckdb_ft.InvalidArgument, match="role 'admin' is not granted to user alice"):
+        alice.execute("ALTER USER alice ADD PAT root ROLE_RESTRICTION = 'admin'")  # no token above the user
     alice.execute("ALTER USER alice REMOVE PROGRAMMATIC ACCESS TOKEN mine")
     refused(authenticate_token, cursor(admin), secret)  # removed: refused at once
     assert authenticate_token(cursor(admin), secret2).user == "alice"
@@ -334,6 +336,9 @@ def test_token_command_prints_a_token_that_authenticates_as_the_administrator(tm
     assert capsys.readouterr().err.startswith("Error: user 'nobody' does not exist")
     assert cli.main(["token", db, "--days", "366"]) == 2
     assert capsys.readouterr().err.startswith("Error: DAYS_TO_EXPIRY must be a whole number of days from 1 to 365")
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["token", db, "--days", "soon"])
+    assert usage.value.code == 2 and "Error: argument --days: invalid int value: 'soon'" in capsys.readouterr().err
     con = duckdb_ft.connect(db)
     identity = authenticate_token(cursor(con), secret)
     assert identity == Identity("admin", None)
