@@ -10,7 +10,7 @@ connection that has a duckdb-ft session gets a session of the same user, role an
 it is returned. Tools that run on cursors (dbt-duckdb runs every model on ``conn.cursor()``, threads that each take
 a cursor) then need nothing of their own. A cursor of a user's connection is that user: never the administrator.
 
-Connections are held weakly: a session leaves its engine when its connection is garbage collected. Connections
+Connections are held weakly: a cursor's session leaves its engine when the cursor is garbage collected. Connections
 without a session (DuckDB's own, the engine's internal cursors) pay one dictionary look-up per ``cursor()``.
 """
 
@@ -31,11 +31,14 @@ _lock = threading.Lock()
 _inherit: Callable[[Any, "Session"], None] | None = None
 
 
-def bind(con: Any, session: "Session") -> None:
-    """Record that ``con`` (a DuckDB connection) runs as ``session``; the session leaves its engine with ``con``."""
+def bind(con: Any, session: "Session", *, owned: bool = False) -> None:
+    """Record that ``con`` (a DuckDB connection) runs as ``session``. ``owned``: ``con`` is the only Python object
+    of its connection (a cursor just opened), so the session leaves its engine with it. (Not so for any connection:
+    ``duckdb.default_connection()`` gives a new object for the same connection once the last one is collected.)"""
     with _lock:
         _sessions[con] = session
-    weakref.finalize(con, session.engine.sessions.pop, session.id, None)
+    if owned:
+        weakref.finalize(con, session.engine.sessions.pop, session.id, None)
 
 
 def session_of(con: Any) -> "Session | None":

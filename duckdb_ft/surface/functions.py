@@ -267,15 +267,16 @@ def install(con: Any, *, user: str | None = None, resume_jobs: bool = False, rol
         return session
 
 
-def _attach(con: Any, session: Session) -> None:
-    """Give ``con`` the macros that carry ``session`` into the UDFs, and remember its session (for its cursors)."""
+def _attach(con: Any, session: Session, *, owned: bool = False) -> None:
+    """Give ``con`` the macros that carry ``session`` into the UDFs, and remember its session (for its cursors;
+    ``owned``: a cursor just opened, whose session goes with it)."""
     for sql in _macros(session.id):
         con.execute(sql)
-    cursors.bind(con, session)
+    cursors.bind(con, session, owned=owned)
 
 
 def _inherit(cursor: Any, parent: Session) -> None:
     """A new cursor of ``parent``'s connection: a session of the same user, role and schema (:mod:`.cursors`)."""
     session = parent.engine.new_session(parent.user, role=parent.role_restriction)  # a token's restriction holds
     session.role, session.schema = parent.role, parent.schema
-    _attach(cursor, session)
+    _attach(cursor, session, owned=True)
