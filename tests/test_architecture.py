@@ -257,3 +257,17 @@ def test_test_modules_share_helpers_through_conftest_only():
                     unregistered.add(f"{path.name}: pytest.mark.{node.attr}")
     assert not offenders, offenders
     assert not unregistered, sorted(unregistered)
+
+
+def test_the_readmes_ways_in_point_at_sections_and_tests_that_exist():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Ways in"):].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| from", "| ---"))]
+    slugs = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+             for h in re.findall(r"^#{2,3} (.+)$", readme, re.M)}
+    assert len(rows) >= 9
+    for row in rows:
+        anchors, tests = re.findall(r"\]\(#([^)]+)\)", row), re.findall(r"`(tests/[^`]+\.py)`", row)
+        assert anchors and tests, f"a way in without its section or its test: {row}"
+        assert set(anchors) <= slugs, f"no README section for {anchors}"
+        assert all((PACKAGE.parent / t).exists() for t in tests), f"no such test file in {row}"
