@@ -119,7 +119,8 @@ def export_model(con: Any, name: str, folder: str | None = None, format: str = "
       or ``folder`` itself when it ends in ``.gguf``), for llama.cpp-based tools.
 
     ``dtype`` (``f32``, ``f16``) is the weights' type of ``merged`` and ``gguf``. Needs OWNERSHIP of the model.
-    ``name@version`` exports that version (else the default one).
+    ``name@version`` exports that version (else the default one). A base model (``smollm2-135m``, or a registered
+    one the session has USAGE on) exports as ``merged`` or ``gguf``: what an adapter needs beside it.
 
     ``push_to_hub`` (a repository id, ``user/name``) also uploads the exported folder to the Hugging Face Hub
     with huggingface_hub (token from ``HF_TOKEN``; the repository is created, ``private`` unless told

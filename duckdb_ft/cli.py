@@ -72,7 +72,7 @@ def shell(argv: list[str]) -> int:
         try:
             con = duckdb_ft.connect(args.database, read_only=args.readonly)
         except Exception as e:  # noqa: BLE001 - one message, no traceback
-            print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
+            print(f'Error: unable to open database "{args.database}": {str(e).strip()}', file=sys.stderr)
             return 1
     sh = Shell(con, mode=args.mode or "box")
     ok = True
@@ -145,7 +145,8 @@ def export(argv: list[str]) -> int:
                                             "folder (AutoModelForCausalLM.from_pretrained(FOLDER)), or a GGUF "
                                             "file (llama.cpp, Ollama).")
     p.add_argument("database", help="database file holding the model")
-    p.add_argument("model", help="model name (name or schema.name; name@version for a version)")
+    p.add_argument("model", help="model name (name or schema.name; name@version for a version), or a base model "
+                                 "(smollm2-135m, a registered one) for merged or gguf")
     p.add_argument("folder", nargs="?", default=None,
                    help="folder to create (new or empty); for gguf, a path ending in .gguf is the file; optional "
                         "with --push-to-hub")
@@ -162,13 +163,17 @@ def export(argv: list[str]) -> int:
 
     from .shell.repl import error_message
 
+    con = None
     try:
-        con = duckdb_ft.connect(args.database, read_only=True)
+        con = _open_for_export(args.database)
         path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
                                       push_to_hub=args.push_to_hub, private=not args.public)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
         _error(error_message(e))
         return 1
+    finally:
+        if con is not None:
+            con.close()  # checkpointed: no write-ahead log left beside the file
     if args.push_to_hub:
         where = f" to {args.folder} and" if args.folder else ""
         print(f"Exported {args.model} ({args.format}){where} pushed it to {path}")
@@ -259,15 +264,26 @@ def serve(argv: list[str]) -> int:
     import duckdb_ft
 
     from .server.run import Settings, serve as run_server
-    from .shell.repl import error_message
 
     try:
         con = duckdb_ft.connect(args.database, resume_jobs=True)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
-        print(f'Error: unable to open database "{args.database}": {error_message(e)}', file=sys.stderr)
+        print(f'Error: unable to open database "{args.database}": {str(e).strip()}', file=sys.stderr)
         return 1
     return run_server(Settings(args.database, args.host, args.port, args.grace, args.ssl_keyfile, args.ssl_certfile,
                                args.max_body_bytes, args.max_prompt_chars, args.max_queue, args.pg_port), con)
+
+
+def _open_for_export(database: str):
+    """The database, read-write when it may be (closing it then checkpoints any write-ahead log another tool left),
+    else read-only (a file this user cannot write)."""
+    import duckdb_ft
+
+    if not os.path.isfile(database):
+        raise duckdb_ft.NotFound(f"database file {database} does not exist")
+    if os.access(database, os.W_OK) and os.access(os.path.dirname(os.path.abspath(database)), os.W_OK):
+        return duckdb_ft.connect(database)
+    return duckdb_ft.connect(database, read_only=True)
 
 
 #: Subcommands by name: a first argument with one of these names is the subcommand, never a database file.

@@ -148,7 +148,8 @@ def test_bad_export_requests_are_clear_errors_and_leave_nothing(exported, tmp_pa
     db = exported[0]
     run = subprocess.run([sys.executable, "-m", "duckdb_ft", "export", db, "exported", str(tmp_path / "z"),
                           "--format", "onnx"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "unknown export format" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 1 and run.stderr.startswith("Error: unknown export format") and "Traceback" not in run.stderr
+    assert run.stderr.count("Error") == 1, run.stderr  # one prefix, not "Error: Error: ..."
     con = duckdb_ft.connect(db)
     with pytest.raises(duckdb_ft.InvalidArgument, match="unknown export format 'onnx'.*adapter, merged, gguf"):
         duckdb_ft.export_model(con, "exported", str(tmp_path / "x"), format="onnx")
@@ -160,7 +161,7 @@ def test_bad_export_requests_are_clear_errors_and_leave_nothing(exported, tmp_pa
     with pytest.raises(duckdb_ft.AlreadyExists, match="not an empty folder"):
         duckdb_ft.export_model(con, "exported", str(full), format="merged")
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
-    with pytest.raises(duckdb_ft.NotFound, match="does not exist"):
+    with pytest.raises(duckdb_ft.NotFound, match="model 'main.no_such_model' does not exist: SHOW MODELS"):
         duckdb_ft.export_model(con, "no_such_model", str(tmp_path / "y"), format="merged")
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(duckdb_ft.InvalidArgument, match="cannot write in .*a_file.*choose a writable folder"):
@@ -177,3 +178,45 @@ def test_bad_export_requests_are_clear_errors_and_leave_nothing(exported, tmp_pa
         con.execute("USE ROLE admin")
         con.close()
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_base_model_exports_as_gguf_and_merged_where_the_session_may_name_it(con, tiny_model_path, tmp_path):
+    """Issue 37: the base GGUF an adapter needs beside it. A registered base model exports for a role with USAGE on
+    it (its ``duckdb_ft.json`` names it as registered, never by its folder); without USAGE the error is the one of a
+    model that does not exist; a base model has no adapter format."""
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from conftest import user_connection
+
+    path = duckdb_ft.export_model(con, tiny_model_path, str(tmp_path / "base.gguf"), format="gguf")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.name"].contents() == tiny_model_path
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    np.testing.assert_array_equal(tensors["token_embd.weight"], base["model.embed_tokens.weight"].numpy())
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up.weight"], base["model.layers.1.mlp.up_proj.weight"].numpy())
+    with pytest.raises(duckdb_ft.InvalidArgument, match="is a base model, which has no adapter.*merged or gguf"):
+        duckdb_ft.export_model(con, tiny_model_path, str(tmp_path / "a"), format="adapter")
+
+    con.execute(f"CREATE BASE MODEL corp_tiny FROM '{tiny_model_path}'")
+    con.execute("CREATE ROLE analyst")
+    con.execute("GRANT ROLE analyst TO USER ann")
+    user = user_connection(con, "ann")
+    try:
+        with pytest.raises(duckdb_ft.PermissionDenied, match="does not exist or OWNERSHIP is required") as e:
+            duckdb_ft.export_model(user, "corp_tiny", str(tmp_path / "no"), format="merged")
+        with pytest.raises(duckdb_ft.PermissionDenied) as missing:
+            duckdb_ft.export_model(user, "no_such_model", str(tmp_path / "no"), format="merged")
+        assert str(e.value).replace("corp_tiny", "no_such_model") == str(missing.value)  # one error for both
+        con.execute("GRANT USAGE ON BASE MODEL corp_tiny TO ROLE analyst")
+        out = duckdb_ft.export_model(user, "corp_tiny", str(tmp_path / "merged"), format="merged")
+    finally:
+        user.close()
+    info = json.loads((tmp_path / "merged" / "duckdb_ft.json").read_text())
+    assert info == {"model": "corp_tiny", "format": "merged", "base_model": "corp_tiny", "dtype": "f32"}
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert all(np.array_equal(merged[k].numpy(), base[k].numpy()) for k in base)
+    assert not (tmp_path / "no").exists()

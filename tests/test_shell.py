@@ -210,6 +210,7 @@ def test_wait_option_after_c_follows_the_new_job_in_plain_lines(tmp_path, tiny_m
     assert re.fullmatch(r"ft_[0-9a-f-]{36} SUCCESS in \d:\d\d:\d\d: model main\.m \(loss [\d.]+, val_loss [\d.]+\)",
                         lines[-1]), lines
     assert all(" IN_PROGRESS " in line or " PENDING" in line for line in lines[2:-1]), lines
+    assert not (tmp_path / "db.duckdb.wal").exists()  # closed checkpointed at exit, after the job (issue 37)
 
 
 def test_every_dot_command_is_in_help_and_in_the_readme(capsys):

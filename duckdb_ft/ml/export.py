@@ -1,4 +1,4 @@
-"""Export a fine-tuned model for use outside duckdb-ft, in one of three formats.
+"""Export a fine-tuned model, or a base model, for use outside duckdb-ft, in one of three formats.
 
 - ``adapter``: a PEFT adapter folder: ``adapter_model.safetensors`` and ``adapter_config.json`` (with
   ``base_model_name_or_path``), as ``PeftModel.save_pretrained`` writes them, so
@@ -8,6 +8,9 @@
   COMPLETE stops) that ``AutoModelForCausalLM.from_pretrained(folder)`` loads without peft or duckdb-ft.
 - ``gguf``: the merged weights as one GGUF file (``gguf_file.py``), f32 or f16, with the tokenizer and chat
   template in its metadata, for llama.cpp-based tools.
+
+A base model (``smollm2-135m``, a registered one, any folder for the administrator) exports as ``merged`` or
+``gguf`` (it has no adapter): the file an adapter export needs beside it in llama.cpp and Ollama.
 
 Every format is written into a temporary folder beside the target and renamed into place: a failed export leaves
 nothing. Each export also holds ``duckdb_ft.json``: the model's name, version, job and lineage. ``push_to_hub``
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import models as modeldb
-from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, RemoteError
+from ..errors import AlreadyExists, InvalidArgument, ModelNotFound, NotFound, PermissionDenied, RemoteError
 from ..queries import parse_model_ref
 from . import complete, models
 
@@ -32,13 +35,16 @@ if TYPE_CHECKING:
     from ..surface.engine import Session
 
 FORMATS = ("adapter", "merged", "gguf")
+#: The formats of a base model (it has no adapter).
+BASE_FORMATS = ("merged", "gguf")
 DTYPES = ("f32", "f16")
 
 
 def export_model(session: Session, name: str, folder: str | None, format: str = "adapter", dtype: str = "f32",
                  push_to_hub: str | None = None, private: bool = True) -> str:
     """Write model ``name`` (``name@version``: that version; else the default) at ``folder`` (which must not
-    exist, or be an empty folder) in ``format``; its path.
+    exist, or be an empty folder) in ``format``; its path. A name that is no model of the catalog is a base model
+    (``merged`` or ``gguf``), which a session may export where it may name it (built-in; registered, with USAGE).
 
     ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged`` and ``gguf``; f32 answers exactly as
     COMPLETE does. For ``gguf``, a ``folder`` ending in ``.gguf`` is the file itself; otherwise the folder holds
@@ -56,19 +62,14 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
                               "--format merged or gguf")
     if folder is None and push_to_hub is None:
         raise InvalidArgument("export needs a folder to write (or push_to_hub, a hub repository id)")
-    schema, model, version = parse_model_ref(name, session.schema)
     cur = session.engine.cursor()
-    if not modeldb.model_exists(cur, schema, model) or not session.checker().owns("MODEL", f"{schema}.{model}"):
-        if session.is_admin:
-            raise NotFound(f"model '{schema}.{model}' does not exist (SHOW MODELS lists them)")
-        raise PermissionDenied.of(  # one error: a user cannot tell the two apart
-            "OWNERSHIP", "MODEL", f"{schema}.{model}", session.role,
-            reason="it does not exist or OWNERSHIP is required", hint="SHOW MODELS lists the models you may use")
-    session.engine.check_current()
-    row = modeldb.get_model(cur, schema, model, version)
-    if row is None:
-        raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
-                       f"{schema}.{model} lists them")
+    row = _fine_tuned(session, cur, name)
+    if row is None:  # a base model: built-in, registered (USAGE), or any folder or hub id for the administrator
+        row = _base_row(session, cur, name)
+        if format not in BASE_FORMATS:
+            raise InvalidArgument(f"'{name}' is a base model, which has no adapter: export it --format "
+                                  f"{' or '.join(BASE_FORMATS)}")
+    label = row["label"]
     if folder is not None:
         target = Path(folder).expanduser().resolve()
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
@@ -84,12 +85,13 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
     try:
         if scratch is not None:
             target = scratch / "export"
-        _write(cur, row, schema, model, target, format, dtype)
+        _write(session, cur, row, target, format, dtype)
         if hub_target is None:
             return str(target)
         try:
-            return hub.upload(hub_target, str(target), f"duckdb-ft export of {schema}.{model}@{row['version']} "
-                                                       f"({format}, job {row['job_id']})")
+            what = f"{label}@{row['version']}" if row.get("job_id") else label
+            return hub.upload(hub_target, str(target), f"duckdb-ft export of {what} ({format}"
+                                                       + (f", job {row['job_id']})" if row.get("job_id") else ")"))
         except RemoteError as e:
             if scratch is None:  # the folder asked for is whole: say so
                 raise RemoteError(f"{e} The export itself is complete at {target}.") from None
@@ -99,7 +101,67 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _write(cur: Any, row: dict[str, Any], schema: str, model: str, target: Path, format: str, dtype: str) -> None:
+def _fine_tuned(session: Session, cur: Any, name: str) -> dict[str, Any] | None:
+    """The catalog row of fine-tuned model ``name`` the session owns (with ``label``, its schema.name), or None
+    when ``name`` names no model of the catalog but may name a base model this session can use.
+
+    Raises:
+        NotFound: the model has no such version.
+        PermissionDenied: not a model it owns, nor a base model it may use: one error for both.
+    """
+    try:
+        schema, model, version = parse_model_ref(name, session.schema)
+    except InvalidArgument:
+        schema = model = version = None  # 'smollm2-135m', a folder, a hub id: not a model name
+    exists = model is not None and modeldb.model_exists(cur, schema, model)
+    if not exists and (session.is_admin or _usable_base(session, cur, name)):
+        return None  # a base model (for the administrator, resolving it says what else a name may be)
+    if not exists or not session.checker().owns("MODEL", f"{schema}.{model}"):
+        raise PermissionDenied.of(  # one error: a user cannot tell the two apart
+            "OWNERSHIP", "MODEL", f"{schema}.{model}" if model else name, session.role,
+            reason="it does not exist or OWNERSHIP is required", hint="SHOW MODELS lists the models you may use")
+    session.engine.check_current()
+    row = modeldb.get_model(cur, schema, model, version)
+    if row is None:
+        raise NotFound(f"model '{schema}.{model}' has no version '{version}': SHOW VERSIONS IN MODEL "
+                       f"{schema}.{model} lists them")
+    return {**row, "label": f"{schema}.{model}"}
+
+
+def _usable_base(session: Session, cur: Any, name: str) -> bool:
+    """Whether a non-administrator may name ``name`` as a base model (built-in, or registered with USAGE): its
+    export hands out nothing more than the session can already run, or export merged into a model it owns."""
+    try:
+        session.base_model(name)
+    except PermissionDenied:
+        return False
+    return True
+
+
+def _base_row(session: Session, cur: Any, name: str) -> dict[str, Any]:
+    """What the writers need of a base model: its source (folder or hub id), no adapter, how it is shown.
+
+    Raises:
+        ModelNotFound: the name resolves to no model (what a name may be), before anything is written.
+    """
+    source = session.base_model(name)
+    try:
+        models.resolve(source)
+    except ModelNotFound:
+        try:
+            schema, model, _ = parse_model_ref(name, session.schema)
+        except InvalidArgument:
+            raise  # a folder or hub id: resolving says what was wrong with it
+        if Path(name).expanduser().exists():
+            raise
+        raise ModelNotFound(f"model '{schema}.{model}' does not exist: SHOW MODELS lists the fine-tuned models, "
+                            "SHOW BASE MODELS the base models (the administrator may also name a model folder or "
+                            "a hub id)") from None
+    return {"label": name.strip(), "base_model": source, "adapter": None, "job_id": None, "version": None,
+            "shown_base": session.shown_base(source)}
+
+
+def _write(session: Session, cur: Any, row: dict[str, Any], target: Path, format: str, dtype: str) -> None:
     """Write the export into a temporary folder beside ``target``, then rename it into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +180,9 @@ def _write(cur: Any, row: dict[str, Any], schema: str, model: str, target: Path,
             else:
                 from .gguf_file import write_gguf
 
-                write_gguf(merged, tokenizer, tmp / "model.gguf", dtype, f"{schema}.{model}")
+                write_gguf(merged, tokenizer, tmp / "model.gguf", dtype, row["label"])
         if not single_file:
-            (tmp / "duckdb_ft.json").write_text(json.dumps(_info(cur, row, schema, model, format, dtype), indent=2,
+            (tmp / "duckdb_ft.json").write_text(json.dumps(_info(session, cur, row, format, dtype), indent=2,
                                                            default=str))
         if target.exists():
             target.rmdir()  # the empty folder the checks allowed: replaced by the finished one
@@ -132,10 +194,16 @@ def _write(cur: Any, row: dict[str, Any], schema: str, model: str, target: Path,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _info(cur: Any, row: dict[str, Any], schema: str, model: str, format: str, dtype: str) -> dict[str, Any]:
-    info = {"model": f"{schema}.{model}", "version": row.get("version"), "format": format, "base_model": row["base_model"],
-            "job_id": row["job_id"], "created_on": row["created_on"], "training_loss": row["training_loss"],
-            "validation_loss": row["validation_loss"]}
+def _info(session: Session, cur: Any, row: dict[str, Any], format: str, dtype: str) -> dict[str, Any]:
+    """``duckdb_ft.json``: what was exported, and for a fine-tuned model its job and lineage. The base model is
+    named as this session is shown it (never a registered folder's path to a non-administrator)."""
+    base = row.get("shown_base") or session.shown_base(row["base_model"])
+    if row["adapter"] is None:
+        info: dict[str, Any] = {"model": row["label"], "format": format, "base_model": base}
+    else:
+        info = {"model": row["label"], "version": row.get("version"), "format": format, "base_model": base,
+                "job_id": row["job_id"], "created_on": row["created_on"], "training_loss": row["training_loss"],
+                "validation_loss": row["validation_loss"]}
     if format != "adapter":
         info["dtype"] = dtype
     for key in ("parent_model", "base_weights_hash", "snapshot_rows", "snapshot_hash", "options"):
@@ -156,15 +224,19 @@ def _write_adapter(row: dict[str, Any], tmp: Path) -> None:
 
 
 def merged_model(row: dict[str, Any]) -> tuple[Any, Any]:
-    """A fresh fp32 copy of the base model with the row's adapter merged in (not the shared cached module), and
-    the tokenizer COMPLETE uses."""
+    """A fresh fp32 copy of the base model with the row's adapter merged in (not the shared cached module; a base
+    model's row has no adapter: the base model itself), and the tokenizer COMPLETE uses."""
     import torch
-    from peft import PeftModel, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
     base_path = models.resolve(row["base_model"])
     models._quiet()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if row["adapter"] is None:
+        base.eval()
+        return base, models.load_tokenizer(base_path)
+    from peft import PeftModel, set_peft_model_state_dict
+
     peft = PeftModel(base, models.lora_config_from_dict(json.loads(row["lora_config"])))
     set_peft_model_state_dict(peft, models.adapter_from_bytes(row["adapter"]))
     merged = peft.merge_and_unload()

@@ -9,7 +9,9 @@ entry points (``table()``, ``read_csv()``, ``register()``, ...) are refused.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import weakref
 from typing import Any, Callable
 
 import duckdb
@@ -63,6 +65,7 @@ class Connection:
         if root:
             with session.engine.roots_lock:
                 session.engine.roots.append(self)
+            _ROOTS.add(self)
 
     # ------------------------------------------------------------------------------------------- statements
 
@@ -215,6 +218,24 @@ class Connection:
     def __repr__(self) -> str:
         who = "administrator" if self.session.user is None else f"user {self.session.user}"
         return f"<duckdb_ft.Connection {who}, role {self.session.role}>"
+
+
+#: The connections connect() opened, still open or not: closed at interpreter exit (:func:`_close_at_exit`).
+_ROOTS: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Close what a script left open when the interpreter exits, after the wait for its jobs (threading's exit
+    hooks run before atexit's): DuckDB checkpoints a database as its last connection closes, so no write-ahead log
+    is left beside the file for the next tool to replay. Left open, DuckDB 2.0 leaves the log."""
+    for con in list(_ROOTS):
+        try:
+            con.close()
+        except Exception:  # noqa: BLE001 - at exit: a database that cannot be checkpointed keeps its log
+            pass
+
+
+atexit.register(_close_at_exit)
 
 
 def _arrow(relation: Any) -> pa.Table:

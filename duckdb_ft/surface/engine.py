@@ -19,7 +19,7 @@ from typing import Any
 from ..catalog import migrations, models as modeldb, objects, usage as usagedb
 from ..errors import FtError, InvalidArgument, NotFound, PermissionDenied
 from ..governance import roles
-from ..governance.base_models import base_model_for
+from ..governance.base_models import base_model_for, shown
 from ..jobs.runner import JobRunner
 from ..ml import models
 from ..queries import parse_model_ref
@@ -176,6 +176,18 @@ class Session:
     def checker(self) -> roles.Checker:
         """The privilege checks of the current role, against the catalog as it is now."""
         return roles.Checker(self.engine.cursor(), self.role)
+
+    def base_model(self, name: str) -> str:
+        """The folder or hub id base model ``name`` stands for in this session (governance/base_models.py).
+
+        Raises:
+            PermissionDenied: the session may not name it.
+        """
+        return base_model_for(self, self.engine.cursor(), name, models.BUILTIN)
+
+    def shown_base(self, recorded: str) -> str:
+        """A recorded base model as this session may see it: never a registered folder's path to a user."""
+        return shown(self, self.engine.cursor(), recorded, models.BUILTIN)
 
 
 # ------------------------------------------------------------------------------------------------------ registry
