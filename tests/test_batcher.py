@@ -121,7 +121,7 @@ def test_stream_holds_back_whitespace_and_incomplete_characters(tiny_model_path)
     text = "  Crème brûlée 🍮 is  sweet.  "
     ids = tok(text, add_special_tokens=False)["input_ids"]
     stream = batching.TextStream(tok)
-    parts = [stream.delta(ids[:n]) for n in range(1, len(ids) + 1)]
+    parts = [stream.update(ids[:n]) for n in range(1, len(ids) + 1)]
     final = tok.decode(ids, skip_special_tokens=True).strip()
     assert all("\ufffd" not in p for p in parts) and not parts[-1].endswith(" ")
     assert "".join(parts) + stream.rest(final) == final == text.strip()
@@ -227,3 +227,23 @@ def test_prefix_store_is_bounded_and_cut_to_the_common_length():
     for n in range(3):
         store.keep(("k",), [[n] * 40], ["ad"], Cache(40), torch.ones(1, 40, dtype=torch.long))
     assert len(store.entries) == 2 and sum(len(e[2]) for e in store.entries) <= 100
+
+
+def test_a_stop_sequence_ends_the_row_and_cuts_its_text(tiny_model_path):
+    loaded = models.load(tiny_model_path)
+    b = batching.Batcher(loaded)
+    whole = b.submit(request("Tell me a story.", max_tokens=30), None).result(timeout=60)
+    assert whole.finish_reason == "length" and whole.completion_tokens == 30
+    word = whole.text.split()[3]  # a stop sequence the greedy answer reaches mid-way
+    pieces = []
+    cut = b.submit(request("Tell me a story.", max_tokens=30), None, stop=[word, "never there"],
+                   on_token=pieces.append).result(timeout=60)
+    assert cut.text == whole.text[:whole.text.find(word)] and "".join(pieces) == cut.text
+    assert cut.finish_reason == "stop" and cut.completion_tokens < 30
+    b.close()
+
+    tok = loaded.tokenizer
+    ids = tok("SELECT 1;\n\nmore", add_special_tokens=False)["input_ids"]
+    stream = batching.TextStream(tok, ["\n\n"])
+    parts = [stream.update(ids[:n]) for n in range(1, len(ids) + 1)]
+    assert stream.final == "SELECT 1;" and "".join(parts) + stream.rest(stream.final) == "SELECT 1;"

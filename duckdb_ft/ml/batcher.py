@@ -11,8 +11,8 @@ starting with it computes only its own tokens.
 API (``duckdb_ft.ml.batcher``)::
 
     b = batcher_for(loaded)          # one per loaded base model, owned by the LoadedModel
-    f = b.submit(request, adapter, on_token=send, timeout=30.0, seed=None)   # -> concurrent.futures.Future
-    f.result()                       # -> complete.Completion(text, prompt_tokens, completion_tokens)
+    f = b.submit(request, adapter, on_token=send, timeout=30.0, seed=None, stop=())  # -> a Future
+    f.result()                       # -> Completion(text, prompt_tokens, completion_tokens, finish_reason)
     b.cancel(f)                      # a client that went away: its slot is freed at the next step
     b.stats()                        # {"queue_depth", "active_slots", "slots", "steps", "tokens", ...}
     b.close()                        # fails what is queued or running with Interrupted, stops the thread
@@ -23,9 +23,12 @@ API (``duckdb_ft.ml.batcher``)::
   the context, a response_format that cannot be met, bfloat16 without hardware support), ``ModelLoadError`` (the
   adapter is no longer attached: resolve the model again), ``QueueFull`` (more than ``queue_size`` requests wait:
   HTTP 429/503), ``Interrupted`` (closed). While queued or running its adapter is kept attached.
+- The result is a ``batcher.Completion``: COMPLETE's ``complete.Completion`` (its text stripped as COMPLETE's) and
+  ``finish_reason``, "stop" (an end token or a stop sequence) or "length" (``max_tokens`` reached). ``stop``:
+  OpenAI's stop sequences; the row ends when one appears, its text cut before it.
 - ``on_token(delta)`` is called from the decode thread with each new piece of text, in order; the pieces
-  concatenate to the final ``Completion.text`` (leading and trailing whitespace and incomplete characters are
-  held back). It must be quick (hand the text to another thread or an event loop); if it raises, the request
+  concatenate to the final ``Completion.text`` (leading and trailing whitespace, incomplete characters and what may
+  begin a stop sequence are held back). It must be quick (hand the text to another thread or an event loop); if it raises, the request
   ends with that exception.
 - ``timeout`` (seconds from ``submit``, queueing included): past it the future fails with ``RequestTimeout`` and
   the slot is freed.
@@ -34,7 +37,8 @@ API (``duckdb_ft.ml.batcher``)::
   not depend on the other rows). Rows whose other generation options differ (``CompleteOptions.batch_key``:
   dtype) run in separate batches, stepped in turn.
 
-The thread starts at the first ``submit`` and exits after ``IDLE_EXIT`` seconds without work (the next ``submit``
+While rows run, waiting requests are admitted in groups (``ADMIT_MIN``, or after ``ADMIT_WAIT`` steps): each
+admission is a forward pass of its own. The thread starts at the first ``submit`` and exits after ``IDLE_EXIT`` seconds without work (the next ``submit``
 starts another); each step holds ``loaded.lock`` only for its forward pass, so COMPLETE and training still share the
 model. A model whose cache ``decode.py`` cannot batch (sliding windows) is served through ``complete.generate``,
 one admitted group at a time, its text given to ``on_token`` at the end.
@@ -48,7 +52,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import Interrupted, InvalidArgument, ModelLoadError, QueueFull, RequestTimeout
 from . import complete, constrain, decode, devices, prefix, running
@@ -56,21 +60,35 @@ from .models import LoadedModel
 
 #: Seconds without a request after which the decode thread exits (a later submit starts a new one).
 IDLE_EXIT = 30.0
+#: While rows run, waiting requests join once this many wait (or all free slots can be filled), or once the oldest
+#: has waited ``ADMIT_WAIT`` steps: a prompt's forward reads every weight, as a decode step does, so admitting one
+#: row per step would make each step cost two.
+ADMIT_MIN, ADMIT_WAIT = 8, 4
 
 
 class TextStream:
-    """A completion's text as deltas: each call gives the text added since the last, up to what is stable.
+    """A completion's text as deltas: each ``update`` gives the text added since the last, up to what is stable.
 
-    The final text is ``decode(tokens).strip()`` (COMPLETE's); leading whitespace, trailing whitespace (it may end
-    the answer) and a trailing incomplete UTF-8 character (U+FFFD until its last byte arrives) are held back, so the
-    deltas concatenate to the final text.
+    The final text is ``decode(tokens).strip()`` (COMPLETE's), cut before the first of ``stops`` (OpenAI's stop
+    sequences) once one appears (``final`` is then set). Held back until stable: leading whitespace, trailing
+    whitespace (it may end the answer), a trailing incomplete UTF-8 character (U+FFFD until its last byte arrives)
+    and a trailing piece that may begin a stop sequence; so the deltas, then ``rest``, concatenate to the final text.
     """
 
-    def __init__(self, tokenizer: Any):
-        self.tokenizer, self.sent = tokenizer, ""
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()):
+        self.tokenizer, self.stops, self.sent = tokenizer, [x for x in stops if x], ""
+        self.final: str | None = None
 
-    def delta(self, tokens: list[int]) -> str:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True).lstrip().rstrip("\ufffd").rstrip()
+    def update(self, tokens: list[int]) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+        cuts = [i for i in (text.find(x) for x in self.stops) if i >= 0]
+        if cuts:
+            whole = text.rstrip()
+            self.final = text[:min(cuts)] if min(cuts) < len(whole) else whole
+            return ""
+        text = text.rstrip("\ufffd")
+        held = max((k for x in self.stops for k in range(1, len(x)) if text.endswith(x[:k])), default=0)
+        text = text[:len(text) - held].rstrip()
         if len(text) <= len(self.sent) or not text.startswith(self.sent):
             return ""
         out, self.sent = text[len(self.sent):], text
@@ -79,6 +97,13 @@ class TextStream:
     def rest(self, final: str) -> str:
         """The delta that completes ``final`` (the Completion's text)."""
         return final[len(self.sent):] if final.startswith(self.sent) else ""
+
+
+@dataclass
+class Completion(complete.Completion):
+    """COMPLETE's Completion and why it ended: "stop" (an end token or a stop sequence) or "length" (max_tokens)."""
+
+    finish_reason: str = "stop"
 
 
 @dataclass(eq=False)
@@ -92,6 +117,7 @@ class _Slot(running.Row):
     stream: TextStream | None = None
     key: tuple = ()
     ended: bool = False
+    queued_at: int = 0  # the loop's step count when it was queued
 
     __eq__ = object.__eq__  # a slot is itself: two requests of the same prompt are two slots
     __hash__ = object.__hash__
@@ -118,7 +144,7 @@ class Batcher:
 
     def submit(self, request: complete.Request, adapter: str | None, *,
                on_token: Callable[[str], None] | None = None, timeout: float | None = None,
-               seed: int | None = None) -> concurrent.futures.Future:
+               seed: int | None = None, stop: Sequence[str] = ()) -> concurrent.futures.Future:
         """Queue one request; its future gives the ``Completion`` (see the module docstring for what it raises)."""
         import torch
 
@@ -141,7 +167,7 @@ class Batcher:
                      request=request, future=concurrent.futures.Future(), on_token=on_token,
                      deadline=None if timeout is None else time.monotonic() + timeout,
                      temperature=opts.temperature, top_p=opts.top_p, generator=generator,
-                     stream=TextStream(loaded.tokenizer) if on_token is not None else None,
+                     stream=TextStream(loaded.tokenizer, stop) if on_token is not None or any(stop) else None,
                      key=_batch_key(opts))
         with self._cond:
             if self._closed:
@@ -153,6 +179,7 @@ class Batcher:
                 raise _gone(loaded, adapter)
             with self._pins:  # kept attached until the request ends (models.LoadedModel.evict_adapters)
                 loaded.pinned[adapter] += 1
+            slot.queued_at = self._counts["steps"]
             self._waiting.append(slot)
             self._counts["requests"] += 1
             if self._thread is None:
@@ -208,7 +235,7 @@ class Batcher:
                     self._thread = None
                     return
                 expired = self._expired()
-                admit = self._take(self.slots - self._running())
+                admit = self._take()
             for r in expired:
                 self._end(r, error=None if r.future.cancelled() else self._timeout(r))
             try:
@@ -232,8 +259,15 @@ class Batcher:
             self._waiting = deque(r for r in self._waiting if r not in gone)
         return gone
 
-    def _take(self, free: int) -> list[_Slot]:
-        out = []
+    def _take(self) -> list[_Slot]:
+        """The waiting requests to admit now (``ADMIT_MIN``, ``ADMIT_WAIT``), out of the queue."""
+        running, out = self._running(), []
+        free = self.slots - running
+        if not self._waiting or not free:
+            return out
+        if running and len(self._waiting) < min(free, ADMIT_MIN) and (
+                self._counts["steps"] - self._waiting[0].queued_at < ADMIT_WAIT):
+            return out
         while self._waiting and len(out) < free:
             out.append(self._waiting.popleft())
         return out
@@ -300,16 +334,16 @@ class Batcher:
         for k, r in enumerate(rows):
             n = len(r.new) - (1 if r.new[-1] in self._stop else 0)
             try:
-                if r.on_token is not None:
-                    piece = r.stream.delta(r.new[:n])
-                    if piece:
+                if r.stream is not None:
+                    piece = r.stream.update(r.new[:n])
+                    if piece and r.on_token is not None:
                         r.on_token(piece)
             except Exception as e:  # the client's callback failed: this request ends with its error
                 self._end(r, error=e)
                 continue
             if r.future.cancelled():
                 self._end(r)
-            elif k not in going:
+            elif k not in going or (r.stream is not None and r.stream.final is not None):
                 self._finish(r, n)
             elif r.deadline is not None and now > r.deadline:
                 self._end(r, error=self._timeout(r))
@@ -318,8 +352,10 @@ class Batcher:
         return keep
 
     def _finish(self, r: _Slot, n: int) -> None:
-        text = self.loaded.tokenizer.decode(r.new[:n], skip_special_tokens=True).strip()
-        done = complete.Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
+        stopped = r.stream is not None and r.stream.final is not None
+        text = r.stream.final if stopped else self.loaded.tokenizer.decode(r.new[:n], skip_special_tokens=True).strip()
+        done = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n,
+                          finish_reason="stop" if stopped or n < r.max_new else "length")
         try:
             if r.on_token is not None and (rest := r.stream.rest(text)):
                 r.on_token(rest)
@@ -336,9 +372,14 @@ class Batcher:
             if r.request.error is not None:
                 self._end(r, error=r.request.error)
                 continue
-            if r.on_token is not None and r.request.result.text:
-                r.on_token(r.request.result.text)
-            self._end(r, result=r.request.result)
+            c = r.request.result
+            cuts = [i for i in (c.text.find(x) for x in (r.stream.stops if r.stream else ())) if i >= 0]
+            done = Completion(text=c.text[:min(cuts)] if cuts else c.text, prompt_tokens=c.prompt_tokens,
+                              completion_tokens=c.completion_tokens,
+                              finish_reason="stop" if cuts or c.completion_tokens < r.max_new else "length")
+            if r.on_token is not None and done.text:
+                r.on_token(done.text)
+            self._end(r, result=done)
 
 
 def _batch_key(opts: complete.CompleteOptions) -> tuple:
