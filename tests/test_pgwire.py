@@ -128,3 +128,45 @@ def test_transactions_roll_back_after_an_error(server):
     with server.connect() as con:  # psycopg opens a transaction before the first statement
         assert sqlstate_of(con, "SELECT finetune('DESCRIBE', 'ft_nope')") == "42P01"
         assert con.execute("SELECT count(*) FROM pub").fetchone() == (3,)
+
+
+def test_duckdb_types_arrive_as_the_postgresql_types_a_client_decodes(server):
+    import datetime
+    import decimal
+    import uuid
+
+    with server.connect(autocommit=True) as con:
+        cur = con.execute(
+            "SELECT 1::TINYINT t, 2::INTEGER i, 3::BIGINT b, 170141183460469231731687303715884105727::HUGEINT h, "
+            "1.5::REAL r, 2.25::DOUBLE d, 'inf'::DOUBLE inf, 12.34::DECIMAL(10,2) dec, 'x y' v, true bo, "
+            "DATE '2024-01-02' dt, TIME '01:02:03.5' ti, TIMESTAMP '2024-01-02 03:04:05.123' ts, "
+            "TIMESTAMPTZ '2024-01-02 03:04:05+00' tz, INTERVAL '1 day 2 hours' iv, -INTERVAL '90 minutes' neg, "
+            "'{\"a\": [1, 2]}'::JSON j, [1, 2, NULL] li, ['a', 'b,c', '\"q\"', '', 'NULL'] ls, [[1], [2, 3]] nested, "
+            "{'x': 1, 'y': 'z'} st, MAP {'k': 1} m, 'ab'::BLOB bl, "
+            "'6ba7b810-9dad-11d1-80b4-00c04fd430c8'::UUID u, NULL::INTEGER n")
+        row = dict(zip([c.name for c in cur.description], cur.fetchone()))
+        oids = {c.name: c.type_code for c in cur.description}
+    assert row == {
+        "t": 1, "i": 2, "b": 3, "h": decimal.Decimal(2**127 - 1), "r": 1.5, "d": 2.25, "inf": float("inf"),
+        "dec": decimal.Decimal("12.34"), "v": "x y", "bo": True, "dt": datetime.date(2024, 1, 2),
+        "ti": datetime.time(1, 2, 3, 500000), "ts": datetime.datetime(2024, 1, 2, 3, 4, 5, 123000),
+        "tz": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        "iv": datetime.timedelta(days=1, hours=2), "neg": -datetime.timedelta(minutes=90),
+        "j": {"a": [1, 2]}, "li": [1, 2, None], "ls": ["a", "b,c", '"q"', "", "NULL"], "nested": [[1], [2, 3]],
+        "st": {"x": 1, "y": "z"}, "m": {"k": 1}, "bl": b"ab", "u": uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
+        "n": None}
+    assert oids == {"t": 21, "i": 23, "b": 20, "h": 1700, "r": 700, "d": 701, "inf": 701, "dec": 1700, "v": 25,
+                    "bo": 16, "dt": 1082, "ti": 1083, "ts": 1114, "tz": 1184, "iv": 1186, "neg": 1186, "j": 114,
+                    "li": 1007, "ls": 1009, "nested": 114, "st": 114, "m": 114, "bl": 17, "u": 2950, "n": 23}
+
+
+def test_empty_results_keep_their_columns_and_large_results_arrive_whole(server):
+    with server.connect(autocommit=True) as con:
+        cur = con.execute("SELECT id, name FROM pub WHERE false")
+        assert cur.fetchall() == [] and [c.name for c in cur.description] == ["id", "name"]
+        n = 0
+        total = 0
+        for (i, s) in con.cursor().stream("SELECT i, 'row ' || i FROM range(100000) t(i)"):
+            n, total = n + 1, total + i
+            assert s == f"row {i}"
+        assert (n, total) == (100000, 100000 * 99999 // 2)
