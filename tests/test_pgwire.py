@@ -4,7 +4,10 @@ protocol with bound parameters, types, the catalog for psql and SQLAlchemy, canc
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,7 +36,7 @@ class WireServer(Server):
         return psycopg.connect(host="127.0.0.1", port=self.port, user=user, password=password, dbname="shop",
                                connect_timeout=20, **kw)
 
-    def url(self, user="alice", password=PASSWORD) -> str:
+    def sqlalchemy_url(self, user="alice", password=PASSWORD) -> str:
         return f"postgresql+psycopg://{user}:{password.replace(' ', '%20')}@127.0.0.1:{self.port}/shop"
 
 
@@ -170,3 +173,60 @@ def test_empty_results_keep_their_columns_and_large_results_arrive_whole(server)
             n, total = n + 1, total + i
             assert s == f"row {i}"
         assert (n, total) == (100000, 100000 * 99999 // 2)
+
+
+def test_the_catalog_shows_only_what_the_role_may_read_and_nothing_else(server):
+    with server.connect(autocommit=True) as con:
+        names = {r[0] for r in con.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                                           "ON n.oid = c.relnamespace WHERE n.nspname = 'main'").fetchall()}
+        assert names == {"pub", "pub_names"}
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'secret'"
+                           ).fetchone() == (0,)
+        for attack in ("SELECT * FROM pg_catalog.pg_class, read_csv('/etc/passwd')",
+                       "SELECT * FROM pg_catalog.pg_class, secret", "SELECT * FROM pg_catalog.pg_class, duckdb_ft.jobs"):
+            with pytest.raises(psycopg.Error):
+                con.execute(attack)
+        # the copy holds no rows: a catalog query that names a table sees it empty, never its rows
+        assert con.execute("SELECT count(*) FROM pg_catalog.pg_class, pub").fetchone() == (0,)
+
+
+def test_sqlalchemy_reflects_and_pandas_reads_over_the_wire(server):
+    import pandas as pd
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(server.sqlalchemy_url())
+    try:
+        inspector = sa.inspect(engine)
+        assert inspector.get_table_names() == ["pub"]
+        assert inspector.get_view_names() == ["pub_names"]
+        columns = {c["name"]: c["type"] for c in inspector.get_columns("pub")}
+        assert list(columns) == ["id", "name", "price"]
+        assert isinstance(columns["id"], sa.Integer) and isinstance(columns["name"], sa.String)
+        assert (columns["price"].precision, columns["price"].scale) == (10, 2)
+        with engine.connect() as c:
+            frame = pd.read_sql(sa.text("SELECT id, name FROM pub WHERE id <= :n ORDER BY id"), c, params={"n": 2})
+            assert frame.to_dict("list") == {"id": [1, 2], "name": ["apple", "pear"]}
+            pub = sa.Table("pub", sa.MetaData(), autoload_with=c)
+            assert c.execute(sa.select(pub.c.name).where(pub.c.id == 3)).scalar_one() == "it's"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed (apt-get install postgresql-client)")
+def test_psql_lists_and_describes_tables_as_the_role_sees_them(server):
+    def psql(command, ok=True):
+        done = subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(server.port), "-U", "alice", "shop", "-c",
+                               command], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PGPASSWORD": PASSWORD, "PGCONNECT_TIMEOUT": "20"})
+        assert (done.returncode == 0) == ok, done.stderr
+        return done.stdout + done.stderr
+
+    listing = psql(r"\dt")
+    assert "pub" in listing and "secret" not in listing and "(1 row)" in listing
+    described = psql(r"\d pub")
+    assert 'Table "main.pub"' in described
+    for column, kind in [("id", "integer"), ("name", "character varying"), ("price", "numeric(10,2)")]:
+        assert any(line.split("|")[0].strip() == column and line.split("|")[1].strip() == kind
+                   for line in described.splitlines() if "|" in line), described
+    assert "apple" in psql("SELECT name FROM pub ORDER BY id")
+    assert 'Did not find any relation named "secret"' in psql(r"\d secret", ok=False)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
 
 from ..errors import PermissionDenied
 from ..governance.roles import Checker
@@ -38,9 +40,14 @@ SETTINGS = {"application_name": "", "client_encoding": "UTF8", "datestyle": "ISO
 _SET = re.compile(r"\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(\w+)\s*(?:=|\bTO\b)\s*(.*?)\s*;?\s*", re.I | re.S)
 _SET_OTHER = re.compile(r"\s*SET\s+(?:SESSION\s+CHARACTERISTICS|TRANSACTION|NAMES)\b.*", re.I | re.S)
 _SHOW = re.compile(r"\s*SHOW\s+(\w+(?:\s+\w+)*)\s*;?\s*", re.I)
-_VERSION = re.compile(r"\s*SELECT\s+(?:pg_catalog\.)?version\(\)\s*;?\s*", re.I)
+_FUNCTION = re.compile(r"\s*SELECT\s+(?:pg_catalog\.)?(version|current_schema|current_user|session_user|"
+                       r"current_database)(?:\(\))?\s*;?\s*", re.I)
 _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.|\bpg_(class|namespace|attribute|type|index|"
                       r"constraint|database|proc|description|settings|tables|views|am|roles|user)\b", re.I)
+
+
+class NotSupported(duckdb.NotImplementedException):
+    """A PostgreSQL feature the wire cannot give (SQLSTATE 0A000)."""
 
 
 def parameters(user: str) -> dict[str, str]:
@@ -53,6 +60,11 @@ def parameters(user: str) -> dict[str, str]:
 
 def answer_setting(wire: Any, sql: str, word: str) -> tuple[list, list, str] | None:
     """``(columns, rows, tag)`` for a SET, SHOW or version() a driver sends; None for anything else."""
+    if word in ("SAVEPOINT", "RELEASE"):  # psycopg's nested transaction(): kept as one transaction
+        return [], [], word
+    if word == "ROLLBACK" and re.match(r"\s*ROLLBACK\s+(WORK\s+|TRANSACTION\s+)?TO\b", sql, re.I):
+        raise NotSupported("ROLLBACK TO SAVEPOINT is not supported (DuckDB has no savepoints): ROLLBACK the "
+                           "whole transaction")
     if word == "SET":
         m = _SET.fullmatch(sql)
         if m and m.group(1).lower() in SETTINGS:
@@ -69,9 +81,12 @@ def answer_setting(wire: Any, sql: str, word: str) -> tuple[list, list, str] | N
             value = wire.settings.get(name, SETTINGS[name])
             return [(m.group(1).split()[-1].lower(), TEXT)], [[value.encode()]], "SHOW"
         return None
-    if word == "SELECT" and _VERSION.fullmatch(sql):
-        text = f"PostgreSQL {VERSION} (duckdb-ft over DuckDB {duckdb.__version__})"
-        return [("version", TEXT)], [[text.encode()]], "SELECT"
+    m = _FUNCTION.fullmatch(sql) if word == "SELECT" else None
+    if m:
+        name = m.group(1).lower()
+        text = {"version": f"PostgreSQL {VERSION} (duckdb-ft over DuckDB {duckdb.__version__})",
+                "current_schema": wire.con.session.schema, "current_database": wire.database}.get(name, wire.user)
+        return [(name, TEXT)], [[text.encode()]], "SELECT"
     return None
 
 
@@ -126,6 +141,7 @@ def sandbox(session: Session) -> Any:
         else:
             cols = ", ".join(f"{_quote(c)} {t}{'' if nullable else ' NOT NULL'}" for c, t, nullable in typed)
             box.execute(f"CREATE TABLE {target} ({cols})")
+    _shadow(box, session.user or "admin")
     box.execute("SET enable_external_access = false")
     box.execute("SET lock_configuration = true")
     return box
@@ -164,18 +180,140 @@ def describe_catalog_query(session: Session, sql: str, nparams: int) -> list | N
     return [(name, pg_type(kind) if kind != '"NULL"' else TEXT) for name, kind, *_ in described] or None
 
 
-# ------------------------------------------------------------------------------------------------- rewriting
+# --------------------------------------------------------------------------------------- PostgreSQL's spelling
 
-#: PostgreSQL spellings DuckDB's pg_catalog does not take, and what it does.
+#: Columns PostgreSQL's catalog has and DuckDB's lacks (what psql and SQLAlchemy read), by relation.
+EXTRA_COLUMNS = {
+    "pg_class": "false AS relforcerowsecurity",
+    "pg_index": "false AS indnullsnotdistinct",
+    "pg_constraint": "NULL::VARCHAR AS confupdtype_, false AS connullsnotdistinct",
+    "pg_collation": "NULL::BIGINT AS collnamespace, NULL::VARCHAR AS collprovider, NULL::VARCHAR AS collcollate, "
+                    "NULL::VARCHAR AS collctype",
+}
+#: Relations of PostgreSQL's catalog that DuckDB has not: empty, with the columns clients read.
+EMPTY_RELATIONS = {name: ", ".join(f"NULL::{t} AS {c}" for c, t in (p.split(":") for p in cols.split())) for name, cols in {
+    "pg_inherits": "inhrelid:BIGINT inhparent:BIGINT inhseqno:INTEGER inhdetachpending:BOOLEAN",
+    "pg_policy": "oid:BIGINT polname:VARCHAR polrelid:BIGINT polcmd:VARCHAR polpermissive:BOOLEAN "
+                 "polroles:BIGINT[] polqual:VARCHAR polwithcheck:VARCHAR",
+    "pg_trigger": "oid:BIGINT tgrelid:BIGINT tgparentid:BIGINT tgname:VARCHAR tgfoid:BIGINT tgtype:INTEGER "
+                  "tgenabled:VARCHAR tgisinternal:BOOLEAN tgconstrrelid:BIGINT tgconstrindid:BIGINT "
+                  "tgconstraint:BIGINT tgdeferrable:BOOLEAN tginitdeferred:BOOLEAN tgnargs:INTEGER",
+    "pg_rewrite": "oid:BIGINT rulename:VARCHAR ev_class:BIGINT ev_type:VARCHAR ev_enabled:VARCHAR "
+                  "is_instead:BOOLEAN ev_qual:VARCHAR ev_action:VARCHAR",
+    "pg_statistic_ext": "oid:BIGINT stxrelid:BIGINT stxname:VARCHAR stxnamespace:BIGINT stxowner:BIGINT "
+                        "stxstattarget:INTEGER stxkeys:INTEGER[] stxkind:VARCHAR[] stxexprs:VARCHAR",
+    "pg_publication": "oid:BIGINT pubname:VARCHAR pubowner:BIGINT puballtables:BOOLEAN pubinsert:BOOLEAN "
+                      "pubupdate:BOOLEAN pubdelete:BOOLEAN pubtruncate:BOOLEAN pubviaroot:BOOLEAN",
+    "pg_publication_rel": "oid:BIGINT prpubid:BIGINT prrelid:BIGINT prqual:VARCHAR prattrs:INTEGER[]",
+    "pg_publication_namespace": "oid:BIGINT pnpubid:BIGINT pnnspid:BIGINT",
+    "pg_foreign_table": "ftrelid:BIGINT ftserver:BIGINT ftoptions:VARCHAR[]",
+    "pg_partitioned_table": "partrelid:BIGINT partstrat:VARCHAR partnatts:INTEGER partdefid:BIGINT "
+                            "partattrs:INTEGER[] partexprs:VARCHAR",
+    "pg_roles": "oid:BIGINT rolname:VARCHAR rolsuper:BOOLEAN rolinherit:BOOLEAN rolcreaterole:BOOLEAN "
+                "rolcreatedb:BOOLEAN rolcanlogin:BOOLEAN rolconnlimit:INTEGER rolconfig:VARCHAR[]",
+    "pg_opclass": "oid:BIGINT opcmethod:BIGINT opcname:VARCHAR opcnamespace:BIGINT opcdefault:BOOLEAN "
+                  "opcfamily:BIGINT opcintype:BIGINT",
+    "pg_user": "usesysid:BIGINT usename:VARCHAR usesuper:BOOLEAN usecreatedb:BOOLEAN",
+}.items()}
+
+#: PostgreSQL's functions DuckDB lacks that clients call on catalog rows (none of which have what they describe:
+#: triggers, rules, statistics objects, partitions): NULL, by their numbers of arguments.
+NULL_FUNCTIONS = {"pg_get_statisticsobjdef_columns": (1,), "pg_get_triggerdef": (1, 2), "pg_get_ruledef": (1, 2),
+                  "pg_get_partkeydef": (1,), "pg_get_indexdef": (1, 3), "pg_get_serial_sequence": (2,),
+                  "pg_get_partition_constraintdef": (1,), "shobj_description": (2,),
+                  "pg_tablespace_location": (1,), "pg_encoding_to_char": (1,), "pg_relation_is_publishable": (1,)}
+
+
+#: PostgreSQL's names of the types DuckDB's format_type() names otherwise (int4, varchar, ...): what SQLAlchemy
+#: and psql know them by.
+TYPE_NAMES = {16: "boolean", 20: "bigint", 21: "smallint", 23: "integer", 25: "text", 700: "real",
+              701: "double precision", 1043: "character varying", 1082: "date", 1083: "time without time zone",
+              1114: "timestamp without time zone", 1184: "timestamp with time zone", 1186: "interval", 114: "json",
+              2950: "uuid", 17: "bytea"}
+
+
+def _shadow(box: Any, user: str) -> list[str]:
+    """Table macros ``_pg_<relation>()`` in the copy: DuckDB's ``pg_catalog`` relations with the columns clients
+    read, and those it lacks, empty (macros, so that no catalog listing shows them); PostgreSQL's functions DuckDB
+    lacks (``pg_get_userbyid`` names the session's user). The relations' names."""
+    names = [r[0] for r in box.execute("SELECT view_name FROM duckdb_views() WHERE database_name = 'system' AND "
+                                       "schema_name = 'pg_catalog'").fetchall()]
+    for name in names:
+        extra = EXTRA_COLUMNS.get(name)
+        box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT *{', ' + extra if extra else ''} "
+                    f"FROM pg_catalog.{name}")
+    for name, columns in EMPTY_RELATIONS.items():
+        box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT {columns} WHERE false")
+    literal = "'" + user.replace("'", "''") + "'"
+    box.execute(f"CREATE MACRO pg_get_userbyid(oid) AS {literal}")
+    box.execute("CREATE MACRO array_upper(a, d) AS len(a)")
+    settings = {**SETTINGS, "default_table_access_method": "heap"}
+    box.execute("CREATE MACRO current_setting(name) AS CASE lower(name) " + " ".join(
+        f"WHEN '{k}' THEN '{v}'" for k, v in settings.items()) + " END")
+    box.execute("CREATE MACRO format_type(oid, typmod) AS CASE oid " + " ".join(
+        f"WHEN {k} THEN '{v}'" for k, v in TYPE_NAMES.items()) + " ELSE system.pg_catalog.format_type(oid, typmod) END")
+    box.execute("CREATE MACRO to_regtype(name) AS (SELECT min(oid) FROM pg_catalog.pg_type WHERE typname = name)")
+    for name, arities in NULL_FUNCTIONS.items():
+        box.execute(f"CREATE MACRO {name} " + ", ".join(
+            "(" + ", ".join(f"a{i}" for i in range(n)) + ") AS NULL" for n in arities))
+    return names + list(EMPTY_RELATIONS)
+
+
+#: The relations of DuckDB's pg_catalog (DuckDB 1.x and 2.x) and those the copy adds: what a query names is
+#: read from the copy's table macros.
+SHADOWED = {"pg_am", "pg_attrdef", "pg_attribute", "pg_class", "pg_collation", "pg_constraint", "pg_database",
+            "pg_depend", "pg_description", "pg_enum", "pg_index", "pg_indexes", "pg_namespace",
+            "pg_prepared_statements", "pg_proc", "pg_sequence", "pg_sequences", "pg_settings", "pg_tables",
+            "pg_tablespace", "pg_type", "pg_views"} | set(EMPTY_RELATIONS)
+
+
+#: PostgreSQL spellings DuckDB does not take, and DuckDB's: applied in order to a catalog query before sqlglot
+#: translates it (sqlglot's PostgreSQL reading knows neither OPERATOR() nor PostgreSQL's catalog schema).
 REWRITES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"OPERATOR\(pg_catalog\.(~|!~|=|<>|~~|!~~)\)"), r"\1"),
+    (re.compile(r"OPERATOR\(pg_catalog\.(~|!~|=|<>|~~|!~~|~\*|!~\*)\)"), r"\1"),
     (re.compile(r"\s+COLLATE\s+pg_catalog\.default", re.I), ""),
-    (re.compile(r"::(regclass|regtype|regproc|regnamespace|oid)\b", re.I), ""),
+    (re.compile(r"::\s*(?:pg_catalog\.)?(regclass|regtype|regproc|regnamespace|regprocedure|oid)\b", re.I), ""),
+    (re.compile(r"::\s*pg_catalog\.", re.I), "::"),
+    (re.compile(r"\bpg_get_expr\(([^,()]+),([^,()]+),\s*true\s*\)", re.I), r"pg_get_expr(\1,\2)"),
+    (re.compile(r"\bpg_catalog\.(\w+)\s*\(", re.I), r"\1("),
 ]
 
 
+_OID_TYPES = {"REGCLASS", "REGTYPE", "REGPROC", "REGNAMESPACE", "REGPROCEDURE", "OID"}
+
+
+def _swap(node: exp.Expression) -> exp.Expression:
+    """A relation of PostgreSQL's catalog as its table macro (keeping its name as the alias); a column qualified
+    with ``pg_catalog.`` without it."""
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier) and not node.catalog \
+            and node.db.lower() in ("", "pg_catalog") and node.name.lower() in SHADOWED:
+        return exp.Table(this=exp.Anonymous(this=f"_pg_{node.name.lower()}", expressions=[]),
+                         alias=exp.TableAlias(this=exp.to_identifier(node.alias or node.name)))
+    if isinstance(node, exp.Column) and node.db.lower() == "pg_catalog":
+        node = node.copy()
+        node.set("db", None)
+    return node
+
+
+def _oids(tree: exp.Expression) -> exp.Expression:
+    """Casts to PostgreSQL's OID types (regclass, ...) taken out: DuckDB's OIDs are plain numbers."""
+    for cast in list(tree.find_all(exp.Cast)):
+        if cast.to.sql().upper() in _OID_TYPES:
+            cast.replace(cast.this)
+    return tree
+
+
 def rewrite(sql: str) -> str:
+    """A client's catalog query in DuckDB's SQL over the copy's relations.
+
+    Raises:
+        duckdb.ParserException: sqlglot cannot read it as PostgreSQL.
+    """
     for pattern, repl in REWRITES:
         sql = pattern.sub(repl, sql)
-    return sql
-
+    try:
+        trees = sqlglot.parse(sql, read="postgres")
+    except sqlglot.errors.ParseError as e:
+        raise duckdb.ParserException(f"cannot read this catalog query: {str(e).splitlines()[0]}") from None
+    out = ";\n".join(_oids(t).transform(_swap).sql(dialect="duckdb") for t in trees if t is not None)
+    return re.sub(r"\bJSON_BUILD_OBJECT\(", "JSON_OBJECT(", out, flags=re.I)

@@ -49,6 +49,7 @@ SQLSTATES: list[tuple[type, str]] = [
     (duckdb.ConstraintException, "23000"),
     (duckdb.TransactionException, "25P02"),
     (duckdb.OutOfMemoryException, "53200"),
+    (duckdb.NotImplementedException, "0A000"),
     (ValueError, "22023"),
     (duckdb.Error, "XX000"),
 ]
@@ -132,6 +133,7 @@ class WireSession:
     con: Connection = field(init=False)
     running: threading.Lock = field(default_factory=threading.Lock)
     failed_transaction: bool = False
+    database: str = ""  # the name the client gave at start-up
     settings: dict = field(default_factory=dict)  # what the client SET (pgcatalog.SETTINGS)
 
     def __post_init__(self) -> None:

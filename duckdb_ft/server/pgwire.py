@@ -162,7 +162,7 @@ class Handler(BuenaVistaHandler):
         password = body.rstrip(b"\0").decode("utf-8", "replace")
         try:
             identity = login(self.server.engine, user, password, client=self.client_address[0])
-            self.wire = WireSession(self.server.engine, identity)
+            self.wire = WireSession(self.server.engine, identity, database=params.get("database", user))
         except AuthenticationFailed as e:
             self.error("28P01", str(e), fatal=True)
             return False
