@@ -183,3 +183,12 @@ def test_without_the_grammar_engine_the_error_says_how_to_install_it(monkeypatch
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # as if not installed
     with pytest.raises(ModelLoadError, match="xgrammar, which is not installed: run `make install`"):
         constrain._xgrammar()
+
+
+def test_control_characters_in_a_constrained_string_are_escaped():
+    # xgrammar lets raw tabs and newlines into a maxLength string; strict JSON forbids them: escaped, values kept
+    from duckdb_ft.ml.constrain import as_json
+
+    raw = '{"a": "x\ty\nz", "b": 1}'
+    assert json.loads(as_json(raw)) == {"a": "x\ty\nz", "b": 1}
+    assert as_json('{"a": "plain"}') == '{"a": "plain"}'

@@ -1,10 +1,13 @@
-"""AI_CLASSIFY and AI_FILTER on the tiny random model: the label is always one of the categories, the filter a
-BOOLEAN usable in WHERE, whatever the model would say unconstrained; bad categories and configs are errors."""
+"""The AISQL functions on the tiny random model: AI_CLASSIFY's label is always one of the categories, AI_FILTER a
+BOOLEAN usable in WHERE, AI_EXTRACT's response has the fields asked for and validates, AI_SENTIMENT has Snowflake's
+shape and labels, whatever the model would say unconstrained; AI_AGG and AI_SUMMARIZE_AGG reduce any number of rows
+per group in chunks that fit the window. Bad arguments are errors. """
 
 from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
 from conftest import rows as q
@@ -46,3 +49,71 @@ def test_filter_is_a_boolean_in_where(con, tiny_model_path):
 def test_classify_bad_arguments(con, tiny_model_path, categories, config, message):
     with pytest.raises(InvalidArgument, match=message):
         q(con, f"SELECT ai_classify('x', {categories}, {config})")
+
+
+def test_extract_returns_the_fields_asked_for_in_each_form(con, tiny_model_path):
+    forms = {"{'name': 'What is the name?', 'city': 'Which city?'}": ["name", "city"],
+             "['What is the name?']": ["What is the name?"],
+             "[['name', 'What is the name?']]": ["name"]}
+    for fmt, keys in forms.items():
+        for (text,) in q(con, f"SELECT ai_extract(t, {fmt}, model => ?) FROM ({TEXTS}) LIMIT 2", tiny_model_path):
+            out = json.loads(text)
+            assert out["error"] is None and list(out["response"]) == keys
+            assert all(isinstance(v, str) for v in out["response"].values())
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"},
+                                               "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}}}
+    [(text,)] = q(con, "SELECT snowflake.cortex.ai_extract(text => 'Ann, 31', responseFormat => ?::JSON, model => ?)",
+                  json.dumps({"schema": schema}), tiny_model_path)
+    jsonschema.validate(json.loads(text)["response"], {**schema, "required": ["age", "ok", "tags"]})
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ("[]", "at least one field"), ("{'a': 1}", "must be one of"), ("[['a']]", "must be one of"),
+    ("'{\"schema\": {\"type\": \"object\", \"properties\": {\"a\": {\"anyOf\": []}}}}'", "anyOf"),
+])
+def test_extract_bad_response_format_is_an_error(con, tiny_model_path, fmt, message):
+    with pytest.raises(InvalidArgument, match=message):
+        q(con, f"SELECT ai_extract('x', {fmt}, model => ?)", tiny_model_path)
+
+
+def test_sentiment_has_snowflakes_shape_and_labels(con, tiny_model_path):
+    rows = q(con, f"SELECT ai_sentiment(t, model => ?), ai_sentiment(t, ['cost', 'speed'], ?) FROM ({TEXTS}) LIMIT 2",
+             tiny_model_path, tiny_model_path)
+    for plain, aspects in rows:
+        [overall] = json.loads(plain)["categories"]
+        assert overall["name"] == "overall" and overall["sentiment"] in ("positive", "negative", "neutral", "mixed")
+        cats = json.loads(aspects)["categories"]
+        assert [c["name"] for c in cats] == ["overall", "cost", "speed"]
+        assert all(c["sentiment"] in ("positive", "negative", "neutral", "mixed", "unknown") for c in cats[1:])
+    with pytest.raises(InvalidArgument, match="other than 'overall'"):
+        q(con, "SELECT ai_sentiment('x', ['overall'], ?)", tiny_model_path)
+
+
+@pytest.mark.slow
+def test_agg_reduces_groups_past_the_window_in_chunks(con, tiny_model_path):
+    from duckdb_ft.ml import models
+
+    # group 0: 3 short rows (one prompt); group 1: 60 rows of about 20 tokens, over twice the tiny model's window
+    con.execute("CREATE TABLE reviews AS SELECT 0 AS g, 'Fine ' || i AS body FROM range(3) t(i) UNION ALL "
+                "SELECT 1, 'Review ' || i || ': the delivery was late and the box was damaged, sadly.' "
+                "FROM range(60) t(i)")
+    window = models.load(tiny_model_path).context_length
+    got = q(con, "SELECT g, ai_agg(body, 'What do customers complain about?', model => ?) FROM reviews "
+                 "GROUP BY g ORDER BY g", tiny_model_path)
+    assert [g for g, _ in got] == [0, 1] and all(isinstance(a, str) and a for _, a in got)
+    [(calls_small,)] = q(con, "SELECT rows FROM finetune_usage() WHERE function_name = 'AI_AGG'")
+    one_group = q(con, "SELECT ai_agg(body, 'What do customers complain about?', model => ?) FROM reviews "
+                       "WHERE g = 1", tiny_model_path)
+    assert len(one_group) == 1
+    [(calls,)] = q(con, "SELECT rows FROM finetune_usage() WHERE function_name = 'AI_AGG'")
+    big = calls - calls_small  # the model calls for group 1 alone
+    assert calls_small == big + 1  # group 0 took one call
+    tokens = 60 * 20
+    chunks = -(-tokens // window)
+    assert chunks + 1 <= big < 2 * 3 * chunks  # chunks, then at least one combine; never one call per row
+    [(summary,)] = q(con, "SELECT ai_summarize_agg(body, model => ?) FROM reviews WHERE g = 0", tiny_model_path)
+    assert isinstance(summary, str)
+    [(n,)] = q(con, "SELECT rows FROM finetune_usage() WHERE function_name = 'AI_SUMMARIZE_AGG'")
+    assert n == 1
+    assert q(con, "SELECT ai_agg(body, 'x', model => ?) FROM reviews WHERE false", tiny_model_path) == [(None,)]
+

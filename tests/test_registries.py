@@ -290,3 +290,18 @@ def test_a_denial_carries_its_privilege_object_and_role(admin_and_user):
     with pytest.raises(duckdb_ft.PermissionDenied) as err:
         user.execute("CREATE TABLE s.x (a INT)")
     assert (err.value.privilege, err.value.object_kind, err.value.object_name) == ("USAGE", "SCHEMA", "s")
+
+
+# ----------------------------------------------------------------------------------------------- AISQL
+
+
+def test_every_aisql_function_is_registered_allowed_and_documented(con):
+    from duckdb_ft.governance.calls import PUBLIC_MACROS
+    from duckdb_ft.surface.aisql_functions import FUNCTIONS
+
+    readme = _section("AI_COMPLETE")
+    names = {r[0] for r in con.execute("SELECT DISTINCT function_name FROM duckdb_functions() WHERE "
+                                       "schema_name = 'cortex'").fetchall()}
+    for name in FUNCTIONS:
+        assert name in PUBLIC_MACROS and name in names, name
+        assert f"`{name}(" in readme, f"{name} is not documented in the README's AI_COMPLETE section"

@@ -40,7 +40,9 @@ SQL_VALUE_FUNCTIONS = {"current_catalog", "current_date", "current_schema", "cur
 #: Of those, the ones that are the current time (their functions have other names in the catalog).
 _TIME_VALUES = {"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"}
 #: duckdb-ft's public functions: the session's macros, and Cortex's names in the attached ``snowflake`` database.
-PUBLIC_MACROS = {"complete", "try_complete", "ai_complete", "ai_filter", "ai_classify", "finetune", "ft_execute"}
+#: The AISQL names are those of surface/aisql_functions.FUNCTIONS (a test holds the two together).
+PUBLIC_MACROS = {"complete", "try_complete", "ai_complete", "ai_filter", "ai_classify", "ai_extract", "ai_sentiment",
+                 "ai_agg", "ai_summarize_agg", "finetune", "ft_execute"}
 CORTEX = ("snowflake", "cortex")
 #: Functions that are pure but volatile (random numbers, ids, raising an error): allowed though not CONSISTENT.
 VOLATILE_ALLOWED = {"random", "uuid", "uuidv4", "uuidv7", "gen_random_uuid", "error"}
@@ -88,8 +90,7 @@ def check_calls(session: Session, cur: Any, calls: set[tuple[str, str, str]], ty
     for catalog, schema, name in sorted(calls):
         if name.startswith("__ft_"):
             continue  # duckdb-ft's internal functions: refused with their own message by the caller
-        if (catalog, schema) == CORTEX and name in ("complete", "try_complete", "ai_complete", "ai_filter", "ai_classify",
-                                                    "finetune"):
+        if (catalog, schema) == CORTEX and name in PUBLIC_MACROS - {"ft_execute"}:
             continue
         builtin_scope = catalog in ("", "system") and schema in ("", "main", "pg_catalog") and (
             schema != "main" or catalog == "system")

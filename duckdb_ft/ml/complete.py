@@ -262,6 +262,7 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
         new = out[k].tolist()
         n = next((t for t, x in enumerate(new) if x in stop), len(new))
         text = tok.decode(new[:n], skip_special_tokens=True).strip()
+        text = constrain.as_json(text) if r.grammar is not None else text
         r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
 
 
@@ -285,8 +286,9 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
                                            + shared * (len(adapters) if mixed else 1))
     for (r, _), row in zip(items, rows):
         n = next((t for t, x in enumerate(row.new) if x in stop), len(row.new))
-        r.result = Completion(text=tok.decode(row.new[:n], skip_special_tokens=True).strip(),
-                              prompt_tokens=len(r.ids), completion_tokens=n)
+        text = tok.decode(row.new[:n], skip_special_tokens=True).strip()
+        text = constrain.as_json(text) if r.grammar is not None else text
+        r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
 
 
 def _precision(model: Any, dtype: str) -> Any:

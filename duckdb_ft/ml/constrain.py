@@ -129,6 +129,21 @@ def start(grammar: Grammar) -> RowState:
     return RowState(grammar=grammar, matcher=_xgrammar().GrammarMatcher(grammar.compiled))
 
 
+def as_json(text: str) -> str:
+    """A constrained answer as strict JSON text. xgrammar's string rule for a ``minLength``/``maxLength`` string
+    lets raw control characters (tab, newline, ...) through, which strict JSON forbids inside strings: such an
+    answer is read leniently and written back with them escaped (its values unchanged); any other answer as is."""
+    try:
+        json.loads(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        return json.dumps(json.loads(text, strict=False), ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 def check_budget(grammar: Grammar, max_new: int) -> None:
     """Raise InvalidArgument if ``max_new`` tokens cannot hold the schema's shortest answer and its closing."""
     if max_new < grammar.reserve:

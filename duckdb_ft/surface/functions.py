@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import FtError, InvalidArgument
 from ..evaluation import results as evaluations, shapes as evalshapes
 from ..jobs import estimate, shapes
-from . import ai, aisql, cursors, router, usage
+from . import ai, aisql_functions, cursors, router, usage
 from .actions import finetune_action
 from .engine import Engine, Session, find_engine, register
 from .statements import forms, parse_ft_statement
@@ -55,11 +55,10 @@ def _register_udfs(con: Any, engine: Engine) -> None:
     def ai_complete(models, prompts, parameters, formats, details, session_ids):
         return ai.ai_complete(engine, engine.session(session_ids[0]), models, prompts, parameters, formats, details)
 
-    def ai_filter(predicates, inputs, models, session_ids):
-        return aisql.ai_filter(engine, engine.session(session_ids[0]), predicates, inputs, models)
-
-    def ai_classify(inputs, categories, configs, session_ids):
-        return aisql.ai_classify(engine, engine.session(session_ids[0]), inputs, categories, configs)
+    def aisql_udf(entry: aisql_functions.AisqlFunction):
+        def run(*columns):
+            return entry.run(engine, engine.session(columns[-1][0]), *columns[:-1])
+        return run
 
     def usage_history(session_ids):
         return [json.dumps(usage.as_records(usage.usage_rows(engine, engine.session(s)))) for s in session_ids]
@@ -119,8 +118,7 @@ def _register_udfs(con: Any, engine: Engine) -> None:
         ("__ft_try_complete", complete(True, False), [V, V, V]),
         ("__ft_try_complete_opts", complete(True, True), [V, V, V, V]),
         ("__ft_ai_complete", ai_complete, [V] * 6),
-        ("__ft_ai_filter", ai_filter, [V] * 4),
-        ("__ft_ai_classify", ai_classify, [V] * 4),
+        *((f"__ft_{f.name}", aisql_udf(f), [V] * (len(f.args) + 1)) for f in aisql_functions.FUNCTIONS.values()),
     ]
     for name, fn, params in udfs:
         con.create_function(name, _udf(fn, len(params)), params, V, type="arrow", null_handling="special", side_effects=True)
@@ -205,11 +203,8 @@ def _ai_complete_macro(name: str, session: str) -> str:
 
 
 def _aisql_macros(prefix: str, session: str) -> list[str]:
-    """AI_FILTER (a BOOLEAN) and AI_CLASSIFY (``{"labels": [...]}`` as JSON text)."""
-    return [f"CREATE OR REPLACE {prefix}ai_filter(predicate, input := NULL, model := NULL) AS __ft_ai_filter("
-            f"predicate::VARCHAR, input::VARCHAR, model::VARCHAR, {session})::BOOLEAN",
-            f"CREATE OR REPLACE {prefix}ai_classify(input, categories, config := NULL) AS __ft_ai_classify("
-            f"input::VARCHAR, to_json(categories)::VARCHAR, to_json(config)::VARCHAR, {session})"]
+    """The AISQL functions' macros, one per entry of :data:`aisql_functions.FUNCTIONS`."""
+    return [f.macro(prefix, session) for f in aisql_functions.FUNCTIONS.values()]
 
 
 def _cortex_macros() -> list[str]:
