@@ -8,15 +8,18 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import Server  # noqa: E402
+from conftest import Server, allow_base_model  # noqa: E402
 
 PASSWORD = "alice password 1"
+BOB = "bobs password"
 
 
 def free_port() -> int:
@@ -40,28 +43,33 @@ class WireServer(Server):
         return f"postgresql+psycopg://{user}:{password.replace(' ', '%20')}@127.0.0.1:{self.port}/shop"
 
 
-def build(db: Path) -> str:
-    """The shop: tables pub (alice's role reads it) and secret (it does not), users alice and bob; alice's token."""
+def build(db: Path, tiny_model_path: str) -> str:
+    """The shop: tables pub and pairs (alice's role reads them) and secret (it does not), users alice (who may
+    create models from the tiny base model) and bob (role reader); alice's token."""
     import duckdb_ft
 
     con = duckdb_ft.connect(str(db))
     for sql in ["CREATE ROLE analyst", f"CREATE USER alice PASSWORD = '{PASSWORD}' DEFAULT_ROLE = analyst",
-                "GRANT ROLE analyst TO USER alice", "CREATE USER bob PASSWORD = 'bobs password'",
+                "GRANT ROLE analyst TO USER alice", "CREATE ROLE reader",
+                f"CREATE USER bob PASSWORD = '{BOB}' DEFAULT_ROLE = reader", "GRANT ROLE reader TO USER bob", "GRANT USAGE ON SCHEMA main TO ROLE reader",
+                "CREATE TABLE pairs AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(48) t(i)",
+                "GRANT SELECT ON TABLE pairs TO ROLE analyst", "GRANT CREATE MODEL ON SCHEMA main TO ROLE analyst",
                 "CREATE TABLE pub(id INTEGER, name VARCHAR, price DECIMAL(10,2))",
                 "INSERT INTO pub VALUES (1, 'apple', 1.50), (2, 'pear', NULL), (3, 'it''s', 0.25)",
                 "CREATE TABLE secret(x INTEGER)", "CREATE VIEW pub_names AS SELECT name FROM pub",
                 "GRANT USAGE ON SCHEMA main TO ROLE analyst", "GRANT SELECT ON TABLE pub TO ROLE analyst",
                 "GRANT SELECT ON VIEW pub_names TO ROLE analyst"]:
         con.execute(sql)
+    allow_base_model(con, tiny_model_path)
     (row,) = con.execute("ALTER USER alice ADD PROGRAMMATIC ACCESS TOKEN wire").fetchall()
     con.close()
     return row[1]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_path):
     db = tmp_path_factory.mktemp("pgwire") / "shop.duckdb"
-    token = build(db)
+    token = build(db, tiny_model_path)
     s = WireServer(db)
     s.token = token
     yield s
@@ -179,7 +187,7 @@ def test_the_catalog_shows_only_what_the_role_may_read_and_nothing_else(server):
     with server.connect(autocommit=True) as con:
         names = {r[0] for r in con.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                                            "ON n.oid = c.relnamespace WHERE n.nspname = 'main'").fetchall()}
-        assert names == {"pub", "pub_names"}
+        assert names == {"pairs", "pub", "pub_names"}
         assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'secret'"
                            ).fetchone() == (0,)
         for attack in ("SELECT * FROM pg_catalog.pg_class, read_csv('/etc/passwd')",
@@ -197,7 +205,7 @@ def test_sqlalchemy_reflects_and_pandas_reads_over_the_wire(server):
     engine = sa.create_engine(server.sqlalchemy_url())
     try:
         inspector = sa.inspect(engine)
-        assert inspector.get_table_names() == ["pub"]
+        assert inspector.get_table_names() == ["pairs", "pub"]
         assert inspector.get_view_names() == ["pub_names"]
         columns = {c["name"]: c["type"] for c in inspector.get_columns("pub")}
         assert list(columns) == ["id", "name", "price"]
@@ -222,7 +230,7 @@ def test_psql_lists_and_describes_tables_as_the_role_sees_them(server):
         return done.stdout + done.stderr
 
     listing = psql(r"\dt")
-    assert "pub" in listing and "secret" not in listing and "(1 row)" in listing
+    assert "pub" in listing and "pairs" in listing and "secret" not in listing and "(2 rows)" in listing
     described = psql(r"\d pub")
     assert 'Table "main.pub"' in described
     for column, kind in [("id", "integer"), ("name", "character varying"), ("price", "numeric(10,2)")]:
@@ -230,3 +238,35 @@ def test_psql_lists_and_describes_tables_as_the_role_sees_them(server):
                    for line in described.splitlines() if "|" in line), described
     assert "apple" in psql("SELECT name FROM pub ORDER BY id")
     assert 'Did not find any relation named "secret"' in psql(r"\d secret", ok=False)
+
+
+def test_a_cancel_request_stops_the_running_statement_only(server):
+    with server.connect(autocommit=True) as a, server.connect(autocommit=True) as b:
+        threading.Timer(1.0, a.cancel_safe).start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            a.execute("SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3")
+        assert time.monotonic() - started < 60
+        assert a.execute("SELECT 1").fetchone() == (1,)  # the connection goes on
+        assert b.execute("SELECT count(*) FROM pub").fetchone() == (3,)
+
+
+@pytest.mark.slow
+def test_finetune_over_the_wire_trains_completes_and_is_granted_to_another_user(server):
+    with server.connect(autocommit=True) as con:
+        job = con.execute("SELECT finetune('CREATE', 'wire_model', 'tiny', 'SELECT p AS prompt, c AS completion "
+                          "FROM pairs', NULL, '{\"max_epochs\": 1, \"learning_rate\": 0.001}')").fetchone()[0]
+        assert job.startswith("ft_")
+        threading.Timer(0.5, con.cancel_safe).start()
+        with pytest.raises(psycopg.errors.QueryCanceled):  # WAIT is cancelled; the job goes on
+            con.execute("SELECT finetune('WAIT', %s, 600)", [job])
+        described = con.execute("FROM finetune('DESCRIBE', %s)", [job])
+        status = dict(zip([c.name for c in described.description], described.fetchone()))["status"]
+        assert status in ("PENDING", "IN_PROGRESS", "SUCCESS")
+        assert con.execute("SELECT finetune('WAIT', %s, 600)", [job]).fetchone()[0] == "SUCCESS"
+        answer = con.execute("SELECT complete('wire_model', 'Say the word 3')").fetchone()[0]
+        assert isinstance(answer, str)
+        assert sqlstate_of(con, "SELECT * FROM secret") == "42501"
+        con.execute("GRANT USAGE ON MODEL wire_model TO ROLE reader")
+    with server.connect(user="bob", password=BOB, autocommit=True) as bob:
+        assert bob.execute("SELECT complete('wire_model', 'Say the word 3')").fetchone()[0] == answer
