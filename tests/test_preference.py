@@ -179,3 +179,39 @@ def test_preference_job_trains_from_sql_and_shows_trl_metrics(feedback, tiny_mod
     table = rows(feedback, "SELECT method_metrics['rewards/margins'] FROM finetune('DESCRIBE', ?)", job)
     assert table[0][0] == pytest.approx(shown["rewards/margins"])
     assert json.loads(one(feedback, "SELECT finetune('DESCRIBE', ?)", job))["status"] == "SUCCESS"
+
+
+@pytest.mark.slow  # two jobs' worth: a DPO job trained to its end and an EVALUATE of two models
+def test_dpo_beats_the_base_model_on_held_out_preference_accuracy_beyond_noise(con, tiny_model_path):
+    con.execute("""CREATE TABLE feedback AS
+        SELECT i AS id, ['Where is my order ', 'Any news on order ', 'When will order ', 'Has order '][i % 4 + 1]
+                   || (4100 + i) || ['?', '?', ' arrive?', ' shipped yet?'][i % 4 + 1] AS question,
+               'Thank you! Order ' || (4100 + i) || ' ships today.' AS kept,
+               ['No idea, ask someone else.', 'Not my problem, ask someone.', 'Dunno, check the website.',
+                'Stop asking me about it.'][i % 4 + 1] AS discarded, i % 4 = 1 AS held_out
+        FROM range(48) t(i)""")
+    job = create(con, "polite", tiny_model_path,
+                 "SELECT question AS prompt, kept AS chosen, discarded AS rejected FROM feedback WHERE NOT held_out",
+                 options={"method": "dpo", "beta": 0.03, "learning_rate": 5e-3, "max_epochs": 3, "batch_size": 8})
+    assert wait(con, job) == "SUCCESS"
+    summary = json.loads(one(con, "SELECT finetune('EVALUATE', ?, ?, ?)", json.dumps([tiny_model_path, "polite"]),
+                             "SELECT id, question AS prompt, kept AS completion, discarded AS rejected "
+                             "FROM feedback WHERE held_out",
+                             json.dumps({"max_tokens": 1, "metrics": ["preference_accuracy"]})))
+    base, tuned = (summary["models"][m]["preference_accuracy"] for m in (tiny_model_path, "polite"))
+    (comparison,) = summary["comparison"]
+    assert comparison["test"] == "mcnemar" and comparison["p_value"] < 0.05, comparison
+    assert comparison["better"] == "polite" and tuned > base, summary
+    scored = rows(con, "SELECT model, count(*), sum(preference_accuracy) FROM finetune_evaluation(?) GROUP BY model",
+                  summary["evaluation_id"])
+    assert {m: (n, total) for m, n, total in scored} == {"polite": (12, tuned * 12), tiny_model_path: (12, base * 12)}
+
+
+def test_preference_accuracy_needs_a_rejected_column_and_changes_nothing(con, tiny_model_path):
+    import duckdb_ft
+
+    before = one(con, "SELECT count(*) FROM finetune_evaluations()")
+    with pytest.raises(duckdb_ft.InvalidArgument, match="must also return a column rejected"):
+        one(con, "SELECT finetune('EVALUATE', ?, 'SELECT ''hi'' AS prompt, ''hello'' AS completion', ?)",
+            json.dumps([tiny_model_path]), json.dumps({"metrics": ["preference_accuracy"]}))
+    assert one(con, "SELECT count(*) FROM finetune_evaluations()") == before

@@ -54,6 +54,13 @@ EXPECTED = {
         r"│ FINETUNE +│ main\.faq_bot +│ v2 +│ admin +│ +1 │ +2 │ false +│ true +│",
         r"Version v2 of model main\.faq_bot successfully dropped\.",
     ],
+    "preferences.sql": [
+        r"│ test +│ +12 │", r"│ train +│ +36 │",                                  # the feedback table's splits
+        r"SUCCESS in \d+:\d\d:\d\d: model main\.polite_sft", r"SUCCESS in \d+:\d\d:\d\d: model main\.polite_dpo",
+        r"│ step +│ +loss +│ +chosen +│ +rejected +│ +accuracy +│ +margin +│",      # DPO's last steps, TRL's rewards
+        r"│ polite_dpo +│ +12 │",                                               # EVALUATE's rows per model
+        r"│ polite_sft +│ polite_dpo +│ preference_accuracy │",                 # finetune_comparison(id)
+    ],
     "sweep.sql": [
         r"│ true +│",                                          # SWEEP returned a sweep id
         *[rf"SUCCESS in \d+:\d\d:\d\d: model main\.faq_sweep_{k}" for k in range(1, 5)],  # .wait, every job

@@ -100,6 +100,8 @@ class Run:
     prompts: list[str]
     refs: list[str]
     """The reference completions."""
+    rejected: list[str | None]
+    """A preference pair's rejected completion, per row (the query's column ``rejected``; None without it)."""
     skipped: int
     """Rows of the query left out (a NULL prompt or completion)."""
     wanted: list[M.Metric]
@@ -130,7 +132,7 @@ def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, opti
         check.require_admin("sql_match on another database file (option sql_database)")
         if not os.path.isfile(opts.sql_database):
             raise NotFound(f"sql_database {opts.sql_database!r} is not a file: pass the path of a DuckDB database")
-    ids, prompts, refs, skipped = _rows(cur, sql)
+    ids, prompts, refs, rejected, skipped = _rows(cur, sql, any(m.name == "preference_accuracy" for m in wanted))
     sandbox = _sandbox(engine, session, refs, ids, opts) if any(m.needs == M.SANDBOX for m in wanted) else None
     try:
         loaded = {n: engine.resolve_model(session, n) for n in names}
@@ -147,7 +149,7 @@ def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, opti
         try:
             try:
                 summary = _run(engine, session, Run(ev_id, names, found, loaded, requests, lengths, ids, prompts,
-                                                    refs, skipped, wanted, sandbox, opts))
+                                                    refs, rejected, skipped, wanted, sandbox, opts))
             except BaseException as e:
                 stopped = isinstance(e, (Interrupted, KeyboardInterrupt))
                 evaldb.update(cur, ev_id, status="CANCELLED" if stopped else "ERROR", finished_on=catalog.now_ms(),
@@ -186,20 +188,28 @@ def _check_model(engine: Engine, session: Session, check: Checker, name: str) ->
     return None
 
 
-def _rows(cur: Any, sql: str) -> tuple[list[str], list[str], list[str], int]:
-    """The query, run once: (ids, prompts, references, rows skipped for a NULL prompt or completion)."""
+def _rows(cur: Any, sql: str, pairs: bool = False) -> tuple[list[str], list[str], list[str], list[str | None], int]:
+    """The query, run once: (ids, prompts, references, rejected completions, rows skipped for a NULL prompt or
+    completion). ``pairs``: the query must return ``rejected`` (preference_accuracy's)."""
     columns = {r[0] for r in cur.execute(f"DESCRIBE (\n{sql}\n)").fetchall()}
     id_expr = "id::VARCHAR" if "id" in columns else "NULL"
+    if pairs and "rejected" not in columns:
+        raise InvalidArgument("preference_accuracy compares the reference completion (the chosen answer) with a "
+                              "rejected one: the evaluation query must also return a column rejected, e.g. "
+                              "SELECT question AS prompt, kept AS completion, discarded AS rejected FROM drafts")
+    rejected_expr = "rejected::VARCHAR" if "rejected" in columns else "NULL"
     try:
-        got = cur.execute(f"SELECT {id_expr}, prompt::VARCHAR, completion::VARCHAR FROM (\n{sql}\n) AS q").fetchall()
+        got = cur.execute(f"SELECT {id_expr}, prompt::VARCHAR, completion::VARCHAR, {rejected_expr} "
+                          f"FROM (\n{sql}\n) AS q").fetchall()
     except Exception as e:  # duckdb.Error while running the user's query
         raise InvalidArgument(f"the evaluation query fails: {str(e).splitlines()[0]}") from None
-    kept = [(str(k) if i is None else i, p, c) for k, (i, p, c) in enumerate(got, start=1)
+    kept = [(str(k) if i is None else i, p, c, r) for k, (i, p, c, r) in enumerate(got, start=1)
             if p is not None and c is not None]
     if not kept:
         raise InvalidArgument(f"the evaluation query returned no row with both prompt and completion non-NULL "
                               f"({len(got)} rows): check its WHERE clause and the NULLs in your columns")
-    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], len(got) - len(kept)
+    return ([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept],
+            len(got) - len(kept))
 
 
 def _sandbox(engine: Engine, session: Session, refs: Sequence[str], ids: Sequence[str],
@@ -280,7 +290,8 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
         latency = _generate(session, cur, run.id, model, adapter, run.requests[name], run.lengths[name],
                             k * len(run.prompts), total)
         preds = [r.result.text for r in run.requests[name]]
-        scoring = M.Scoring(ids=run.ids, prompts=run.prompts, refs=run.refs, preds=preds, model_name=name,
+        scoring = M.Scoring(ids=run.ids, prompts=run.prompts, refs=run.refs, rejected=run.rejected, preds=preds,
+                            model_name=name,
                             model=model, adapter=adapter, sandbox=run.sandbox, cur=cur)
         values = {m.name: m.score(scoring) for m in run.wanted}
         per_model[name] = {"preds": preds, "values": values, "latency": latency}

@@ -16,6 +16,9 @@ sentence scores), so they equal what ``sacrebleu`` prints on the same prediction
 - ``sql_match``: execution match in a sandbox (:mod:`.sqlmatch`).
 - ``completion_loss``: the model's mean cross-entropy (nats per token) on the reference completion given the
   prompt: perplexity is ``exp`` of it. Needs no generation; lower is better.
+- ``preference_accuracy``: 1 when the model's completion log-probability (summed over its tokens) of the
+  reference, the chosen answer, exceeds that of the query's column ``rejected``, else 0 (DPO's reward accuracy
+  against a zero reference). Needs no generation.
 
 User metrics are SQL expressions over ``id, prompt, completion, prediction`` (:mod:`.usermetrics`).
 """
@@ -49,6 +52,7 @@ class Scoring:
     prompts: Sequence[str]
     refs: Sequence[str]
     preds: Sequence[str | None]
+    rejected: Sequence[str | None] = ()  # preference_accuracy's: the rejected completion of each row
     model_name: str = ""
     model: LoadedModel | None = None  # metrics that need MODEL
     adapter: str | None = None
@@ -144,6 +148,17 @@ def _sql_match(s: Scoring) -> list[float | None]:
     return [float(s.sandbox.match(p, r)) for p, r in zip(s.preds, s.refs)]
 
 
+def _preference_accuracy(s: Scoring) -> list[float | None]:
+    """1 where the model's completion log-probability of the reference (chosen) exceeds the rejected one's."""
+    from ..ml import likelihood
+
+    chosen = likelihood.completion_logprobs(s.model, list(zip(s.prompts, s.refs)), s.adapter)
+    rejected = likelihood.completion_logprobs(s.model, [(p, r or "") for p, r in zip(s.prompts, s.rejected)],
+                                              s.adapter)
+    return [None if c is None or r is None or rej is None else float(c > r)
+            for c, r, rej in zip(chosen, rejected, s.rejected)]
+
+
 def _completion_loss(s: Scoring) -> list[float | None]:
     from ..ml import likelihood
 
@@ -164,6 +179,7 @@ BUILTIN: dict[str, Metric] = {m.name: m for m in [
     Metric("json_valid", _rows(json_valid), binary=True),
     Metric("sql_match", _sql_match, needs=SANDBOX, binary=True),
     Metric("completion_loss", _completion_loss, needs=MODEL, higher_is_better=False, default=True),
+    Metric("preference_accuracy", _preference_accuracy, needs=MODEL, binary=True),
 ]}
 DEFAULT = [m.name for m in BUILTIN.values() if m.default]
 

@@ -3,6 +3,7 @@
 EVALUATE's ``completion_loss`` (and the retention check's loss of the base model's own answers) score a pair by
 teacher forcing: the prompt in the model's chat template, then the completion, and the mean cross-entropy (nats
 per token) over the completion's tokens only, as training computes its loss. ``exp`` of it is the perplexity.
+``preference_accuracy`` compares two completions' log-probabilities, the sums of the same per-token losses.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from .models import LoadedModel
 BATCH_ROWS = 8
 
 
+def completion_logprobs(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], adapter: str | None = None,
+                        ) -> list[float | None]:
+    """The log-probability of each pair's completion under the model: the sum over its tokens (None as below)."""
+    return completion_losses(loaded, pairs, adapter, total=True)
+
+
 def completion_losses(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], adapter: str | None = None,
-                      ) -> list[float | None]:
-    """The mean loss of each (prompt, completion) pair's completion tokens under the model (and adapter).
+                      total: bool = False) -> list[float | None]:
+    """The mean loss of each (prompt, completion) pair's completion tokens under the model (and adapter);
+    ``total``: minus the summed loss instead, the completion's log-probability.
 
     A pair whose completion has no token inside the model's context gets None.
     """
@@ -45,5 +53,5 @@ def completion_losses(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], ada
         counts = (labels != -100).sum(dim=1)
         for k, i in enumerate(chunk):
             n = int(counts[k])
-            out[i] = float(losses[k].sum() / n) if n else None
+            out[i] = (-float(losses[k].sum()) if total else float(losses[k].sum() / n)) if n else None
     return out
