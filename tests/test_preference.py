@@ -215,3 +215,25 @@ def test_preference_accuracy_needs_a_rejected_column_and_changes_nothing(con, ti
         one(con, "SELECT finetune('EVALUATE', ?, 'SELECT ''hi'' AS prompt, ''hello'' AS completion', ?)",
             json.dumps([tiny_model_path]), json.dumps({"metrics": ["preference_accuracy"]}))
     assert one(con, "SELECT count(*) FROM finetune_evaluations()") == before
+
+
+def test_estimate_reports_pairs_identical_answers_and_length_bias(feedback):
+    """ESTIMATE's preference section, from the rows staged as CREATE and ESTIMATE stage them (ESTIMATE itself adds
+    a calibration of the training speed, which the other ESTIMATE tests cover)."""
+    from duckdb_ft.options import TrainingOptions
+    from duckdb_ft.prep import report, stage
+
+    feedback.execute("UPDATE feedback SET discarded = kept WHERE question = 'Where is my order 5?'")
+    chosen, rejected = rows(feedback, "SELECT avg(length(kept)), avg(length(discarded)) FROM feedback")[0]
+    cur = feedback.cursor()
+    st = stage.stage(cur, DPO_QUERY, None, TrainingOptions(method="dpo"))
+    found, warnings = report.preference(cur, st, "dpo")
+    assert found == {"pairs": 12, "identical_chosen_rejected": 1, "chosen_longer_share": 11 / 12,
+                     "mean_chosen_chars": pytest.approx(chosen), "mean_rejected_chars": pytest.approx(rejected)}
+    messages = {w["finding"]: w["message"] for w in warnings}
+    assert messages["create_fails"] == "1 pairs have chosen equal to rejected"
+    assert "the chosen answer is the longer one in 92% of the pairs" in messages["length_bias"]
+    st = stage.stage(cur, "SELECT question AS prompt, kept AS completion, thumbs_up AS label FROM feedback", None,
+                     TrainingOptions(method="kto"))
+    assert report.preference(cur, st, "kto") == ({"desirable_rows": 8, "undesirable_rows": 4, "null_label_rows": 0},
+                                                 [])

@@ -191,7 +191,44 @@ def report(cur: Any, st: Stage, findings: str, opts: TrainingOptions, cleaning: 
            "cost": {"trained_tokens": tok["summary"]["train_tokens"] * opts.max_epochs, "epochs": opts.max_epochs,
                     "total_steps": steps, "train_examples": train_n}}
     out["warnings"] = _warnings(cur, st, findings, opts, out, tok["learned_train"])
+    if opts.method != "sft":
+        out["preference"], found = preference(cur, st, opts.method)
+        out["warnings"].extend(found)
     return out
+
+
+#: Above this share of pairs whose chosen answer is the longer one (or below 1 minus it), DPO can learn length.
+LENGTH_BIAS = 0.9
+
+
+def preference(cur: Any, st: Stage, method: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The training query's preference rows: dpo, the pairs, those whose chosen equals rejected (CREATE refuses
+    them) and the length bias between chosen and rejected; kto, the rows labelled true, false and NULL. With the
+    warnings they call for."""
+    where = f"FROM {st.table} WHERE query = 'training' AND prompt IS NOT NULL AND completion IS NOT NULL"
+    warnings = []
+    if method == "kto":
+        good, bad, missing = cur.execute(f"SELECT count(*) FILTER (label), count(*) FILTER (NOT label), "
+                                         f"count(*) FILTER (label IS NULL) {where}").fetchall()[0]
+        if missing:
+            warnings.append({"finding": "create_fails", "message": f"{missing} rows have a NULL label",
+                             "fix": "filter them out, or give them a label"})
+        return {"desirable_rows": int(good), "undesirable_rows": int(bad), "null_label_rows": int(missing)}, warnings
+    pairs, same, longer, chosen, rejected = cur.execute(
+        f"SELECT count(*), count(*) FILTER (completion = rejected), "
+        f"count(*) FILTER (length(completion) > length(rejected)), avg(length(completion)), avg(length(rejected)) "
+        f"{where} AND rejected IS NOT NULL").fetchall()[0]
+    share = longer / pairs if pairs else None
+    if same:
+        warnings.append({"finding": "create_fails", "message": f"{same} pairs have chosen equal to rejected",
+                         "fix": "filter them out: WHERE chosen <> rejected"})
+    if share is not None and pairs >= 10 and (share >= LENGTH_BIAS or share <= 1 - LENGTH_BIAS):
+        warnings.append({"finding": "length_bias", "message": f"the chosen answer is the longer one in "
+                         f"{round(100 * share)}% of the pairs: DPO may learn length rather than quality",
+                         "fix": "add pairs where the better answer is the shorter one, or check with EVALUATE on "
+                                "pairs of even lengths"})
+    return {"pairs": int(pairs), "identical_chosen_rejected": int(same), "chosen_longer_share": share,
+            "mean_chosen_chars": chosen, "mean_rejected_chars": rejected}, warnings
 
 
 def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict[str, Any],
