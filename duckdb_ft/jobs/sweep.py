@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MAX_JOBS = 64
 #: Options that shape the snapshot of rows, which a sweep's jobs share: they cannot vary across its jobs.
-SNAPSHOT_OPTIONS = ("validation_fraction", "dedupe", "pii", "drop_conflicting")
+SNAPSHOT_OPTIONS = ("validation_fraction", "dedupe", "pii", "drop_conflicting", "method")  # method: the columns
 #: A job's fields set while it runs: a copy of the first job starts without them.
 RUN_FIELDS = ("status", "progress", "started_on", "finished_on", "step", "total_steps", "train_tokens",
               "trained_tokens", "training_loss", "validation_loss", "error", "best_step", "stopped_early",
