@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -23,13 +24,14 @@ demo: install
 	$(BIN)/duckdb-ft demo
 
 # The whole suite (what CI runs), with the 25 slowest tests listed, so that a slow one is seen when it lands.
+# TEST_WORKERS pytest-xdist processes share the tests (worksteal: an idle worker takes a busy one's queued tests).
 test: install
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 # The edit-test loop: everything but the tests marked slow (torchrun, kill loops, the notebook, the shell and
 # the SQL scripts as subprocesses, the real model, the demo).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 bench: install
 	$(BIN)/python -m pip install -q -e ".[test,bench]"

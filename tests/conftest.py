@@ -28,6 +28,11 @@ _CACHE = Path(os.environ.get("DUCKDB_FT_TEST_CACHE") or Path(__file__).resolve()
 os.environ["DUCKDB_FT_CACHE"] = str(_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (make test) the workers share the cores: each worker's torch (and the processes its tests
+# start) takes its share of threads, not every core, so that the workers do not oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 #: A short job on the tiny model.
 FAST = {"max_epochs": 2, "batch_size": 4}
