@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "install", "execute", "export_model", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
+    "connect", "install", "execute", "export_model", "to_dataset", "export_dataset", "dataset_digest",
+    "read_dataset", "wait", "FtError", "InvalidArgument", "NotFound", "ModelNotFound", "ModelLoadError",
     "AlreadyExists", "AuthenticationFailed", "PermissionDenied", "JobError", "Interrupted", "RemoteError",
     "QueueFull", "RequestTimeout", "__version__",
 ]
@@ -133,6 +134,79 @@ def export_model(con: Any, name: str, folder: str | None = None, format: str = "
 
     session = con.session if hasattr(con, "session") else session_of(con)
     return _export(session, name, folder, format=format, dtype=dtype, push_to_hub=push_to_hub, private=private)
+
+
+def to_dataset(con: Any, source: str) -> Any:
+    """A ``datasets.Dataset`` (Hugging Face) over the same Arrow buffers as the rows, for other trainers (TRL,
+    Unsloth, a GPU cluster). ``source``:
+
+    - a job id (``ft_...``): the job's training snapshot, both splits, in the catalog's order, columns ``split``,
+      ``prompt``, ``completion`` (``rejected``, ``label`` for preference jobs); needs OWNERSHIP of the job. Its
+      ``info.description`` holds the lineage (job, model, ``snapshot_rows``, ``snapshot_hash``), and
+      :func:`dataset_digest` recomputes them from the rows: they equal the model's lineage;
+    - a query (one SELECT, run as the connection's session, under its privileges): its rows.
+
+    Needs the package ``datasets`` (``pip install 'duckdb-ft[datasets]'``).
+    """
+    from .ml import hf_dataset
+
+    table, lineage = _dataset_rows(con, source)
+    return hf_dataset.from_arrow(table, lineage)
+
+
+def export_dataset(con: Any, source: str, folder: str) -> str:
+    """:func:`to_dataset` saved with ``save_to_disk`` into ``folder`` (new, or an empty folder), with
+    ``duckdb_ft.json`` (the lineage) beside its files; ``datasets.load_from_disk(folder)`` reads it. Returns the
+    folder's path. ``duckdb-ft export DATABASE JOB_ID_OR_QUERY FOLDER --format dataset`` is the same."""
+    from .ml import hf_dataset
+
+    table, lineage = _dataset_rows(con, source)
+    return hf_dataset.save(hf_dataset.from_arrow(table, lineage), folder, lineage)
+
+
+def dataset_digest(dataset: Any) -> tuple[int, str]:
+    """(rows, SHA-256) of a snapshot dataset from :func:`to_dataset`, as a model's lineage records them
+    (``snapshot_rows``, ``snapshot_hash``)."""
+    from .ml import hf_dataset
+
+    return hf_dataset.digest(dataset)
+
+
+def read_dataset(con: Any, folder: str, table: str) -> int:
+    """Create table ``table`` from a folder that ``datasets`` saved (``save_to_disk``; a ``DatasetDict``'s splits
+    get a ``split`` column), for FINETUNE to train on; returns its row count. The administrator only (it reads a
+    folder of this machine). Parquet, JSON lines or CSV files (what ``load_dataset`` also reads) need no
+    duckdb-ft: ``read_parquet('folder/*.parquet')``, ``read_json``, ``read_csv`` in SQL."""
+    from .ml import hf_dataset
+    from .queries import parse_model_name
+    from .surface.engine import session_of
+
+    session = con.session if hasattr(con, "session") else session_of(con)
+    if not session.is_admin:
+        raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, "FOLDER", folder, session.role,
+                                  reason="reading a folder of this machine is for the administrator")
+    schema, name = parse_model_name(table)
+    rows = hf_dataset.read_folder(folder)
+    raw = con.duckdb_connection if hasattr(con, "duckdb_connection") else con
+    view = "__duckdb_ft_dataset"
+    raw.register(view, rows)
+    try:
+        raw.execute(f'CREATE TABLE "{schema}"."{name}" AS SELECT * FROM {view}')
+    finally:
+        raw.unregister(view)
+    return rows.num_rows
+
+
+def _dataset_rows(con: Any, source: str) -> tuple[Any, dict[str, Any]]:
+    from .ml import hf_dataset
+    from .queries import check_query
+    from .surface.engine import session_of
+
+    session = con.session if hasattr(con, "session") else session_of(con)
+    if isinstance(source, str) and hf_dataset.JOB_ID.fullmatch(source.strip()):
+        return hf_dataset.snapshot(session, session.engine.cursor(), source.strip())
+    query = check_query(source, "dataset query")
+    return execute(con, query).to_arrow_table(), {"query": query}
 
 
 def wait(con: Any, job_id: str, timeout: float | None = None) -> str:

@@ -143,15 +143,19 @@ def export(argv: list[str]) -> int:
                                 description="Write a fine-tuned model out of the database: a PEFT adapter folder "
                                             "(PeftModel.from_pretrained(base, FOLDER)), a merged Hugging Face "
                                             "folder (AutoModelForCausalLM.from_pretrained(FOLDER)), or a GGUF "
-                                            "file (llama.cpp, Ollama).")
+                                            "file (llama.cpp, Ollama), or the adapter alone as a GGUF file.")
     p.add_argument("database", help="database file holding the model")
     p.add_argument("model", help="model name (name or schema.name; name@version for a version), or a base model "
                                  "(smollm2-135m, a registered one) for merged or gguf")
     p.add_argument("folder", nargs="?", default=None,
                    help="folder to create (new or empty); for gguf, a path ending in .gguf is the file; optional "
                         "with --push-to-hub")
-    p.add_argument("--format", default="adapter", help="adapter (default), merged or gguf")
-    p.add_argument("--dtype", default="f32", help="weights of merged and gguf: f32 (default) or f16")
+    p.add_argument("--format", default="adapter",
+                   help="adapter (default), merged, gguf, or gguf-lora (the adapter alone as a GGUF file for "
+                        "llama.cpp's --lora and Ollama's ADAPTER); gguf ones get an Ollama Modelfile beside them; "
+                        "dataset: MODEL is a job id (its training snapshot) or a SELECT, saved as a Hugging Face "
+                        "dataset folder")
+    p.add_argument("--dtype", default="f32", help="weights of merged, gguf and gguf-lora: f32 (default) or f16")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
                    help="also upload the exported folder to this Hugging Face Hub repository (user/name; token "
                         "from HF_TOKEN; created private if new)")
@@ -165,9 +169,15 @@ def export(argv: list[str]) -> int:
 
     con = None
     try:
+        if args.format == "dataset" and (args.push_to_hub or args.folder is None):
+            raise duckdb_ft.InvalidArgument("--format dataset writes a folder (datasets' save_to_disk): give a "
+                                            "FOLDER, and upload it with `hf upload --repo-type dataset` if you wish")
         con = _open_for_export(args.database)
-        path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
-                                      push_to_hub=args.push_to_hub, private=not args.public)
+        if args.format == "dataset":
+            path = duckdb_ft.export_dataset(con, args.model, args.folder)
+        else:
+            path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
+                                          push_to_hub=args.push_to_hub, private=not args.public)
     except Exception as e:  # noqa: BLE001 - one message, no traceback
         _error(error_message(e))
         return 1

@@ -14,8 +14,10 @@ run models (importing this package loads none of them).
   decode loop per base model across requests (a server's), :mod:`.running` its running batch; :mod:`.prefix` a batch's shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss;
   :mod:`.schema` a response_format's JSON Schema checked; :mod:`.constrain` constrained decoding (xgrammar);
   :mod:`.packing` rows packed into prompts that fit a model's window (AI_AGG).
-- :mod:`.export`: a fine-tuned model written as a PEFT adapter folder, a merged model or (:mod:`.gguf_file`) one
-  GGUF file.
+- :mod:`.export`: a fine-tuned model (or a base model) written as a PEFT adapter folder, a merged model,
+  (:mod:`.gguf_file`) one GGUF file, or (:mod:`.gguf_lora`) the adapter alone as a GGUF adapter file;
+  :mod:`.modelfile` the Ollama Modelfile beside a GGUF export; :mod:`.hf_dataset` rows as Hugging Face datasets
+  (a job's snapshot, a query's rows) and a saved dataset folder read back.
 
 Importing it asks PyTorch, when torch is not loaded yet, for its CPU tensors of 2 MB and more in transparent huge
 pages (``THP_MEM_ALLOC_ENABLE``, PyTorch's own switch, read once at its first allocation; a value the user set is

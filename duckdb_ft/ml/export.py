@@ -1,4 +1,4 @@
-"""Export a fine-tuned model, or a base model, for use outside duckdb-ft, in one of three formats.
+"""Export a fine-tuned model, or a base model, for use outside duckdb-ft, in one of four formats.
 
 - ``adapter``: a PEFT adapter folder: ``adapter_model.safetensors`` and ``adapter_config.json`` (with
   ``base_model_name_or_path``), as ``PeftModel.save_pretrained`` writes them, so
@@ -8,6 +8,11 @@
   COMPLETE stops) that ``AutoModelForCausalLM.from_pretrained(folder)`` loads without peft or duckdb-ft.
 - ``gguf``: the merged weights as one GGUF file (``gguf_file.py``), f32 or f16, with the tokenizer and chat
   template in its metadata, for llama.cpp-based tools.
+- ``gguf-lora``: the LoRA adapter alone as a GGUF adapter file (``gguf_lora.py``), for ``llama-server --lora`` and
+  Ollama's ``ADAPTER``, over the base model's GGUF (export the base model ``--format gguf``).
+
+Beside every GGUF export an Ollama ``Modelfile`` (``modelfile.py``): in the folder, or ``NAME.Modelfile`` beside a
+``NAME.gguf`` file.
 
 A base model (``smollm2-135m``, a registered one, any folder for the administrator) exports as ``merged`` or
 ``gguf`` (it has no adapter): the file an adapter export needs beside it in llama.cpp and Ollama.
@@ -29,12 +34,14 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import models as modeldb
 from ..errors import AlreadyExists, InvalidArgument, ModelNotFound, NotFound, PermissionDenied, RemoteError
 from ..queries import parse_model_ref
-from . import complete, models
+from . import complete, modelfile, models
 
 if TYPE_CHECKING:
     from ..surface.engine import Session
 
-FORMATS = ("adapter", "merged", "gguf")
+FORMATS = ("adapter", "merged", "gguf", "gguf-lora")
+#: The formats written as one GGUF file (``model.gguf``, ``adapter.gguf`` in a folder), and the file's name.
+GGUF_FILES = {"gguf": "model.gguf", "gguf-lora": "adapter.gguf"}
 #: The formats of a base model (it has no adapter).
 BASE_FORMATS = ("merged", "gguf")
 DTYPES = ("f32", "f16")
@@ -46,9 +53,10 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
     exist, or be an empty folder) in ``format``; its path. A name that is no model of the catalog is a base model
     (``merged`` or ``gguf``), which a session may export where it may name it (built-in; registered, with USAGE).
 
-    ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged`` and ``gguf``; f32 answers exactly as
-    COMPLETE does. For ``gguf``, a ``folder`` ending in ``.gguf`` is the file itself; otherwise the folder holds
-    ``model.gguf``. Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
+    ``dtype`` (``f32`` or ``f16``) is the weights' type of ``merged``, ``gguf`` and ``gguf-lora``; f32 answers
+    exactly as COMPLETE does. For ``gguf`` and ``gguf-lora``, a ``folder`` ending in ``.gguf`` is the file itself
+    (its Modelfile beside it, ``NAME.Modelfile``); otherwise the folder holds ``model.gguf`` (``adapter.gguf``)
+    and ``Modelfile``. Needs OWNERSHIP of the model: exporting hands its weights out of the database's governance.
     ``push_to_hub`` (``user/name``) also uploads the exported folder to the Hugging Face Hub (``hub.py``; every
     check, the hub's reachability included, comes before anything is written); ``folder`` None then exports into
     a temporary folder removed after the upload. Returns the repository's URL when pushing.
@@ -59,7 +67,7 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
         raise InvalidArgument(f"unknown export dtype '{dtype}': use one of {', '.join(DTYPES)}")
     if format == "adapter" and dtype != "f32":
         raise InvalidArgument("the adapter format keeps the trained adapter's own weights: drop dtype, or export "
-                              "--format merged or gguf")
+                              "--format merged, gguf or gguf-lora")
     if folder is None and push_to_hub is None:
         raise InvalidArgument("export needs a folder to write (or push_to_hub, a hub repository id)")
     cur = session.engine.cursor()
@@ -74,8 +82,12 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
         target = Path(folder).expanduser().resolve()
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
             raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
-        if push_to_hub and format == "gguf" and target.suffix == ".gguf":
-            raise InvalidArgument("push_to_hub uploads a folder: give a folder (or none) rather than a .gguf path")
+        if format in GGUF_FILES and target.suffix == ".gguf":
+            if push_to_hub:
+                raise InvalidArgument("push_to_hub uploads a folder: give a folder (or none) rather than a .gguf path")
+            if _beside(target).exists():
+                raise AlreadyExists(f"{_beside(target)} exists already: the export writes its Modelfile there; move "
+                                    "it, or export into a new folder")
     hub_target = None
     if push_to_hub is not None:
         from . import hub
@@ -161,6 +173,11 @@ def _base_row(session: Session, cur: Any, name: str) -> dict[str, Any]:
             "shown_base": session.shown_base(source)}
 
 
+def _beside(target: Path) -> Path:
+    """The Modelfile of a single-file GGUF export: ``NAME.Modelfile`` beside ``NAME.gguf``."""
+    return target.with_suffix(".Modelfile")
+
+
 def _write(session: Session, cur: Any, row: dict[str, Any], target: Path, format: str, dtype: str) -> None:
     """Write the export into a temporary folder beside ``target``, then rename it into place."""
     try:
@@ -169,10 +186,13 @@ def _write(session: Session, cur: Any, row: dict[str, Any], target: Path, format
     except OSError as e:
         raise InvalidArgument(f"cannot write in {target.parent}: {e.strerror or e}; choose a writable folder") \
             from None
-    single_file = format == "gguf" and target.suffix == ".gguf"
+    single_file = format in GGUF_FILES and target.suffix == ".gguf"
+    placed: list[Path] = []
     try:
         if format == "adapter":
             _write_adapter(row, tmp)
+        elif format == "gguf-lora":
+            _write_gguf_lora(session, row, tmp, dtype, target.name if single_file else GGUF_FILES[format])
         else:
             merged, tokenizer = merged_model(row)
             if format == "merged":
@@ -181,17 +201,50 @@ def _write(session: Session, cur: Any, row: dict[str, Any], target: Path, format
                 from .gguf_file import write_gguf
 
                 write_gguf(merged, tokenizer, tmp / "model.gguf", dtype, row["label"])
+                name = target.name if single_file else "model.gguf"
+                (tmp / "Modelfile").write_text(modelfile.modelfile(
+                    f"./{name}", tokenizer, complete.stop_ids(merged, tokenizer), f"{row['label']} ({format})"))
         if not single_file:
             (tmp / "duckdb_ft.json").write_text(json.dumps(_info(session, cur, row, format, dtype), indent=2,
                                                            default=str))
-        if target.exists():
-            target.rmdir()  # the empty folder the checks allowed: replaced by the finished one
-        os.rename(tmp / "model.gguf" if single_file else tmp, target)
+            if target.exists():
+                target.rmdir()  # the empty folder the checks allowed: replaced by the finished one
+            os.rename(tmp, target)
+            return
+        os.rename(tmp / "Modelfile", _beside(target))
+        placed.append(_beside(target))
+        os.rename(tmp / GGUF_FILES[format], target)
     except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if single_file:
-        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_gguf_lora(session: Session, row: dict[str, Any], tmp: Path, dtype: str, name: str) -> None:
+    """The adapter as ``adapter.gguf`` and a Modelfile whose FROM is the base model's GGUF, to be exported beside
+    it (the comment says how)."""
+    import shlex
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    from .gguf_lora import write_gguf_lora
+
+    base_path = models.resolve(row["base_model"])
+    write_gguf_lora(models.adapter_from_bytes(row["adapter"]), json.loads(row["lora_config"]),
+                    AutoConfig.from_pretrained(base_path), tmp / "adapter.gguf", dtype, row["label"])
+    tokenizer = models.load_tokenizer(base_path)
+    try:
+        generation = GenerationConfig.from_pretrained(base_path)
+    except OSError:  # no generation_config.json: the tokenizer's end token
+        generation = SimpleNamespace(eos_token_id=None)
+    stops = complete.stop_ids(SimpleNamespace(generation_config=generation), tokenizer)
+    base = session.shown_base(row["base_model"])
+    hint = f"duckdb-ft export DATABASE {shlex.quote(base)} base.gguf --format gguf"
+    (tmp / "Modelfile").write_text(modelfile.modelfile("./base.gguf", tokenizer, stops, f"{row['label']} (gguf-lora)",
+                                                       adapter=f"./{name}", base_hint=hint))
 
 
 def _info(session: Session, cur: Any, row: dict[str, Any], format: str, dtype: str) -> dict[str, Any]:
