@@ -19,6 +19,16 @@ SQL = Path(__file__).resolve().parent.parent / "sql"
 
 #: What each script's output must show, beyond a clean exit (scripts not listed: a clean exit is enough).
 EXPECTED = {
+    "aisql.sql": [
+        r'│ \{"food_quality": "(positive|negative|neutral)", "food_taste": "(positive|negative|neutral)", '
+        r'"wait_time": "(positive|negative|neutral)", "food_cost": "(positive|negative|neutral)"\} │',  # response_format
+        r'\{"completion_tokens":16,"prompt_tokens":\d+,"total_tokens":\d+\}',          # show_details' usage
+        r'│ \{"labels": \["(travel|cooking)"\]\} +│',                                   # one of the categories
+        r'│ France +│ (North America|Europe|Asia) +│',                                # a label per row
+        r'│ answer  │\n│ boolean │',                                                   # AI_FILTER is a BOOLEAN
+        r'│ AI_AGG +│ +3 │', r'│ AI_CLASSIFY +│ +6 │', r'│ AI_COMPLETE +│ +4 │',        # usage under each name
+        r'│ AI_FILTER +│ +7 │', r'│ AI_SUMMARIZE_AGG +│ +1 │',
+    ],
     "prepare.sql": [
         r"│ 12 +│ 1 +│ 1 +│ 1 +│ 1 +│ 1 +│ \d+ +│",             # ESTIMATE: returned, skipped, exact, conflicting, near, truncated
         r"│ CARD +│ 1 +│ \[6\] +│", r"│ EMAIL +│ 1 +│ \[7\] +│",  # personal data with the rows
