@@ -4,9 +4,11 @@ protocol with bound parameters, types, the catalog for psql and SQLAlchemy, canc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -270,3 +272,125 @@ def test_finetune_over_the_wire_trains_completes_and_is_granted_to_another_user(
         con.execute("GRANT USAGE ON MODEL wire_model TO ROLE reader")
     with server.connect(user="bob", password=BOB, autocommit=True) as bob:
         assert bob.execute("SELECT complete('wire_model', 'Say the word 3')").fetchone()[0] == answer
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+
+def read_message(sock) -> tuple[bytes, bytes]:
+    """One backend message: its type and body (b"", b"" when the server closed the connection)."""
+    head = sock.recv(5, socket.MSG_WAITALL)
+    if len(head) < 5:
+        return b"", b""
+    (length,) = struct.unpack("!i", head[1:])
+    return head[:1], sock.recv(length - 4, socket.MSG_WAITALL)
+
+
+def until(sock, code: bytes) -> list[tuple[bytes, bytes]]:
+    got = []
+    while True:
+        message = read_message(sock)
+        got.append(message)
+        if message[0] in (code, b""):
+            return got
+
+
+def raw_login(server, user="alice", password=PASSWORD) -> socket.socket:
+    """A logged-in raw socket (start-up, cleartext password, up to ReadyForQuery)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    body = struct.pack("!i", 196608) + b"user\0" + user.encode() + b"\0database\0shop\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    assert read_message(sock) == (b"R", struct.pack("!i", 3))
+    secret = password.encode() + b"\0"
+    sock.sendall(b"p" + struct.pack("!i", len(secret) + 4) + secret)
+    assert until(sock, b"Z")[-1][0] == b"Z"
+    return sock
+
+
+def send(sock, code: bytes, body: bytes) -> None:
+    sock.sendall(code + struct.pack("!i", len(body) + 4) + body)
+
+
+def alive(server) -> None:
+    with server.connect(autocommit=True) as con:
+        assert con.execute("SELECT count(*) FROM pub").fetchone() == (3,)
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x08\x12\x34\x56\x78", b"\xff\xff\xff\xff", b"GET / HTTP/1.1\r\n\r\n",
+                                     b"\x00\x00\x00\x03"])
+def test_garbage_before_log_in_closes_the_connection_and_the_server_goes_on(server, garbage):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        assert until(sock, b"")[-1][0] == b""  # closed (after an error message, if any)
+    alive(server)
+
+
+def test_malformed_messages_after_log_in_get_an_error_never_a_crash(server):
+    cases = [(b"P", b"no terminators"), (b"B", b"\0nope\0\0\0\0\0\0\0"), (b"E", b"missing\0"),
+             (b"D", b"Xwhat\0"), (b"B", b"\0\0\x00\x01")]
+    for code, body in cases:
+        with raw_login(server) as sock:
+            send(sock, code, body)
+            send(sock, b"S", b"")
+            got = until(sock, b"Z")
+            assert any(c == b"E" for c, _ in got), (code, body, got)
+    with raw_login(server) as sock:  # a length no message has: an error, then the connection closes
+        sock.sendall(b"Q" + struct.pack("!i", 2**31 - 1))
+        got = until(sock, b"")
+        assert got[0][0] == b"E" and b"08P01" in got[0][1]
+    with raw_login(server) as sock:
+        send(sock, b"d", b"copy data")  # COPY is not supported: error, closed
+        assert until(sock, b"")[0][0] == b"E"
+    alive(server)
+
+
+@pytest.mark.slow
+def test_a_10_mb_query_and_10000_parameters_get_an_answer_or_an_error(server):
+    with server.connect(autocommit=True) as con:
+        big = "x" * (10 * 2**20)
+        assert con.execute(f"SELECT length('{big}')").fetchone() == (len(big),)
+        try:
+            row = con.execute("SELECT " + ", ".join(["%s::INTEGER"] * 10000), list(range(10000))).fetchone()
+            assert list(row) == list(range(10000))
+        except psycopg.Error as e:
+            assert e.sqlstate
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    alive(server)
+
+
+def test_a_client_that_leaves_mid_result_harms_no_one(server):
+    sock = raw_login(server)
+    query = b"SELECT i, repeat('x', 100) FROM range(1000000) t(i)\0"
+    send(sock, b"Q", query)
+    assert read_message(sock)[0] == b"T"
+    sock.close()  # gone while rows are being sent
+    alive(server)
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_clients_get_right_answers(server):
+    errors, answers = [], []
+
+    def client(k):
+        try:
+            with server.connect(autocommit=True) as con:
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline:
+                    assert con.execute("SELECT id, name FROM pub WHERE id = %s", [k % 3 + 1]).fetchone() == (
+                        k % 3 + 1, ["apple", "pear", "it's"][k % 3])
+                    assert con.execute("SELECT sum(i) FROM range(%s) t(i)", [k * 100]).fetchone() == (
+                        sum(range(k * 100)) if k else None,)
+                answers.append(con.execute(
+                    "SELECT complete('tiny', 'Say the word 1', '{\"max_tokens\": 3}')").fetchone()[0])
+        except Exception as e:  # noqa: BLE001 - every failure is collected and reported
+            errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(answers) == 20
+    assert len({json.dumps(json.loads(a)["choices"]) for a in answers}) == 1  # greedy: one answer for all
+    alive(server)
