@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -394,3 +396,24 @@ def test_twenty_concurrent_clients_get_right_answers(server):
     assert errors == [] and len(answers) == 20
     assert len({json.dumps(json.loads(a)["choices"]) for a in answers}) == 1  # greedy: one answer for all
     alive(server)
+
+
+def readme_blocks() -> dict[str, str]:
+    """The sh and python blocks of the README's "PostgreSQL clients" section."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("### PostgreSQL clients", 1)[1].split("\n## ", 1)[0]
+    return {lang: body for lang, body in re.findall(r"```(sh|python)\n(.*?)```", section, re.S)}
+
+
+@pytest.mark.slow
+def test_the_readme_psql_and_sqlalchemy_recipes_run(server):
+    blocks = readme_blocks()
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
+    if shutil.which("psql"):
+        done = subprocess.run(["bash", "-c", blocks["sh"].replace("5433", str(server.port))], capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert done.returncode == 0 and "pub" in done.stdout and "secret" not in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-c", blocks["python"].replace("5433", str(server.port))],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "['pairs', 'pub']" in done.stdout and "apple" in done.stdout and '"choices"' in done.stdout
