@@ -344,6 +344,8 @@ class EvaluateOptions:
     """Resamples of the paired bootstrap."""
     seed: int = 0
     """Seed of the bootstrap resampling."""
+    schema: dict | None = None
+    """json_schema_valid: the JSON Schema the predictions must be valid against."""
 
     @classmethod
     def parse(cls, text: str | None) -> "EvaluateOptions":
@@ -405,5 +407,6 @@ def _path(v: Any) -> str | None:
 
 _EVALUATE_CHECKS = {"metrics": _metric_list, "temperature": _temperature, "top_p": _top_p, "max_tokens": _int(1),
                     "sql_database": _path, "retention": _bool, "bootstrap_samples": _int(100, 100_000),
-                    "seed": _int(0, 2**31 - 1)}
+                    "seed": _int(0, 2**31 - 1),
+                    "schema": lambda v: None if v is None or isinstance(v, dict) else "must be a JSON Schema object"}
 assert set(_EVALUATE_CHECKS) == {f.name for f in dataclasses.fields(EvaluateOptions)}

@@ -117,3 +117,23 @@ def test_agg_reduces_groups_past_the_window_in_chunks(con, tiny_model_path):
     assert n == 1
     assert q(con, "SELECT ai_agg(body, 'x', model => ?) FROM reviews WHERE false", tiny_model_path) == [(None,)]
 
+
+
+def test_evaluate_scores_schema_validity_and_label_accuracy(con, tiny_model_path):
+    con.execute("CREATE TABLE labelled AS SELECT * FROM (VALUES ('Charged twice', 'billing'), "
+                "('App crashes', 'bugs')) t(prompt, completion)")
+    opts = {"metrics": ["json_schema_valid", "label_accuracy"], "max_tokens": 4,
+            "schema": {"type": "object", "properties": {"labels": {"type": "array"}}, "required": ["labels"]}}
+    [(out,)] = q(con, "SELECT finetune('EVALUATE', ?, 'SELECT prompt, completion FROM labelled', ?)",
+                 json.dumps([tiny_model_path]), json.dumps(opts))
+    scores = json.loads(out)["models"][tiny_model_path]
+    assert scores["json_schema_valid"] == 0.0  # four unconstrained tokens of a random model are no such object
+    assert 0.0 <= scores["label_accuracy"] <= 1.0
+    before = q(con, "SELECT count(*) FROM duckdb_ft.evaluations")
+    with pytest.raises(InvalidArgument, match="needs the option schema"):
+        q(con, "SELECT finetune('EVALUATE', ?, 'SELECT prompt, completion FROM labelled', ?)",
+          json.dumps([tiny_model_path]), json.dumps({"metrics": ["json_schema_valid"]}))
+    with pytest.raises(InvalidArgument, match="not a valid JSON Schema"):
+        q(con, "SELECT finetune('EVALUATE', ?, 'SELECT prompt, completion FROM labelled', ?)",
+          json.dumps([tiny_model_path]), json.dumps({**opts, "schema": {"type": "nope"}}))
+    assert q(con, "SELECT count(*) FROM duckdb_ft.evaluations") == before

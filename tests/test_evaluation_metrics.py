@@ -155,3 +155,18 @@ def test_the_shell_line_of_a_running_evaluation(monkeypatch):
     evaluate.RUNNING["s1"].update(model="other")
     shown.update()  # another model: a new plain line at once
     assert err.getvalue().count("\n") == 2 and "model other" in err.getvalue()
+
+
+def test_label_accuracy_reads_labels_from_any_side():
+    assert M.label_accuracy('{"labels": ["billing"]}', "billing") == 1.0
+    assert M.label_accuracy(" Billing ", '["billing"]') == 1.0
+    assert M.label_accuracy('{"labels": ["a", "b"]}', '["b", "a"]') == 1.0
+    assert M.label_accuracy('{"labels": ["a"]}', '["a", "b"]') == 0.0
+    assert M.label_accuracy("bugs", "billing") == 0.0
+
+
+def test_json_schema_valid_checks_the_schema_option():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    s = M.Scoring(ids=["1", "2", "3", "4"], prompts=[""] * 4, refs=[""] * 4, schema=schema,
+                  preds=['{"n": 3}', 'Here:\n```json\n{"n": 4}\n```', '{"n": "3"}', None])
+    assert M.BUILTIN["json_schema_valid"].score(s) == [1.0, 1.0, 0.0, 0.0]

@@ -52,7 +52,7 @@ def _old_catalog(path: str, upto: str) -> duckdb.DuckDBPyConnection:
 def test_every_metric_has_a_scorer_and_a_need():
     scoring = M.Scoring(ids=["1", "2"], prompts=["p", "q"], refs=["a b", '{"x": 1}'], preds=["a b", None])
     for m in M.BUILTIN.values():
-        assert callable(m.score) and m.needs in (M.TEXTS, M.SANDBOX, M.MODEL), m.name
+        assert callable(m.score) and m.needs in (M.TEXTS, M.SANDBOX, M.MODEL, M.SCHEMA), m.name
         assert m.corpus in ("mean", "bleu", "chrf") and m.sql is None, m.name
         if m.needs == M.TEXTS:
             got = m.score(scoring)

@@ -82,6 +82,21 @@ def parse_metrics(spec: list | None) -> list[M.Metric]:
     return out
 
 
+def _check_schema(opts: EvaluateOptions, wanted: list[M.Metric]) -> None:
+    """json_schema_valid needs the option schema, a valid JSON Schema (checked before anything is generated)."""
+    if not any(m.needs == M.SCHEMA for m in wanted):
+        return
+    if opts.schema is None:
+        raise InvalidArgument('metric json_schema_valid needs the option schema: {"metrics": ["json_schema_valid"], '
+                              '"schema": {"type": "object", "properties": {...}}}')
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(opts.schema).check_schema(opts.schema)
+    except jsonschema.SchemaError as e:
+        raise InvalidArgument(f"option schema is not a valid JSON Schema: {e.message}") from None
+
+
 @dataclass
 class Run:
     """One evaluation, as checked and prepared before it is recorded: what :func:`_run` generates and scores."""
@@ -128,6 +143,7 @@ def evaluate(engine: Engine, session: Session, models_arg: Any, query: Any, opti
     authorize_query(session, cur, sql, "evaluation query")  # as CREATE: SELECT on what it reads, no FINETUNE
     data.check_columns(cur, sql, "evaluation query")
     wanted = [usermetrics.check(cur, session, m) if m.sql else m for m in wanted]
+    _check_schema(opts, wanted)
     if opts.sql_database is not None:
         check.require_admin("sql_match on another database file (option sql_database)")
         if not os.path.isfile(opts.sql_database):
@@ -292,7 +308,7 @@ def _run(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
         preds = [r.result.text for r in run.requests[name]]
         scoring = M.Scoring(ids=run.ids, prompts=run.prompts, refs=run.refs, rejected=run.rejected, preds=preds,
                             model_name=name,
-                            model=model, adapter=adapter, sandbox=run.sandbox, cur=cur)
+                            model=model, adapter=adapter, sandbox=run.sandbox, cur=cur, schema=run.opts.schema)
         values = {m.name: m.score(scoring) for m in run.wanted}
         per_model[name] = {"preds": preds, "values": values, "latency": latency}
     summary = _summary(run, per_model)

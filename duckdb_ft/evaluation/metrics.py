@@ -13,6 +13,10 @@ sentence scores), so they equal what ``sacrebleu`` prints on the same prediction
 - ``bleu``, ``chrf``: sacrebleu's sentence BLEU (effective order) and chrF per row; corpus BLEU and chrF over
   the evaluation; 0 to 100, as sacrebleu prints them.
 - ``json_valid``: 1 when the prediction (or the inside of its ``` fence) parses as JSON.
+- ``json_schema_valid``: 1 when the prediction (or its fence) is JSON valid against the option ``schema`` (a JSON
+  Schema, checked by ``jsonschema``).
+- ``label_accuracy``: 1 when the prediction's labels equal the reference's (a label, a JSON list of labels, or
+  AI_CLASSIFY's ``{"labels": [...]}``, either side), compared as sets, trimmed and case-folded.
 - ``sql_match``: execution match in a sandbox (:mod:`.sqlmatch`).
 - ``completion_loss``: the model's mean cross-entropy (nats per token) on the reference completion given the
   prompt: perplexity is ``exp`` of it. Needs no generation; lower is better.
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 #: What a metric scores from: the texts alone, sql_match's sandbox (built once per evaluation, only when a wanted
 #: metric needs it), the model itself, or DuckDB running a user metric's SQL.
 TEXTS, SANDBOX, MODEL, SQL = "texts", "sandbox", "model", "sql"
+#: The texts and the evaluation's option ``schema`` (json_schema_valid).
+SCHEMA = "schema"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Scoring:
     adapter: str | None = None
     sandbox: Sandbox | None = None  # sql_match's (SANDBOX)
     cur: Any = None  # a cursor of the session's engine (SQL)
+    schema: dict | None = None  # the option schema (SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,41 @@ def json_valid(pred: str, ref: str) -> float:
     return 0.0
 
 
+def _json_values(pred: str) -> list[Any]:
+    """The JSON values the prediction holds: itself, or the inside of its ``` fences."""
+    out = []
+    for text in (pred, *(m.group(1) for m in _FENCE.finditer(pred))):
+        try:
+            out.append(json.loads(text))
+        except ValueError:
+            continue
+    return out
+
+
+def _json_schema_valid(s: Scoring) -> list[float | None]:
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(s.schema)(s.schema)
+    return [float(any(validator.is_valid(v) for v in _json_values(p or ""))) for p in s.preds]
+
+
+def labels(text: str) -> frozenset[str]:
+    """The labels of an answer or a reference: AI_CLASSIFY's ``{"labels": [...]}``, a JSON list, or one label."""
+    value: Any = text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        pass
+    if isinstance(value, dict) and isinstance(value.get("labels"), list):
+        value = value["labels"]
+    items = value if isinstance(value, list) else [value]
+    return frozenset(str(v).strip().casefold() for v in items if v is not None)
+
+
+def label_accuracy(pred: str, ref: str) -> float:
+    return float(labels(pred) == labels(ref))
+
+
 def _rouge_l(preds: Sequence[str], refs: Sequence[str]) -> list[float]:
     from rouge_score import rouge_scorer
 
@@ -177,6 +219,8 @@ BUILTIN: dict[str, Metric] = {m.name: m for m in [
     Metric("bleu", lambda s: _sentence("bleu", [p or "" for p in s.preds], s.refs), corpus="bleu", default=True),
     Metric("chrf", lambda s: _sentence("chrf", [p or "" for p in s.preds], s.refs), corpus="chrf", default=True),
     Metric("json_valid", _rows(json_valid), binary=True),
+    Metric("json_schema_valid", _json_schema_valid, needs=SCHEMA, binary=True),
+    Metric("label_accuracy", _rows(label_accuracy), binary=True),
     Metric("sql_match", _sql_match, needs=SANDBOX, binary=True),
     Metric("completion_loss", _completion_loss, needs=MODEL, higher_is_better=False, default=True),
     Metric("preference_accuracy", _preference_accuracy, needs=MODEL, binary=True),
