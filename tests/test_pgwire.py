@@ -74,7 +74,9 @@ def build(db: Path, tiny_model_path: str) -> str:
 def server(tmp_path_factory, tiny_model_path):
     db = tmp_path_factory.mktemp("pgwire") / "shop.duckdb"
     token = build(db, tiny_model_path)
+    shutil.copyfile(db, db.with_name("in_process.duckdb"))  # the same database, for in-process answers
     s = WireServer(db)
+    s.in_process = str(db.with_name("in_process.duckdb"))
     s.token = token
     yield s
     assert s.stop() == 0
@@ -417,3 +419,39 @@ def test_the_readme_psql_and_sqlalchemy_recipes_run(server):
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "['pairs', 'pub']" in done.stdout and "apple" in done.stdout and '"choices"' in done.stdout
+
+
+#: Statements whose answer (rows, or the SQLSTATE of their refusal) must be the same over the wire as in-process.
+DIFFERENTIAL = [
+    "SELECT count(*) FROM pub", "SELECT name FROM pub_names ORDER BY 1", "SELECT count(*) FROM secret",
+    "WITH s AS (SELECT * FROM secret) SELECT count(*) FROM s", "SELECT count(*) FROM pub WHERE id IN (SELECT x FROM secret)",
+    "SELECT * FROM pub UNION ALL SELECT x, NULL, NULL FROM secret", "SELECT * FROM read_csv('/etc/hosts')",
+    "SELECT * FROM duckdb_ft.grants", "DELETE FROM duckdb_ft.models", "INSERT INTO pub VALUES (9, 'x', 1)",
+    "DELETE FROM secret", "CREATE TABLE copy AS SELECT * FROM secret", "SET threads = 1", "ATTACH ':memory:' AS o",
+    "COPY pub TO '/tmp/pub.csv'", "CREATE ROLE r2", "GRANT ROLE analyst TO USER bob", "USE ROLE reader",
+    "SELECT finetune('DESCRIBE', 'ft_nope')", "SELECT finetune('CREATE', 'm2', 'tiny', 'SELECT q AS prompt, "
+    "a AS completion FROM secret')", "DESCRIBE MODEL nope", "SELECT count(*) FROM pairs", "SHOW MODELS",
+]
+
+
+def test_the_wire_answers_and_refuses_exactly_as_in_process(server):
+    import duckdb_ft
+    from duckdb_ft.server.pgsession import sqlstate
+
+    def outcome(run):
+        try:
+            return "ok", [tuple(r) for r in run()]
+        except psycopg.Error as e:
+            return "refused", e.sqlstate
+        except Exception as e:  # noqa: BLE001 - a duckdb-ft error in-process: its SQLSTATE on the wire
+            return "refused", sqlstate(e)
+
+    local = duckdb_ft.connect(server.in_process, user="alice")
+    try:
+        with server.connect(autocommit=True) as wire:
+            for sql in DIFFERENTIAL:
+                here = outcome(lambda: local.execute(sql).fetchall())
+                there = outcome(lambda: wire.execute(sql).fetchall())
+                assert there == here, sql
+    finally:
+        local.close()
