@@ -246,7 +246,7 @@ def _error(message: str) -> None:
 
 
 def serve(argv: list[str]) -> int:
-    from .server.bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_QUEUE
+    from .server.bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_QUEUE, REQUEST_TIMEOUT
 
     p = argparse.ArgumentParser(prog="duckdb-ft serve",
                                 description="Serve a database over HTTP: the OpenAI-compatible /v1 API, SQL over "
@@ -266,6 +266,9 @@ def serve(argv: list[str]) -> int:
                    help=f"longest prompt in characters (default {MAX_PROMPT_CHARS}; longer: 400)")
     p.add_argument("--max-queue", type=int, default=MAX_QUEUE,
                    help=f"generation requests waiting or running at most (default {MAX_QUEUE}; more: 429)")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT,
+                   help=f"seconds a generation request may take, waiting included (default {REQUEST_TIMEOUT:g}; "
+                        "longer: 504)")
     p.add_argument("--pg-port", type=int, help="also speak the PostgreSQL wire protocol on this port, on --host "
                                                "(psql, JDBC, SQLAlchemy; off unless given; needs the pg extra)")
     args = p.parse_args(argv)

@@ -95,6 +95,25 @@ def test_greedy_chat_answer_equals_completes(served):
     assert answer.usage.prompt_tokens == served.apple[0]["usage"]["prompt_tokens"]
 
 
+def test_concurrent_greedy_requests_share_a_batch_and_each_gets_completes_answer(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(i):
+        return client(served).completions.create(model="exported", prompt=APPLE_PROMPTS[i], max_tokens=6).choices[0]
+
+    with ThreadPoolExecutor(len(APPLE_PROMPTS)) as pool:
+        answers = list(pool.map(ask, range(len(APPLE_PROMPTS))))
+    assert [a.text for a in answers] == [a["choices"][0]["messages"] for a in served.apple]
+
+
+def test_sampling_with_a_seed_repeats_its_answer(served):
+    def ask():
+        return client(served, "app1").completions.create(model="tiny", prompt="Hello there", max_tokens=8,
+                                                          temperature=1.0, seed=7).choices[0].text
+
+    assert ask() == ask()
+
+
 def test_text_completion_of_a_granted_base_model_equals_completes(served):
     answer = client(served, "app1").completions.create(model="tiny", prompt="Hello there", max_tokens=8)
     assert answer.choices[0].text == served.tiny
@@ -105,8 +124,9 @@ def test_streamed_chunks_join_to_the_answer_with_usage_last(served):
         model="exported", messages=[{"role": "user", "content": APPLE_PROMPTS[1]}], max_tokens=6, temperature=0,
         stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == served.apple[1]["choices"][0]["messages"]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == served.apple[1]["choices"][0]["messages"]
+    assert len(pieces) > 1  # sent as it was generated, not whole at the end
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == served.apple[1]["usage"][
         "completion_tokens"]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")

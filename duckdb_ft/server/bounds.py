@@ -1,5 +1,5 @@
 """What one request may ask of the server: a bounded body (413), a bounded prompt (400 naming the limit), a place
-in a bounded queue of generation requests (429 when it is full, 503 while the server stops)."""
+in a bounded queue of generation requests (429 when it is full, 503 while the server stops), a bounded time (504)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-#: Defaults of ``duckdb-ft serve``'s --max-body-bytes, --max-prompt-chars and --max-queue.
+#: Defaults of ``duckdb-ft serve``'s --max-body-bytes, --max-prompt-chars, --max-queue and --request-timeout.
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPT_CHARS = 100_000
 MAX_QUEUE = 64
+REQUEST_TIMEOUT = 300.0
 
 
 class Refused(Exception):

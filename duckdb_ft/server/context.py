@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import auth
-from .bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, Queue
+from .bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, REQUEST_TIMEOUT, Queue
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -33,11 +34,16 @@ class State:
     max_prompt_chars: int = MAX_PROMPT_CHARS
     max_body_bytes: int = MAX_BODY_BYTES
     grace: float = 10.0
+    #: Seconds a generation request may take, waiting for a slot included (504 after).
+    request_timeout: float = REQUEST_TIMEOUT
     #: When the server started stopping (monotonic seconds), None while it serves: streams are cut at
     #: ``stopping + grace``.
     stopping: float | None = None
     #: The SQL API's statements running now, by handle: (user, connection), for a cancel.
     running: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    #: The decode loops (``ml/batcher.py``) this server's requests used, for their metrics (held weakly: a loop goes
+    #: with its model).
+    loops: weakref.WeakSet = field(default_factory=weakref.WeakSet)
 
     @property
     def engine(self) -> Engine:

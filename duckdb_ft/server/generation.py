@@ -1,20 +1,20 @@
-"""One HTTP request's completion, through COMPLETE's own surface path (``surface/usage.complete_and_record``): the
-same model resolution and USAGE check, the same options, the same batched generation, and the same usage history
-(function ``COMPLETE``, the session's role). A greedy answer is COMPLETE's, token for token, by construction.
+"""One HTTP request's completion, through COMPLETE's surface path for a single request
+(``surface/usage.complete_request``): the same model resolution and USAGE check, the same options and role limits,
+the same usage history (function ``COMPLETE``, the session's role), generated in the model's decode loop that
+concurrent requests share (``ml/batcher.py``). A greedy answer is COMPLETE's, token for token.
 
 :class:`Request` is what the OpenAI endpoints parsed; :func:`check_model` tells an unknown model from a usable one
 (one error for "does not exist" and "no USAGE"); :func:`complete` runs it, blocking (call it from a worker thread);
-``on_text`` receives the answer's text as it is produced.
+``on_text`` receives the answer's text as it is generated, up to a stop sequence.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InvalidArgument, NotFound, PermissionDenied
-from ..ml.complete import DEFAULT_MAX_TOKENS
 from ..surface import usage
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class ModelUnavailable(Exception):
 
 @dataclass
 class Request:
-    """A completion request: chat messages and COMPLETE's options, with OpenAI's ``stop`` sequences."""
+    """A completion request: chat messages and COMPLETE's options, with OpenAI's ``stop`` sequences and ``seed``."""
 
     model: str
     messages: list[dict[str, str]]
@@ -38,6 +38,7 @@ class Request:
     top_p: float = 1.0
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
+    seed: int | None = None
 
     def options(self) -> str:
         """COMPLETE's options JSON for this request."""
@@ -67,27 +68,61 @@ def check_model(engine: Engine, session: Session, model: str) -> None:
         raise ModelUnavailable(model) from None
 
 
-def complete(engine: Engine, session: Session, request: Request,
-             on_text: Callable[[str], None] | None = None) -> Answer:
+class _Stops:
+    """The text of an answer as it streams, cut at the first stop sequence: a piece that might begin one is held
+    back until the next piece tells; once one is found, the answer is done (``hit``)."""
+
+    def __init__(self, stops: list[str], send: Callable[[str], None] | None):
+        self.stops, self.send = [s for s in stops if s], send
+        self.text, self.sent, self.hit = "", 0, False
+
+    def feed(self, piece: str) -> None:
+        if self.hit:
+            return
+        self.text += piece
+        cuts = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.hit = True
+            self._send(min(cuts))
+            return
+        # hold back the longest tail that a stop sequence starts with
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        self._send(len(self.text) - hold)
+
+    def final(self, text: str) -> str:
+        """The answer's whole text, cut; what the stream has not sent of it is sent now."""
+        if not self.hit:
+            self.text = text
+            cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+            self.hit = bool(cuts)
+            end = min(cuts) if cuts else len(text)
+        else:
+            end = self.sent
+        self._send(end)
+        return text[:end]
+
+    def _send(self, end: int) -> None:
+        if end > self.sent and self.send is not None:
+            self.send(self.text[self.sent:end])
+        self.sent = max(self.sent, end)
+
+
+def complete(engine: Engine, session: Session, request: Request, on_text: Callable[[str], None] | None = None, *,
+             cancelled: Callable[[], bool] | None = None, loops: Any = None, timeout: float | None = None) -> Answer:
     """Generate ``request``'s answer as COMPLETE does, its usage recorded as COMPLETE's; blocking.
 
     Raises:
         InvalidArgument: the options or the prompt are not valid for this model (too long for its context, ...).
         PermissionDenied: a role limit refuses the call.
+        QueueFull: the model's decode loop has too many requests waiting.
+        Interrupted: ``cancelled()`` became true (the client left, the server stops).
+        RequestTimeout: it took longer than ``timeout`` seconds, waiting included.
     """
-    raw = usage.complete_and_record(engine, session, [request.model], [json.dumps(request.messages)],
-                                    [request.options()], try_mode=False, function="COMPLETE")
-    out = json.loads(raw[0])
-    text, stopped = cut_at_stop(out["choices"][0]["messages"], request.stop)
-    counts = out["usage"]
-    limit = request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS
-    finish = "stop" if stopped or counts["completion_tokens"] < limit else "length"
-    if on_text is not None and text:
-        on_text(text)
-    return Answer(text, counts["prompt_tokens"], counts["completion_tokens"], finish)
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """``text`` up to the first occurrence of any stop sequence (excluded), and whether one was found."""
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+    stops = _Stops(request.stop, on_text)  # a stop sequence ends the text; the row runs on to its end (its counts)
+    result = usage.complete_request(engine, session, request.model, request.messages, request.options(),
+                                    on_text=stops.feed, seed=request.seed, loops=loops, cancelled=cancelled,
+                                    timeout=timeout)
+    text = stops.final(result.text)
+    limit = request.max_tokens
+    finish = "length" if not stops.hit and limit is not None and result.completion_tokens >= limit else "stop"
+    return Answer(text, result.prompt_tokens, result.completion_tokens, finish)

@@ -4,7 +4,7 @@ answer, a token or a query string).
 
 Metrics live in a registry of their own per server (never the process-wide default one): requests by endpoint,
 model and status; prompt and completion tokens by model; time to first token and total latency; the generation
-queue's depth; jobs by status and running jobs' training tokens/s, read from the catalog at each scrape.
+queue's depth; each base model's batch occupancy; jobs by status and running jobs' training tokens/s, read from the catalog at each scrape.
 """
 
 from __future__ import annotations
@@ -69,10 +69,30 @@ class _Jobs:
         yield speed
 
 
+class _Loops:
+    """A collector: each decode loop's slots in use, its slots and the requests waiting for one (batch occupancy)."""
+
+    def __init__(self, loops: Any):
+        self.loops = loops
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        names = {"active_slots": "duckdb_ft_batch_active_slots", "slots": "duckdb_ft_batch_slots",
+                 "queue_depth": "duckdb_ft_batch_waiting"}
+        helps = {"active_slots": "Rows decoding now in a base model's batch.",
+                 "slots": "Rows a base model's batch holds at most.",
+                 "queue_depth": "Requests waiting for a slot in a base model's batch."}
+        families = {k: GaugeMetricFamily(names[k], helps[k], labels=["model"]) for k in names}
+        for loop in list(self.loops):
+            stats = loop.stats()
+            for k, family in families.items():
+                family.add_metric([loop.loaded.name], stats[k])
+        yield from families.values()
+
+
 class Metrics:
     """The server's metrics, in a registry of their own."""
 
-    def __init__(self, engine: Engine, queue: Queue):
+    def __init__(self, engine: Engine, queue: Queue, loops: Any = ()):
         disable_created_metrics()  # no ``*_created`` series beside each counter: the process is the server's
         self.registry = r = CollectorRegistry()
         self.requests = Counter("duckdb_ft_requests", "HTTP requests by endpoint, model and status.",
@@ -88,6 +108,7 @@ class Metrics:
         depth = Gauge("duckdb_ft_queue_depth", "Generation requests admitted and not finished.", registry=r)
         depth.set_function(lambda: queue.depth)
         r.register(_Jobs(engine))
+        r.register(_Loops(loops))
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

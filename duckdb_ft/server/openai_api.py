@@ -17,7 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..errors import FtError, InvalidArgument, ModelLoadError, PermissionDenied
+from ..errors import (FtError, Interrupted, InvalidArgument, ModelLoadError, PermissionDenied, QueueFull,
+                      RequestTimeout)
 from ..options import CompleteOptions
 from ..surface import router as sql_router
 from . import generation, streaming
@@ -95,7 +96,7 @@ async def _complete(request: Request, chat: bool) -> Any:
         raise
     if stream:
         return await call.stream(chat, include_usage)
-    answer = await call.run()
+    answer = await call.run(request)
     return JSONResponse(streaming.completion(chat, streaming.new_id(chat), req.model, answer))
 
 
@@ -107,6 +108,7 @@ class _Call:
         self._session_cm: Any = None
         self.session: Any = None
         self.done = False
+        self.cancel = threading.Event()  # set when the client left or the stop's deadline passed: the row is freed
         self.model = UNKNOWN
         self.status = "500"
         self.first: float | None = None
@@ -123,7 +125,7 @@ class _Call:
         self.model = self.req.model
 
     def generate(self, on_text: Any = None) -> generation.Answer:
-        """Blocking: the answer, the metrics of a success, errors as :class:`Refused` (400, 429, 403)."""
+        """Blocking: the answer, the metrics of a success, errors as :class:`Refused` (400, 429, 499, 504)."""
         def text(piece: str) -> None:
             if self.first is None:
                 self.first = time.perf_counter()
@@ -132,11 +134,21 @@ class _Call:
                 on_text(piece)
 
         try:
-            answer = generation.complete(self.state.engine, self.session, self.req, text)
+            answer = generation.complete(self.state.engine, self.session, self.req, text,
+                                         cancelled=self.cancel.is_set, loops=self.state.loops,
+                                         timeout=self.state.request_timeout)
         except PermissionDenied as e:  # a role limit (ALTER ROLE ... SET): not the model's USAGE, checked before
             raise Refused(429, str(e), "role_limit", "rate_limit_error") from None
+        except QueueFull as e:
+            raise Refused(429, str(e), "queue_full", "rate_limit_error") from None
         except InvalidArgument as e:
             raise Refused(400, str(e), "invalid_request") from None
+        except Interrupted:
+            raise Refused(499, "The request was cancelled.", "cancelled", "server_error") from None
+        except RequestTimeout:
+            raise Refused(504, f"The answer took longer than this server's limit of {self.state.request_timeout:g} s "
+                               "(duckdb-ft serve --request-timeout): ask for fewer tokens, or retry later.",
+                          "timeout", "server_error") from None
         if self.first is None:  # an empty answer: its first (and last) moment is now
             self.state.metrics.first_token.labels(self.model).observe(time.perf_counter() - self.arrived)
         self.state.metrics.prompt_tokens.labels(self.model).inc(answer.prompt_tokens)
@@ -181,48 +193,68 @@ class _Call:
         threading.Thread(target=work, name="duckdb-ft-generation", daemon=True).start()
         return events
 
-    async def run(self) -> generation.Answer:
-        """The whole answer (errors raised: Refused is 400/429/503)."""
+    async def run(self, http: Request) -> generation.Answer:
+        """The whole answer (errors raised: Refused is 400/429/503); a client that leaves cancels it."""
         events = self.start()
-        while True:
-            kind, value = await self._next(events)
-            if kind == "done":
-                return value
-            if kind == "error":
-                raise value
+        try:
+            while True:
+                kind, value = await self._next(events)
+                if kind == "done":
+                    return value
+                if kind == "error":
+                    raise value
+                if await http.is_disconnected():
+                    raise Refused(499, "The client went away.", "cancelled", "server_error")
+        except BaseException:
+            self.cancel.set()
+            raise
 
     async def stream(self, chat: bool, include_usage: bool) -> Any:
         """The answer as server-sent events; an error before the first text is a plain JSON error response."""
         events = self.start()
-        first = await self._next(events)
+        try:
+            first = await self._next(events)
+        except BaseException:
+            self.cancel.set()
+            raise
         if first[0] == "error":
+            self.cancel.set()
             raise first[1]
         id_, model = streaming.new_id(chat), self.req.model
 
         async def body() -> Any:
-            item = first
-            if chat:
-                yield streaming.chunk(chat, id_, model, role=True)
-            while True:
-                kind, value = item
-                if kind == "text":
-                    yield streaming.chunk(chat, id_, model, text=value)
-                elif kind == "done":
-                    yield streaming.chunk(chat, id_, model, finish_reason=value.finish_reason)
-                    if include_usage:
-                        yield streaming.chunk(chat, id_, model, usage_of=value)
-                    yield streaming.DONE
-                    return
-                else:
-                    status = getattr(value, "status", 500)
-                    yield streaming.event(streaming.error(
-                        str(value) if status == 503 else "The server failed while generating this answer.",
-                        "server_error", "server_shutting_down" if status == 503 else None))
-                    return
-                item = await self._next(events)
+            try:
+                async for piece in self._events(chat, id_, model, first, events, include_usage):
+                    yield piece
+            finally:  # the stream ended, or its client left (the server cancels this generator): free the row
+                self.cancel.set()
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def _events(self, chat: bool, id_: str, model: str, first: tuple, events: asyncio.Queue,
+                      include_usage: bool) -> Any:
+        """The server-sent events of a stream, from its first event on."""
+        item = first
+        if chat:
+            yield streaming.chunk(chat, id_, model, role=True)
+        while True:
+            kind, value = item
+            if kind == "text":
+                yield streaming.chunk(chat, id_, model, text=value)
+            elif kind == "done":
+                yield streaming.chunk(chat, id_, model, finish_reason=value.finish_reason)
+                if include_usage:
+                    yield streaming.chunk(chat, id_, model, usage_of=value)
+                yield streaming.DONE
+                return
+            else:
+                status = getattr(value, "status", 500)
+                yield streaming.event(streaming.error(
+                    str(value) if status == 503 else "The server failed while generating this answer.",
+                    "server_error", "server_shutting_down" if status == 503 else None))
+                return
+            item = await self._next(events)
 
     async def _next(self, events: asyncio.Queue) -> tuple:
         """The next event; once the server's grace deadline has passed, an error event: the answer is cut."""
@@ -230,6 +262,7 @@ class _Call:
             cut = self.state.cut_at()
             wait = 0.25 if cut is None else cut - time.monotonic()
             if wait <= 0:
+                self.cancel.set()
                 return "error", Refused(503, CUT, "server_shutting_down", "server_error")
             try:
                 return await asyncio.wait_for(events.get(), timeout=min(wait, 0.25))
@@ -267,7 +300,7 @@ def parse(body: dict[str, Any], chat: bool) -> tuple[generation.Request, bool, b
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
         raise _bad("stop", "'stop' must be a string or a list of at most 4 strings")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    req = generation.Request(model=model.strip(), messages=messages, stop=stop, max_tokens=max_tokens)
+    req = generation.Request(model=model.strip(), messages=messages, stop=stop, max_tokens=max_tokens, seed=seed)
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             setattr(req, name, body[name])

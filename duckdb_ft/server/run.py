@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from .app import build
-from .bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_QUEUE, Queue
+from .bounds import MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_QUEUE, REQUEST_TIMEOUT, Queue
 from .context import State
 from .monitoring import Metrics
 
@@ -34,6 +35,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     max_prompt_chars: int = MAX_PROMPT_CHARS
     max_queue: int = MAX_QUEUE
+    request_timeout: float = REQUEST_TIMEOUT
     pg_port: int | None = None  # the PostgreSQL wire protocol's port (None: off)
 
 
@@ -55,9 +57,10 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings, con: Any) -> int:
     """Serve ``con`` (the administrator's root connection of the database) until a signal stops the server; close
     it; 0, or 1 when the server could not start (the port taken, a TLS file missing)."""
-    queue = Queue(settings.max_queue)
-    state = State(con=con, queue=queue, metrics=Metrics(con.session.engine, queue), grace=settings.grace,
-                  max_prompt_chars=settings.max_prompt_chars, max_body_bytes=settings.max_body_bytes)
+    queue, loops = Queue(settings.max_queue), weakref.WeakSet()
+    state = State(con=con, queue=queue, metrics=Metrics(con.session.engine, queue, loops), loops=loops,
+                  grace=settings.grace, max_prompt_chars=settings.max_prompt_chars,
+                  max_body_bytes=settings.max_body_bytes, request_timeout=settings.request_timeout)
     config = uvicorn.Config(build(state), host=settings.host, port=settings.port, access_log=False,
                             lifespan="off", timeout_graceful_shutdown=int(settings.grace) + 1,
                             ssl_keyfile=settings.ssl_keyfile, ssl_certfile=settings.ssl_certfile,
@@ -87,9 +90,12 @@ def serve(settings: Settings, con: Any) -> int:
             wire.server_close()
         cut = state.cut_at() or time.monotonic()
         queue.drain(cut - time.monotonic() + 1.0)  # answers still generating: their own end, or the deadline
+        for loop in list(loops):  # what is still decoding fails (Interrupted) and the decode threads stop
+            loop.close()
         con.close()  # a running job is checkpointed and left resumable; the database is closed
     print("duckdb-ft serve: stopped; the database is closed.", file=sys.stderr, flush=True)
-    if any(t.name == "duckdb-ft-generation" and t.is_alive() for t in threading.enumerate()):
+    if any(t.name.startswith(("duckdb-ft-generation", "duckdb-ft decode")) and t.is_alive()
+           for t in threading.enumerate()):
         # An answer cut at the deadline may still be generating on its thread (a model call cannot be stopped
         # midway): leave now, as the interpreter's own exit would tear the model's threads down under it.
         sys.stdout.flush()

@@ -5,17 +5,22 @@ A call is one invocation of the SQL function by DuckDB: one per statement for up
 scalar function its rows in chunks of at most 2048). Rows are the rows it completed with a model and a prompt (rows
 with a NULL model or prompt are NULL without a call to a model); errors are the rows that got no answer because of
 an error (for COMPLETE an error fails the whole call, so every row of it). Prompt and completion tokens are the
-generated rows' own counts, what Cortex's ``usage`` object reports.
+generated rows' own counts, what Cortex's ``usage`` object reports. A request to ``duckdb-ft serve``'s
+completions API is one call of COMPLETE with one row (:func:`complete_request`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import concurrent.futures
+import json
+from collections.abc import MutableSet
+from typing import Any, Callable, Sequence
 
 from ..catalog import usage as usagedb
-from ..errors import PermissionDenied
+from ..errors import FtError, Interrupted, PermissionDenied
 from ..governance import quotas
-from ..ml import complete as completion
+from ..ml import complete as completion, schema
+from ..options import CompleteOptions
 from ..queries import model_ref
 from .engine import Engine, Session
 
@@ -39,6 +44,46 @@ def complete_and_record(engine: Engine, session: Session, models: Sequence[str |
     finally:
         record(engine.usage, function or ("TRY_COMPLETE" if try_mode else "COMPLETE"), session.role, models,
                prompts, found, requests)
+        engine.usage.flush()
+
+
+def complete_request(engine: Engine, session: Session, model: str, messages: list[dict[str, str]], options: str, *,
+                     on_text: Callable[[str], None] | None = None, seed: int | None = None,
+                     timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
+                     loops: MutableSet[Any] | None = None) -> completion.Completion:
+    """One request's answer through its base model's decode loop (``ml/batcher.py``), which concurrent requests
+    share: COMPLETE's checks (the role's limits, the options, the model's USAGE), COMPLETE's greedy tokens, and
+    COMPLETE's usage history (function ``COMPLETE``, the session's role), flushed once the request ends.
+
+    ``on_text`` gets the answer's text piece by piece as it is generated; ``cancelled`` is polled while it runs
+    (True: the request is cancelled, its slot freed, :class:`Interrupted` raised); ``loops`` collects the decode
+    loop used (for its metrics).
+    """
+    from ..ml import batcher
+
+    quotas.check_complete(session, engine.cursor(), [options])
+    req = completion.Request(messages, CompleteOptions.parse(options))
+    schema.parse_response_format(req.options.response_format)
+    found: dict[str, dict | None] = {}
+    try:
+        loaded, adapter = engine.resolve_model(session, model, found)
+        loop = batcher.batcher_for(loaded)
+        if loops is not None:
+            loops.add(loop)
+        future = loop.submit(req, adapter, on_token=on_text, timeout=timeout, seed=seed)
+        while True:
+            try:
+                req.result = future.result(timeout=0.1)
+                return req.result
+            except concurrent.futures.TimeoutError:
+                if cancelled is not None and cancelled():
+                    loop.cancel(future)
+                    raise Interrupted("the request was cancelled (its client went away, or the server stops)")
+    except FtError as e:
+        req.error = e
+        raise
+    finally:
+        record(engine.usage, "COMPLETE", session.role, [model], [json.dumps(messages)], found, {0: req})
         engine.usage.flush()
 
 
