@@ -5,7 +5,8 @@ concurrent requests share (``ml/batcher.py``). A greedy answer is COMPLETE's, to
 
 :class:`Request` is what the OpenAI endpoints parsed; :func:`check_model` tells an unknown model from a usable one
 (one error for "does not exist" and "no USAGE"); :func:`complete` runs it, blocking (call it from a worker thread);
-``on_text`` receives the answer's text as it is generated, up to a stop sequence.
+``on_text`` receives the answer's text as it is generated (up to a stop sequence, which the decode loop ends
+the row at).
 """
 
 from __future__ import annotations
@@ -68,45 +69,6 @@ def check_model(engine: Engine, session: Session, model: str) -> None:
         raise ModelUnavailable(model) from None
 
 
-class _Stops:
-    """The text of an answer as it streams, cut at the first stop sequence: a piece that might begin one is held
-    back until the next piece tells; once one is found, the answer is done (``hit``)."""
-
-    def __init__(self, stops: list[str], send: Callable[[str], None] | None):
-        self.stops, self.send = [s for s in stops if s], send
-        self.text, self.sent, self.hit = "", 0, False
-
-    def feed(self, piece: str) -> None:
-        if self.hit:
-            return
-        self.text += piece
-        cuts = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if cuts:
-            self.hit = True
-            self._send(min(cuts))
-            return
-        # hold back the longest tail that a stop sequence starts with
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        self._send(len(self.text) - hold)
-
-    def final(self, text: str) -> str:
-        """The answer's whole text, cut; what the stream has not sent of it is sent now."""
-        if not self.hit:
-            self.text = text
-            cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-            self.hit = bool(cuts)
-            end = min(cuts) if cuts else len(text)
-        else:
-            end = self.sent
-        self._send(end)
-        return text[:end]
-
-    def _send(self, end: int) -> None:
-        if end > self.sent and self.send is not None:
-            self.send(self.text[self.sent:end])
-        self.sent = max(self.sent, end)
-
-
 def complete(engine: Engine, session: Session, request: Request, on_text: Callable[[str], None] | None = None, *,
              cancelled: Callable[[], bool] | None = None, loops: Any = None, timeout: float | None = None) -> Answer:
     """Generate ``request``'s answer as COMPLETE does, its usage recorded as COMPLETE's; blocking.
@@ -118,11 +80,7 @@ def complete(engine: Engine, session: Session, request: Request, on_text: Callab
         Interrupted: ``cancelled()`` became true (the client left, the server stops).
         RequestTimeout: it took longer than ``timeout`` seconds, waiting included.
     """
-    stops = _Stops(request.stop, on_text)  # a stop sequence ends the text; the row runs on to its end (its counts)
     result = usage.complete_request(engine, session, request.model, request.messages, request.options(),
-                                    on_text=stops.feed, seed=request.seed, loops=loops, cancelled=cancelled,
-                                    timeout=timeout)
-    text = stops.final(result.text)
-    limit = request.max_tokens
-    finish = "length" if not stops.hit and limit is not None and result.completion_tokens >= limit else "stop"
-    return Answer(text, result.prompt_tokens, result.completion_tokens, finish)
+                                    on_text=on_text, seed=request.seed, stop=request.stop, loops=loops,
+                                    cancelled=cancelled, timeout=timeout)
+    return Answer(result.text, result.prompt_tokens, result.completion_tokens, result.finish_reason)

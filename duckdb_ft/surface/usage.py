@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import MutableSet
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..catalog import usage as usagedb
 from ..errors import FtError, Interrupted, PermissionDenied
@@ -23,6 +23,9 @@ from ..ml import complete as completion, schema
 from ..options import CompleteOptions
 from ..queries import model_ref
 from .engine import Engine, Session
+
+if TYPE_CHECKING:
+    from ..ml import batcher as batcher_types
 
 
 def complete_and_record(engine: Engine, session: Session, models: Sequence[str | None],
@@ -49,15 +52,17 @@ def complete_and_record(engine: Engine, session: Session, models: Sequence[str |
 
 def complete_request(engine: Engine, session: Session, model: str, messages: list[dict[str, str]], options: str, *,
                      on_text: Callable[[str], None] | None = None, seed: int | None = None,
-                     timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
-                     loops: MutableSet[Any] | None = None) -> completion.Completion:
+                     stop: Sequence[str] = (), timeout: float | None = None,
+                     cancelled: Callable[[], bool] | None = None,
+                     loops: MutableSet[Any] | None = None) -> batcher_types.Completion:
     """One request's answer through its base model's decode loop (``ml/batcher.py``), which concurrent requests
     share: COMPLETE's checks (the role's limits, the options, the model's USAGE), COMPLETE's greedy tokens, and
     COMPLETE's usage history (function ``COMPLETE``, the session's role), flushed once the request ends.
 
-    ``on_text`` gets the answer's text piece by piece as it is generated; ``cancelled`` is polled while it runs
-    (True: the request is cancelled, its slot freed, :class:`Interrupted` raised); ``loops`` collects the decode
-    loop used (for its metrics).
+    Returns the decode loop's Completion (``text``, token counts, ``finish_reason``). ``on_text`` gets the
+    answer's text piece by piece as it is generated; ``stop``: OpenAI's stop sequences (the row ends at the first,
+    its text cut before it); ``cancelled`` is polled while it runs (True: the request is cancelled, its slot freed,
+    :class:`Interrupted` raised); ``loops`` collects the decode loop used (for its metrics).
     """
     from ..ml import batcher
 
@@ -70,7 +75,7 @@ def complete_request(engine: Engine, session: Session, model: str, messages: lis
         loop = batcher.batcher_for(loaded)
         if loops is not None:
             loops.add(loop)
-        future = loop.submit(req, adapter, on_token=on_text, timeout=timeout, seed=seed)
+        future = loop.submit(req, adapter, on_token=on_text, timeout=timeout, seed=seed, stop=stop)
         while True:
             try:
                 req.result = future.result(timeout=0.1)
