@@ -137,3 +137,30 @@ def test_evaluate_scores_schema_validity_and_label_accuracy(con, tiny_model_path
         q(con, "SELECT finetune('EVALUATE', ?, 'SELECT prompt, completion FROM labelled', ?)",
           json.dumps([tiny_model_path]), json.dumps({**opts, "schema": {"type": "nope"}}))
     assert q(con, "SELECT count(*) FROM duckdb_ft.evaluations") == before
+
+
+@pytest.mark.slow
+def test_fine_tuned_classifier_recipe_routes_to_given_labels_only(con, tiny_model_path):
+    from conftest import FAST, create, wait
+
+    # the README's recipe: train on AI_CLASSIFY's own prompt and answer shape, then classify with the model
+    con.execute("CREATE TABLE tickets AS SELECT i AS id, CASE i % 3 WHEN 0 THEN 'I was charged twice for order ' "
+                "WHEN 1 THEN 'The app crashes when I open order ' ELSE 'Do you sell gift cards for order ' END || i "
+                "AS body, ['billing', 'bugs', 'sales'][i % 3 + 1] AS queue FROM range(24) t(i)")
+    con.execute("CREATE TABLE router_training AS SELECT ai_classify_prompt(body, ['billing', 'bugs', 'sales']) "
+                "AS prompt, json_object('labels', [queue])::VARCHAR AS completion FROM tickets WHERE id < 18")
+    job = create(con, "ticket_router", tiny_model_path, "SELECT prompt, completion FROM router_training",
+                 options=FAST)
+    assert wait(con, job) == "SUCCESS"
+    [(prompt,)] = q(con, "SELECT ai_classify_prompt('Refund please', ['billing', 'bugs'])")
+    assert prompt.startswith("Classify the text into one of these categories:\n- billing\n- bugs") \
+        and prompt.endswith("Text: Refund please")
+    rows = q(con, "SELECT ai_classify(body, ['billing', 'bugs', 'sales'], {'model': 'ticket_router'}) ->> "
+                  "'$.labels[0]' FROM tickets WHERE id >= 18")
+    assert len(rows) == 6 and all(label in ("billing", "bugs", "sales") for (label,) in rows)
+    con.execute("SET duckdb_ft_default_model = ticket_router").fetchall()
+    [(n,)] = q(con, "SELECT count(*) FROM tickets WHERE id >= 18 AND "
+                    "ai_classify(body, ['billing', 'bugs', 'sales']) ->> '$.labels[0]' = queue")
+    assert 0 <= n <= 6
+    assert {r[0]: r[1] for r in q(con, "SELECT model_name, sum(rows) FROM finetune_usage() "
+                                       "WHERE function_name = 'AI_CLASSIFY' GROUP BY ALL")} == {"main.ticket_router": 12}

@@ -41,8 +41,8 @@ SQL_VALUE_FUNCTIONS = {"current_catalog", "current_date", "current_schema", "cur
 _TIME_VALUES = {"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"}
 #: duckdb-ft's public functions: the session's macros, and Cortex's names in the attached ``snowflake`` database.
 #: The AISQL names are those of surface/aisql_functions.FUNCTIONS (a test holds the two together).
-PUBLIC_MACROS = {"complete", "try_complete", "ai_complete", "ai_filter", "ai_classify", "ai_extract", "ai_sentiment",
-                 "ai_agg", "ai_summarize_agg", "finetune", "ft_execute"}
+PUBLIC_MACROS = {"complete", "try_complete", "ai_complete", "ai_filter", "ai_classify", "ai_classify_prompt",
+                 "ai_extract", "ai_sentiment", "ai_agg", "ai_summarize_agg", "finetune", "ft_execute"}
 CORTEX = ("snowflake", "cortex")
 #: Functions that are pure but volatile (random numbers, ids, raising an error): allowed though not CONSISTENT.
 VOLATILE_ALLOWED = {"random", "uuid", "uuidv4", "uuidv7", "gen_random_uuid", "error"}

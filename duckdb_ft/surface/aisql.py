@@ -94,18 +94,31 @@ def ai_classify(engine: Engine, session: Session, inputs: Sequence[str | None], 
             prompts.append(None)
             options.append(None)
             continue
-        labels, lines = _categories(json.loads(cats))
-        multi = config.get("output_mode", "single") == "multi"
-        task = config.get("task_description")
-        prompts.append(user((f"{task}\n" if task else "") + "Classify the text into "
-                            + ("any of" if multi else "one of") + " these categories:\n" + "\n".join(lines)
-                            + f"\n\nText: {text}"))
-        items = {"type": "array", "items": {"enum": labels}, "minItems": 0 if multi else 1,
-                 "maxItems": len(labels) if multi else 1}
-        schema = {"type": "object", "properties": {"labels": items}, "required": ["labels"]}
-        options.append(constrained(schema, 32 + 12 * (len(labels) if multi else 1)))
+        prompt, schema, max_tokens = _classification(text, cats, config)
+        prompts.append(user(prompt))
+        options.append(constrained(schema, max_tokens))
     answers = generate(engine, session, "AI_CLASSIFY", names, prompts, options)
     return [None if a is None else json.dumps(json.loads(a)) for a in answers]
+
+
+def ai_classify_prompt(engine: Engine, session: Session, inputs: Sequence[str | None],
+                       categories: Sequence[str | None], configs: Sequence[str | None]) -> list[str | None]:
+    """The prompt AI_CLASSIFY gives the model for each row: what a classifier is fine-tuned on (no generation)."""
+    return [None if text is None or cats is None else _classification(text, cats, _config(conf))[0]
+            for text, cats, conf in zip(inputs, categories, configs)]
+
+
+def _classification(text: str, categories: str, config: dict) -> tuple[str, dict, int]:
+    """AI_CLASSIFY's prompt for one row, the schema of its answer and its max_tokens."""
+    labels, lines = _categories(json.loads(categories))
+    multi = config.get("output_mode", "single") == "multi"
+    task = config.get("task_description")
+    prompt = ((f"{task}\n" if task else "") + "Classify the text into " + ("any of" if multi else "one of")
+              + " these categories:\n" + "\n".join(lines) + f"\n\nText: {text}")
+    items = {"type": "array", "items": {"enum": labels}, "minItems": 0 if multi else 1,
+             "maxItems": len(labels) if multi else 1}
+    schema = {"type": "object", "properties": {"labels": items}, "required": ["labels"]}
+    return prompt, schema, 32 + 12 * (len(labels) if multi else 1)
 
 
 def _config(text: str | None) -> dict:
