@@ -1,7 +1,8 @@
 """dbt with the real dbt-core and dbt-duckdb: the sample project ``examples/dbt_project`` (the plugin
 ``duckdb_ft.dbt``, the package's ``finetune`` and ``evaluation`` materializations and ``metric_at_least`` test, a
-COMPLETE model, a grant in a hook) runs ``dbt seed``, ``dbt run`` and ``dbt test`` twice in a row, and the second
-run adds version v2 of the fine-tuned model; the plugin refuses options it does not know."""
+COMPLETE model, a grant in a hook) runs ``dbt seed``, ``dbt run`` and ``dbt test`` twice in a row, the second run
+adds version v2 of the fine-tuned model, and ``metric_at_least`` fails above the score; the plugin refuses options it
+does not know."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ for command in [["deps"]] + [[c, "--vars", json.dumps({"base_model": base})] for
     ok.append([command[0], bool(result.success)])
     if not result.success:
         break
+# metric_at_least fails when the score is below its threshold (token_f1 is at most 1)
+strict = json.dumps({"base_model": base, "min_token_f1": 1.01})
+result = dbtRunner().invoke(["test", "--select", "shop_bot_eval", "--vars", strict] + args)
+ok.append(["strict test", bool(result.success)])
 print("DBT-RESULTS " + json.dumps(ok))
 """
 
@@ -45,7 +50,9 @@ def test_the_sample_project_seeds_runs_and_tests_twice_adding_a_version(tmp_path
     done = subprocess.run([sys.executable, "-c", DBT, str(project), tiny_model_path], env=env, capture_output=True,
                           text=True, timeout=600)
     results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("DBT-RESULTS")]
-    assert results and all(ok for _, ok in results[0]) and len(results[0]) == 7, done.stdout[-4000:] + done.stderr[-2000:]
+    assert results and results[0] == [[c, True] for c in ["deps"] + ["seed", "run", "test"] * 2] + [
+        ["strict test", False]], done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Deprecated functionality" not in done.stdout  # the project is written as dbt 1.11 wants it
     con = duckdb.connect(str(database), read_only=True)
     runs = con.execute("SELECT model_version, status FROM shop_bot ORDER BY finished_at").fetchall()
     assert runs == [("v1", "SUCCESS"), ("v2", "SUCCESS")]  # each dbt run added a version

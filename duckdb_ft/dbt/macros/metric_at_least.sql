@@ -1,7 +1,7 @@
 {#- A generic test on an evaluation model: fails when `metric` of `for_model` (every model, if not given) is
     below `threshold`, or has no score at all.
-      models: [{name: shop_eval, tests: [{duckdb_ft.metric_at_least: {metric: exact_match, threshold: 0.5,
-                                                                       for_model: shop_bot}}]}] -#}
+      models: [{name: shop_eval, data_tests: [{duckdb_ft.metric_at_least: {arguments: {metric: exact_match,
+                                                                threshold: 0.5, for_model: shop_bot}}}]}] -#}
 {% test metric_at_least(model, metric, threshold, for_model=none) %}
 WITH scored AS (
     SELECT model, metric, score FROM {{ model }}
