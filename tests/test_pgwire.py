@@ -455,3 +455,12 @@ def test_the_wire_answers_and_refuses_exactly_as_in_process(server):
                 assert there == here, sql
     finally:
         local.close()
+
+
+def test_values_python_cannot_hold_and_types_postgresql_lacks_never_end_the_connection(server):
+    with server.connect(autocommit=True) as con:
+        with pytest.raises(psycopg.DataError, match="infinity"):  # sent as PostgreSQL's 'infinity'
+            con.execute("SELECT 'infinity'::DATE").fetchall()
+        assert con.execute("SELECT 12345678901234567890123::VARINT").fetchone() == ("12345678901234567890123",)
+        assert con.execute("SELECT [1, 2]::INTEGER[2], 'a'::ENUM('a', 'b')").fetchone() == ([1, 2], "a")
+        assert con.execute("SELECT 1").fetchone() == (1,)

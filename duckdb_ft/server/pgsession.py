@@ -24,7 +24,7 @@ from ..governance import credentials
 from ..surface.connection import Connection
 from ..surface.functions import install
 from . import pgcatalog
-from .pgtypes import PgType, encode_row, pg_type
+from .pgtypes import TEXT, PgType, encode_row, pg_type
 
 if TYPE_CHECKING:
     from ..surface.engine import Engine
@@ -113,10 +113,26 @@ def command_word(sql: str) -> str:
 
 def table_rows(table: pa.Table, types: list[PgType]) -> Iterator[list[bytes | None]]:
     """An Arrow table's rows in text format, one batch converted at a time."""
+    text = [None] * len(types)  # a column Python cannot hold (an infinite date) goes as DuckDB's text
     for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-        columns = [c.to_pylist() for c in batch.columns]
+        columns = []
+        for i, c in enumerate(batch.columns):
+            try:
+                if types[i].as_text:
+                    raise ValueError("sent as text")
+                columns.append(c.to_pylist())
+            except (OverflowError, ValueError, pa.ArrowException):
+                columns.append(_as_text(c))
+                text[i] = TEXT
+        row_types = [t or types[i] for i, t in enumerate(text)]
         for row in zip(*columns):
-            yield encode_row(row, types)
+            yield encode_row(row, row_types)
+
+
+def _as_text(column: pa.Array) -> list:
+    """A column's values as DuckDB writes them (``infinity`` for an infinite date or timestamp)."""
+    relation = duckdb.connect(":memory:").from_arrow(pa.table({"c": column}))
+    return [r[0] for r in relation.project('"c"::VARCHAR').fetchall()]
 
 
 def duckdb_types(table: pa.Table) -> list:

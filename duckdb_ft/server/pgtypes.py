@@ -37,6 +37,7 @@ class PgType:
     oid: int
     size: int
     encode: Encoder
+    as_text: bool = False  # sent as DuckDB writes the value (a type PostgreSQL has no match for)
 
 
 def _text(v: Any) -> bytes:
@@ -143,7 +144,7 @@ def pg_type(t: Any) -> PgType:
     if str(t) == "JSON":
         return JSON
     if t.id in ("list", "array"):
-        child = t.child
+        child = dict(t.children)["child"]
         if str(child) != "JSON" and child.id in SCALARS:
             _, _, encode, array_oid = SCALARS[child.id]
             return PgType(array_oid, -1, _array(encode))
@@ -153,7 +154,7 @@ def pg_type(t: Any) -> PgType:
     if t.id in SCALARS:
         oid, size, encode, _ = SCALARS[t.id]
         return PgType(oid, size, encode)
-    return TEXT  # a type PostgreSQL has no match for (VARINT, ...): its text
+    return PgType(25, -1, _text, as_text=True)  # a type PostgreSQL has no match for (VARINT, ...): its text
 
 
 def encode_row(row: tuple, types: list[PgType]) -> list[bytes | None]:

@@ -29,6 +29,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
 from buenavista.postgres import BuenaVistaHandler, BuenaVistaServer, ClientCommand, ServerResponse
 
 from ..errors import AuthenticationFailed
@@ -219,8 +220,8 @@ class Handler(BuenaVistaHandler):
         else:
             try:
                 result = self.wire.run(sql)
-            except (duckdb.Error, ValueError) as e:
-                self.error(sqlstate(e), str(e))
+            except Exception as e:  # noqa: BLE001 - any failure of a statement is the client's error, not a crash
+                self.error(sqlstate(e), str(e) or type(e).__name__)
             else:
                 if result.columns:
                     self.row_description_of(result.columns)
@@ -287,7 +288,9 @@ class Handler(BuenaVistaHandler):
                 columns = portal[2].columns
             else:
                 raise ProtocolViolation(f"Describe of {kind!r}: expected 'S' or 'P'")
-        except (duckdb.Error, ValueError) as e:
+        except ProtocolViolation:
+            raise
+        except Exception as e:  # noqa: BLE001 - as in query()
             return self.fail(e)
         if columns:
             self.row_description_of(columns)
@@ -303,7 +306,9 @@ class Handler(BuenaVistaHandler):
         try:
             if portal[2] is None:
                 portal[2] = self.wire.run(portal[0], portal[1])
-        except (duckdb.Error, ValueError) as e:
+        except ProtocolViolation:
+            raise
+        except Exception as e:  # noqa: BLE001 - as in query()
             return self.fail(e)
         if not self.rows(portal[2], limit):
             self.send(ServerResponse.PORTAL_SUSPENDED)
@@ -324,15 +329,20 @@ class Handler(BuenaVistaHandler):
         """Send up to ``limit`` rows (0: all) and, when none are left, CommandComplete: whether it was sent."""
         n = len(result.columns)
         sent = 0
-        for row in result.rows:
-            parts = [struct.pack("!h", n)]
-            for v in row:
-                parts.append(b"\xff\xff\xff\xff" if v is None else struct.pack("!i", len(v)) + v)
-            self.send(ServerResponse.DATA_ROW, b"".join(parts))
-            result.count += bool(result.columns)
-            sent += 1
-            if limit and sent >= limit:
-                return False
+        try:
+            for row in result.rows:
+                parts = [struct.pack("!h", n)]
+                for v in row:
+                    parts.append(b"\xff\xff\xff\xff" if v is None else struct.pack("!i", len(v)) + v)
+                self.send(ServerResponse.DATA_ROW, b"".join(parts))
+                result.count += bool(result.columns)
+                sent += 1
+                if limit and sent >= limit:
+                    return False
+        except (ArithmeticError, ValueError, TypeError, pa.ArrowException, duckdb.Error) as e:  # a value, not us
+            self.fail(ValueError(f"a value of the result cannot be sent: {type(e).__name__}: {e}"))
+            result.rows = iter(())
+            return True
         self.send(ServerResponse.COMMAND_COMPLETE, result.command().encode() + b"\0")
         return True
 
