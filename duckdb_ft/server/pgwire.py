@@ -16,7 +16,6 @@ protocol; results in text format; rows streamed in batches.
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import logging
 import re
@@ -398,31 +397,3 @@ def start(con: Any, host: str = "127.0.0.1", port: int = 5433) -> PgServer:
     server = PgServer((host, port), con.session.engine)
     threading.Thread(target=server.serve_forever, name="duckdb-ft-pgwire", daemon=True).start()
     return server
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m duckdb_ft.server.pgwire DB [--host H] [--port N]``: the wire door alone (for development)."""
-    import signal
-
-    import duckdb_ft
-
-    p = argparse.ArgumentParser(prog="python -m duckdb_ft.server.pgwire")
-    p.add_argument("database")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5433)
-    args = p.parse_args(argv)
-    con = duckdb_ft.connect(args.database)
-    server = start(con, args.host, args.port)
-    print(f"duckdb-ft: PostgreSQL protocol on {args.host}:{server.server_address[1]}", file=sys.stderr, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    con.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
