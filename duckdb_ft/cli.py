@@ -284,7 +284,8 @@ def serve(argv: list[str]) -> int:
         print(f'Error: unable to open database "{args.database}": {str(e).strip()}', file=sys.stderr)
         return 1
     return run_server(Settings(args.database, args.host, args.port, args.grace, args.ssl_keyfile, args.ssl_certfile,
-                               args.max_body_bytes, args.max_prompt_chars, args.max_queue, args.pg_port), con)
+                               args.max_body_bytes, args.max_prompt_chars, args.max_queue,
+                               request_timeout=args.request_timeout, pg_port=args.pg_port), con)
 
 
 def _open_for_export(database: str):
