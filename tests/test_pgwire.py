@@ -20,7 +20,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import Server, allow_base_model  # noqa: E402
+from conftest import COMMAND, Server, allow_base_model  # noqa: E402
 
 PASSWORD = "alice password 1"
 BOB = "bobs password"
@@ -138,6 +138,9 @@ def test_each_connection_is_its_own_session_of_its_user(server):
         assert a.execute("SELECT getvariable('mine')").fetchone() == ("a",)
         assert b.execute("SELECT getvariable('mine')").fetchone() == (None,)
         assert sqlstate_of(b, "USE ROLE admin") == "42501"
+        b.execute("USE ROLE public")  # switches b's role, not a's
+        assert sqlstate_of(b, "SELECT count(*) FROM pub") == "42501"
+        assert a.execute("SELECT count(*) FROM pub").fetchone() == (3,)
         assert sqlstate_of(b, "CREATE TABLE mine(x INTEGER)") == "42501"  # analyst may not create
 
 
@@ -464,3 +467,14 @@ def test_values_python_cannot_hold_and_types_postgresql_lacks_never_end_the_conn
         assert con.execute("SELECT 12345678901234567890123::VARINT").fetchone() == ("12345678901234567890123",)
         assert con.execute("SELECT [1, 2]::INTEGER[2], 'a'::ENUM('a', 'b')").fetchone() == ([1, 2], "a")
         assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.slow
+def test_serve_says_why_when_the_pg_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([*COMMAND, "serve", str(tmp_path / "x.duckdb"), "--port", str(free_port()),
+                               "--pg-port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stderr
+    assert "cannot serve the PostgreSQL protocol on 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr

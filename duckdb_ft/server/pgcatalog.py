@@ -7,7 +7,9 @@
   reflection ask it): answered by DuckDB's own PostgreSQL catalog views in a private in-memory database that holds
   only empty copies of the tables and views the session's role may read (each checked with the authorizer's
   :class:`~duckdb_ft.governance.roles.Checker`), with external access off. So whatever a catalog query says, it
-  sees the role's objects and nothing else: no rows of any table, no file, no other object.
+  sees the role's objects and nothing else: no rows of any table, no file, no other object. The query is read as
+  PostgreSQL and written as DuckDB by sqlglot, its catalog relations read from table macros that add what
+  DuckDB's catalog lacks (columns, empty relations, functions such as ``pg_get_userbyid``).
 """
 
 from __future__ import annotations
