@@ -28,6 +28,7 @@ STATE = {
     "duckdb_ft.ml.models._loaded": "LRU of MAX_BASE_MODELS base models, each with MAX_ADAPTERS adapters (LRU)",
     "duckdb_ft.ml.models._load_locks": "one per load under way, dropped when it ends",
     "duckdb_ft.surface.engine._engines": "weak; an engine unregistered when its database closes",
+    "duckdb_ft.surface.connection._ROOTS": "weak: the connections connect() opened, closed at interpreter exit",
     "duckdb_ft.surface.cursors._sessions": "weak keys: each installed connection's session goes with it",
     "duckdb_ft.surface.cursors._inherit": "set once, by the first install(): what a cursor's session is made by",
     "duckdb_ft.jobs.lineage._hashes": "the MAX_HASHES digests computed last",
