@@ -81,7 +81,8 @@ def export_model(session: Session, name: str, folder: str | None, format: str = 
     if folder is not None:
         target = Path(folder).expanduser().resolve()
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-            raise AlreadyExists(f"{target} exists already and is not an empty folder: export into a new folder")
+            raise AlreadyExists(f"{target} exists already" + (" and is not an empty folder" if target.is_dir() else "")
+                                + ": export into a new folder (or a new .gguf path)")
         if format in GGUF_FILES and target.suffix == ".gguf":
             if push_to_hub:
                 raise InvalidArgument("push_to_hub uploads a folder: give a folder (or none) rather than a .gguf path")

@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..catalog import SCHEMA, jobs as jobdb, snapshots
 from ..errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
@@ -36,6 +37,19 @@ def _datasets() -> Any:
     except ImportError:
         raise InvalidArgument(f"Hugging Face datasets need the package datasets: {INSTALL}") from None
     return datasets
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars from datasets while it saves or loads (they would scribble over the shell's output)."""
+    datasets = _datasets()
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
 
 
 def snapshot(session: Session, cur: Any, job_id: str) -> tuple[Table, dict[str, Any]]:
@@ -84,7 +98,8 @@ def save(dataset: Any, folder: str, lineage: dict[str, Any]) -> str:
         raise InvalidArgument(f"cannot write in {target.parent}: {e.strerror or e}; choose a writable folder") \
             from None
     try:
-        dataset.save_to_disk(str(tmp / "data"))
+        with _quiet():
+            dataset.save_to_disk(str(tmp / "data"))
         for name in os.listdir(tmp / "data"):
             os.rename(tmp / "data" / name, tmp / name)
         os.rmdir(tmp / "data")
@@ -108,7 +123,8 @@ def read_folder(folder: str) -> Table:
         raise InvalidArgument(f"{folder} is not a folder saved by datasets' save_to_disk (no state.json or "
                               "dataset_dict.json): for parquet, json or csv files use read_parquet, read_json or "
                               "read_csv in SQL")
-    loaded = _datasets().load_from_disk(str(path))
+    with _quiet():
+        loaded = _datasets().load_from_disk(str(path))
     if hasattr(loaded, "column_names") and isinstance(loaded.column_names, list):
         return _table(loaded)
     tables = []
