@@ -93,3 +93,31 @@ def test_export_checkpoints_the_database_and_its_errors_say_error_once(apple_cop
     assert capsys.readouterr().err == f"Error: database file {missing} does not exist\n"
     assert not missing.exists() and not (tmp_path / "x").exists()  # nothing created
     assert not _wal(db).exists()
+
+
+def test_a_copy_in_an_older_storage_version_holds_the_catalog(tmp_path):
+    """The README's recipe for DuckDB 1.x: ATTACH ... (STORAGE_VERSION 'v1.0.0') + COPY FROM DATABASE, run through
+    duckdb-ft's connection; the copy is in storage version 1.0 (what DuckDB 1.x reads; checked by hand with DuckDB
+    1.1.3 and 1.5.6, which refuse the original) and holds the tables and duckdb-ft's catalog."""
+    import duckdb
+
+    import duckdb_ft
+
+    db, old = tmp_path / "shop.duckdb", tmp_path / "shop-v1.duckdb"
+    con = duckdb_ft.connect(str(db))
+    con.execute("CREATE TABLE faq AS SELECT 'q' || i AS q, 'a' || i AS a FROM range(10) t(i)")
+    con.execute(f"ATTACH '{old}' AS v1 (STORAGE_VERSION 'v1.0.0')")
+    con.execute("COPY FROM DATABASE shop TO v1")
+    con.execute("DETACH v1")
+    con.close()
+    check = duckdb.connect(str(old), read_only=True)
+    try:
+        tags = check.execute("SELECT tags FROM duckdb_databases() WHERE database_name = 'shop-v1'").fetchall()[0][0]
+        assert tags["storage_version"] == "v1.0.0+"
+        assert check.execute("SELECT count(*) FROM faq").fetchall() == [(10,)]
+        catalog = {r[0] for r in check.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = "
+                                                "'duckdb_ft'").fetchall()}
+        assert {"jobs", "job_rows", "models"} <= catalog
+    finally:
+        check.close()
+    assert not Path(f"{old}.wal").exists() and not _wal(db).exists()
