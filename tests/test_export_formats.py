@@ -118,7 +118,8 @@ def test_f16_gguf_is_half_precision(exported, tmp_path):
     con = duckdb_ft.connect(exported[0])
     path = duckdb_ft.export_model(con, "exported", str(tmp_path / "bot.gguf"), format="gguf", dtype="f16")
     con.close()
-    assert path.endswith("bot.gguf") and list(tmp_path.iterdir()) == [tmp_path / "bot.gguf"]
+    assert path.endswith("bot.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bot.Modelfile", "bot.gguf"]  # its Modelfile beside it
     reader = gguf.GGUFReader(path)
     kinds = {t.name: t.tensor_type.name for t in reader.tensors}
     assert kinds["token_embd.weight"] == "F16" and kinds["blk.0.attn_norm.weight"] == "F32"
