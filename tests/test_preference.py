@@ -237,3 +237,21 @@ def test_estimate_reports_pairs_identical_answers_and_length_bias(feedback):
                      TrainingOptions(method="kto"))
     assert report.preference(cur, st, "kto") == ({"desirable_rows": 8, "undesirable_rows": 4, "null_label_rows": 0},
                                                  [])
+
+
+@pytest.mark.slow  # two jobs trained to their end
+def test_reference_model_is_where_dpo_starts_and_what_it_is_compared_with(feedback, tiny_model_path):
+    sft = create(feedback, "polite_sft", tiny_model_path, "SELECT question AS prompt, kept AS completion FROM feedback",
+                 options={"max_epochs": 1, "batch_size": 4, "learning_rate": 0.01})
+    assert wait(feedback, sft) == "SUCCESS"
+    job = create(feedback, "polite_dpo", tiny_model_path, DPO_QUERY,
+                 options={"method": "dpo", "reference": "polite_sft", "max_epochs": 1, "batch_size": 4,
+                          "learning_rate": 0.01})
+    assert wait(feedback, job) == "SUCCESS"
+    d = describe(feedback, job)
+    assert d["parent_model"] == "main.polite_sft@v1"
+    losses = [r[0] for r in rows(feedback, "SELECT training_loss FROM finetune_history(?) ORDER BY step", job)]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # the policy starts at the reference: the SFT model
+    assert losses[-1] < losses[0]
+    with pytest.raises(Exception, match="is a fine-tune of base model"):
+        create(feedback, "other", "smollm2-135m", DPO_QUERY, options={"method": "dpo", "reference": "polite_sft"})
