@@ -154,14 +154,38 @@ def to_dataset(con: Any, source: str) -> Any:
     return hf_dataset.from_arrow(table, lineage)
 
 
-def export_dataset(con: Any, source: str, folder: str) -> str:
+def export_dataset(con: Any, source: str, folder: str | None = None, push_to_hub: str | None = None,
+                   private: bool = True) -> str:
     """:func:`to_dataset` saved with ``save_to_disk`` into ``folder`` (new, or an empty folder), with
     ``duckdb_ft.json`` (the lineage) beside its files; ``datasets.load_from_disk(folder)`` reads it. Returns the
-    folder's path. ``duckdb-ft export DATABASE JOB_ID_OR_QUERY FOLDER --format dataset`` is the same."""
+    folder's path. ``duckdb-ft export DATABASE JOB_ID_OR_QUERY FOLDER --format dataset`` is the same.
+
+    ``push_to_hub`` (``user/name``) also uploads the folder to a Hugging Face Hub dataset repository, behind the
+    checks of a model's push (:func:`export_model`), all made before anything is written; ``folder`` may then be
+    None (a temporary folder, removed after the upload). Returns the repository's URL when pushing."""
+    import shutil
+    import tempfile
+
     from .ml import hf_dataset
 
+    if folder is None and push_to_hub is None:
+        raise InvalidArgument("export_dataset needs a folder to write (or push_to_hub, a hub repository id)")
     table, lineage = _dataset_rows(con, source)
-    return hf_dataset.save(hf_dataset.from_arrow(table, lineage), folder, lineage)
+    target = None
+    if push_to_hub is not None:
+        from .ml import hub
+
+        target = hub.prepare(push_to_hub, private, repo_type="dataset")
+    scratch = tempfile.mkdtemp(prefix="duckdb-ft-push-") if folder is None else None
+    try:
+        path = hf_dataset.save(hf_dataset.from_arrow(table, lineage), folder or f"{scratch}/dataset", lineage)
+        if target is None:
+            return path
+        what = f"job {lineage['job_id']}" if "job_id" in lineage else "a query's rows"
+        return hub.upload(target, path, f"duckdb-ft dataset export of {what}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def dataset_digest(dataset: Any) -> tuple[int, str]:

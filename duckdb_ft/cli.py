@@ -169,12 +169,10 @@ def export(argv: list[str]) -> int:
 
     con = None
     try:
-        if args.format == "dataset" and (args.push_to_hub or args.folder is None):
-            raise duckdb_ft.InvalidArgument("--format dataset writes a folder (datasets' save_to_disk): give a "
-                                            "FOLDER, and upload it with `hf upload --repo-type dataset` if you wish")
         con = _open_for_export(args.database)
         if args.format == "dataset":
-            path = duckdb_ft.export_dataset(con, args.model, args.folder)
+            path = duckdb_ft.export_dataset(con, args.model, args.folder, push_to_hub=args.push_to_hub,
+                                            private=not args.public)
         else:
             path = duckdb_ft.export_model(con, args.model, args.folder, format=args.format, dtype=args.dtype,
                                           push_to_hub=args.push_to_hub, private=not args.public)

@@ -114,3 +114,48 @@ def test_a_saved_dataset_folder_trains_a_job_with_the_same_snapshot_hash(apple_c
         con.close()
     assert cli.main(["export", db, job, str(folder), "--format", "dataset"]) == 1  # not empty: refused
     assert "exists already and is not an empty folder" in capsys.readouterr().err
+
+
+def test_a_dataset_pushes_to_a_hub_dataset_repository_behind_the_model_push_checks(apple_copy, tmp_path,
+                                                                                    monkeypatch):
+    import glob
+    import os
+    import tempfile
+    from pathlib import Path
+
+    def scratch():
+        return set(glob.glob(os.path.join(tempfile.gettempdir(), "duckdb-ft-push-*")))
+
+    db, job, _ = apple_copy
+    con = duckdb_ft.connect(db)
+    try:
+        before = scratch()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(duckdb_ft.RemoteError, match="offline.*Nothing was written"):
+            duckdb_ft.export_dataset(con, job, str(tmp_path / "data"), push_to_hub="someone/rows")
+        assert list(tmp_path.iterdir()) == [] and scratch() == before
+
+        uploaded = {}
+
+        class FakeApi:  # huggingface_hub.HfApi's two calls, recorded
+            def __init__(self, endpoint=None, token=None):
+                self.token = token
+
+            def create_repo(self, repo_id, private, exist_ok, repo_type):
+                uploaded.update(repo=repo_id, private=private, create_type=repo_type)
+                return f"https://huggingface.co/datasets/{repo_id}"
+
+            def upload_folder(self, repo_id, folder_path, commit_message, repo_type):
+                uploaded.update(files=sorted(p.name for p in Path(folder_path).iterdir()), type=repo_type,
+                                message=commit_message)
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_TOKEN", "hf_token_from_env")
+        monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+        url = duckdb_ft.export_dataset(con, job, None, push_to_hub="someone/rows")
+    finally:
+        con.close()
+    assert url == "https://huggingface.co/datasets/someone/rows"
+    assert uploaded["create_type"] == uploaded["type"] == "dataset" and uploaded["private"] is True
+    assert {"state.json", "dataset_info.json", "duckdb_ft.json"} <= set(uploaded["files"])
+    assert job in uploaded["message"] and scratch() == before

@@ -27,6 +27,7 @@ class Target:
     api: Any
     repo_id: str
     url: str
+    repo_type: str = "model"
 
 
 def _offline() -> bool:
@@ -36,8 +37,9 @@ def _offline() -> bool:
     return constants.HF_HUB_OFFLINE if env is None else env.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def prepare(repo_id: str, private: bool = True) -> Target:
-    """Check that ``repo_id`` can be pushed to, and create it (``private``) if it does not exist.
+def prepare(repo_id: str, private: bool = True, repo_type: str = "model") -> Target:
+    """Check that ``repo_id`` can be pushed to, and create it (``private``; a ``repo_type`` ``model`` or
+    ``dataset`` repository) if it does not exist.
 
     Raises:
         InvalidArgument: the id is not ``user/name``; RemoteError: offline, no token, hub unreachable or refusing.
@@ -62,11 +64,11 @@ def prepare(repo_id: str, private: bool = True) -> Target:
         raise RemoteError("cannot push to the Hugging Face Hub without a token: set HF_TOKEN to a token with write "
                           f"access (huggingface.co/settings/tokens), or {INSTEAD}. Nothing was written.")
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
     except Exception as e:  # connection refused, DNS, timeout, 401/403, ...
         raise RemoteError(f"cannot reach the Hugging Face Hub to create {repo_id} ({_reason(e)}): {INSTEAD}. "
                           "Nothing was written.") from None
-    return Target(api, repo_id, str(url))
+    return Target(api, repo_id, str(url), repo_type)
 
 
 def _saved_token() -> str | None:
@@ -84,7 +86,7 @@ def upload(target: Target, folder: str, message: str) -> str:
     """Upload ``folder``'s files to the repository in one commit; the repository's URL."""
     try:
         target.api.upload_folder(repo_id=target.repo_id, folder_path=folder, commit_message=message,
-                                 repo_type="model")
+                                 repo_type=target.repo_type)
     except Exception as e:
         raise RemoteError(f"uploading to the Hugging Face Hub repository {target.repo_id} failed ({_reason(e)}); "
                           f"no commit was made. {INSTEAD[0].upper()}{INSTEAD[1:]}.") from None
