@@ -38,10 +38,15 @@ API (``duckdb_ft.ml.batcher``)::
   dtype) run in separate batches, stepped in turn.
 
 While rows run, waiting requests are admitted in groups (``ADMIT_MIN``, or after ``ADMIT_WAIT`` steps): each
-admission is a forward pass of its own. The thread starts at the first ``submit`` and exits after ``IDLE_EXIT`` seconds without work (the next ``submit``
-starts another); each step holds ``loaded.lock`` only for its forward pass, so COMPLETE and training still share the
-model. A model whose cache ``decode.py`` cannot batch (sliding windows) is served through ``complete.generate``,
-one admitted group at a time, its text given to ``on_token`` at the end.
+admission is a forward pass of its own. The thread starts at the first ``submit`` and exits after ``IDLE_EXIT``
+seconds without work (the next ``submit`` starts another); each step holds ``loaded.lock`` only for its forward
+pass, so COMPLETE and training still share the model.
+
+COMPLETE over a table does not go through this loop: a statement hands over whole chunks, which ``complete.py``
+batches up to 64 rows at a time with duplicate rows generated once (faster than the loop's batches of the requests
+in flight: ``benchmarks/README.md``); the two interleave step by step on the model's lock. A model whose cache
+``decode.py`` cannot batch (sliding windows) is served through ``complete.generate``, one admitted group at a time,
+its text given to ``on_token`` at the end.
 """
 
 from __future__ import annotations
