@@ -437,6 +437,7 @@ DIFFERENTIAL = [
 ]
 
 
+@pytest.mark.slow
 def test_the_wire_answers_and_refuses_exactly_as_in_process(server):
     import duckdb_ft
     from duckdb_ft.server.pgsession import sqlstate
