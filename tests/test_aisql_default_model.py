@@ -54,3 +54,18 @@ def test_default_model_still_needs_usage_for_the_role(con, tiny_model_path):
     [(flag,)] = u1.execute("SELECT ai_filter('Is 2 even?')").fetchall()
     assert isinstance(flag, bool)
     u1.close()
+
+
+def test_a_user_cannot_set_the_default_model_by_any_path(con, tiny_model_path):
+    con.execute("CREATE ROLE analyst").fetchall()
+    con.execute("GRANT ROLE analyst TO USER u1").fetchall()
+    con.execute("GRANT USAGE ON SCHEMA main TO ROLE analyst").fetchall()
+    u1 = user_connection(con, "u1")
+    for sql in ["SELECT ft_execute('SET duckdb_ft_default_model = ''smollm2-135m''')",
+                "RESET duckdb_ft_default_model",
+                "INSERT INTO duckdb_ft.settings VALUES ('duckdb_ft_default_model', 'x', 'u1', 0)",
+                "UPDATE duckdb_ft.settings SET value = 'x'"]:
+        with pytest.raises(PermissionDenied):
+            u1.execute(sql).fetchall()
+    assert one(u1, "SHOW duckdb_ft_default_model") == "smollm2-135m"
+    u1.close()
