@@ -20,7 +20,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import COMMAND, Server, allow_base_model  # noqa: E402
+from conftest import COMMAND, Server, allow_base_model, wait_for  # noqa: E402
 
 PASSWORD = "alice password 1"
 BOB = "bobs password"
@@ -479,3 +479,37 @@ def test_serve_says_why_when_the_pg_port_is_taken(tmp_path):
                                "--pg-port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=180)
     assert done.returncode == 1, done.stderr
     assert "cannot serve the PostgreSQL protocol on 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_tls_when_serve_has_a_certificate_and_never_clear_passwords_off_localhost(tmp_path):
+    import duckdb_ft
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    db = tmp_path / "tls.duckdb"
+    admin = duckdb_ft.connect(str(db))
+    admin.execute(f"CREATE USER alice PASSWORD = '{PASSWORD}'")
+    admin.close()
+    done = subprocess.run([*COMMAND, "serve", str(db), "--host", "0.0.0.0", "--port", str(free_port()),
+                           "--pg-port", str(free_port())], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and "passwords would cross the network in clear" in done.stderr, done.stderr
+    port = free_port()  # https on the HTTP port: conftest.Server's plain-http health check does not apply
+    server = subprocess.Popen([*COMMAND, "serve", str(db), "--port", str(free_port()), "--pg-port", str(port),
+                               "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening():
+            assert server.poll() is None, "duckdb-ft serve exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, timeout=180, what="the wire port")
+        with psycopg.connect(host="127.0.0.1", port=port, user="alice", password=PASSWORD, sslmode="require",
+                             autocommit=True) as con:
+            assert con.pgconn.ssl_in_use
+            assert con.execute("SELECT 41 + %s", [1]).fetchone() == (42,)
+    finally:
+        server.terminate()
+        assert server.wait(120) == 0

@@ -136,8 +136,13 @@ class Handler(BuenaVistaHandler):
             if len(body) < 4:
                 raise ProtocolViolation("start-up message too short")
             (code,) = struct.unpack("!i", body[:4])
+            if code == SSL_REQUEST and self.server.tls is not None:
+                self.wfile.write(b"S")
+                self.request = self.server.tls.wrap_socket(self.request, server_side=True)
+                self.rfile, self.wfile = self.request.makefile("rb"), socketserver._SocketWriter(self.request)
+                continue
             if code in (SSL_REQUEST, GSS_REQUEST):
-                self.wfile.write(b"N")  # no TLS here: the client may go on in clear (localhost) or leave
+                self.wfile.write(b"N")  # no TLS: the client goes on in clear (on localhost only) or leaves
                 continue
             if code == CANCEL_REQUEST and len(body) == 12:
                 pid, key = struct.unpack("!iI", body[4:12])
@@ -360,6 +365,7 @@ class PgServer(BuenaVistaServer):
     def __init__(self, address: tuple[str, int], engine: Engine):
         socketserver.ThreadingTCPServer.__init__(self, address, Handler)  # buenavista's takes its own backend
         self.engine = engine
+        self.tls: Any = None  # an ssl.SSLContext: TLS for clients that ask (sslmode=require)
         self.connections: dict[int, tuple[Handler, int]] = {}
         self._lock = threading.Lock()
 
@@ -391,9 +397,18 @@ class PgServer(BuenaVistaServer):
         log.error("pgwire: connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
-def start(con: Any, host: str = "127.0.0.1", port: int = 5433) -> PgServer:
+def start(con: Any, host: str = "127.0.0.1", port: int = 5433, tls: Any = None) -> PgServer:
     """Serve the database of ``con`` (a duckdb-ft Connection of its administrator) over the PostgreSQL protocol
-    on ``host:port`` from a background thread; ``shutdown()`` the returned server to stop it."""
+    on ``host:port`` from a background thread; ``shutdown()`` the returned server to stop it. Passwords travel in
+    clear inside the protocol: without ``tls`` (an ``ssl.SSLContext``) it listens on a loopback address only.
+
+    Raises:
+        OSError: the port is taken, or ``host`` is not a loopback address and there is no ``tls``.
+    """
+    if tls is None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise OSError(f"passwords would cross the network in clear: serve TLS (--ssl-keyfile and --ssl-certfile) "
+                      f"to listen on {host}")
     server = PgServer((host, port), con.session.engine)
+    server.tls = tls
     threading.Thread(target=server.serve_forever, name="duckdb-ft-pgwire", daemon=True).start()
     return server

@@ -115,7 +115,13 @@ def _start_wire(settings: Settings, con: Any) -> Any:
               file=sys.stderr)
         return False
     try:
-        wire = pgwire.start(con, settings.host, settings.pg_port)
+        tls = None
+        if settings.ssl_certfile:
+            import ssl
+
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+        wire = pgwire.start(con, settings.host, settings.pg_port, tls)
     except OSError as e:
         print(f"Error: cannot serve the PostgreSQL protocol on {settings.host}:{settings.pg_port}: "
               f"{e.strerror or e}", file=sys.stderr)
