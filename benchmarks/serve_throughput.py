@@ -119,6 +119,7 @@ def main() -> int:
     t0 = time.perf_counter()
     table = con.execute("SELECT i, complete(?, prompt, ?) FROM prompts ORDER BY i", [args.model, options]).fetchall()
     complete_s = time.perf_counter() - t0
+    print(f"COMPLETE over the table: {len(prompts) / complete_s:.2f} rows/s", flush=True)
     expected = [json.loads(r[1])["choices"][0]["messages"] for r in table]
     token = first_token(con.duckdb_connection.cursor())[0]
     con.close()
@@ -127,7 +128,9 @@ def main() -> int:
     try:
         http_pass(url, token, args.model, ["Hello"], args.max_tokens, 1)  # the server loads the model
         seq_s, seq_lat, seq_answers = http_pass(url, token, args.model, prompts, args.max_tokens, 1)
+        print(f"sequential: {len(prompts) / seq_s:.2f} rows/s", flush=True)
         con_s, con_lat, con_answers = http_pass(url, token, args.model, prompts, args.max_tokens, args.clients)
+        print(f"concurrent: {len(prompts) / con_s:.2f} rows/s", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
