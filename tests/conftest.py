@@ -309,20 +309,19 @@ def big(con):
 
 
 class Server:
-    """A ``duckdb-ft serve`` subprocess on a free localhost port (:func:`serve`): its ``url``, ``process`` and the
-    file its standard error goes to (``log()`` reads it)."""
+    """A ``duckdb-ft serve`` subprocess of database file ``db`` on a free localhost port: its ``url``, ``process``
+    and the file beside ``db`` its standard error goes to (``log()`` reads it)."""
 
     def __init__(self, db: str, *options: str):
         import socket
         import subprocess
-        import tempfile
         import urllib.request
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.stderr = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
+        self.stderr = open(f"{db}.serve-{port}.log", "w+")  # beside the database, in the test's own folder
         self.process = subprocess.Popen([*COMMAND, "serve", db, "--port", str(port), *options],
                                         stdout=subprocess.DEVNULL, stderr=self.stderr)
 
