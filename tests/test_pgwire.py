@@ -433,7 +433,7 @@ DIFFERENTIAL = [
     "DELETE FROM secret", "CREATE TABLE copy AS SELECT * FROM secret", "SET threads = 1", "ATTACH ':memory:' AS o",
     "COPY pub TO '/tmp/pub.csv'", "CREATE ROLE r2", "GRANT ROLE analyst TO USER bob", "USE ROLE reader",
     "SELECT finetune('DESCRIBE', 'ft_nope')", "SELECT finetune('CREATE', 'm2', 'tiny', 'SELECT q AS prompt, "
-    "a AS completion FROM secret')", "DESCRIBE MODEL nope", "SELECT count(*) FROM pairs", "SHOW MODELS",
+    "a AS completion FROM secret')", "DESCRIBE MODEL nope", "SELECT count(*) FROM pairs",
 ]
 
 

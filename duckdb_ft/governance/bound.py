@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+
 from ..errors import PermissionDenied
 from .calls import walk_node
 
@@ -142,6 +144,8 @@ def plan_scans(cur: Any, sql: str, params: Any = None) -> tuple[set[Name], set[s
     """
     try:
         rows = cur.execute(f"EXPLAIN (FORMAT json) {sql}", params if params else None).fetchall()
+    except duckdb.InterruptException:
+        raise  # a cancel while the statement was being checked: cancelled, not refused
     except Exception as e:
         raise PermissionDenied.of(PermissionDenied.ADMINISTRATOR, reason="this statement cannot be checked, so only "
                                   f"the administrator may run it ({str(e).splitlines()[0]})") from None
