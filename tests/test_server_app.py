@@ -98,3 +98,28 @@ def test_queue_full_is_429_and_stopping_is_503():
     with pytest.raises(Refused) as e:
         queue.enter()
     assert e.value.status == 503
+
+
+def test_openai_response_format_constrains_the_answer_and_a_bad_one_is_400(app, tiny_model_path):
+    """response_format json_schema / json_object: the tiny random model's answer is the schema's JSON (the
+    constraint alone makes it so, as AI_COMPLETE's); an unsupported schema is a 400 naming response_format."""
+    import json
+
+    app.state.con.execute(f"CREATE OR REPLACE BASE MODEL tiny FROM '{tiny_model_path}'").fetchall()
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "n"],
+              "properties": {"city": {"type": "string", "maxLength": 8}, "n": {"type": "integer"}}}
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "A city and a number, as JSON"}],
+           "max_tokens": 48}
+    answer = app.post("/v1/chat/completions", headers=auth(app, "admin"), json=ask | {"response_format": {
+        "type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}})
+    assert answer.status_code == 200, answer.text
+    value = json.loads(answer.json()["choices"][0]["message"]["content"])
+    assert set(value) == {"city", "n"} and isinstance(value["n"], int) and len(value["city"]) <= 8
+    answer = app.post("/v1/chat/completions", headers=auth(app, "admin"),
+                      json=ask | {"response_format": {"type": "json_object"}})
+    assert answer.status_code == 200, answer.text
+    assert isinstance(json.loads(answer.json()["choices"][0]["message"]["content"]), dict)
+    for bad in ({"type": "json_schema", "json_schema": {"schema": {"type": "object", "anyOf": []}}},
+                {"type": "xml"}):
+        answer = app.post("/v1/chat/completions", headers=auth(app, "admin"), json=ask | {"response_format": bad})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "response_format", answer.text

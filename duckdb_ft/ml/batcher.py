@@ -359,6 +359,8 @@ class Batcher:
     def _finish(self, r: _Slot, n: int) -> None:
         stopped = r.stream is not None and r.stream.final is not None
         text = r.stream.final if stopped else self.loaded.tokenizer.decode(r.new[:n], skip_special_tokens=True).strip()
+        if r.request.options.response_format is not None:  # strict JSON, as COMPLETE's constrained answers
+            text = constrain.as_json(text)
         done = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n,
                           finish_reason="stop" if stopped or n < r.max_new else "length")
         try:

@@ -40,12 +40,16 @@ class Request:
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    #: COMPLETE's response_format ({"type": "json", "schema": {...}}), from OpenAI's (openai_api.response_format).
+    response_format: dict | None = None
 
     def options(self) -> str:
         """COMPLETE's options JSON for this request."""
         opts: dict = {"temperature": self.temperature, "top_p": self.top_p}
         if self.max_tokens is not None:
             opts["max_tokens"] = self.max_tokens
+        if self.response_format is not None:
+            opts["response_format"] = self.response_format
         return json.dumps(opts)
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..errors import (FtError, Interrupted, InvalidArgument, ModelLoadError, PermissionDenied, QueueFull,
                       RequestTimeout)
+from ..ml.schema import parse_response_format
 from ..options import CompleteOptions
 from ..surface import router as sql_router
 from . import generation, streaming
@@ -33,7 +34,7 @@ api = APIRouter()
 #: OpenAI fields duckdb-ft cannot honour: refused (400) unless left at the value that changes nothing.
 UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "logit_bias": None,
                "tools": None, "tool_choice": None, "functions": None, "function_call": None, "top_logprobs": None,
-               "response_format": None, "best_of": 1, "echo": False, "suffix": None}
+               "best_of": 1, "echo": False, "suffix": None}
 CUT = "The server is shutting down: this request was cut at the end of its grace period; retry after it restarts."
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -300,7 +301,8 @@ def parse(body: dict[str, Any], chat: bool) -> tuple[generation.Request, bool, b
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
         raise _bad("stop", "'stop' must be a string or a list of at most 4 strings")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    req = generation.Request(model=model.strip(), messages=messages, stop=stop, max_tokens=max_tokens, seed=seed)
+    req = generation.Request(model=model.strip(), messages=messages, stop=stop, max_tokens=max_tokens, seed=seed,
+                             response_format=response_format(body.get("response_format")))
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             setattr(req, name, body[name])
@@ -315,6 +317,28 @@ def parse(body: dict[str, Any], chat: bool) -> tuple[generation.Request, bool, b
     if not isinstance(options, dict):
         raise _bad("stream_options", "'stream_options' must be an object such as {\"include_usage\": true}")
     return req, stream, bool(options.get("include_usage"))
+
+
+def response_format(raw: Any) -> dict | None:
+    """OpenAI's ``response_format`` as COMPLETE's: ``{"type": "text"}`` none; ``{"type": "json_object"}`` any JSON
+    object; ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` that schema. The answer is
+    constrained to it (AI_COMPLETE's constrained decoding). Raises :class:`Refused` (400)."""
+    if raw is None or raw == {"type": "text"}:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema" and isinstance(raw.get("json_schema"), dict) \
+            and isinstance(raw["json_schema"].get("schema"), dict):
+        schema = raw["json_schema"]["schema"]
+    else:
+        raise _bad("response_format", "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
+                                      "or {\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+    try:
+        parse_response_format({"type": "json", "schema": schema})
+    except FtError as e:
+        raise _bad("response_format", str(e)) from None
+    return {"type": "json", "schema": schema}
 
 
 def _messages(raw: Any) -> list[dict[str, str]]:
