@@ -1,18 +1,27 @@
 """duckdb-ft against llama.cpp (issue 37): the same fine-tuned model, the same 20 prompts and chat template.
 
 Trains SmolLM2-135M for one short epoch (or takes ``--database DB --model NAME``), exports it ``gguf`` (merged),
-``gguf-lora`` (the adapter alone) and the base model ``gguf``, then:
+``gguf-lora`` (the adapter alone) and the base model ``gguf``, and serves each in llama.cpp's own server
+(llama-server's code, in process through xllamacpp: its OpenAI-compatible HTTP API, continuous batching over
+parallel slots, the GGUF's Jinja chat template, LoRA adapters), asked through the ``openai`` client. Prints:
 
-1. agreement: COMPLETE's greedy answers (``temperature 0``, 48 tokens) against llama.cpp's (llama-cpp-python's
-   ``create_chat_completion``, ``temperature 0``, the chat template stored in the GGUF), for the merged GGUF and
-   for the base GGUF with the adapter (``lora_path``); each disagreement printed with both answers;
-2. rows/s on the 20 prompts: llama.cpp one request at a time (merged, and base + adapter), and COMPLETE over a
-   table of the same prompts (one statement, its batching); with ``--server PATH`` (a ``llama-server`` binary),
-   also llama.cpp's own batching: ``--parallel 8`` slots under 8 concurrent clients.
+1. agreement: COMPLETE's greedy answers (``temperature 0``, 48 tokens) against llama.cpp's (``temperature 0``: the
+   top logit, as COMPLETE's), for the merged GGUF and for the base GGUF with the adapter, and whether llama.cpp's
+   rendering of the chat template and its tokens of that text equal COMPLETE's. Each disagreement is printed with
+   both answers and its cause: llama.cpp's tokens decoded by COMPLETE's tokenizer either give COMPLETE's answer
+   (the same tokens, their text decoded differently) or part from it at a token, where llama.cpp's margin between
+   its two best tokens is printed (a near tie is float rounding, not another model);
+2. rows/s and p50/p99 latency on the same prompts, torch and llama.cpp at ``--threads`` (2) threads each:
+   llama.cpp one request at a time (one slot, one client) and llama.cpp batched (``--clients`` slots, as many
+   concurrent clients, each sending its share one request after the other), against COMPLETE over a table of the
+   prompts (one statement, its batching).
 
-Needs the optional extra ``llama`` (``pip install 'duckdb-ft[llama]'``: llama-cpp-python, which compiles llama.cpp:
-about 36 minutes on a loaded 2-core machine). Without it the script says so and exits 0, so it never fails a run.
-Run: ``.venv/bin/python benchmarks/llama_cpp.py [--database DB --model NAME] [--server PATH]``.
+``--demo N`` runs issue 32's serving load instead, on the base model ``smollm2-135m`` (no training): the first N
+prompts of the demo's question -> SQL pairs (as ``serve_throughput.py``), 32 new tokens, greedy, 32 clients.
+
+Needs the optional extra ``llama`` (``pip install 'duckdb-ft[llama]'``: xllamacpp, a prebuilt CPU llama.cpp; no
+compiler). Without it the script says so and exits 0, so it never fails a run. Run from the repository root:
+``.venv/bin/python benchmarks/llama_cpp.py [--database DB --model NAME] [--demo N] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -21,14 +30,13 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-# This file is named llama_cpp.py: its own folder, first on sys.path when run, would shadow the package.
+# This file is named llama_cpp.py: its own folder, first on sys.path when run, would shadow a package of that name.
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 PROMPTS = [f"What is the code of item {i}?" for i in range(8)] + [
@@ -38,6 +46,11 @@ PROMPTS = [f"What is the code of item {i}?" for i in range(8)] + [
     "What day comes after Monday?", "Spell the word cat backwards.",
 ]
 MAX_TOKENS = 48
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def _train(d: str) -> tuple[str, str]:
@@ -55,104 +68,183 @@ def _train(d: str) -> tuple[str, str]:
     return db, "bench"
 
 
-def _complete(db: str, model: str) -> tuple[list[str], float]:
+def _complete(db: str, model: str, prompts: list[str], max_tokens: int, fine_tuned: bool
+              ) -> tuple[list[str], float, list[str], list[list[int]], object]:
+    """COMPLETE over a table of ``prompts``: its answers, rows/s, the chat text and token ids it fed, and its
+    tokenizer. Exports
+    the GGUF files beside ``db``: ``base.gguf``, and for a fine-tuned model ``merged.gguf`` and ``adapter.gguf``."""
     import duckdb_ft
+    from duckdb_ft.ml import models
 
     con = duckdb_ft.connect(db)
-    opts = json.dumps({"max_tokens": MAX_TOKENS, "temperature": 0})
+    opts = json.dumps({"max_tokens": max_tokens, "temperature": 0})
     con.execute("CREATE OR REPLACE TEMP TABLE bench_prompts (i INTEGER, p VARCHAR)")
-    con.executemany("INSERT INTO bench_prompts VALUES (?, ?)", list(enumerate(PROMPTS)))
+    con.executemany("INSERT INTO bench_prompts VALUES (?, ?)", list(enumerate(prompts)))
     con.execute("SELECT complete(?, 'warm-up', ?)", [model, opts]).fetchall()
     t = time.perf_counter()
     rows = con.execute("SELECT i, complete(?, p, ?) FROM bench_prompts ORDER BY i", [model, opts]).fetchall()
     seconds = time.perf_counter() - t
-    base = con.execute("SELECT base_model FROM duckdb_ft.models WHERE name = ?", [model]).fetchall()[0][0]
-    for fmt, path in (("gguf", f"{os.path.dirname(db)}/merged.gguf"), ("gguf-lora", f"{os.path.dirname(db)}/adapter.gguf")):
-        duckdb_ft.export_model(con, model, path, format=fmt)
-    duckdb_ft.export_model(con, base, f"{os.path.dirname(db)}/base.gguf", format="gguf")
+    folder = os.path.dirname(db)
+    base = model
+    if fine_tuned:
+        base = con.execute("SELECT base_model FROM duckdb_ft.models WHERE name = ?", [model]).fetchall()[0][0]
+        duckdb_ft.export_model(con, model, f"{folder}/merged.gguf", format="gguf")
+        duckdb_ft.export_model(con, model, f"{folder}/adapter.gguf", format="gguf-lora")
+    duckdb_ft.export_model(con, base, f"{folder}/base.gguf", format="gguf")
     con.close()
-    return [json.loads(r[1])["choices"][0]["messages"] for r in rows], len(rows) / seconds
+    tokenizer = models.load_tokenizer(models.resolve(base))
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return [json.loads(r[1])["choices"][0]["messages"] for r in rows], len(rows) / seconds, texts, ids, tokenizer
 
 
-def _llama(model_path: str, lora_path: str | None = None) -> tuple[list[str], float]:
-    from llama_cpp import Llama
+def _serve(model_path: str, lora_path: str | None, slots: int, threads: int, n_ctx_seq: int = 1024):
+    """llama-server (xllamacpp's ``Server``) on ``model_path`` [+ the LoRA adapter], ``slots`` parallel slots."""
+    import xllamacpp as xlc
 
-    llm = Llama(model_path=model_path, lora_path=lora_path, n_ctx=2048, n_threads=os.cpu_count(), verbose=False,
-                seed=0)
-    chat = lambda p: llm.create_chat_completion([{"role": "user", "content": p}], temperature=0.0,  # noqa: E731
-                                                max_tokens=MAX_TOKENS)["choices"][0]["message"]["content"].strip()
-    chat("warm-up")
-    t = time.perf_counter()
-    answers = [chat(p) for p in PROMPTS]
-    return answers, len(PROMPTS) / (time.perf_counter() - t)
+    p = xlc.CommonParams()
+    p.model.path = model_path
+    p.n_parallel = slots
+    p.n_ctx = n_ctx_seq * slots
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
+    p.n_threads_http = slots + 2
+    p.verbosity = 0
+    if lora_path:
+        p.lora_adapters = [xlc.CommonAdapterLoraInfo(lora_path, 1.0)]
+    return xlc.Server(p)
 
 
-def _server_rows_per_s(binary: str, model_path: str, slots: int = 8) -> float:
-    """llama-server with ``slots`` parallel slots (its continuous batching) under ``slots`` concurrent clients."""
-    import socket
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=600))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "-m", model_path, "--port", str(port), "--parallel", str(slots), "-c",
-                             str(2048 * slots), "--temp", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
 
-        def ask(p: str) -> str:
-            body = json.dumps({"messages": [{"role": "user", "content": p}], "temperature": 0,
-                               "max_tokens": MAX_TOKENS}).encode()
-            req = urllib.request.Request(f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})
-            return json.load(urllib.request.urlopen(req, timeout=600))["choices"][0]["message"]["content"]
+def _ask(client, prompt: str, max_tokens: int):
+    return client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": prompt}],
+                                          max_tokens=max_tokens, temperature=0)
 
-        ask("warm-up")
-        t = time.perf_counter()
-        with ThreadPoolExecutor(slots) as pool:
-            list(pool.map(ask, PROMPTS))
-        return len(PROMPTS) / (time.perf_counter() - t)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+def _pass(url: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[float, list[float], list[str]]:
+    """``clients`` threads, each with its own ``openai`` client, each asking its share of ``prompts`` one request
+    after the other: the pass's rows/s, each request's latency, the answers (stripped, as COMPLETE's)."""
+    from openai import OpenAI
+
+    answers: list = [None] * len(prompts)
+    latency: list = [None] * len(prompts)
+
+    def work(indexes: list[int]) -> None:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+        for i in indexes:
+            t = time.perf_counter()
+            answers[i] = (_ask(client, prompts[i], max_tokens).choices[0].message.content or "").strip()
+            latency[i] = time.perf_counter() - t
+
+    shares = [list(range(k, len(prompts), clients)) for k in range(clients)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, shares))
+    return len(prompts) / (time.perf_counter() - t0), latency, answers
+
+
+def _parting(url: str, tokenizer, text: str, ours: str, max_tokens: int) -> str:
+    """Why llama.cpp's answer to the chat ``text`` differs from COMPLETE's (``ours``): its tokens (the server's
+    native ``/completion``, the same text), decoded by COMPLETE's tokenizer, either give COMPLETE's answer (the
+    same tokens, text decoded differently) or part from it at a token, where llama.cpp's margin between its two
+    best tokens is given (the difference of their log-probabilities, which is that of their logits)."""
+    r = _post(f"{url}/completion", {"prompt": text, "n_predict": max_tokens, "temperature": 0, "n_probs": 2,
+                                    "return_tokens": True, "cache_prompt": False})
+    toks, probs = r["tokens"], r.get("completion_probabilities") or []
+    if tokenizer.decode(toks, skip_special_tokens=True).strip() == ours:
+        return (f"the same {len(toks)} tokens as COMPLETE's; only their text differs (a character the last token "
+                "leaves unfinished: COMPLETE decodes its bytes as U+FFFD, llama.cpp's server holds them back)")
+    for k in range(len(toks)):
+        part = tokenizer.decode(toks[:k + 1], skip_special_tokens=True).lstrip().rstrip("\ufffd")
+        if not ours.startswith(part):
+            top = probs[k]["top_logprobs"] if k < len(probs) else []
+            margin = f"{top[0]['logprob'] - top[1]['logprob']:.4f}" if len(top) > 1 else "?"
+            return f"parts at new token {k}; llama.cpp's margin there between its two best tokens: {margin}"
+    return f"llama.cpp ends after {len(toks)} tokens where COMPLETE goes on"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--database", help="a database holding --model (default: train one in a temporary folder)")
     p.add_argument("--model", help="the fine-tuned model to compare")
-    p.add_argument("--server", help="a llama-server binary: also measure llama.cpp's parallel slots")
+    p.add_argument("--demo", type=int, metavar="N", help="issue 32's load: N demo prompts on smollm2-135m, 32 tokens")
+    p.add_argument("--threads", type=int, default=2, help="threads of torch (COMPLETE) and of llama.cpp (2)")
+    p.add_argument("--clients", type=int, help="slots and concurrent clients of the batched pass (8; --demo: 32)")
+    p.add_argument("--sequential-rows", type=int, help="rows of the one-at-a-time pass (default: all)")
+    p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    if importlib.util.find_spec("llama_cpp") is None:
-        print("benchmarks/llama_cpp.py: skipped: llama-cpp-python is not installed. Install the optional extra "
-              "(pip install 'duckdb-ft[llama]'; it compiles llama.cpp, about 36 minutes on a 2-core machine) and "
-              "run it again.")
+    if importlib.util.find_spec("xllamacpp") is None:
+        print("benchmarks/llama_cpp.py: skipped: xllamacpp is not installed. Install the optional extra "
+              "(pip install 'duckdb-ft[llama]': llama.cpp prebuilt for the CPU, no compiler) and run it again.")
         return 0
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    d = tempfile.mkdtemp(prefix="duckdb-ft-llama-")
-    db, model = (args.database, args.model) if args.database else _train(d)
-    if args.database:
-        import shutil
+    import torch
+    import xllamacpp
 
-        shutil.copyfile(args.database, f"{d}/bench.duckdb")  # exports go beside the copy
-        db = f"{d}/bench.duckdb"
-    ours, ours_rps = _complete(db, model)
-    merged, merged_rps = _llama(f"{d}/merged.gguf")
-    adapted, adapted_rps = _llama(f"{d}/base.gguf", f"{d}/adapter.gguf")
-    for name, theirs in (("merged gguf", merged), ("base gguf + gguf-lora", adapted)):
-        same = sum(a == b for a, b in zip(ours, theirs))
-        print(f"agreement, COMPLETE vs llama.cpp ({name}): {same}/{len(PROMPTS)}")
-        for prompt, a, b in zip(PROMPTS, ours, theirs):
-            if a != b:
-                print(f"  {prompt!r}\n    COMPLETE:  {a!r}\n    llama.cpp: {b!r}")
-    print(f"rows/s: COMPLETE over a table {ours_rps:.2f}; llama.cpp one at a time: merged {merged_rps:.2f}, "
-          f"base + adapter {adapted_rps:.2f}")
-    if args.server:
-        print(f"rows/s: llama-server, 8 parallel slots, 8 clients: {_server_rows_per_s(args.server, f'{d}/merged.gguf'):.2f}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    d = tempfile.mkdtemp(prefix="duckdb-ft-llama-")
+    if args.demo:
+        from duckdb_ft.demo import dataset
+
+        train, test = dataset.make_pairs()
+        prompts, max_tokens = [pair.prompt for pair in train + test][:args.demo], 32
+        db, model, clients = f"{d}/bench.duckdb", "smollm2-135m", args.clients or 32
+    else:
+        prompts, max_tokens, clients = PROMPTS, MAX_TOKENS, args.clients or 8
+        db, model = (args.database, args.model) if args.database else _train(d)
+        if args.database:
+            import shutil
+
+            shutil.copyfile(args.database, f"{d}/bench.duckdb")  # exports go beside the copy
+            db = f"{d}/bench.duckdb"
+    print(f"xllamacpp {xllamacpp.__version__}; {len(prompts)} prompts, {max_tokens} new tokens, greedy; threads: "
+          f"torch {torch.get_num_threads()}, llama.cpp {args.threads}; load average "
+          f"{open('/proc/loadavg').read().strip()}", flush=True)
+    ours, ours_rps, texts, hf_ids, tokenizer = _complete(db, model, prompts, max_tokens, not args.demo)
+    print(f"COMPLETE over a table: {ours_rps:.2f} rows/s", flush=True)
+    exports = [("base gguf", f"{d}/base.gguf", None)] if args.demo else [
+        ("merged gguf", f"{d}/merged.gguf", None), ("base gguf + gguf-lora", f"{d}/base.gguf", f"{d}/adapter.gguf")]
+    seq = prompts[:args.sequential_rows] if args.sequential_rows else prompts
+    figures = {"complete_rows_per_s": ours_rps, "rows": len(prompts), "max_tokens": max_tokens,
+               "threads": args.threads, "xllamacpp": xllamacpp.__version__, "passes": []}
+    for name, path, lora in exports:
+        for label, slots, rows in (("one request at a time", 1, seq), (f"{clients} slots, {clients} clients",
+                                                                         clients, prompts)):
+            server = _serve(path, lora, slots, args.threads)
+            url = server.listening_address
+            if slots == 1:
+                rendered = [_post(f"{url}/apply-template", {"messages": [{"role": "user", "content": q}]})["prompt"]
+                            for q in prompts]
+                tokens = [_post(f"{url}/tokenize", {"content": t, "add_special": True, "parse_special": True})
+                          ["tokens"] for t in rendered]
+                print(f"{name}: llama.cpp's chat template text equals COMPLETE's on "
+                      f"{sum(a == b for a, b in zip(rendered, texts))}/{len(prompts)}, its tokens of it on "
+                      f"{sum(a == b for a, b in zip(tokens, hf_ids))}/{len(prompts)}")
+            _pass(url, prompts[:1], max_tokens, 1)  # warm-up
+            rps, latency, answers = _pass(url, rows, max_tokens, slots)
+            agree = sum(a == b for a, b in zip(ours, answers))
+            print(f"llama.cpp, {name}, {label}: {rps:.2f} rows/s, p50 {percentile(latency, 0.5):.2f} s, p99 "
+                  f"{percentile(latency, 0.99):.2f} s; answers equal to COMPLETE's: {agree}/{len(rows)}", flush=True)
+            for prompt, text, a, b in zip(rows, texts, ours, answers):
+                if a != b:
+                    print(f"  {prompt[-60:]!r}: {_parting(url, tokenizer, text, a, max_tokens)}\n    COMPLETE:  {a!r}\n"
+                          f"    llama.cpp: {b!r}")
+            figures["passes"].append({"export": name, "pass": label, "rows": len(rows), "rows_per_s": rps,
+                                      "p50_s": percentile(latency, 0.5), "p99_s": percentile(latency, 0.99),
+                                      "equal_to_complete": agree})
+            del server
+    figures["loadavg_after"] = open("/proc/loadavg").read().strip()
+    print(f"COMPLETE over a table {ours_rps:.2f} rows/s; load average after: {figures['loadavg_after']}")
+    for f in figures["passes"]:
+        print(f"  llama.cpp, {f['export']}, {f['pass']}: {f['rows_per_s']:.2f} rows/s; COMPLETE / this "
+              f"{ours_rps / f['rows_per_s']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=2)
     return 0
 
 
