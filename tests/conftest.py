@@ -2,7 +2,8 @@
 ``PAIRS``, an in-memory database, the ``faq`` and ``big`` tables) and the helpers test files share (``rows``,
 ``one``, ``create``, ``describe``, ``wait``, ``wait_for``, ``catalog_counts``, ``python_output``, ``peft_model``,
 ``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``refused``, ``allow_base_model``; the ``limited`` fixture; the options ``FAST``,
-``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line): ``from conftest import ...``. Test modules
+``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line; the privilege matrix ``PRIVILEGE_MATRIX``, whose
+database is the ``privilege_shop`` fixture): ``from conftest import ...``. Test modules
 import nothing from each other. Set-ups that train (``apple``, ``tiny``) are made once a run and never changed; a
 test that changes a trained database works on a copy of its file.
 
@@ -195,6 +196,106 @@ def allow_base_model(admin, path, role="public"):
     its name, ``tiny``, or by the folder as registered)."""
     admin.execute(f"CREATE OR REPLACE BASE MODEL tiny FROM '{path}'").fetchall()
     admin.execute(f"GRANT USAGE ON BASE MODEL tiny TO ROLE {role}").fetchall()
+
+
+#: The privilege matrix's training query, over the table every role of ``privilege_shop`` but outsider may read.
+PRIVILEGE_QUERY = "SELECT q AS prompt, a AS completion FROM main.faq"
+
+#: The privilege matrix's users, in the order of each case's ``allowed``: alice (role analyst), bob (viewer), eve
+#: (outsider).
+PRIVILEGE_USERS = ("alice", "bob", "eve")
+
+#: The privilege matrix, replayed in-process (tests/test_privileges.py) and over the PostgreSQL wire
+#: (tests/test_pgwire.py) on copies of ``privilege_shop``. Each case: (action, SQL, whether alice / bob / eve may do it, the
+#: message a denial carries, the administrator's statement that undoes an allowed case or None). In the SQL, {u}
+#: is the user, {base} the tiny model's folder, {opts} ``ONE_EPOCH``.
+PRIVILEGE_MATRIX = [
+    ("finetune from a granted table",
+     f"SELECT finetune('CREATE', 'ml.m_{{u}}', '{{base}}', '{PRIVILEGE_QUERY}', NULL, '{{opts}}')",
+     (True, False, False), "CREATE MODEL is required|USAGE is required", None),
+    ("finetune into a schema without CREATE MODEL",
+     f"SELECT finetune('CREATE', 'main.m_{{u}}', '{{base}}', '{PRIVILEGE_QUERY}', NULL, '{{opts}}')",
+     (False, False, False), "operate on schema 'main'", None),
+    ("finetune from a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret')",
+     (False, False, False), "operate on table 'main.secret'|schema 'ml'", None),
+    ("finetune through a view over a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret_view')",
+     (False, False, False), "'main.secret'|schema 'ml'", None),
+    ("finetune with a CTE hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'WITH s AS (SELECT * FROM secret) "
+     "SELECT q AS prompt, a AS completion FROM s')", (False, False, False), "'main.secret'|schema 'ml'", None),
+    ("finetune with a subquery hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
+     "WHERE q IN (SELECT q FROM secret)')", (False, False, False), "'main.secret'|schema 'ml'", None),
+    ("finetune with a UNION hiding a forbidden table",
+     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
+     "UNION ALL SELECT q, a FROM secret')", (False, False, False), "'main.secret'|schema 'ml'", None),
+    ("finetune from a file", "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', "
+     "'SELECT q AS prompt, a AS completion FROM read_csv(''/etc/hosts'')')", (False, False, False),
+     "administrator only|CREATE MODEL|schema 'ml'", None),
+    ("complete with a model", "SELECT complete('ml.shared_bot', 'hi', '{{\"max_tokens\": 2}}') IS NOT NULL",
+     (True, True, False), "operate on (model 'ml.shared_bot'|schema 'ml')", None),
+    ("describe a model", "DESCRIBE MODEL ml.shared_bot", (True, True, False), "USAGE is required", None),
+    ("select a granted table", "SELECT count(*) FROM faq", (True, False, False), "operate on (table|schema)", None),
+    ("select a forbidden table", "SELECT count(*) FROM secret", (False, False, False), "operate on (table|schema)",
+     None),
+    ("select a view over a forbidden table", "SELECT count(*) FROM secret_view", (False, False, False),
+     "'main.secret'|schema 'main'", None),
+    ("copy a forbidden table into a new one", "CREATE TABLE ml.copy_{u} AS SELECT * FROM secret",
+     (False, False, False), "operate on", None),
+    ("insert into a table without INSERT", "INSERT INTO faq VALUES ('x', 'y')", (False, False, False),
+     "INSERT is required|schema 'main'", None),
+    ("delete from a table", "DELETE FROM secret", (False, False, False), "operate on", None),
+    ("read a file", "SELECT * FROM read_csv('/etc/hosts')", (False, False, False), "administrator only", None),
+    ("write the catalog", "DELETE FROM duckdb_ft.models", (False, False, False), "duckdb_ft", None),
+    ("read the catalog", "SELECT * FROM duckdb_ft.grants", (False, False, False), "duckdb_ft", None),
+    ("change configuration", "SET threads = 1", (False, False, False), "administrator only", None),
+    ("attach another database", "ATTACH ':memory:' AS other", (False, False, False), "administrator only", None),
+    ("export data", "COPY faq TO '/tmp/faq.csv'", (False, False, False), "administrator only", None),
+    ("create a role", "CREATE ROLE r_{u}", (False, False, False), "administrator only", None),
+    ("grant a role", "GRANT ROLE analyst TO USER {u}2", (False, False, False), "administrator only", None),
+    ("grant usage on an owned model", "GRANT USAGE ON MODEL ml.shared_bot TO ROLE outsider",
+     (True, False, False), "OWNERSHIP", "REVOKE USAGE ON MODEL ml.shared_bot FROM ROLE outsider"),
+    ("use a role not granted", "USE ROLE analyst", (True, False, False), "not granted to user", None),
+]
+
+
+@pytest.fixture(scope="session")
+def privilege_shop(tmp_path_factory, tiny_model_path):
+    """The privilege matrix's database file and the job id of its model: tables faq and secret, views over each,
+    schema ml, roles analyst (alice; USAGE on main and ml, CREATE MODEL on ml, SELECT on faq, faq_view and
+    secret_view), viewer (bob; USAGE on ml and on model ml.shared_bot), outsider (eve) and senior (carol; granted
+    analyst), the model ml.shared_bot trained from the tiny model and owned by analyst, the tiny model a base model
+    every role may name. Built once a run and never changed: a test works on a copy of the file."""
+    import duckdb_ft
+
+    path = str(tmp_path_factory.mktemp("priv") / "shop.duckdb")
+    base = tiny_model_path
+    admin = duckdb_ft.connect(path)
+    admin.execute("CREATE TABLE faq AS SELECT 'question ' || i AS q, 'answer ' || i AS a FROM range(20) t(i)")
+    admin.execute("CREATE TABLE secret AS SELECT 'salary of ' || i AS q, (1000 * i)::VARCHAR AS a FROM range(20) t(i)")
+    admin.execute("CREATE VIEW secret_view AS SELECT * FROM secret")
+    admin.execute("CREATE VIEW faq_view AS SELECT * FROM faq")
+    admin.execute("CREATE SCHEMA ml")
+    for stmt in [
+        "CREATE ROLE analyst", "CREATE ROLE viewer", "CREATE ROLE outsider", "CREATE ROLE senior",
+        "GRANT USAGE ON SCHEMA main TO ROLE analyst", "GRANT USAGE ON SCHEMA ml TO ROLE analyst",
+        "GRANT CREATE MODEL ON SCHEMA ml TO ROLE analyst", "GRANT SELECT ON TABLE faq TO ROLE analyst",
+        "GRANT SELECT ON VIEW faq_view TO ROLE analyst", "GRANT SELECT ON VIEW secret_view TO ROLE analyst",
+        "GRANT USAGE ON SCHEMA ml TO ROLE viewer",
+        "GRANT ROLE analyst TO USER alice", "GRANT ROLE viewer TO USER bob", "GRANT ROLE outsider TO USER eve",
+        "GRANT ROLE analyst TO ROLE senior", "GRANT ROLE senior TO USER carol",
+    ]:
+        admin.execute(stmt).fetchall()
+    job = admin.execute("SELECT finetune('CREATE', 'ml.shared_bot', ?, ?, NULL, ?)",
+                        [base, PRIVILEGE_QUERY, ONE_EPOCH]).fetchall()[0][0]
+    assert duckdb_ft.wait(admin, job) == "SUCCESS"
+    admin.execute("GRANT OWNERSHIP ON MODEL ml.shared_bot TO ROLE analyst").fetchall()
+    admin.execute("GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer").fetchall()
+    allow_base_model(admin, base)  # the folder is a base model every role may name
+    admin.close()
+    return path, job
 
 
 @pytest.fixture(scope="session")

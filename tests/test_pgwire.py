@@ -20,7 +20,8 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import COMMAND, Server, allow_base_model, wait_for  # noqa: E402
+from conftest import (  # noqa: E402
+    COMMAND, ONE_EPOCH, PRIVILEGE_MATRIX, PRIVILEGE_USERS, Server, allow_base_model, wait_for)
 
 PASSWORD = "alice password 1"
 BOB = "bobs password"
@@ -404,61 +405,124 @@ def test_twenty_concurrent_clients_get_right_answers(server):
 
 
 def readme_blocks() -> dict[str, str]:
-    """The sh and python blocks of the README's "PostgreSQL clients" section."""
+    """The sql, sh and python blocks of the README's "PostgreSQL clients" section, by language."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = text.split("### PostgreSQL clients", 1)[1].split("\n## ", 1)[0]
-    return {lang: body for lang, body in re.findall(r"```(sh|python)\n(.*?)```", section, re.S)}
+    blocks = re.findall(r"```(sql|sh|python)\n(.*?)```", section, re.S)
+    assert sorted(lang for lang, _ in blocks) == ["python", "sh", "sql"], blocks
+    return dict(blocks)
 
 
 @pytest.mark.slow
-def test_the_readme_psql_and_sqlalchemy_recipes_run(server):
-    blocks = readme_blocks()
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
-    if shutil.which("psql"):
-        done = subprocess.run(["bash", "-c", blocks["sh"].replace("5433", str(server.port))], capture_output=True,
-                              text=True, timeout=60, env=env)
-        assert done.returncode == 0 and "pub" in done.stdout and "secret" not in done.stdout, done.stderr
-    done = subprocess.run([sys.executable, "-c", blocks["python"].replace("5433", str(server.port))],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "['pairs', 'pub']" in done.stdout and "apple" in done.stdout and '"choices"' in done.stdout
-
-
-#: Statements whose answer (rows, or the SQLSTATE of their refusal) must be the same over the wire as in-process.
-DIFFERENTIAL = [
-    "SELECT count(*) FROM pub", "SELECT name FROM pub_names ORDER BY 1", "SELECT count(*) FROM secret",
-    "WITH s AS (SELECT * FROM secret) SELECT count(*) FROM s", "SELECT count(*) FROM pub WHERE id IN (SELECT x FROM secret)",
-    "SELECT * FROM pub UNION ALL SELECT x, NULL, NULL FROM secret", "SELECT * FROM read_csv('/etc/hosts')",
-    "SELECT * FROM duckdb_ft.grants", "DELETE FROM duckdb_ft.models", "INSERT INTO pub VALUES (9, 'x', 1)",
-    "DELETE FROM secret", "CREATE TABLE copy AS SELECT * FROM secret", "SET threads = 1", "ATTACH ':memory:' AS o",
-    "COPY pub TO '/tmp/pub.csv'", "CREATE ROLE r2", "GRANT ROLE analyst TO USER bob", "USE ROLE reader",
-    "SELECT finetune('DESCRIBE', 'ft_nope')", "SELECT finetune('CREATE', 'm2', 'tiny', 'SELECT q AS prompt, "
-    "a AS completion FROM secret')", "DESCRIBE MODEL nope", "SELECT count(*) FROM pairs",
-]
-
-
-@pytest.mark.slow
-def test_the_wire_answers_and_refuses_exactly_as_in_process(server):
+def test_the_readme_recipe_runs_from_a_new_file_to_psql_and_pandas(tmp_path, tiny_model_path):
+    """The README's section as a user follows it: its SQL in the shell on a new file, `duckdb-ft serve --pg-port`,
+    its psql line and its Python (the built-in model swapped for the tiny one, registered under its name)."""
     import duckdb_ft
+
+    blocks = readme_blocks()
+    db = tmp_path / "shop.duckdb"
+    done = subprocess.run([*COMMAND, str(db)], input=blocks["sql"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Error" not in done.stdout + done.stderr, done.stdout + done.stderr
+    admin = duckdb_ft.connect(str(db))
+    allow_base_model(admin, tiny_model_path)
+    admin.close()
+    serve, *lines = blocks["sh"].strip().splitlines()
+    assert serve.startswith("duckdb-ft serve shop.duckdb --pg-port 5433 &"), serve
+    server = WireServer(db)  # the same command, on free ports
+    try:
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
+        if shutil.which("psql"):
+            done = subprocess.run(["bash", "-c", "\n".join(lines).replace("5433", str(server.port))],
+                                  capture_output=True, text=True, timeout=60, env=env)
+            assert done.returncode == 0 and "pub" in done.stdout and "secret" not in done.stdout, done.stderr
+        code = blocks["python"].replace("5433", str(server.port)).replace("'smollm2-135m'", "'tiny'")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "['pub']" in done.stdout and "apple" in done.stdout and "plum" not in done.stdout, done.stdout
+        assert '"choices"' in done.stdout, done.stdout
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def matrix_server(tmp_path_factory, privilege_shop):
+    """A copy of the privilege matrix's database (conftest.privilege_shop), its users given passwords and an
+    administrator ``boss``, served; beside it a copy of the same file for in-process answers."""
+    import duckdb_ft
+
+    folder = tmp_path_factory.mktemp("pgwire_matrix")
+    db = folder / "shop.duckdb"
+    shutil.copyfile(privilege_shop[0], db)
+    admin = duckdb_ft.connect(str(db))
+    for user in (*PRIVILEGE_USERS, "boss"):
+        admin.execute(f"CREATE USER {user} PASSWORD = '{user} password'").fetchall()
+    admin.execute("GRANT ROLE admin TO USER boss").fetchall()
+    admin.close()
+    shutil.copyfile(db, folder / "in_process.duckdb")
+    s = WireServer(db)
+    s.in_process = str(folder / "in_process.duckdb")
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.log(), s.log()
+
+
+def outcome(run) -> tuple[str, object, str]:
+    """("ok", rows, "") or ("refused", SQLSTATE, message) of ``run()``, in-process or over the wire."""
     from duckdb_ft.server.pgsession import sqlstate
 
-    def outcome(run):
-        try:
-            return "ok", [tuple(r) for r in run()]
-        except psycopg.Error as e:
-            return "refused", e.sqlstate
-        except Exception as e:  # noqa: BLE001 - a duckdb-ft error in-process: its SQLSTATE on the wire
-            return "refused", sqlstate(e)
-
-    local = duckdb_ft.connect(server.in_process, user="alice")
     try:
-        with server.connect(autocommit=True) as wire:
-            for sql in DIFFERENTIAL:
-                here = outcome(lambda: local.execute(sql).fetchall())
-                there = outcome(lambda: wire.execute(sql).fetchall())
-                assert there == here, sql
+        return "ok", [tuple(r) for r in run()], ""
+    except psycopg.Error as e:
+        return "refused", e.sqlstate, str(e)
+    except Exception as e:  # noqa: BLE001 - a duckdb-ft error in-process: its SQLSTATE on the wire
+        return "refused", sqlstate(e), str(e)
+
+
+def without_job_ids(answer: tuple[str, object, str]) -> tuple[str, object]:
+    """An outcome's kind and rows or SQLSTATE, a new job's id (``ft_<uuid>``, one per side) blanked."""
+    kind, value, _ = answer
+    if kind == "ok":
+        value = [tuple(re.sub(r"^ft_[0-9a-f-]{36}$", "ft_<id>", v) if isinstance(v, str) else v for v in row)
+                 for row in value]
+    return kind, value
+
+
+@pytest.mark.slow
+def test_the_privilege_matrix_is_answered_over_the_wire_exactly_as_in_process(matrix_server, tiny_model_path):
+    """Every case of the privilege matrix (conftest.PRIVILEGE_MATRIX, tests/test_privileges.py's), run by each of
+    its users in-process and over psycopg on copies of one database: the same rows or the same refusal (42501,
+    duckdb-ft's message), allowed exactly where the matrix allows, and the catalogs alike at the end."""
+    import duckdb_ft
+
+    local_admin = duckdb_ft.connect(matrix_server.in_process)
+    wire_admin = matrix_server.connect(user="boss", password="boss password", autocommit=True)
+    try:
+        for index, user in enumerate(PRIVILEGE_USERS):
+            local = duckdb_ft.connect(matrix_server.in_process, user=user)
+            with matrix_server.connect(user=user, password=f"{user} password", autocommit=True) as wire:
+                for action, sql, allowed, message, undo in PRIVILEGE_MATRIX:
+                    text = sql.format(u=user, base=tiny_model_path, opts=ONE_EPOCH)
+                    here = outcome(lambda: local.execute(text).fetchall())
+                    there = outcome(lambda: wire.execute(text).fetchall())
+                    case = f"{user}: {action}"
+                    assert without_job_ids(there) == without_job_ids(here), case
+                    assert (here[0] == "ok") == allowed[index], (case, here)
+                    if here[0] == "refused":
+                        assert here[1] == "42501" and re.search(message, there[2]), (case, there)
+                    elif action.startswith("finetune"):  # each side's job trains to its end
+                        assert duckdb_ft.wait(local_admin, here[1][0][0]) == "SUCCESS"
+                        assert wire.execute("SELECT finetune('WAIT', %s, 600)", [there[1][0][0]]).fetchone() == (
+                            "SUCCESS",)
+                    if undo and here[0] == "ok":
+                        local_admin.execute(undo).fetchall()
+                        wire_admin.execute(undo)
+            local.close()
+        for table in ("jobs", "models", "grants", "roles", "role_members", "object_owners"):
+            count = f"SELECT count(*) FROM duckdb_ft.{table}"
+            assert wire_admin.execute(count).fetchone() == local_admin.execute(count).fetchone(), table
     finally:
-        local.close()
+        wire_admin.close()
+        local_admin.close()
 
 
 def test_values_python_cannot_hold_and_types_postgresql_lacks_never_end_the_connection(server):

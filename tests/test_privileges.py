@@ -9,10 +9,8 @@ import shutil
 import pytest
 
 import duckdb_ft
-from conftest import ONE_EPOCH, allow_base_model
+from conftest import ONE_EPOCH, PRIVILEGE_MATRIX, PRIVILEGE_QUERY as GOOD_Q, PRIVILEGE_USERS
 from duckdb_ft.errors import PermissionDenied
-
-GOOD_Q = "SELECT q AS prompt, a AS completion FROM main.faq"
 
 
 def state(admin):
@@ -26,37 +24,6 @@ def state(admin):
     return out
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory, tiny_model_path):
-    """The shop's database file: tables, views, roles and grants, and the model ml.shared_bot owned by analyst.
-    Built and trained once; each test gets a copy (``db``)."""
-    path = str(tmp_path_factory.mktemp("priv") / "shop.duckdb")
-    admin = duckdb_ft.connect(path)
-    admin.execute("CREATE TABLE faq AS SELECT 'question ' || i AS q, 'answer ' || i AS a FROM range(20) t(i)")
-    admin.execute("CREATE TABLE secret AS SELECT 'salary of ' || i AS q, (1000 * i)::VARCHAR AS a FROM range(20) t(i)")
-    admin.execute("CREATE VIEW secret_view AS SELECT * FROM secret")
-    admin.execute("CREATE VIEW faq_view AS SELECT * FROM faq")
-    admin.execute("CREATE SCHEMA ml")
-    for stmt in [
-        "CREATE ROLE analyst", "CREATE ROLE viewer", "CREATE ROLE outsider", "CREATE ROLE senior",
-        "GRANT USAGE ON SCHEMA main TO ROLE analyst", "GRANT USAGE ON SCHEMA ml TO ROLE analyst",
-        "GRANT CREATE MODEL ON SCHEMA ml TO ROLE analyst", "GRANT SELECT ON TABLE faq TO ROLE analyst",
-        "GRANT SELECT ON VIEW faq_view TO ROLE analyst", "GRANT SELECT ON VIEW secret_view TO ROLE analyst",
-        "GRANT USAGE ON SCHEMA ml TO ROLE viewer",
-        "GRANT ROLE analyst TO USER alice", "GRANT ROLE viewer TO USER bob", "GRANT ROLE outsider TO USER eve",
-        "GRANT ROLE analyst TO ROLE senior", "GRANT ROLE senior TO USER carol",
-    ]:
-        admin.execute(stmt).fetchall()
-    job = admin.execute("SELECT finetune('CREATE', 'ml.shared_bot', ?, ?, NULL, ?)",
-                        [tiny_model_path, GOOD_Q, ONE_EPOCH]).fetchall()[0][0]
-    assert duckdb_ft.wait(admin, job) == "SUCCESS"
-    admin.execute("GRANT OWNERSHIP ON MODEL ml.shared_bot TO ROLE analyst").fetchall()
-    admin.execute("GRANT USAGE ON MODEL ml.shared_bot TO ROLE viewer").fetchall()
-    allow_base_model(admin, tiny_model_path)  # the folder is a base model every role may name
-    admin.close()
-    return path, job
-
-
 class Sessions(dict):
     """``db[user]``: a connection of that user (``db["admin"]``: the administrator's), opened on first use."""
 
@@ -67,11 +34,12 @@ class Sessions(dict):
 
 
 @pytest.fixture
-def db(shop, tmp_path, tiny_model_path):
-    """A copy of the shop's database for one test, which may change it as it likes; its sessions by user."""
+def db(privilege_shop, tmp_path, tiny_model_path):
+    """A copy of the privilege matrix's database (conftest.privilege_shop) for one test, which may change it as it
+    likes; its sessions by user."""
     path = str(tmp_path / "shop.duckdb")
-    shutil.copyfile(shop[0], path)
-    sessions = Sessions(path=path, job=shop[1], base=tiny_model_path)
+    shutil.copyfile(privilege_shop[0], path)
+    sessions = Sessions(path=path, job=privilege_shop[1], base=tiny_model_path)
     sessions["admin"]  # noqa: B018 - opened first, closed last
     yield sessions
     for user in [u for u in sessions if u not in ("path", "job", "base", "admin")] + ["admin"]:
@@ -82,61 +50,10 @@ def attempt(con, sql, *params):
     return con.execute(sql, list(params)).fetchall()
 
 
-# Each case: (action name, SQL, whether alice / bob / eve may do it, the message a denial carries).
-# {base} is the tiny model's folder.
-MATRIX = [
-    ("finetune from a granted table", f"SELECT finetune('CREATE', 'ml.m_{{u}}', '{{base}}', '{GOOD_Q}', NULL, '{{opts}}')",
-     (True, False, False), "CREATE MODEL is required|USAGE is required"),
-    ("finetune into a schema without CREATE MODEL",
-     f"SELECT finetune('CREATE', 'main.m_{{u}}', '{{base}}', '{GOOD_Q}', NULL, '{{opts}}')",
-     (False, False, False), "operate on schema 'main'"),
-    ("finetune from a forbidden table",
-     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret')",
-     (False, False, False), "operate on table 'main.secret'|schema 'ml'"),
-    ("finetune through a view over a forbidden table",
-     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM secret_view')",
-     (False, False, False), "'main.secret'|schema 'ml'"),
-    ("finetune with a CTE hiding a forbidden table",
-     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'WITH s AS (SELECT * FROM secret) "
-     "SELECT q AS prompt, a AS completion FROM s')", (False, False, False), "'main.secret'|schema 'ml'"),
-    ("finetune with a subquery hiding a forbidden table",
-     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
-     "WHERE q IN (SELECT q FROM secret)')", (False, False, False), "'main.secret'|schema 'ml'"),
-    ("finetune with a UNION hiding a forbidden table",
-     "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', 'SELECT q AS prompt, a AS completion FROM faq "
-     "UNION ALL SELECT q, a FROM secret')", (False, False, False), "'main.secret'|schema 'ml'"),
-    ("finetune from a file", "SELECT finetune('CREATE', 'ml.x_{u}', '{base}', "
-     "'SELECT q AS prompt, a AS completion FROM read_csv(''/etc/hosts'')')", (False, False, False),
-     "administrator only|CREATE MODEL|schema 'ml'"),
-    ("complete with a model", "SELECT complete('ml.shared_bot', 'hi', '{{\"max_tokens\": 2}}') IS NOT NULL",
-     (True, True, False), "operate on (model 'ml.shared_bot'|schema 'ml')"),
-    ("describe a model", "DESCRIBE MODEL ml.shared_bot", (True, True, False), "USAGE is required"),
-    ("select a granted table", "SELECT count(*) FROM faq", (True, False, False), "operate on (table|schema)"),
-    ("select a forbidden table", "SELECT count(*) FROM secret", (False, False, False), "operate on (table|schema)"),
-    ("select a view over a forbidden table", "SELECT count(*) FROM secret_view", (False, False, False),
-     "'main.secret'|schema 'main'"),
-    ("copy a forbidden table into a new one", "CREATE TABLE ml.copy_{u} AS SELECT * FROM secret",
-     (False, False, False), "operate on"),
-    ("insert into a table without INSERT", "INSERT INTO faq VALUES ('x', 'y')", (False, False, False),
-     "INSERT is required|schema 'main'"),
-    ("delete from a table", "DELETE FROM secret", (False, False, False), "operate on"),
-    ("read a file", "SELECT * FROM read_csv('/etc/hosts')", (False, False, False), "administrator only"),
-    ("write the catalog", "DELETE FROM duckdb_ft.models", (False, False, False), "duckdb_ft"),
-    ("read the catalog", "SELECT * FROM duckdb_ft.grants", (False, False, False), "duckdb_ft"),
-    ("change configuration", "SET threads = 1", (False, False, False), "administrator only"),
-    ("attach another database", "ATTACH ':memory:' AS other", (False, False, False), "administrator only"),
-    ("export data", "COPY faq TO '/tmp/faq.csv'", (False, False, False), "administrator only"),
-    ("create a role", "CREATE ROLE r_{u}", (False, False, False), "administrator only"),
-    ("grant a role", "GRANT ROLE analyst TO USER {u}2", (False, False, False), "administrator only"),
-    ("grant usage on an owned model", "GRANT USAGE ON MODEL ml.shared_bot TO ROLE outsider",
-     (True, False, False), "OWNERSHIP"),
-    ("use a role not granted", "USE ROLE analyst", (True, False, False), "not granted to user"),
-]
-
-
-@pytest.mark.parametrize("user_index, user", [(0, "alice"), (1, "bob"), (2, "eve")])
-@pytest.mark.parametrize("action, sql, allowed, message", MATRIX, ids=[m[0] for m in MATRIX])
-def test_privilege_matrix(db, action, sql, allowed, message, user_index, user):
+@pytest.mark.parametrize("user_index, user", list(enumerate(PRIVILEGE_USERS)))
+@pytest.mark.parametrize("action, sql, allowed, message, undo", PRIVILEGE_MATRIX,
+                         ids=[m[0] for m in PRIVILEGE_MATRIX])
+def test_privilege_matrix(db, action, sql, allowed, message, undo, user_index, user):
     con, admin = db[user], db["admin"]
     text = sql.format(u=user, base=db["base"], opts=ONE_EPOCH)
     before = state(admin)
@@ -145,8 +62,8 @@ def test_privilege_matrix(db, action, sql, allowed, message, user_index, user):
         assert rows, action
         if action.startswith("finetune"):
             assert duckdb_ft.wait(admin, rows[0][0]) == "SUCCESS"
-        if action == "grant usage on an owned model":
-            attempt(admin, "REVOKE USAGE ON MODEL ml.shared_bot FROM ROLE outsider")
+        if undo:
+            attempt(admin, undo)
         if action == "use a role not granted":
             attempt(con, "USE ROLE analyst")
     else:
