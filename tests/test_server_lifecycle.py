@@ -1,5 +1,6 @@
-"""``duckdb-ft serve``'s lifetime: SIGTERM while a job trains and answers stream exits 0 without a traceback, the
-streams finished or cut, the job checkpointed and resumed by the next start; SIGKILL then a start resumes it again."""
+"""``duckdb-ft serve``'s lifetime: SIGTERM while a job trains and 16 answers stream exits 0 without a traceback,
+each stream finished or cut by an error event, the job checkpointed and resumed from its checkpoint by the next
+start (the steps before it are not trained again); SIGKILL then a start resumes it again."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def queue_depth(server, token):
                 if line.startswith("duckdb_ft_queue_depth"))
 
 
+STREAMS = 16
+
+
+def history(con, job, up_to):
+    """The job's per-step metrics up to step ``up_to``, as rows (elapsed_s included: rewritten rows would differ)."""
+    return con.execute("SELECT step, epoch, training_loss, tokens, elapsed_s FROM finetune_history(?) "
+                       "WHERE step <= ? ORDER BY step", [job, up_to]).fetchall()
+
+
 def test_sigterm_mid_stream_and_training_exits_0_and_restarts_resume_the_job(tmp_path, tiny_model_path):
     import duckdb_ft
     from duckdb_ft.governance.credentials import first_token
@@ -61,35 +71,51 @@ def test_sigterm_mid_stream_and_training_exits_0_and_restarts_resume_the_job(tmp
     wait_for(lambda: steps(server, token, job) >= 2, what="the job's first steps")
     assert f'duckdb_ft_job_training_tokens_per_second{{job_id="{job}"}}' in metrics(server, token)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0, timeout=120)
-    ends: list[str] = []
+    sending: list[int] = []  # one entry per stream that has received text
+    ends: list[str] = []  # per stream: its finish_reason, or the code of the error event that cut it
 
     def stream() -> None:
         try:
-            chunks = list(client.completions.create(model="tiny", prompt="Tell me a story", max_tokens=300,
-                                                    stream=True))
-            ends.append(chunks[-1].choices[0].finish_reason or "cut")
-        except (openai.APIError, ValueError) as e:  # cut by the deadline, or refused while stopping
-            ends.append(type(e).__name__)
+            chunks = []
+            for c in client.completions.create(model="tiny", prompt="Tell me a story", max_tokens=300, stream=True):
+                if not chunks:
+                    sending.append(1)
+                chunks.append(c)
+            ends.append(chunks[-1].choices[0].finish_reason or "no finish_reason")
+        except openai.APIError as e:  # cut at the grace deadline: an error event in OpenAI's shape
+            ends.append(e.body.get("code") if isinstance(e.body, dict) else f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=stream) for _ in range(8)]
+    threads = [threading.Thread(target=stream) for _ in range(STREAMS)]
     for t in threads:
         t.start()
-    wait_for(lambda: queue_depth(server, token) >= 1, what="streams in flight")
+    wait_for(lambda: len(sending) == STREAMS or ends, what=f"{STREAMS} streams sending text")
+    assert not ends and len(sending) == STREAMS, ends  # every stream is in flight when SIGTERM comes
     assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
     for t in threads:
         t.join(60)
-    assert len(ends) == 8 and not any(t.is_alive() for t in threads)
-    assert "Traceback" not in server.log()
+    assert not any(t.is_alive() for t in threads) and len(ends) == STREAMS
+    assert set(ends) <= {"length", "stop", "server_shutting_down"}, ends  # finished, or cut by an error event
+    log = server.log()
+    assert "Traceback" not in log and "stopped; the database is closed" in log, log[-3000:]
 
     stopped = duckdb_ft.connect(db)
     described = json.loads(stopped.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchall()[0][0])
+    checkpoint = stopped.execute("SELECT step FROM duckdb_ft.checkpoints WHERE job_id = ?", [job]).fetchall()
+    assert described["status"] == "ERROR" and checkpoint and checkpoint[0][0] > 0, (described, checkpoint)
+    at = checkpoint[0][0]
+    before = history(stopped, job, at)
     stopped.close()
-    assert described["status"] == "ERROR" and described["step"] > 0, described  # checkpointed, resumable
+    assert [r[0] for r in before][-1] == at  # the metrics up to the checkpoint were written
 
-    server = Server(db)  # resumes the job
-    wait_for(lambda: job_state(server, token, job)[0] == "IN_PROGRESS", what="the job to resume")
+    server = Server(db)  # resumes the job from its checkpoint, and it trains on past it
+    wait_for(lambda: steps(server, token, job) > at, what="the job to resume and train past its checkpoint")
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     server = Server(db)  # after a SIGKILL too
     wait_for(lambda: job_state(server, token, job)[0] == "IN_PROGRESS", what="the job to resume after SIGKILL")
     sql(server, token, f"SELECT finetune('CANCEL', '{job}')")
     assert server.stop() == 0 and "Traceback" not in server.log()
+    after = duckdb_ft.connect(db)
+    try:  # resumed, not restarted: the steps up to the checkpoint were never trained (and logged) again
+        assert history(after, job, at) == before
+    finally:
+        after.close()
