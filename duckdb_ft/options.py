@@ -116,7 +116,8 @@ class TrainingOptions:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm (0 disables clipping)."""
     validation_fraction: float = 0.1
-    """With no validation query: the share of training rows held out (by a hash of the row, so deterministic)."""
+    """With no validation query: the share of training rows held out (by a hash of the row, so deterministic) and
+    not trained on; 0 trains on every row (the validation loss is then measured on training rows)."""
     eval_steps: int = 0
     """Also evaluate every this many optimizer steps (0: only at each epoch's end)."""
     seed: int = 42

@@ -16,7 +16,8 @@ DESCRIBE_FIELDS: dict[str, Any] = {
     "started_on": "BIGINT", "finished_on": "BIGINT", "model": "VARCHAR", "training_data": "VARCHAR",
     "validation_data": "VARCHAR", "trained_tokens": "BIGINT",
     "training_result": {"training_loss": "DOUBLE", "validation_loss": "DOUBLE"}, "options": "JSON", "cleaning": "JSON",
-    "train_rows": "BIGINT", "validation_rows": "BIGINT", "skipped_rows": "BIGINT", "truncated_rows": "BIGINT",
+    "train_rows": "BIGINT", "validation_rows": "BIGINT", "held_out_rows": "BIGINT", "skipped_rows": "BIGINT",
+    "truncated_rows": "BIGINT",
     "step": "BIGINT", "total_steps": "BIGINT", "best_step": "BIGINT", "stopped_early": "BOOLEAN",
     "workers": "BIGINT", "model_version": "VARCHAR", "parent_model": "VARCHAR",
     "method_metrics": "MAP(VARCHAR, DOUBLE)", "error": {"message": "VARCHAR"},
@@ -47,6 +48,9 @@ def describe(job: dict[str, Any]) -> dict[str, Any]:
         "model": f"{job['schema_name']}.{job['model_name']}",
         "training_data": job["training_query"],
         "validation_data": job["validation_query"] or job["validation_source"],
+        # rows of the training query held out to validate, not trained on (no validation query): 0 when a
+        # validation query validates, or every row trains (validation_fraction 0, or too few rows to split)
+        "held_out_rows": 0 if job["validation_query"] else (job["validation_rows"] or 0),
         "trained_tokens": job["trained_tokens"] or 0,
         "training_result": {"training_loss": job["training_loss"], "validation_loss": job["validation_loss"]},
         "options": json.loads(job["options"]),

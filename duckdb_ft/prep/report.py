@@ -282,11 +282,22 @@ def _warnings(cur: Any, st: Stage, findings: str, opts: TrainingOptions, r: dict
         warn("long_rows", f"the longest {top} rows carry {learned.top_sum(top) / total:.0%} of the trained "
              f"completion tokens: most of the loss budget goes to a few rows",
              "shorten or split the long rows, or lower max_seq_length")
-    val = r["rows"]["kept"]["validation"]
-    if r["rows"]["validation_source"].startswith("training rows"):
+    val, source = r["rows"]["kept"]["validation"], r["rows"]["validation_source"]
+    if source.startswith("training rows") and not round(opts.validation_fraction * 100):
+        warn("no_validation", f"validation_fraction {opts.validation_fraction:g}: every row trains, and the "
+             "validation loss (and keep_best's choice of step) is measured on training rows",
+             "pass a validation query to measure on rows the model does not train on")
+    elif source.startswith("training rows"):
         warn("no_validation", "too few rows to hold some out: the validation loss is measured on training rows",
              "pass a validation query, or add rows")
-    elif val < MIN_VALIDATION_ROWS:
+    elif not st.has_validation_query and n + val < GOOD_ROWS:
+        warn("held_out_rows", f"{val} of your {n + val} rows ({val / (n + val):.0%}) are held out to measure the "
+             f"validation loss and are not trained on (no validation query; validation_fraction "
+             f"{opts.validation_fraction:g}): on a table under {GOOD_ROWS} rows each row counts",
+             'set {"validation_fraction": 0} to train on every row (the validation loss is then measured on '
+             'training rows), or pass a validation query')
+    if (val < MIN_VALIDATION_ROWS and not source.startswith("training rows")
+            and (st.has_validation_query or n + val >= GOOD_ROWS)):
         warn("small_validation", f"{val} validation rows: too few to tell two runs apart by validation loss",
              f"use at least {MIN_VALIDATION_ROWS} (a validation query, or a larger validation_fraction)")
     classes = cur.execute(f"SELECT count(*) AS n FROM {st.table} WHERE dropped IS NULL AND split = 'train' "

@@ -37,6 +37,8 @@ class Stage:
     table: str
     has_validation_query: bool
     validation_source: str = ""
+    validation_fraction: float = 0.0
+    """The share of the training query's rows held out when there is no validation query (0: every row trains)."""
 
     def counts(self, cur: Any) -> dict[str, int]:
         """Rows kept per split."""
@@ -69,7 +71,8 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
     :mod:`duckdb_ft.prep.scratch`) a table there, the rows streamed to it in Arrow record batches.
     """
     table = f"__ft_stage_{uuid.uuid4().hex}"
-    holdout = 0 if val_q else int(round(opts.validation_fraction * 100))
+    fraction = 0.0 if val_q else opts.validation_fraction
+    holdout = int(round(fraction * 100))
     split = (f"CASE WHEN hash(prompt, completion) % 100 < {holdout} THEN 'validation' ELSE 'train' END"
              if holdout else "'train'")
     columns = _COLUMNS[opts.method]  # a dpo row's chosen answer is its completion
@@ -86,7 +89,7 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
         cur.execute(f"CREATE TEMP TABLE {table} AS {selects[0]}")
         for select in selects[1:]:
             cur.execute(f"INSERT INTO {table} {select}")
-        return Stage(table, bool(val_q))
+        return Stage(table, bool(val_q), validation_fraction=fraction)
     into.execute(f"CREATE TEMP TABLE {table} (query VARCHAR, row BIGINT, split VARCHAR, prompt VARCHAR, "
                  f"completion VARCHAR, rejected VARCHAR, label BOOLEAN, dropped VARCHAR)")
     for select in selects:
@@ -97,7 +100,7 @@ def stage(cur: Any, train_q: str, val_q: str | None, opts: TrainingOptions, into
                     into.execute(f"INSERT INTO {table} SELECT * FROM __ft_staged_batch")
         finally:
             reader.close()
-    return Stage(table, bool(val_q))
+    return Stage(table, bool(val_q), validation_fraction=fraction)
 
 
 #: A preference row that cannot train, by method: (SQL condition on the staged row, what it says).
@@ -127,17 +130,22 @@ def check_preference_rows(cur: Any, st: Stage, method: str) -> None:
 
 
 def settle_splits(cur: Any, st: Stage) -> dict[str, int]:
-    """After cleaning: with too few rows to hold some out, every row trains (and validates); returns the counts.
+    """After cleaning: with too few rows to hold some out (or ``validation_fraction`` 0), every row trains (and
+    validates); returns the counts. ``validation_source`` says which, in words DESCRIBE shows as
+    ``validation_data``.
 
     Raises InvalidArgument when no training row is left.
     """
     counts = st.counts(cur)
-    st.validation_source = "validation query" if st.has_validation_query else "held-out training rows"
+    st.validation_source = ("validation query" if st.has_validation_query else
+                            f"held-out training rows (validation_fraction {st.validation_fraction:g}; not trained on)")
     if not st.has_validation_query and (sum(counts.values()) < MIN_ROWS_FOR_SPLIT or not counts.get("validation")
                                         or not counts.get("train")):
         cur.execute(f"UPDATE {st.table} SET split = 'train' WHERE split = 'validation'")
         counts = st.counts(cur)
-        st.validation_source = "training rows (too few rows to hold some out)"
+        st.validation_source = (f"training rows (validation_fraction {st.validation_fraction:g}: every row trains)"
+                                if not round(st.validation_fraction * 100) else
+                                "training rows (too few rows to hold some out)")
     if not counts.get("train"):
         kept = cur.execute(f"SELECT count(*) FILTER (dropped = 'skipped'), count(*) FILTER (dropped <> 'skipped') "
                            f"FROM {st.table} WHERE query = 'training'").fetchall()[0]
