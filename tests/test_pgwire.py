@@ -81,7 +81,7 @@ def server(tmp_path_factory, tiny_model_path):
     s.token = token
     yield s
     assert s.stop() == 0
-    assert "Traceback" not in s.log(), s.log()
+    assert "Traceback" not in s.log() and "Warning" not in s.log(), s.log()
 
 
 def sqlstate_of(con, sql, params=None) -> str:
@@ -248,6 +248,10 @@ def test_psql_lists_and_describes_tables_as_the_role_sees_them(server):
                    for line in described.splitlines() if "|" in line), described
     assert "apple" in psql("SELECT name FROM pub ORDER BY id")
     assert 'Did not find any relation named "secret"' in psql(r"\d secret", ok=False)
+    databases = psql(r"\l")  # the database the client named, alone
+    assert re.search(r"^ shop +\| alice +\| UTF8 ", databases, re.M) and "(1 row)" in databases, databases
+    assert re.search(r"^ alice +\|", psql(r"\du"), re.M)  # the session's user, alone
+    assert "(0 rows)" in psql(r"\df")  # no functions of the database (the catalog copy's own are not shown)
 
 
 def test_a_cancel_request_stops_the_running_statement_only(server):

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 import pyarrow as pa
@@ -130,8 +130,9 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def sandbox(session: Session) -> Any:
-    """A private in-memory DuckDB holding empty copies of what the role may read, external access off."""
+def sandbox(session: Session, database: str = "") -> Any:
+    """A private in-memory DuckDB holding empty copies of what the role may read, external access off;
+    ``database``, the name the client connected with, is the one database ``pg_database`` lists."""
     box = duckdb.connect(":memory:")
     for kind, schema, name, columns in readable(session):
         target = f"{_quote(schema)}.{_quote(name)}"
@@ -143,7 +144,7 @@ def sandbox(session: Session) -> Any:
         else:
             cols = ", ".join(f"{_quote(c)} {t}{'' if nullable else ' NOT NULL'}" for c, t, nullable in typed)
             box.execute(f"CREATE TABLE {target} ({cols})")
-    _shadow(box, session.user or "admin")
+    _shadow(box, session.user or "admin", database)
     box.execute("SET enable_external_access = false")
     box.execute("SET lock_configuration = true")
     return box
@@ -157,26 +158,31 @@ def _known(box: Any, type_name: str) -> bool:
         return False
 
 
-def _run(box: Any, sql: str, params: Any) -> Any:
+def _run(box: Any, sql: str, params: Any, fetch: Callable[[Any], Any]) -> Any:
+    """``fetch`` of the relation of catalog query ``sql`` on the copy (a relation: DuckDB's Arrow output of a
+    DB-API result would copy the rows, and warn)."""
     try:
-        return box.execute(rewrite(sql), params or None)
+        relation = box.sql(rewrite(sql), params=params or None)
+        if relation is None:
+            raise duckdb.InvalidInputException("a catalog query must end with a query")
+        return fetch(relation)
     except duckdb.Error as e:
         raise type(e)(f"{str(e).splitlines()[0]} (in a catalog query: duckdb-ft answers PostgreSQL's catalog "
                       "from DuckDB's pg_catalog)") from None
 
 
-def run_catalog_query(session: Session, sql: str, params: Any) -> pa.Table:
-    box = sandbox(session)
+def run_catalog_query(session: Session, sql: str, params: Any, database: str = "") -> pa.Table:
+    box = sandbox(session, database)
     try:
-        return _run(box, sql, params).to_arrow_table()
+        return _run(box, sql, params, lambda relation: relation.to_arrow_table())
     finally:
         box.close()
 
 
-def describe_catalog_query(session: Session, sql: str, nparams: int) -> list | None:
-    box = sandbox(session)
+def describe_catalog_query(session: Session, sql: str, nparams: int, database: str = "") -> list | None:
+    box = sandbox(session, database)
     try:
-        described = _run(box, "DESCRIBE " + sql, [None] * nparams).fetchall()
+        described = _run(box, "DESCRIBE " + sql, [None] * nparams, lambda relation: relation.fetchall())
     finally:
         box.close()
     return [(name, pg_type(kind) if kind != '"NULL"' else TEXT) for name, kind, *_ in described] or None
@@ -211,8 +217,8 @@ EMPTY_RELATIONS = {name: ", ".join(f"NULL::{t} AS {c}" for c, t in (p.split(":")
     "pg_foreign_table": "ftrelid:BIGINT ftserver:BIGINT ftoptions:VARCHAR[]",
     "pg_partitioned_table": "partrelid:BIGINT partstrat:VARCHAR partnatts:INTEGER partdefid:BIGINT "
                             "partattrs:INTEGER[] partexprs:VARCHAR",
-    "pg_roles": "oid:BIGINT rolname:VARCHAR rolsuper:BOOLEAN rolinherit:BOOLEAN rolcreaterole:BOOLEAN "
-                "rolcreatedb:BOOLEAN rolcanlogin:BOOLEAN rolconnlimit:INTEGER rolconfig:VARCHAR[]",
+    "pg_auth_members": "oid:BIGINT roleid:BIGINT member:BIGINT grantor:BIGINT admin_option:BOOLEAN "
+                       "inherit_option:BOOLEAN set_option:BOOLEAN",
     "pg_opclass": "oid:BIGINT opcmethod:BIGINT opcname:VARCHAR opcnamespace:BIGINT opcdefault:BOOLEAN "
                   "opcfamily:BIGINT opcintype:BIGINT",
     "pg_user": "usesysid:BIGINT usename:VARCHAR usesuper:BOOLEAN usecreatedb:BOOLEAN",
@@ -223,7 +229,20 @@ EMPTY_RELATIONS = {name: ", ".join(f"NULL::{t} AS {c}" for c, t in (p.split(":")
 NULL_FUNCTIONS = {"pg_get_statisticsobjdef_columns": (1,), "pg_get_triggerdef": (1, 2), "pg_get_ruledef": (1, 2),
                   "pg_get_partkeydef": (1,), "pg_get_indexdef": (1, 3), "pg_get_serial_sequence": (2,),
                   "pg_get_partition_constraintdef": (1,), "shobj_description": (2,),
-                  "pg_tablespace_location": (1,), "pg_encoding_to_char": (1,), "pg_relation_is_publishable": (1,)}
+                  "pg_tablespace_location": (1,), "pg_relation_is_publishable": (1,),
+                  "pg_get_function_result": (1,), "pg_get_function_arguments": (1,),
+                  "pg_get_function_identity_arguments": (1,)}
+
+#: ``pg_database``: one row, the database the client connected to (any name reaches the served one), UTF-8.
+DATABASE = ("16384::BIGINT AS oid, {name} AS datname, 10::BIGINT AS datdba, 6 AS encoding, 'c' AS datlocprovider, "
+            "false AS datistemplate, true AS datallowconn, -1 AS datconnlimit, 0::BIGINT AS datfrozenxid, "
+            "0::BIGINT AS datminmxid, 1663::BIGINT AS dattablespace, 'C' AS datcollate, 'C' AS datctype, "
+            "NULL::VARCHAR AS daticulocale, NULL::VARCHAR AS datcollversion, NULL::VARCHAR[] AS datacl")
+#: ``pg_roles``: one row, the session's user (``pg_get_userbyid`` names it for every oid); no role memberships.
+ROLES = ("10::BIGINT AS oid, {name} AS rolname, false AS rolsuper, true AS rolinherit, false AS rolcreaterole, "
+         "false AS rolcreatedb, true AS rolcanlogin, false AS rolreplication, -1 AS rolconnlimit, "
+         "'********' AS rolpassword, NULL::TIMESTAMPTZ AS rolvaliduntil, false AS rolbypassrls, "
+         "NULL::VARCHAR[] AS rolconfig")
 
 
 #: PostgreSQL's names of the types DuckDB's format_type() names otherwise (int4, varchar, ...): what SQLAlchemy
@@ -234,20 +253,28 @@ TYPE_NAMES = {16: "boolean", 20: "bigint", 21: "smallint", 23: "integer", 25: "t
               2950: "uuid", 17: "bytea"}
 
 
-def _shadow(box: Any, user: str) -> list[str]:
+def _shadow(box: Any, user: str, database: str = "") -> list[str]:
     """Table macros ``_pg_<relation>()`` in the copy: DuckDB's ``pg_catalog`` relations with the columns clients
-    read, and those it lacks, empty (macros, so that no catalog listing shows them); PostgreSQL's functions DuckDB
-    lacks (``pg_get_userbyid`` names the session's user). The relations' names."""
+    read, and those it lacks, empty (macros, so that no catalog listing shows them), but ``pg_database`` (the
+    client's ``database``) and ``pg_roles`` (the session's user); PostgreSQL's functions DuckDB lacks
+    (``pg_get_userbyid`` names the session's user). The relations' names."""
     names = [r[0] for r in box.execute("SELECT view_name FROM duckdb_views() WHERE database_name = 'system' AND "
                                        "schema_name = 'pg_catalog'").fetchall()]
     for name in names:
         extra = EXTRA_COLUMNS.get(name)
         box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT *{', ' + extra if extra else ''} "
                     f"FROM pg_catalog.{name}")
+    # the copy's own macros (these) are no functions of the database: pg_proc lists DuckDB's built-ins only
+    box.execute("CREATE OR REPLACE MACRO _pg_pg_proc() AS TABLE SELECT * FROM pg_catalog.pg_proc WHERE "
+                "pronamespace IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'main')")
     for name, columns in EMPTY_RELATIONS.items():
         box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT {columns} WHERE false")
     literal = "'" + user.replace("'", "''") + "'"
+    box.execute("CREATE OR REPLACE MACRO _pg_pg_database() AS TABLE SELECT "
+                + DATABASE.format(name="'" + (database or user).replace("'", "''") + "'"))
+    box.execute(f"CREATE MACRO _pg_pg_roles() AS TABLE SELECT {ROLES.format(name=literal)}")
     box.execute(f"CREATE MACRO pg_get_userbyid(oid) AS {literal}")
+    box.execute("CREATE MACRO pg_encoding_to_char(e) AS 'UTF8'")
     box.execute("CREATE MACRO array_upper(a, d) AS len(a)")
     settings = {**SETTINGS, "default_table_access_method": "heap"}
     box.execute("CREATE MACRO current_setting(name) AS CASE lower(name) " + " ".join(
@@ -258,7 +285,7 @@ def _shadow(box: Any, user: str) -> list[str]:
     for name, arities in NULL_FUNCTIONS.items():
         box.execute(f"CREATE MACRO {name} " + ", ".join(
             "(" + ", ".join(f"a{i}" for i in range(n)) + ") AS NULL" for n in arities))
-    return names + list(EMPTY_RELATIONS)
+    return names + list(EMPTY_RELATIONS) + ["pg_roles"]
 
 
 #: The relations of DuckDB's pg_catalog (DuckDB 1.x and 2.x) and those the copy adds: what a query names is
@@ -266,7 +293,7 @@ def _shadow(box: Any, user: str) -> list[str]:
 SHADOWED = {"pg_am", "pg_attrdef", "pg_attribute", "pg_class", "pg_collation", "pg_constraint", "pg_database",
             "pg_depend", "pg_description", "pg_enum", "pg_index", "pg_indexes", "pg_namespace",
             "pg_prepared_statements", "pg_proc", "pg_sequence", "pg_sequences", "pg_settings", "pg_tables",
-            "pg_tablespace", "pg_type", "pg_views"} | set(EMPTY_RELATIONS)
+            "pg_tablespace", "pg_type", "pg_views", "pg_roles"} | set(EMPTY_RELATIONS)
 
 
 #: PostgreSQL spellings DuckDB does not take, and DuckDB's: applied in order to a catalog query before sqlglot

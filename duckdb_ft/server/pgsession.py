@@ -173,7 +173,7 @@ class WireSession:
             columns, rows, tag = local
             return Result(columns, iter(rows), tag, count=len(rows))
         if pgcatalog.is_catalog_query(sql):
-            table = pgcatalog.run_catalog_query(self.con.session, sql, params)
+            table = pgcatalog.run_catalog_query(self.con.session, sql, params, self.database or self.user)
             return self._result(table, None, "SELECT")
         with self.running:
             try:
@@ -200,7 +200,8 @@ class WireSession:
         if local is not None:
             return local[0] or None
         if pgcatalog.is_catalog_query(sql):
-            return pgcatalog.describe_catalog_query(self.con.session, sql, nparams)
+            return pgcatalog.describe_catalog_query(self.con.session, sql, nparams,
+                                                   self.database or self.user)
         if word not in _QUERY_WORDS or word in ("DESCRIBE", "SHOW"):
             return None
         self.con.execute("DESCRIBE " + sql, [None] * nparams or None)
