@@ -38,7 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/complete_throughput.py
 
 # FINETUNE vs TRL's SFTTrainer vs a plain transformers + peft loop (about 15 minutes on a 2-core CPU).
-# The plain-SQL authorizer against DuckDB's own profiler, on 20,000 generated statements (the suite runs 1,000).
+# The plain-SQL authorizer against DuckDB's own profiler, on 20,000 generated statements (the suite runs 300).
 fuzz-authorize: install
 	DUCKDB_FT_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:warnings tests/test_authorize_differential.py
 

@@ -7,17 +7,23 @@ settings, catalog-reading scalars, unknown names), enum types in casts and colum
 refused (and then nothing changed), or is allowed, and then every table DuckDB's profiler saw the statement scan
 (run as the administrator in a transaction that is rolled back) is one the authorizer named, and one the role may
 read, and every function DuckDB's binder bound for it is on the allow-list; the administrator's sequence
-never advances. ``DUCKDB_FT_FUZZ_EXAMPLES`` raises the count (``make fuzz-authorize``).
+never advances.
+
+A run generates 300 statements (``DUCKDB_FT_FUZZ_EXAMPLES`` raises the count: ``make fuzz-authorize`` runs
+20,000). Which ones rotates with the UTC date, so that the suite's runs over the days try far more statements than
+one fixed set: a day's runs generate the same statements, and ``DUCKDB_FT_FUZZ_SEED`` (the date as ``YYYYMMDD``,
+which a failure prints) repeats another day's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, note, seed, settings, strategies as st
 
 import duckdb_ft
 from duckdb_ft.errors import PermissionDenied
@@ -26,7 +32,8 @@ from conftest import setup_attack_db, user_connection
 from duckdb_ft.governance.calls import PUBLIC_MACROS
 from duckdb_ft.governance.function_list import ALLOWED_FUNCTIONS
 
-EXAMPLES = int(os.environ.get("DUCKDB_FT_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("DUCKDB_FT_FUZZ_EXAMPLES", "300"))
+SEED = int(os.environ.get("DUCKDB_FT_FUZZ_SEED") or datetime.now(timezone.utc).strftime("%Y%m%d"))
 READABLE = {"memory.main.pub"}  # the only base table the attacker may read (v_pub, v_v and mine are over it)
 
 NAMES = ["pub", "secret", "logt", "v_pub", "v_sec", "v_v", "mine", "main.pub", "memory.main.pub", "memory.pub",
@@ -107,10 +114,10 @@ def world():
     probe.execute("PRAGMA enable_profiling = 'no_output'")
     counts = {"allowed": 0, "denied": 0}
     yield admin, u1, probe, counts
-    print(f"\ndifferential authorizer fuzz: {counts}")
+    print(f"\ndifferential authorizer fuzz (DUCKDB_FT_FUZZ_SEED={SEED}): {counts}")
     assert admin.execute("SELECT last_value FROM duckdb_sequences() WHERE sequence_name = 'seq'").fetchall() == \
-        [(None,)], "an allowed statement advanced the administrator's sequence"
-    assert counts["allowed"] > EXAMPLES // 20, f"the grammar should produce allowed statements too: {counts}"
+        [(None,)], f"an allowed statement advanced the administrator's sequence (DUCKDB_FT_FUZZ_SEED={SEED})"
+    assert counts["allowed"] > EXAMPLES // 20, f"the grammar should produce allowed statements too: {counts}, DUCKDB_FT_FUZZ_SEED={SEED}"
     u1.close()
     admin.close()
 
@@ -176,11 +183,13 @@ def bound_functions(probe, sql: str) -> set[str]:
 
 
 @pytest.mark.slow
-@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,
+@seed(SEED)
+@settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
           suppress_health_check=list(HealthCheck))
 @given(sql=STATEMENTS)
 def test_no_statement_scans_a_table_the_authorizer_did_not_name(world, sql):
     admin, u1, probe, counts = world
+    note(f"to run this day's statements again: DUCKDB_FT_FUZZ_SEED={SEED}")
     try:
         decisions = authorize(u1.session, sql, u1._raw)
     except (PermissionDenied, duckdb.Error):  # refused by the authorizer, or by DuckDB's own parser
