@@ -252,6 +252,8 @@ def test_psql_lists_and_describes_tables_as_the_role_sees_them(server):
     assert re.search(r"^ shop +\| alice +\| UTF8 ", databases, re.M) and "(1 row)" in databases, databases
     assert re.search(r"^ alice +\|", psql(r"\du"), re.M)  # the session's user, alone
     assert "(0 rows)" in psql(r"\df")  # no functions of the database (the catalog copy's own are not shown)
+    assert re.search(r"^ main +\| pub +\| table ", psql(r"\dt+"), re.M)  # sizes: none (NULL)
+    assert re.search(r"^ price +\| numeric\(10,2\) ", psql(r"\d+ pub"), re.M)
 
 
 def test_a_cancel_request_stops_the_running_statement_only(server):

@@ -190,6 +190,9 @@ def describe_catalog_query(session: Session, sql: str, nparams: int, database: s
 
 # --------------------------------------------------------------------------------------- PostgreSQL's spelling
 
+#: Columns DuckDB's catalog has as untyped NULLs that clients pass to functions (psql's ``\d+`` unnests
+#: ``reloptions``): typed, by relation.
+TYPED_COLUMNS = {"pg_class": "NULL::VARCHAR[] AS reloptions, NULL::VARCHAR[] AS relacl"}
 #: Columns PostgreSQL's catalog has and DuckDB's lacks (what psql and SQLAlchemy read), by relation.
 EXTRA_COLUMNS = {
     "pg_class": "false AS relforcerowsecurity",
@@ -231,7 +234,8 @@ NULL_FUNCTIONS = {"pg_get_statisticsobjdef_columns": (1,), "pg_get_triggerdef": 
                   "pg_get_partition_constraintdef": (1,), "shobj_description": (2,),
                   "pg_tablespace_location": (1,), "pg_relation_is_publishable": (1,),
                   "pg_get_function_result": (1,), "pg_get_function_arguments": (1,),
-                  "pg_get_function_identity_arguments": (1,)}
+                  "pg_get_function_identity_arguments": (1,), "pg_table_size": (1,), "pg_relation_size": (1, 2),
+                  "pg_total_relation_size": (1,)}
 
 #: ``pg_database``: one row, the database the client connected to (any name reaches the served one), UTF-8.
 DATABASE = ("16384::BIGINT AS oid, {name} AS datname, 10::BIGINT AS datdba, 6 AS encoding, 'c' AS datlocprovider, "
@@ -261,9 +265,9 @@ def _shadow(box: Any, user: str, database: str = "") -> list[str]:
     names = [r[0] for r in box.execute("SELECT view_name FROM duckdb_views() WHERE database_name = 'system' AND "
                                        "schema_name = 'pg_catalog'").fetchall()]
     for name in names:
-        extra = EXTRA_COLUMNS.get(name)
-        box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT *{', ' + extra if extra else ''} "
-                    f"FROM pg_catalog.{name}")
+        extra, typed = EXTRA_COLUMNS.get(name), TYPED_COLUMNS.get(name)
+        box.execute(f"CREATE MACRO _pg_{name}() AS TABLE SELECT *{f' REPLACE ({typed})' if typed else ''}"
+                    f"{', ' + extra if extra else ''} FROM pg_catalog.{name}")
     # the copy's own macros (these) are no functions of the database: pg_proc lists DuckDB's built-ins only
     box.execute("CREATE OR REPLACE MACRO _pg_pg_proc() AS TABLE SELECT * FROM pg_catalog.pg_proc WHERE "
                 "pronamespace IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'main')")
