@@ -145,6 +145,15 @@ def test_each_connection_is_its_own_session_of_its_user(server):
         assert sqlstate_of(b, "CREATE TABLE mine(x INTEGER)") == "42501"  # analyst may not create
 
 
+def test_what_drivers_and_bi_tools_ask_on_connecting_is_answered(server):
+    with server.connect(autocommit=True) as con:  # DBeaver's, then the like in one statement
+        assert con.execute("SELECT current_schema(),session_user").fetchone() == ("main", "alice")
+        cur = con.execute("SELECT current_database() AS db, pg_catalog.version(), current_user")
+        assert [c.name for c in cur.description] == ["db", "version", "current_user"]
+        db, version, user = cur.fetchone()
+        assert (db, user) == ("shop", "alice") and version.startswith("PostgreSQL 15")
+
+
 def test_transactions_roll_back_after_an_error(server):
     with server.connect() as con:  # psycopg opens a transaction before the first statement
         assert sqlstate_of(con, "SELECT finetune('DESCRIBE', 'ft_nope')") == "42P01"

@@ -42,8 +42,11 @@ SETTINGS = {"application_name": "", "client_encoding": "UTF8", "datestyle": "ISO
 _SET = re.compile(r"\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(\w+)\s*(?:=|\bTO\b)\s*(.*?)\s*;?\s*", re.I | re.S)
 _SET_OTHER = re.compile(r"\s*SET\s+(?:SESSION\s+CHARACTERISTICS|TRANSACTION|NAMES)\b.*", re.I | re.S)
 _SHOW = re.compile(r"\s*SHOW\s+(\w+(?:\s+\w+)*)\s*;?\s*", re.I)
-_FUNCTION = re.compile(r"\s*SELECT\s+(?:pg_catalog\.)?(version|current_schema|current_user|session_user|"
-                       r"current_database)(?:\(\))?\s*;?\s*", re.I)
+_ITEM = (r"(?:pg_catalog\.)?(version|current_schema|current_user|session_user|current_database)(?:\(\))?"
+         r"(?:\s+(?:AS\s+)?(\w+|\"[^\"]+\"))?")
+#: ``SELECT current_schema(), session_user`` and the like, as drivers and BI tools send on connecting.
+_FUNCTIONS = re.compile(rf"\s*SELECT\s+{_ITEM}(?:\s*,\s*{_ITEM})*\s*;?\s*", re.I)
+_ONE_FUNCTION = re.compile(rf"\s*,?\s*{_ITEM}", re.I)
 _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.|\bpg_(class|namespace|attribute|type|index|"
                       r"constraint|database|proc|description|settings|tables|views|am|roles|user)\b", re.I)
 
@@ -83,12 +86,13 @@ def answer_setting(wire: Any, sql: str, word: str) -> tuple[list, list, str] | N
             value = wire.settings.get(name, SETTINGS[name])
             return [(m.group(1).split()[-1].lower(), TEXT)], [[value.encode()]], "SHOW"
         return None
-    m = _FUNCTION.fullmatch(sql) if word == "SELECT" else None
-    if m:
-        name = m.group(1).lower()
-        text = {"version": f"PostgreSQL {VERSION} (duckdb-ft over DuckDB {duckdb.__version__})",
-                "current_schema": wire.con.session.schema, "current_database": wire.database}.get(name, wire.user)
-        return [(name, TEXT)], [[text.encode()]], "SELECT"
+    if word == "SELECT" and _FUNCTIONS.fullmatch(sql):
+        values = {"version": f"PostgreSQL {VERSION} (duckdb-ft over DuckDB {duckdb.__version__})",
+                  "current_schema": wire.con.session.schema, "current_database": wire.database or wire.user}
+        items = _ONE_FUNCTION.findall(sql[sql.upper().index("SELECT") + 6:])
+        columns = [((alias.strip('"') if alias else name.lower()), TEXT) for name, alias in items]
+        row = [values.get(name.lower(), wire.user).encode() for name, _ in items]
+        return columns, [row], "SELECT"
     return None
 
 
