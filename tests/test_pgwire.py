@@ -445,6 +445,7 @@ def test_the_readme_recipe_runs_from_a_new_file_to_psql_and_pandas(tmp_path, tin
     assert serve.startswith("duckdb-ft serve shop.duckdb --pg-port 5433 &"), serve
     server = WireServer(db)  # the same command, on free ports
     try:
+        assert f"PostgreSQL protocol at 127.0.0.1:{server.port}" in server.log()  # what the README says it prints
         env = {**os.environ, "PGCONNECT_TIMEOUT": "20"}
         if shutil.which("psql"):
             done = subprocess.run(["bash", "-c", "\n".join(lines).replace("5433", str(server.port))],
