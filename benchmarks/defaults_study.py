@@ -68,14 +68,14 @@ def ticket_prompt(text: str) -> str:
     return f"Classify this support ticket into one queue ({queues}). Answer with the queue only.\nTicket: {text}"
 
 
-def make_tickets(seed: int = 7) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def make_tickets(seed: int = 7, held_per_queue: int = 3) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(training pairs, held-out pairs): held-out tickets use the last phrasing of each queue and unseen frames."""
     rng = random.Random(seed)
     train, test = [], []
     for queue, phrasings in QUEUES.items():
         for k, phrase in enumerate(phrasings):
             held = k == len(phrasings) - 1
-            for _ in range(3 if held else 10):
+            for _ in range(held_per_queue if held else 10):
                 text = phrase.format(n=rng.randint(10000, 99999), m=rng.randint(2, 40))
                 frame = rng.choice(HELD_FRAMES if held else FRAMES)
                 (test if held else train).append((ticket_prompt(frame.format(t=text)), queue))

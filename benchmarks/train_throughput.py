@@ -384,7 +384,7 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from duckdb_ft.ml import models
 
     h = spec["hyper"]
-    path = models.resolve(MODEL)
+    path = models.resolve(spec.get("model", MODEL))
     tokenizer = models.load_tokenizer(path)
     model, load_s = _load_base(path)
     t0 = time.perf_counter()
@@ -395,6 +395,7 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
                                   for p, c in read_pairs(spec["db"], split)])
 
     train, val = dataset("train"), dataset("validation")
+    val = val if len(val) else None  # no validation rows (benchmarks/quality.py): no evaluation
     model = _peft(model, h)
     steps = math.ceil(len(train) / h["batch_size"]) * h["max_epochs"]
     bf16 = _dtype(h["dtype"]) == torch.bfloat16
@@ -404,7 +405,7 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
         gradient_accumulation_steps=h["gradient_accumulation_steps"], learning_rate=h["learning_rate"],
         weight_decay=h["weight_decay"], max_grad_norm=h["max_grad_norm"], max_length=h["max_seq_length"],
         completion_only_loss=True, bf16=bf16, gradient_checkpointing=h["gradient_checkpointing"],
-        eval_strategy="epoch", save_strategy="no", logging_steps=10, report_to="none", seed=h["seed"],
+        eval_strategy="epoch" if val is not None else "no", save_strategy="no", logging_steps=10, report_to="none", seed=h["seed"],
         data_seed=h["seed"], disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         **({"train_sampling_strategy": "group_by_length"} if spec.get("trl_group_by_length") else {}),
     )
@@ -440,7 +441,7 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
     from duckdb_ft.options import TrainingOptions
 
     h = spec["hyper"]
-    path = models.resolve(MODEL)
+    path = models.resolve(spec.get("model", MODEL))
     tokenizer = models.load_tokenizer(path)
     model, load_s = _load_base(path)
     t0 = time.perf_counter()
@@ -494,7 +495,7 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
                 b = batch(val[k:k + bs])
                 n = int((b["labels"][:, 1:] != -100).sum())
                 total, count = total + model(**b).loss.item() * n, count + n
-        own_val = total / max(count, 1)
+        own_val = total / count if count else None  # None: no validation rows
         model.train()
     wall = time.perf_counter() - t0
     _save_adapter(model, Path(spec["out"]))

@@ -1,0 +1,291 @@
+"""Training quality across seeds: held-out task accuracy of FINETUNE's defaults against a plain transformers + peft
+loop and TRL's SFTTrainer, on the same rows, rank, target modules, epochs and learning rate.
+
+The recipes, each trained once per task and seed on the task's training rows (``benchmarks/quality_tasks.py``):
+
+- ``finetune``: ``finetune('CREATE', ...)`` from SQL with FINETUNE's defaults, setting only what a user sets
+  (``max_epochs``, ``learning_rate``) and ``seed``; no validation query, so the automatic split holds
+  ``validation_fraction`` of the rows out of training and ``keep_best`` picks the epoch by their loss, as a user
+  gets it. DESCRIBE's ``train_rows`` and ``held_out_rows`` are reported.
+- ``finetune-all-rows``: the same with ``{"validation_fraction": 0}`` (every row trains); not run unless named.
+- ``plain``: a transformers + peft loop over every training row (``benchmarks/train_throughput.py``'s
+  ``child_plain``): random batches padded to their longest row, the loss on completion tokens.
+- ``trl``: TRL's ``SFTTrainer`` with ``completion_only_loss=True`` over every training row
+  (``train_throughput.child_trl``).
+
+Shared by all: the base model, LoRA rank, alpha, dropout and target modules of FINETUNE's defaults (every linear
+projection), batch size, ``max_seq_length``, the epochs, the peak learning rate, the seed (LoRA initialisation and
+batch order), and the optimizer and schedule (AdamW, FINETUNE's warm-up and linear decay, given to TRL and the
+plain loop as a ``LambdaLR``). What differs is each recipe's own way with the rows: FINETUNE's hold-out, keep_best,
+exact dedupe and packing; TRL's and the plain loop's padding and batching.
+
+Every adapter is scored the same way: COMPLETE's own greedy decoding (``duckdb_ft.ml.complete.generate``, all the
+recipes' adapters of a seed attached to one base model) on the task's held-out prompts, each answer checked by the
+task's checker (execution of the SQL, or exact match). Printed: accuracy per task, recipe and seed; then per task
+and recipe the mean over seeds +- the sample standard deviation (and the range); then, per task, each recipe
+against FINETUNE's defaults, paired on the same held-out rows and seeds, with McNemar's exact test
+(``duckdb_ft.evaluation.significance.mcnemar``, EVALUATE's test) on the pooled (row, seed) pairs.
+
+Run from the repository root (TRL is in the ``bench`` extra)::
+
+    DUCKDB_FT_CACHE=.pytest_cache/model-cache .venv/bin/python benchmarks/quality.py \\
+        [--tasks library,extract] [--seeds 3] [--recipes finetune,plain,trl] [--rows 120] [--test 40] \\
+        [--model FOLDER] [--out /tmp/quality.jsonl]
+
+Every (task, seed, recipe) run is one JSON line in ``--out`` (answers and marks included); ``--summarize FILE``
+prints the tables again from such a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
+
+import quality_tasks  # noqa: E402
+import train_throughput as tt  # noqa: E402
+
+RECIPES = ("finetune", "plain", "trl", "finetune-all-rows")
+DEFAULT_RECIPES = ("finetune", "plain", "trl")
+LABELS = {"finetune": "FINETUNE defaults", "finetune-all-rows": "FINETUNE all rows", "plain": "plain peft loop",
+          "trl": "TRL SFTTrainer"}
+
+
+def shared_hyper(model_path: str, epochs: int, learning_rate: float, seed: int) -> dict[str, Any]:
+    """FINETUNE's defaults with the user's two knobs and the seed, as the options the plain loop and TRL use."""
+    from duckdb_ft.ml import training
+    from duckdb_ft.options import TrainingOptions
+
+    d = TrainingOptions()
+    kind = json.loads((Path(model_path) / "config.json").read_text()).get("model_type", "")
+    return {"max_epochs": epochs, "learning_rate": learning_rate, "lora_r": d.lora_r, "lora_alpha": d.lora_alpha,
+            "lora_dropout": d.lora_dropout, "target_modules": training.DEFAULT_TARGETS.get(kind, training._LLAMA_LIKE),
+            "batch_size": d.batch_size, "gradient_accumulation_steps": d.gradient_accumulation_steps,
+            "max_seq_length": d.max_seq_length, "warmup_ratio": d.warmup_ratio, "weight_decay": d.weight_decay,
+            "max_grad_norm": d.max_grad_norm, "seed": seed, "dtype": d.dtype,
+            "gradient_checkpointing": d.gradient_checkpointing}
+
+
+def write_pairs(db: Path, train: list[tuple[str, str]]) -> None:
+    """The training rows as table ``pairs(id, prompt, completion, split)`` (split 'train': no validation rows)."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE pairs (id INTEGER, prompt VARCHAR, completion VARCHAR, split VARCHAR)")
+    con.executemany("INSERT INTO pairs VALUES (?, ?, ?, 'train')", [(i, p, c) for i, (p, c) in enumerate(train)])
+    con.close()
+
+
+def train_finetune(db: Path, model: str, name: str, epochs: int, learning_rate: float, seed: int, out: Path,
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    """FINETUNE from SQL with its defaults; the adapter written to ``out`` as the other recipes write theirs."""
+    import duckdb_ft
+
+    options = {"max_epochs": epochs, "learning_rate": learning_rate, "seed": seed, **extra}
+    con = duckdb_ft.connect(str(db))
+    try:
+        t0 = time.perf_counter()
+        job = con.execute("SELECT finetune('CREATE', ?, ?, 'SELECT prompt, completion FROM pairs ORDER BY id', "
+                          "NULL, ?)", [name, model, json.dumps(options)]).fetchone()[0]
+        status = con.execute("SELECT finetune('WAIT', ?, 100000)", [job]).fetchone()[0]
+        wall = time.perf_counter() - t0
+        d = json.loads(con.execute("SELECT finetune('DESCRIBE', ?)", [job]).fetchone()[0])
+        if status != "SUCCESS":
+            raise RuntimeError(f"FINETUNE job ended {status}: {d.get('error')}")
+        config, adapter = con.execute("SELECT lora_config, adapter FROM duckdb_ft.models WHERE name = ?",
+                                      [name]).fetchone()
+    finally:
+        con.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter.safetensors").write_bytes(bytes(adapter))
+    (out / "lora_config.json").write_text(config)
+    return {"wall_s": wall, "train_rows": d["train_rows"], "held_out_rows": d["held_out_rows"],
+            "steps": d["step"], "best_step": d["best_step"], "validation_loss": d["training_result"]["validation_loss"]}
+
+
+def train(recipe: str, work: Path, model: str, task: str, seed: int, args: argparse.Namespace,
+          hyper: dict[str, Any]) -> dict[str, Any]:
+    out = work / f"{task}-{seed}-{recipe}"
+    if recipe.startswith("finetune"):
+        extra = {"validation_fraction": 0} if recipe == "finetune-all-rows" else {}
+        r = train_finetune(work / "finetune.duckdb", model, f"{task}_{seed}_{recipe.replace('-', '_')}",
+                           args.epochs, args.learning_rate, seed, out, extra)
+    else:
+        child = tt.run_child(recipe, {"db": str(work / "pairs.duckdb"), "hyper": hyper, "out": str(out),
+                                      "model": model}, work)
+        r = {"wall_s": child["wall_s"], "train_rows": None, "held_out_rows": 0, "steps": child["steps"],
+             "peak_rss_mib": child["peak_rss_mib"]}
+    r["adapter"] = str(out)
+    return r
+
+
+def answers(model: str, adapters: dict[str, str], prompts: list[str], max_tokens: int) -> dict[str, list[str]]:
+    """Each adapter's greedy answers to the prompts, by COMPLETE's own decoding, the adapters on one base model."""
+    from duckdb_ft.ml import complete, models
+    from duckdb_ft.options import CompleteOptions
+
+    loaded = models.load(model)
+    opts = CompleteOptions(temperature=0.0, max_tokens=max_tokens)
+    keys = {}
+    for recipe, folder in adapters.items():
+        key = f"quality-{recipe}-{time.monotonic_ns()}"  # a fresh key: an adapter of an earlier seed is another
+        models.attach_adapter(loaded, key, json.loads((Path(folder) / "lora_config.json").read_text()),
+                              (Path(folder) / "adapter.safetensors").read_bytes())
+        keys[recipe] = key
+    requests, owners = [], []
+    for recipe, key in keys.items():
+        for p in prompts:
+            requests.append(complete.Request([{"role": "user", "content": p}], opts))
+            owners.append(key)
+    complete.generate(loaded, requests, adapters=owners, fail_fast=True)
+    out: dict[str, list[str]] = {}
+    for recipe, key in keys.items():
+        out[recipe] = [r.result.text for r, k in zip(requests, owners) if k == key]
+    return out  # the adapters stay attached until COMPLETE's own eviction (models.MAX_ADAPTERS) drops them
+
+
+# --------------------------------------------------------------------------------------------------- summary
+
+
+def spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds (0 for one seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task and recipe: accuracies by seed, mean, spread, range; per task: each recipe against FINETUNE's
+    defaults (or the first recipe), McNemar's test on the pooled (held-out row, seed) pairs."""
+    from duckdb_ft.evaluation.significance import mcnemar
+
+    tasks: dict[str, Any] = {}
+    for r in records:
+        t = tasks.setdefault(r["task"], {"recipes": {}, "rows": r["test_rows"]})
+        t["recipes"].setdefault(r["recipe"], {})[r["seed"]] = r
+    out: dict[str, Any] = {}
+    for task, t in tasks.items():
+        table = {}
+        for recipe, by_seed in t["recipes"].items():
+            acc = [by_seed[s]["accuracy"] for s in sorted(by_seed)]
+            table[recipe] = {"seeds": sorted(by_seed), "accuracy": acc, "mean": statistics.fmean(acc),
+                             "spread": spread(acc), "min": min(acc), "max": max(acc)}
+        names = list(table)
+        ref = "finetune" if "finetune" in table else names[0]
+        tests = []
+        for other in names:
+            if other == ref:
+                continue
+            seeds = sorted(set(t["recipes"][ref]) & set(t["recipes"][other]))
+            a = [m for s in seeds for m in t["recipes"][ref][s]["marks"]]
+            b = [m for s in seeds for m in t["recipes"][other][s]["marks"]]
+            only_a, only_b, p = mcnemar(a, b)
+            tests.append({"a": ref, "b": other, "pairs": len(a), "only_a": only_a, "only_b": only_b, "p_value": p})
+        others = [table[n]["mean"] - table[n]["spread"] for n in names if n != ref]
+        out[task] = {"rows": t["rows"], "recipes": table, "tests": tests,
+                     "reference_at_or_above_best_minus_spread": (table[ref]["mean"] >= max(others)) if others else None}
+    return out
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    for task, s in summary.items():
+        print(f"\n{task}: held-out accuracy over {s['rows']} rows (mean +- sample std over seeds; range)")
+        for recipe, r in s["recipes"].items():
+            seeds = ", ".join(f"{a:.1%}" for a in r["accuracy"])
+            print(f"  {LABELS.get(recipe, recipe):<18} {r['mean']:6.1%} +- {r['spread']:5.1%}  "
+                  f"[{r['min']:.1%}, {r['max']:.1%}]  seeds: {seeds}")
+        for c in s["tests"]:
+            print(f"  {LABELS.get(c['b'], c['b'])} vs {LABELS.get(c['a'], c['a'])}: right only with "
+                  f"{c['b']} {c['only_b']}, only with {c['a']} {c['only_a']} of {c['pairs']} (row, seed) pairs; "
+                  f"McNemar p = {c['p_value']:.3g}")
+        if s["reference_at_or_above_best_minus_spread"] is not None:
+            print(f"  FINETUNE's defaults >= best other mean - its spread: "
+                  f"{'yes' if s['reference_at_or_above_best_minus_spread'] else 'NO'}")
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="base model: a name or a Hugging Face folder")
+    ap.add_argument("--tasks", default=",".join(quality_tasks.TASKS), help="comma-separated (default: all)")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds per task and recipe (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed + 1, ...")
+    ap.add_argument("--epochs", type=int, default=3, help="max_epochs (default 3)")
+    ap.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    ap.add_argument("--rows", type=int, help="at most this many training rows per task (a fixed sample)")
+    ap.add_argument("--test", type=int, help="at most this many held-out rows per task (a fixed sample)")
+    ap.add_argument("--out", default="/tmp/quality.jsonl", help="JSON lines, one per run, appended")
+    ap.add_argument("--summarize", metavar="JSONL", help="only print the tables of an earlier --out file")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        records = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        print_summary(summarize(records))
+        return 0
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [x for x in recipes if x not in RECIPES] + [x for x in tasks if x not in quality_tasks.TASKS]
+    if bad or args.seeds < 1:
+        ap.error(f"unknown recipe or task {', '.join(bad)}; recipes: {', '.join(RECIPES)}; tasks: "
+                 f"{', '.join(quality_tasks.TASKS)}" if bad else "--seeds must be at least 1")
+    tt._env_setup()
+    from duckdb_ft.ml import models
+
+    path = models.resolve(args.model)
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {tt.machine()}; {tt.versions()}; load average "
+          f"{os.getloadavg()[0]:.2f}; model {args.model}; epochs {args.epochs}, learning rate {args.learning_rate}",
+          flush=True)
+    records = []
+    for task_name in tasks:
+        task = quality_tasks.make(task_name, args.rows, args.test)
+        work = Path(tempfile.mkdtemp(prefix=f"quality-{task_name}-"))
+        try:
+            write_pairs(work / "pairs.duckdb", task.train)
+            shutil.copyfile(work / "pairs.duckdb", work / "finetune.duckdb")
+            prompts, golds = [p for p, _, _ in task.test], [g for _, g, _ in task.test]
+            print(f"{task_name}: {len(task.train)} training rows, {len(task.test)} held out", flush=True)
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                hyper = shared_hyper(path, args.epochs, args.learning_rate, seed)
+                trained = {}
+                for recipe in recipes:
+                    load = os.getloadavg()[0]
+                    trained[recipe] = train(recipe, work, args.model, task_name, seed, args, hyper)
+                    trained[recipe]["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+                    print(f"  seed {seed} {LABELS[recipe]:<18} trained in {trained[recipe]['wall_s']:.0f} s (load "
+                          f"average {load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+                t0 = time.perf_counter()
+                said = answers(args.model, {r: trained[r]["adapter"] for r in recipes}, prompts, task.max_tokens)
+                eval_s = time.perf_counter() - t0
+                for recipe in recipes:
+                    marks = [bool(task.check(a, g)) for a, g in zip(said[recipe], golds)]
+                    rec = {"task": task_name, "seed": seed, "recipe": recipe, "accuracy": sum(marks) / len(marks),
+                           "right": sum(marks), "test_rows": len(marks), "model": args.model,
+                           "epochs": args.epochs, "learning_rate": args.learning_rate,
+                           "train_rows_given": len(task.train), "eval_s": round(eval_s, 1),
+                           **{k: v for k, v in trained[recipe].items() if k != "adapter"},
+                           "marks": marks, "unseen": [u for _, _, u in task.test], "answers": said[recipe]}
+                    records.append(rec)
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    print(f"  seed {seed} {LABELS[recipe]:<18} {rec['right']}/{rec['test_rows']} = "
+                          f"{rec['accuracy']:.1%} held out", flush=True)
+        finally:
+            task.close()
+            shutil.rmtree(work, ignore_errors=True)
+    print_summary(summarize(records))
+    print(f"\n# load average at the end {os.getloadavg()[0]:.2f}; runs appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
