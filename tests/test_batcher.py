@@ -116,6 +116,25 @@ def test_streamed_deltas_concatenate_to_the_completion_text(tiny_model_path):
     assert "".join(sampled) == text
 
 
+def test_the_loop_holds_as_many_rows_as_completes_batches(tiny_model_path):
+    """32 requests queued at once (the benchmark's 32 clients) decode in one batch: a loop holds COMPLETE's
+    ``BATCH_ROWS`` rows, not fewer (16 rows a step cost a CPU about 1.5x the work per row: benchmarks/README.md)."""
+    loaded = models.load(tiny_model_path)
+    b = batching.Batcher(loaded)  # the default, as batcher_for makes it
+    peak = [0]
+
+    def seen(piece: str) -> None:  # called from the loop's thread, between its forwards
+        peak[0] = max(peak[0], b.stats()["active_slots"])
+
+    prompt = "Tell me a long story about café crème brûlée 🍮."
+    with loaded.lock:  # the loop waits at its first forward while the others queue
+        futures = [b.submit(request(prompt, max_tokens=12), None, on_token=seen) for _ in range(32)]
+    answers = {(f.result(timeout=60).text, f.result().completion_tokens) for f in futures}
+    b.close()
+    assert b.slots == completion.BATCH_ROWS and peak[0] == 32
+    assert len(answers) == 1 and next(iter(answers))[1] == 12  # one greedy answer, every row to its max_tokens
+
+
 def test_stream_holds_back_whitespace_and_incomplete_characters(tiny_model_path):
     tok = models.load_tokenizer(tiny_model_path)
     text = "  Crème brûlée 🍮 is  sweet.  "

@@ -37,7 +37,10 @@ API (``duckdb_ft.ml.batcher``)::
   not depend on the other rows). Rows whose other generation options differ (``CompleteOptions.batch_key``:
   dtype) run in separate batches, stepped in turn.
 
-While rows run, waiting requests are admitted in groups (``ADMIT_MIN``, or after ``ADMIT_WAIT`` steps): each
+A loop runs up to ``slots`` rows a step, by default COMPLETE's batch (``complete.BATCH_ROWS``, 64): on a CPU a
+step's matrix products cost less per row the more rows share them (16 rows a step took about 1.5x the work per row
+of 32: ``benchmarks/README.md``), so the loop takes every request in flight up to that. While rows run, waiting
+requests are admitted in groups (``ADMIT_MIN``, or after ``ADMIT_WAIT`` steps): each
 admission is a forward pass of its own. The thread starts at the first ``submit`` and exits after ``IDLE_EXIT``
 seconds without work (the next ``submit`` starts another); each step holds ``loaded.lock`` only for its forward
 pass, so COMPLETE and training still share the model.
@@ -131,7 +134,7 @@ class _Slot(running.Row):
 class Batcher:
     """The decode loop of one loaded base model (see the module docstring)."""
 
-    def __init__(self, loaded: LoadedModel, *, slots: int = 16, queue_size: int = 256):
+    def __init__(self, loaded: LoadedModel, *, slots: int = complete.BATCH_ROWS, queue_size: int = 256):
         if slots < 1 or queue_size < 1:
             raise ValueError("slots and queue_size must be at least 1")
         self.loaded, self.slots, self.queue_size = loaded, slots, queue_size
