@@ -119,6 +119,18 @@ def test_agg_reduces_groups_past_the_window_in_chunks(con, tiny_model_path):
 
 
 
+def test_agg_instruction_too_long_for_the_window_is_a_clear_error(con, tiny_model_path):
+    # The tiny model's window is 512 tokens: an instruction of about 420 leaves no room for rows and an answer.
+    con.execute("CREATE TABLE notes AS SELECT 'Late delivery ' || i AS body FROM range(5) t(i)")
+    with pytest.raises(InvalidArgument) as e:
+        con.execute("SELECT ai_agg(body, repeat('Tell me about the complaints. ', 60), model => ?) FROM notes",
+                    [tiny_model_path]).fetchall()
+    message = str(e.value)
+    assert message.startswith("the instruction of AI_AGG takes ") and "of the 512 tokens of model " in message
+    assert f"'{tiny_model_path}': too many to leave room for rows; shorten it" in message
+    assert q(con, "SELECT count(*) FROM finetune_usage() WHERE function_name = 'AI_AGG'") == [(0,)]  # nothing ran
+
+
 def test_evaluate_scores_schema_validity_and_label_accuracy(con, tiny_model_path):
     con.execute("CREATE TABLE labelled AS SELECT * FROM (VALUES ('Charged twice', 'billing'), "
                 "('App crashes', 'bugs')) t(prompt, completion)")

@@ -47,7 +47,7 @@ def ai_summarize_agg(engine: Engine, session: Session, lists: Sequence[str | Non
 class _Group:
     """One group's reduction: its model, instruction, the items of the current round and the budgets."""
 
-    def __init__(self, loaded: LoadedModel, name: str, instruction: str, items: list[str]):
+    def __init__(self, loaded: LoadedModel, name: str, instruction: str, items: list[str], function: str = "AI_AGG"):
         self.loaded, self.name, self.instruction = loaded, name, instruction
         window = loaded.context_length
         self.answer = min(ANSWER_TOKENS, window // 8)
@@ -55,8 +55,8 @@ class _Group:
                        for t in (_MAP, _COMBINE))
         self.budget = window - overhead - self.answer - 8
         if self.budget < 3 * (self.answer + PER_ITEM):
-            raise InvalidArgument(f"the instruction of AI_AGG takes {overhead} of model '{name}''s {window} tokens: "
-                                  "too many to leave room for rows; shorten it")
+            raise InvalidArgument(f"the instruction of {function} takes {overhead} of the {window} tokens of model "
+                                  f"'{name}': too many to leave room for rows; shorten it")
         self.template, self.limit = _MAP, self.budget - PER_ITEM
         self.items = items
         self.result: str | None = None
@@ -87,7 +87,7 @@ def aggregate(engine: Engine, session: Session, function: str, lists: Sequence[s
             continue
         name = model or default
         loaded, _ = engine.resolve_model(session, name)  # USAGE checked here too, before any generation
-        groups.append(_Group(loaded, name, instruction, items))
+        groups.append(_Group(loaded, name, instruction, items, function))
     active = [g for g in groups if g is not None]
     while active:
         calls = [(g, p) for g in active for p in g.prompts()]
