@@ -21,10 +21,12 @@ from hypothesis import strategies as st
 import duckdb_ft
 from conftest import catalog_counts, create, wait_for
 
-KILL_POINTS = int(os.environ.get("DUCKDB_FT_KILL_POINTS", "20"))
+KILL_POINTS = int(os.environ.get("DUCKDB_FT_KILL_POINTS", "4"))
 
+#: Opens the database (resuming the job a kill stopped), creates the job if there is none, and says where it is:
+#: READY, CREATING, TRAINING (the job exists), STEP <step> <total_steps> <status> as they change, DONE <status>.
 CHILD = textwrap.dedent("""
-    import json, sys
+    import json, sys, time
     import duckdb_ft
     path, base = sys.argv[1:3]
     con = duckdb_ft.connect(path, resume_jobs=True)
@@ -37,17 +39,47 @@ CHILD = textwrap.dedent("""
     else:
         job = jobs[0][0]
     print("TRAINING", flush=True)
+    said = None
+    while True:
+        status, step, total = con.execute("SELECT status, coalesce(step, 0), coalesce(total_steps, -1) "
+                                          "FROM duckdb_ft.jobs WHERE id = ?", [job]).fetchall()[0]
+        if (step, total, status) != said:
+            print("STEP", step, total, status, flush=True)
+            said = (step, total, status)
+        if status not in ("PENDING", "IN_PROGRESS"):
+            break
+        time.sleep(0.02)
     print("DONE", duckdb_ft.wait(con, job), flush=True)
 """)
+
+#: Where a child can be when it is killed, in order.
+PHASES = ("opening", "creating", "starting", "training", "storing", "finished")
 
 
 def checksums(con):
     return {t: con.execute(f"SELECT count(*), sum(hash(p, c)) FROM {t}").fetchall() for t in ("big", "other")}
 
 
+def phase_of(lines: list[str]) -> str:
+    """Where a child was, from what it said: creating the job, starting it (the job exists, this process has made
+    no step yet: loading the model and the checkpoint), training (it made a step), storing the model (after the
+    last step), or finished."""
+    steps = [line.split()[1:] for line in lines if line.startswith("STEP")]
+    if any(line.startswith("DONE") for line in lines) or any(status == "SUCCESS" for _, _, status in steps):
+        return "finished"
+    steps = [(int(step), int(total)) for step, total, _ in steps]
+    made = [b for (a, _), (b, _) in zip(steps, steps[1:]) if b > a]  # (a resume first goes back to its checkpoint)
+    if made and made[-1] == steps[-1][1]:
+        return "storing"
+    if made:
+        return "training"
+    return "starting" if "TRAINING" in lines else "creating" if "CREATING" in lines else "opening"
+
+
 @pytest.mark.slow
 def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
-    """SIGKILL at random points (starting, during CREATE, mid-epoch, while storing the model), then reopen."""
+    """SIGKILL at each phase of a job (during CREATE, starting or resuming it, mid-epoch, while storing the model),
+    then reopen: the user's tables unchanged, the job ERROR (to RESUME) or SUCCESS with its model whole."""
     db = str(tmp_path / "kills.duckdb")
     con = duckdb_ft.connect(db)
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || (i * 3) AS c FROM range(60) t(i)")
@@ -55,34 +87,49 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
     expected = checksums(con)
     con.close()
     rng = random.Random(20261124)
-    # Where each kill is aimed: three in five after the child says TRAINING (its job created: training, resuming
-    # or storing the model, or finished), the others anywhere after it opened the database (opening, or creating
-    # the job: CREATE alone takes a second or two). Then a random delay.
-    aims = ["training" if k % 5 < 3 else "anywhere" for k in range(KILL_POINTS)]
-    rng.shuffle(aims)
-    phases: dict[str, int] = {}
-    for aim in aims:
+    # Each kill is aimed at a phase by what the child says, then a random delay: "creating" after CREATING (CREATE
+    # takes a second or more), "starting" after TRAINING (a new process imports torch and loads the model, and the
+    # checkpoint if there is one, before its first step), "training" after a step of the child's own, "second
+    # epoch" after a step past the first epoch's end (its checkpoint saved: the next start resumes from it; three
+    # epochs, so that a slow report still lands before the end), "storing" after the last step. More points
+    # (DUCKDB_FT_KILL_POINTS) repeat the middle ones.
+    middle = ["second epoch", "starting", "training", "starting"]
+    aims = ["creating"] + [middle[k % len(middle)] for k in range(max(0, KILL_POINTS - 2))] + ["storing"]
+    events = {"creating": lambda lines: "CREATING" in lines or "TRAINING" in lines,
+              "starting": lambda lines: "TRAINING" in lines,
+              "training": lambda lines: PHASES.index(phase_of(lines)) >= PHASES.index("training"),
+              "second epoch": lambda lines: PHASES.index(phase_of(lines)) >= PHASES.index("training") and
+              any(3 * int(line.split()[1]) > int(line.split()[2]) for line in lines if line.startswith("STEP")),
+              "storing": lambda lines: phase_of(lines) in ("storing", "finished")}
+    delays = {"creating": 1.5, "starting": 1.5, "training": 0.5, "second epoch": 0.5, "storing": 0.05}
+    landed = []
+    for aim in aims[:KILL_POINTS]:
         child = subprocess.Popen([sys.executable, "-c", CHILD, db, tiny_model_path], stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True)
         seen = [child.stdout.readline().strip()]
         assert seen == ["READY"]
-        if aim == "training":  # an event, not a delay: the child says when its job exists
-            while seen[-1] not in ("TRAINING", ""):
-                seen.append(child.stdout.readline().strip())
-            assert seen[-1] == "TRAINING", f"the child ended before its job existed: {seen}"
-        time.sleep(rng.uniform(0.0, 1.5))
+        while not events[aim](seen) and seen[-1] != "":  # an event, not a delay: what the child said
+            seen.append(child.stdout.readline().strip())
+        assert events[aim](seen), f"the child ended before {aim}: {seen}"
+        delay = rng.uniform(0.0, delays[aim])
+        time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
-        rest = seen + child.stdout.read().split()
-        phase = "finished" if "DONE" in rest else "training" if "TRAINING" in rest else \
-            "creating" if "CREATING" in rest else "opening"
-        phases[phase] = phases.get(phase, 0) + 1
+        seen += child.stdout.read().split("\n")
+        phase = phase_of([line.strip() for line in seen])
+        least = "training" if aim == "second epoch" else aim
+        assert PHASES.index(phase) >= PHASES.index(least) or aim == "creating", (aim, seen)
 
         con = duckdb_ft.connect(db)
         assert checksums(con) == expected, "a user's table changed"
-        jobs = con.execute("SELECT id, status, error FROM duckdb_ft.jobs").fetchall()
+        jobs = con.execute("SELECT id, status, error, step FROM duckdb_ft.jobs").fetchall()
+        landed.append(f"{aim} +{delay:.2f} s: {phase}, step {jobs[0][3] if jobs else None}")
+        if aim == "second epoch" and jobs[0][1] == "ERROR":  # an epoch's checkpoint, for the next start
+            [(total,)] = con.execute("SELECT total_steps FROM duckdb_ft.jobs").fetchall()
+            assert con.execute("SELECT step FROM duckdb_ft.checkpoints").fetchall() in ([(total // 3,)],
+                                                                                      [(2 * total // 3,)])
         assert len(jobs) <= 1
-        for job_id, status, error in jobs:
+        for job_id, status, error, _ in jobs:
             assert status in ("ERROR", "SUCCESS"), f"job left {status} after a kill while {phase}"
             if status == "ERROR":
                 assert "stopped" in error and "RESUME" in error
@@ -94,9 +141,7 @@ def test_random_kill_points_lose_nothing(tmp_path, tiny_model_path):
         assert all(status == "SUCCESS" and size > 0 for _, status, size in models), "a half-stored model"
         assert len(models) == (1 if jobs and jobs[0][1] == "SUCCESS" else 0)
         con.close()
-    print(f"\nkill points: {KILL_POINTS}; the child was {phases} when killed")
-    # Every kill aimed at training landed there or later (each was checked as it was aimed).
-    assert phases.get("training", 0) + phases.get("finished", 0) >= aims.count("training"), phases
+    print(f"\nkill points: {len(landed)}: {'; '.join(landed)}")
     # The last run is left alone: the job resumes from its checkpoint and finishes (whichever open marked it ERROR:
     # the checks above reopen the database after every kill).
     final = subprocess.run([sys.executable, "-c", CHILD, db, tiny_model_path], capture_output=True, text=True,
