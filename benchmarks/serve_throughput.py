@@ -8,19 +8,22 @@ schema, then a question; ``--rows``), greedy, ``max_tokens`` 32 (``--max-tokens`
 1. **COMPLETE over a table**, in-process, before the server starts: ``SELECT complete(model, prompt, options)
    FROM prompts`` (the model loaded and warmed up first).
 2. **sequential**: the server started (``duckdb-ft serve`` as a subprocess on a free port, the administrator's
-   token), one client sends the prompts one request at a time.
+   token), one client sends the prompts one request at a time (the first ``--sequential-rows`` of them: default
+   all; rows/s are the subset's own).
 3. **concurrent**: ``--clients`` (32) threads, each with its own ``openai`` client, each sending its share of the
    prompts (8 each for 256) one after the other.
 
-Each pass reports rows/s (rows over the pass's wall time) and, for the HTTP passes, the p50 and p99 of request
-latency; answers are compared with COMPLETE's (greedy: equal). The server is warmed up (the model loaded by one
-request) before anything is timed.
+Each pass reports rows/s (rows over the pass's wall time) and the p50 and p99 of request latency (COMPLETE over a
+table: every row's latency is the statement's); answers are compared with COMPLETE's (greedy: equal). The server
+is warmed up (the model loaded by one request) before anything is timed. The load average (1 minute) is read at the
+start and end of each pass.
 
 Run from the repository root (``DUCKDB_FT_CACHE=.pytest_cache/model-cache`` reuses the test suite's converted
 model)::
 
     .venv/bin/python benchmarks/serve_throughput.py                 # 256 rows, 32 clients
     .venv/bin/python benchmarks/serve_throughput.py --rows 64 --clients 16 --json /tmp/serve.json
+    .venv/bin/python benchmarks/serve_throughput.py --sequential-rows 64          # one-at-a-time on a subset
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--sequential-rows", type=int, default=None, help="the sequential pass on the first N rows")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
     train, test = dataset.make_pairs()
@@ -116,9 +120,11 @@ def main() -> int:
     con.execute("CREATE TABLE prompts AS SELECT * FROM (SELECT unnest(?) AS prompt, generate_subscripts(?, 1) AS i)",
                 [prompts, prompts])
     con.execute("SELECT complete(?, 'Hello', ?)", [args.model, options]).fetchall()  # load and warm up
+    loads = {"complete": [os.getloadavg()[0]]}
     t0 = time.perf_counter()
     table = con.execute("SELECT i, complete(?, prompt, ?) FROM prompts ORDER BY i", [args.model, options]).fetchall()
     complete_s = time.perf_counter() - t0
+    loads["complete"].append(os.getloadavg()[0])
     print(f"COMPLETE over the table: {len(prompts) / complete_s:.2f} rows/s", flush=True)
     expected = [json.loads(r[1])["choices"][0]["messages"] for r in table]
     token = first_token(con.duckdb_connection.cursor())[0]
@@ -127,27 +133,32 @@ def main() -> int:
     proc, url = start_server(db)
     try:
         http_pass(url, token, args.model, ["Hello"], args.max_tokens, 1)  # the server loads the model
-        seq_s, seq_lat, seq_answers = http_pass(url, token, args.model, prompts, args.max_tokens, 1)
-        print(f"sequential: {len(prompts) / seq_s:.2f} rows/s", flush=True)
+        seq_prompts = prompts[:args.sequential_rows or len(prompts)]
+        loads["sequential"] = [os.getloadavg()[0]]
+        seq_s, seq_lat, seq_answers = http_pass(url, token, args.model, seq_prompts, args.max_tokens, 1)
+        loads["sequential"].append(os.getloadavg()[0])
+        print(f"sequential: {len(seq_prompts) / seq_s:.2f} rows/s", flush=True)
+        loads["concurrent"] = [os.getloadavg()[0]]
         con_s, con_lat, con_answers = http_pass(url, token, args.model, prompts, args.max_tokens, args.clients)
+        loads["concurrent"].append(os.getloadavg()[0])
         print(f"concurrent: {len(prompts) / con_s:.2f} rows/s", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
         shutil.rmtree(folder, ignore_errors=True)
-    n = len(prompts)
+    n, n_seq = len(prompts), len(seq_prompts)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     figures = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
-        "load_average": os.getloadavg()[0], "model": args.model, "rows": n, "clients": args.clients,
-        "max_tokens": args.max_tokens,
-        "complete_rows_per_s": n / complete_s,
-        "sequential_rows_per_s": n / seq_s, "sequential_p50_s": percentile(seq_lat, 0.5),
+        "load_average_start_end": loads, "model": args.model, "rows": n, "sequential_rows": n_seq,
+        "clients": args.clients, "max_tokens": args.max_tokens,
+        "complete_rows_per_s": n / complete_s, "complete_p50_s": complete_s, "complete_p99_s": complete_s,
+        "sequential_rows_per_s": n_seq / seq_s, "sequential_p50_s": percentile(seq_lat, 0.5),
         "sequential_p99_s": percentile(seq_lat, 0.99),
         "concurrent_rows_per_s": n / con_s, "concurrent_p50_s": percentile(con_lat, 0.5),
         "concurrent_p99_s": percentile(con_lat, 0.99),
-        "sequential_equal_complete": sum(a == b for a, b in zip(seq_answers, expected)) / n,
+        "sequential_equal_complete": sum(a == b for a, b in zip(seq_answers, expected)) / n_seq,
         "concurrent_equal_complete": sum(a == b for a, b in zip(con_answers, expected)) / n,
     }
     figures["concurrent_vs_sequential"] = figures["concurrent_rows_per_s"] / figures["sequential_rows_per_s"]
