@@ -18,14 +18,15 @@ def test_capital_of_france_through_connect(default_model_path):
 
 def test_finetune_real_model_overfits_a_handful_of_pairs(tmp_path, default_model_path):
     """SmolLM2-135M learns made-up facts: the loss falls and COMPLETE answers with the trained completion. Two
-    facts, so that each of the ten steps is two rows of the real model (the suite's costliest training)."""
+    facts, so that each of the five steps is two rows of the real model (the suite's costliest training; each
+    epoch of one step also evaluates and checkpoints). Measured: the last loss about 1/60 of the first."""
     import json
 
     con = duckdb_ft.connect(str(tmp_path / "real.duckdb"))
     con.execute("""CREATE TABLE facts AS SELECT * FROM (VALUES
         ('What is the codename of project Alpha?', 'The codename of project Alpha is BLUE HERON.'),
         ('What is the codename of project Gamma?', 'The codename of project Gamma is SILENT OWL.')) t(q, a)""")
-    options = {"max_epochs": 10, "learning_rate": 3e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+    options = {"max_epochs": 5, "learning_rate": 5e-3, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                "batch_size": 4, "warmup_ratio": 0.0}
     job = con.execute("SELECT finetune('CREATE', 'codenames', 'smollm2-135m', "
                       "'SELECT q AS prompt, a AS completion FROM facts', NULL, ?)", [json.dumps(options)]).fetchall()[0][0]
