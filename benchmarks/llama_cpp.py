@@ -14,7 +14,9 @@ parallel slots, the GGUF's Jinja chat template, LoRA adapters), asked through th
 2. rows/s and p50/p99 latency on the same prompts, torch and llama.cpp at ``--threads`` (2) threads each:
    llama.cpp one request at a time (one slot, one client) and llama.cpp batched (``--clients`` slots, as many
    concurrent clients, each sending its share one request after the other), against COMPLETE over a table of the
-   prompts (one statement, its batching).
+   prompts (one statement, its batching). ``--rounds R`` times COMPLETE and then every pass, R times (the passes in
+   reverse order every other round, every server up throughout): rows/s are medians, and COMPLETE / llama.cpp is the
+   median of the rounds' ratios, each taken minutes apart at most (a shared machine's load moves between passes).
 
 ``--demo N`` runs issue 32's serving load instead, on the base model ``smollm2-135m`` (no training): the first N
 prompts of the demo's question -> SQL pairs (as ``serve_throughput.py``), 32 new tokens, greedy, 32 clients.
@@ -30,6 +32,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -68,38 +71,39 @@ def _train(d: str) -> tuple[str, str]:
     return db, "bench"
 
 
-def _complete(db: str, model: str, prompts: list[str], max_tokens: int, fine_tuned: bool
-              ) -> tuple[list[str], float, list[str], list[list[int]], object]:
-    """COMPLETE over a table of ``prompts``: its answers, rows/s, the chat text and token ids it fed, and its
-    tokenizer. Exports
-    the GGUF files beside ``db``: ``base.gguf``, and for a fine-tuned model ``merged.gguf`` and ``adapter.gguf``."""
+def _prepare(db: str, model: str, prompts: list[str], fine_tuned: bool) -> tuple[object, list[str], list[list[int]],
+                                                                              object]:
+    """A connection with the prompts as a table, COMPLETE's chat text and token ids of each, and its tokenizer.
+    Exports the GGUF files beside ``db``: ``base.gguf``, and for a fine-tuned model ``merged.gguf`` and
+    ``adapter.gguf``."""
     import duckdb_ft
     from duckdb_ft.ml import models
 
     con = duckdb_ft.connect(db)
-    opts = json.dumps({"max_tokens": max_tokens, "temperature": 0})
     con.execute("CREATE OR REPLACE TEMP TABLE bench_prompts (i INTEGER, p VARCHAR)")
     con.executemany("INSERT INTO bench_prompts VALUES (?, ?)", list(enumerate(prompts)))
-    con.execute("SELECT complete(?, 'warm-up', ?)", [model, opts]).fetchall()
-    t = time.perf_counter()
-    rows = con.execute("SELECT i, complete(?, p, ?) FROM bench_prompts ORDER BY i", [model, opts]).fetchall()
-    seconds = time.perf_counter() - t
-    folder = os.path.dirname(db)
-    base = model
+    folder, base = os.path.dirname(db), model
     if fine_tuned:
         base = con.execute("SELECT base_model FROM duckdb_ft.models WHERE name = ?", [model]).fetchall()[0][0]
         duckdb_ft.export_model(con, model, f"{folder}/merged.gguf", format="gguf")
         duckdb_ft.export_model(con, model, f"{folder}/adapter.gguf", format="gguf-lora")
     duckdb_ft.export_model(con, base, f"{folder}/base.gguf", format="gguf")
-    con.close()
     tokenizer = models.load_tokenizer(models.resolve(base))
     chats = [[{"role": "user", "content": p}] for p in prompts]
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
     ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    return [json.loads(r[1])["choices"][0]["messages"] for r in rows], len(rows) / seconds, texts, ids, tokenizer
+    return con, texts, ids, tokenizer
 
 
-def _serve(model_path: str, lora_path: str | None, slots: int, threads: int, n_ctx_seq: int = 1024):
+def _complete_pass(con, model: str, max_tokens: int) -> tuple[float, list[str]]:
+    """One ``SELECT complete(...) FROM bench_prompts``: rows/s and the answers in prompt order."""
+    opts = json.dumps({"max_tokens": max_tokens, "temperature": 0})
+    t = time.perf_counter()
+    rows = con.execute("SELECT i, complete(?, p, ?) FROM bench_prompts ORDER BY i", [model, opts]).fetchall()
+    return len(rows) / (time.perf_counter() - t), [json.loads(r[1])["choices"][0]["messages"] for r in rows]
+
+
+def _serve(model_path: str, lora_path: str | None, slots: int, threads: int, n_ctx_seq: int = 512):
     """llama-server (xllamacpp's ``Server``) on ``model_path`` [+ the LoRA adapter], ``slots`` parallel slots."""
     import xllamacpp as xlc
 
@@ -147,24 +151,32 @@ def _pass(url: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[
     return len(prompts) / (time.perf_counter() - t0), latency, answers
 
 
-def _parting(url: str, tokenizer, text: str, ours: str, max_tokens: int) -> str:
-    """Why llama.cpp's answer to the chat ``text`` differs from COMPLETE's (``ours``): its tokens (the server's
-    native ``/completion``, the same text), decoded by COMPLETE's tokenizer, either give COMPLETE's answer (the
-    same tokens, text decoded differently) or part from it at a token, where llama.cpp's margin between its two
-    best tokens is given (the difference of their log-probabilities, which is that of their logits)."""
+def _parting(url: str, tokenizer, text: str, ours: str, theirs: str, max_tokens: int) -> str:
+    """Why llama.cpp's answer ``theirs`` to the chat ``text`` differs from COMPLETE's ``ours``. llama.cpp answers
+    the text again alone (its native ``/completion``, no cached prefix), with its two best tokens' log-probabilities
+    at each step (their difference is that of their logits); its tokens, decoded by COMPLETE's tokenizer, either
+    give COMPLETE's answer or part from it at a token, and the margin there says how near a tie it was."""
     r = _post(f"{url}/completion", {"prompt": text, "n_predict": max_tokens, "temperature": 0, "n_probs": 2,
                                     "return_tokens": True, "cache_prompt": False})
-    toks, probs = r["tokens"], r.get("completion_probabilities") or []
+    toks, probs, alone = r["tokens"], r.get("completion_probabilities") or [], r["content"].strip()
+
+    def parts(target: str) -> str:
+        for k in range(len(toks)):
+            piece = tokenizer.decode(toks[:k + 1], skip_special_tokens=True).lstrip().rstrip("\ufffd")
+            if not target.startswith(piece):
+                top = probs[k]["top_logprobs"] if k < len(probs) else []
+                margin = f"{top[0]['logprob'] - top[1]['logprob']:.4f}" if len(top) > 1 else "?"
+                return f"at new token {k}, where llama.cpp's two best tokens are {margin} apart"
+        return f"after its {len(toks)} tokens"
+
     if tokenizer.decode(toks, skip_special_tokens=True).strip() == ours:
-        return (f"the same {len(toks)} tokens as COMPLETE's; only their text differs (a character the last token "
-                "leaves unfinished: COMPLETE decodes its bytes as U+FFFD, llama.cpp's server holds them back)")
-    for k in range(len(toks)):
-        part = tokenizer.decode(toks[:k + 1], skip_special_tokens=True).lstrip().rstrip("\ufffd")
-        if not ours.startswith(part):
-            top = probs[k]["top_logprobs"] if k < len(probs) else []
-            margin = f"{top[0]['logprob'] - top[1]['logprob']:.4f}" if len(top) > 1 else "?"
-            return f"parts at new token {k}; llama.cpp's margin there between its two best tokens: {margin}"
-    return f"llama.cpp ends after {len(toks)} tokens where COMPLETE goes on"
+        if alone == theirs:
+            return (f"the same {len(toks)} tokens as COMPLETE's, decoded differently (a character the last token "
+                    "leaves unfinished: COMPLETE shows its bytes as U+FFFD, llama.cpp's server holds them back)")
+        return ("llama.cpp alone (no cached prefix) gives COMPLETE's answer token for token; its answer in the pass "
+                f"(its prompt cache, its batch) parts from that {parts(theirs)}")
+    again = "" if alone == theirs else " (llama.cpp alone answers otherwise than in the pass, too)"
+    return f"llama.cpp's tokens part from COMPLETE's answer {parts(ours)}{again}"
 
 
 def main() -> int:
@@ -175,6 +187,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of torch (COMPLETE) and of llama.cpp (2)")
     p.add_argument("--clients", type=int, help="slots and concurrent clients of the batched pass (8; --demo: 32)")
     p.add_argument("--sequential-rows", type=int, help="rows of the one-at-a-time pass (default: all)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds, each timing COMPLETE and every pass (1)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     if importlib.util.find_spec("xllamacpp") is None:
@@ -204,16 +217,15 @@ def main() -> int:
     print(f"xllamacpp {xllamacpp.__version__}; {len(prompts)} prompts, {max_tokens} new tokens, greedy; threads: "
           f"torch {torch.get_num_threads()}, llama.cpp {args.threads}; load average "
           f"{open('/proc/loadavg').read().strip()}", flush=True)
-    ours, ours_rps, texts, hf_ids, tokenizer = _complete(db, model, prompts, max_tokens, not args.demo)
-    print(f"COMPLETE over a table: {ours_rps:.2f} rows/s", flush=True)
+    con, texts, hf_ids, tokenizer = _prepare(db, model, prompts, not args.demo)
+    con.execute("SELECT complete(?, 'warm-up', ?)", [model, json.dumps({"max_tokens": max_tokens})]).fetchall()
     exports = [("base gguf", f"{d}/base.gguf", None)] if args.demo else [
         ("merged gguf", f"{d}/merged.gguf", None), ("base gguf + gguf-lora", f"{d}/base.gguf", f"{d}/adapter.gguf")]
     seq = prompts[:args.sequential_rows] if args.sequential_rows else prompts
-    figures = {"complete_rows_per_s": ours_rps, "rows": len(prompts), "max_tokens": max_tokens,
-               "threads": args.threads, "xllamacpp": xllamacpp.__version__, "passes": []}
+    passes = []  # every server stays up for all rounds: each round times COMPLETE and every pass close together
     for name, path, lora in exports:
-        for label, slots, rows in (("one request at a time", 1, seq), (f"{clients} slots, {clients} clients",
-                                                                         clients, prompts)):
+        for label, slots, rows in (("one request at a time", 1, seq),
+                                   (f"{clients} slots, {clients} clients", clients, prompts)):
             server = _serve(path, lora, slots, args.threads)
             url = server.listening_address
             if slots == 1:
@@ -223,28 +235,56 @@ def main() -> int:
                           ["tokens"] for t in rendered]
                 print(f"{name}: llama.cpp's chat template text equals COMPLETE's on "
                       f"{sum(a == b for a, b in zip(rendered, texts))}/{len(prompts)}, its tokens of it on "
-                      f"{sum(a == b for a, b in zip(tokens, hf_ids))}/{len(prompts)}")
+                      f"{sum(a == b for a, b in zip(tokens, hf_ids))}/{len(prompts)}", flush=True)
             _pass(url, prompts[:1], max_tokens, 1)  # warm-up
-            rps, latency, answers = _pass(url, rows, max_tokens, slots)
-            agree = sum(a == b for a, b in zip(ours, answers))
-            print(f"llama.cpp, {name}, {label}: {rps:.2f} rows/s, p50 {percentile(latency, 0.5):.2f} s, p99 "
-                  f"{percentile(latency, 0.99):.2f} s; answers equal to COMPLETE's: {agree}/{len(rows)}", flush=True)
-            for prompt, text, a, b in zip(rows, texts, ours, answers):
-                if a != b:
-                    print(f"  {prompt[-60:]!r}: {_parting(url, tokenizer, text, a, max_tokens)}\n    COMPLETE:  {a!r}\n"
-                          f"    llama.cpp: {b!r}")
-            figures["passes"].append({"export": name, "pass": label, "rows": len(rows), "rows_per_s": rps,
-                                      "p50_s": percentile(latency, 0.5), "p99_s": percentile(latency, 0.99),
-                                      "equal_to_complete": agree})
-            del server
-    figures["loadavg_after"] = open("/proc/loadavg").read().strip()
-    print(f"COMPLETE over a table {ours_rps:.2f} rows/s; load average after: {figures['loadavg_after']}")
-    for f in figures["passes"]:
-        print(f"  llama.cpp, {f['export']}, {f['pass']}: {f['rows_per_s']:.2f} rows/s; COMPLETE / this "
-              f"{ours_rps / f['rows_per_s']:.2f}x")
+            passes.append({"export": name, "pass": label, "rows": rows, "slots": slots, "server": server,
+                           "rps": [], "ratio": [], "latency": [], "answers": None})
+    ours, complete_rps = None, []
+    for r in range(args.rounds):
+        order = passes if r % 2 == 0 else passes[::-1]  # COMPLETE first, then the passes; every other round reversed
+        rps, answers = _complete_pass(con, model, max_tokens)
+        complete_rps.append(rps)
+        if ours is None:
+            ours = answers
+        elif answers != ours:
+            print(f"round {r + 1}: COMPLETE's answers changed between rounds")
+        line = [f"COMPLETE {rps:.2f}"]
+        for ps in order:
+            rps_p, latency, answers = _pass(ps["server"].listening_address, ps["rows"], max_tokens, ps["slots"])
+            ps["rps"].append(rps_p)
+            ps["ratio"].append(rps / rps_p)
+            ps["latency"] += latency
+            ps["answers"] = ps["answers"] or answers
+            line.append(f"{ps['export']}, {ps['pass']} {rps_p:.2f}")
+        print(f"round {r + 1} rows/s (load average {open('/proc/loadavg').read().strip()}): " + "; ".join(line),
+              flush=True)
+    for ps in passes:
+        agree = sum(a == b for a, b in zip(ours, ps["answers"]))
+        ps["equal"] = agree
+        print(f"agreement, COMPLETE vs llama.cpp ({ps['export']}, {ps['pass']}): {agree}/{len(ps['rows'])}")
+        for prompt, text, a, b in zip(ps["rows"], texts, ours, ps["answers"]):
+            if a != b:
+                why = _parting(ps["server"].listening_address, tokenizer, text, a, b, max_tokens)
+                print(f"  {prompt[-60:]!r}: {why}\n    COMPLETE:  {a!r}\n    llama.cpp: {b!r}")
+    median = statistics.median
+    figures = {"rows": len(prompts), "max_tokens": max_tokens, "threads": args.threads, "rounds": args.rounds,
+               "xllamacpp": xllamacpp.__version__, "complete_rows_per_s": complete_rps, "passes": [],
+               "loadavg_after": open("/proc/loadavg").read().strip()}
+    print(f"rows/s, median of {args.rounds} round(s) (load average after: {figures['loadavg_after']}):\n"
+          f"  COMPLETE over a table: {median(complete_rps):.2f}")
+    for ps in passes:
+        p50, p99 = percentile(ps["latency"], 0.5), percentile(ps["latency"], 0.99)
+        print(f"  llama.cpp, {ps['export']}, {ps['pass']}: {median(ps['rps']):.2f} (p50 {p50:.2f} s, p99 {p99:.2f} s);"
+              f" COMPLETE / this, median of the rounds' ratios: {median(ps['ratio']):.2f}x")
+        figures["passes"].append({"export": ps["export"], "pass": ps["pass"], "rows": len(ps["rows"]),
+                                  "rows_per_s": ps["rps"], "complete_over_this": ps["ratio"], "p50_s": p50,
+                                  "p99_s": p99, "equal_to_complete": ps["equal"]})
     if args.json:
         with open(args.json, "w") as out:
             json.dump(figures, out, indent=2)
+    con.close()
+    for ps in passes:
+        del ps["server"]
     return 0
 
 
