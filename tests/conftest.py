@@ -4,8 +4,9 @@
 ``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``refused``, ``allow_base_model``; the ``limited`` fixture; the options ``FAST``,
 ``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line; the privilege matrix ``PRIVILEGE_MATRIX``, whose
 database is the ``privilege_shop`` fixture): ``from conftest import ...``. Test modules
-import nothing from each other. Set-ups that train (``apple``, ``tiny``) are made once a run and never changed; a
-test that changes a trained database works on a copy of its file.
+import nothing from each other. Set-ups that train (``apple``, ``privilege_shop``) and the tiny model are made once
+a run, shared by the pytest-xdist workers (``once_a_run``), and never changed; a test that changes a trained
+database works on a copy of its file.
 
 Tests marked ``slow`` (torchrun, kill loops, the notebook, the shell and scripts as subprocesses and in a terminal,
 the real model, jobs trained to their end, fuzzing) are left out by ``make test-fast``; ``make test`` runs them all.
@@ -118,6 +119,27 @@ def wait_for(predicate, timeout=120, what="condition", interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def once_a_run(tmp_path_factory, name, make):
+    """``make(folder)``'s value (JSON: a path, ids, answers), made once a test run: under pytest-xdist the first
+    worker to ask makes it in a folder of the run's own (beside the workers' ``tmp_path``s) while the others wait
+    on a file lock, then read what it wrote, so that a set-up that trains runs once, not once a worker. Without
+    xdist: once a session, in a ``tmp_path_factory`` folder. A worker whose ``make`` fails leaves nothing: the
+    next one tries again (and fails alike)."""
+    import tempfile
+
+    from filelock import FileLock  # torch's own dependency
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent  # the run's folder: each worker's basetemp is in it
+    made = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not made.is_file():
+            value = make(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))
+            made.write_text(json.dumps(value))
+        return json.loads(made.read_text())
 
 
 def peft_model(path, dropout=0.0, attention=None):
@@ -267,10 +289,15 @@ def privilege_shop(tmp_path_factory, tiny_model_path):
     schema ml, roles analyst (alice; USAGE on main and ml, CREATE MODEL on ml, SELECT on faq, faq_view and
     secret_view), viewer (bob; USAGE on ml and on model ml.shared_bot), outsider (eve) and senior (carol; granted
     analyst), the model ml.shared_bot trained from the tiny model and owned by analyst, the tiny model a base model
-    every role may name. Built once a run and never changed: a test works on a copy of the file."""
+    every role may name. Built once a run (shared by the pytest-xdist workers) and never changed: a test works on
+    a copy of the file."""
+    return tuple(once_a_run(tmp_path_factory, "priv", lambda folder: _build_privilege_shop(folder, tiny_model_path)))
+
+
+def _build_privilege_shop(folder, tiny_model_path):
     import duckdb_ft
 
-    path = str(tmp_path_factory.mktemp("priv") / "shop.duckdb")
+    path = str(folder / "shop.duckdb")
     base = tiny_model_path
     admin = duckdb_ft.connect(path)
     admin.execute("CREATE TABLE faq AS SELECT 'question ' || i AS q, 'answer ' || i AS a FROM range(20) t(i)")
@@ -300,19 +327,28 @@ def privilege_shop(tmp_path_factory, tiny_model_path):
 
 @pytest.fixture(scope="session")
 def default_model_path() -> str:
-    """The real SmolLM2-135M-Instruct, converted into the test cache (about 20 s the first time)."""
+    """The real SmolLM2-135M-Instruct, converted into the test cache (about 20 s the first time: under pytest-xdist
+    one worker converts while the others wait for it, rather than each converting its own copy)."""
+    from filelock import FileLock
+
     from duckdb_ft.ml import models
 
-    return models.resolve(models.DEFAULT_MODEL)
+    _CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(_CACHE / ".convert.lock")):
+        return models.resolve(models.DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(default_model_path, tmp_path_factory) -> str:
-    """A two-layer Llama (hidden 64) with SmolLM2's tokenizer, saved as a Hugging Face folder."""
+    """A two-layer Llama (hidden 64) with SmolLM2's tokenizer, saved as a Hugging Face folder (once a run: the
+    trained set-ups below name it as their base model)."""
+    return once_a_run(tmp_path_factory, "tiny-llama", lambda path: _save_tiny_model(path, default_model_path))
+
+
+def _save_tiny_model(path, default_model_path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(default_model_path)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -345,10 +381,15 @@ def apple(tmp_path_factory, tiny_model_path):
     """A database file with model 'exported', trained (``LEARN``) to answer 'apple apple apple' to 'Say the word
     <i>': its path, its job id, and COMPLETE's answers (parsed JSON) to ``APPLE_PROMPTS``, taken before the file was
     closed. Trained once a run, for every test that needs a model that learned something; never changed: a test
-    that changes it, or writes beside it, takes a copy (``apple_copy``)."""
+    that changes it, or writes beside it, or opens it in another process, takes a copy (``apple_copy``): under
+    pytest-xdist the workers share the file."""
+    return tuple(once_a_run(tmp_path_factory, "apple", lambda folder: _train_apple(folder, tiny_model_path)))
+
+
+def _train_apple(folder, tiny_model_path):
     import duckdb_ft
 
-    db = str(tmp_path_factory.mktemp("apple") / "apple.duckdb")
+    db = str(folder / "apple.duckdb")
     con = duckdb_ft.connect(db)
     con.execute("CREATE TABLE t AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
     job = create(con, "exported", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=LEARN)

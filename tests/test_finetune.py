@@ -267,7 +267,7 @@ def test_model_persists_in_the_database_file(apple_copy):
 
 
 @pytest.mark.slow
-def test_export_writes_a_peft_folder_that_peft_loads(apple, tmp_path, tiny_model_path):
+def test_export_writes_a_peft_folder_that_peft_loads(apple_copy, tmp_path, tiny_model_path):
     """duckdb-ft export: PeftModel.from_pretrained(base, folder) gives the same completion as COMPLETE."""
     import subprocess
     import sys
@@ -276,7 +276,7 @@ def test_export_writes_a_peft_folder_that_peft_loads(apple, tmp_path, tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    db, _, answers = apple  # the command line only reads the file
+    db, _, answers = apple_copy  # the command line opens the file for writing: not the workers' shared one
     ours = answers[APPLE_PROMPTS.index("Say the word 3")]
 
     folder = tmp_path / "adapter"
