@@ -2,7 +2,8 @@
 ``PAIRS``, an in-memory database, the ``faq`` and ``big`` tables) and the helpers test files share (``rows``,
 ``one``, ``create``, ``describe``, ``wait``, ``wait_for``, ``catalog_counts``, ``python_output``, ``peft_model``,
 ``lora_grads``, ``setup_attack_db``, ``user_connection``, ``denied``, ``refused``, ``allow_base_model``; the ``limited`` fixture; the options ``FAST``,
-``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line; the privilege matrix ``PRIVILEGE_MATRIX``, whose
+``ONE_EPOCH`` and ``LEARN``; ``COMMAND``, the duckdb-ft command line, and ``run_sql_script``, a walk-through of sql/
+through it (the ``sql_script_run`` fixture: each once a run); the privilege matrix ``PRIVILEGE_MATRIX``, whose
 database is the ``privilege_shop`` fixture): ``from conftest import ...``. Test modules
 import nothing from each other. Set-ups that train (``apple``, ``privilege_shop``) and the tiny model are made once
 a run, shared by the pytest-xdist workers (``once_a_run``), and never changed; a test that changes a trained
@@ -323,6 +324,41 @@ def _build_privilege_shop(folder, tiny_model_path):
     allow_base_model(admin, base)  # the folder is a base model every role may name
     admin.close()
     return path, job
+
+
+def run_sql_script(path: Path, database: Path, model: str):
+    """The walk-through ``path`` (in sql/) through the shell's script mode (``duckdb-ft DATABASE < script``) on the
+    model folder ``model`` instead of the default model: its CompletedProcess."""
+    import subprocess
+
+    script = path.read_text().replace("'smollm2-135m'", f"'{model}'")
+    if path.name == "privileges.sql":  # its users name the model: a folder only as a registered base model
+        script = f"CREATE BASE MODEL tiny FROM '{model}';\nGRANT USAGE ON BASE MODEL tiny TO ROLE public;\n" \
+            + script.replace(f"'{model}'", "'tiny'")
+    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
+    return subprocess.run([*COMMAND, str(database)], input=script, capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.fixture(scope="session")
+def sql_script_run(tmp_path_factory, tiny_model_path):
+    """A function of a script's name in sql/ giving its run on the tiny model (``run_sql_script``) as a dict:
+    returncode, stdout, stderr and the database file it ran on (never changed after: open it read-only). Each
+    script runs once a run, whichever test (or pytest-xdist worker) asks first."""
+    runs = {}
+    folder = Path(__file__).resolve().parent.parent / "sql"
+
+    def make(name, into):
+        done = run_sql_script(folder / name, into / "script.duckdb", tiny_model_path)
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                "database": str(into / "script.duckdb")}
+
+    def run(name: str) -> dict:
+        if name not in runs:
+            runs[name] = once_a_run(tmp_path_factory, f"script-{name}", lambda into: make(name, into))
+        return runs[name]
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -180,24 +180,17 @@ def test_bad_statements_are_clear_errors(db):
 
 
 @pytest.mark.slow
-def test_privileges_walkthrough_script_runs_in_the_shell(tmp_path, tiny_model_path):
-    """sql/privileges.sql, through the shell's script mode (on the tiny model, for speed)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = (Path(__file__).resolve().parent.parent / "sql" / "privileges.sql").read_text()
-    script = f"CREATE BASE MODEL tiny FROM '{tiny_model_path}';\nGRANT USAGE ON BASE MODEL tiny TO ROLE public;\n" \
-        + script.replace("'smollm2-135m'", "'tiny'")  # a registered folder: what a user may name
-    run = subprocess.run([sys.executable, "-m", "duckdb_ft", str(tmp_path / "walk.duckdb")], input=script,
-                         capture_output=True, text=True, timeout=300)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out
+def test_privileges_walkthrough_script_runs_in_the_shell(sql_script_run):
+    """sql/privileges.sql, through the shell's script mode (on the tiny model, for speed; the run
+    tests/test_sql_scripts.py checks too, made once: conftest's ``sql_script_run``)."""
+    run = sql_script_run("privileges.sql")
+    out = run["stdout"] + run["stderr"]
+    assert run["returncode"] == 0, out
     assert "Error" not in out, out
     assert "USAGE on model ml.support_bot granted to role viewer." in out
     for column in ("viewer_can_complete", "revoked"):
         block = out[out.index(f"│ {column} │"):]
         assert block.split("\n")[3].strip("│ ") == "true", block[:300]
-    con = duckdb_ft.connect(str(tmp_path / "walk.duckdb"))
+    con = duckdb_ft.connect(run["database"], read_only=True)
     assert con.execute("SELECT owner FROM duckdb_ft.models WHERE name = 'support_bot'").fetchall() == [("analyst",)]
     con.close()

@@ -6,14 +6,10 @@ replaced in the text), which keeps them to seconds: they check that the walk-thr
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import COMMAND
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -80,24 +76,14 @@ EXPECTED = {
 }
 
 
-def run_script(path: Path, database: Path, model: str) -> subprocess.CompletedProcess:
-    script = path.read_text().replace("'smollm2-135m'", f"'{model}'")
-    if path.name == "privileges.sql":  # its users name the model: a folder only as a registered base model
-        script = f"CREATE BASE MODEL tiny FROM '{model}';\nGRANT USAGE ON BASE MODEL tiny TO ROLE public;\n" \
-            + script.replace(f"'{model}'", "'tiny'")
-    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
-    return subprocess.run([*COMMAND, str(database)], input=script, capture_output=True, text=True, env=env,
-                          timeout=600)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SQL.glob("*.sql")), ids=lambda p: p.name)
-def test_sql_script_runs_in_the_shell(script, tmp_path, tiny_model_path):
-    r = run_script(script, tmp_path / "script.duckdb", tiny_model_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+def test_sql_script_runs_in_the_shell(script, sql_script_run):
+    r = sql_script_run(script.name)  # (conftest: tests/test_privileges.py reads the privileges.sql run too)
+    assert r["returncode"] == 0, r["stdout"] + r["stderr"]
+    assert "Error" not in r["stderr"] and "Traceback" not in r["stderr"], r["stderr"]
     for pattern in EXPECTED.get(script.name, []):
-        assert re.search(pattern, r.stdout), f"{pattern!r} not in:\n{r.stdout}"
+        assert re.search(pattern, r["stdout"]), f"{pattern!r} not in:\n{r['stdout']}"
 
 
 def test_every_script_has_a_header_saying_how_to_run_it():
