@@ -32,8 +32,9 @@ Run from the repository root (TRL is in the ``bench`` extra)::
         [--tasks library,extract] [--seeds 3] [--recipes finetune,plain,trl] [--rows 120] [--test 40] \\
         [--model FOLDER] [--out /tmp/quality.jsonl]
 
-Every (task, seed, recipe) run is one JSON line in ``--out`` (answers and marks included); ``--summarize FILE``
-prints the tables again from such a file.
+Every (task, seed, recipe) run is scored as soon as it is trained and written as one JSON line in ``--out``
+(answers and marks included), so a run cut short keeps what it finished; ``--summarize FILE`` prints the tables
+from such a file (several files' lines may be concatenated).
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     ap.add_argument("--rows", type=int, help="at most this many training rows per task (a fixed sample)")
     ap.add_argument("--test", type=int, help="at most this many held-out rows per task (a fixed sample)")
+    ap.add_argument("--order", choices=["seed", "recipe"], default="seed",
+                    help="seed: every recipe of a seed, then the next seed; recipe: every seed of a recipe first")
     ap.add_argument("--out", default="/tmp/quality.jsonl", help="JSON lines, one per run, appended")
     ap.add_argument("--summarize", metavar="JSONL", help="only print the tables of an earlier --out file")
     args = ap.parse_args(argv)
@@ -254,31 +257,28 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(work / "pairs.duckdb", work / "finetune.duckdb")
             prompts, golds = [p for p, _, _ in task.test], [g for _, g, _ in task.test]
             print(f"{task_name}: {len(task.train)} training rows, {len(task.test)} held out", flush=True)
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
-                hyper = shared_hyper(path, args.epochs, args.learning_rate, seed)
-                trained = {}
-                for recipe in recipes:
-                    load = os.getloadavg()[0]
-                    trained[recipe] = train(recipe, work, args.model, task_name, seed, args, hyper)
-                    trained[recipe]["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
-                    print(f"  seed {seed} {LABELS[recipe]:<18} trained in {trained[recipe]['wall_s']:.0f} s (load "
-                          f"average {load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            runs = ([(seed, recipe) for seed in seeds for recipe in recipes] if args.order == "seed" else
+                    [(seed, recipe) for recipe in recipes for seed in seeds])
+            for seed, recipe in runs:  # each run scored as soon as it is trained: a cut-off run keeps what it did
+                load = os.getloadavg()[0]
+                trained = train(recipe, work, args.model, task_name, seed, args,
+                                shared_hyper(path, args.epochs, args.learning_rate, seed))
+                trained["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
                 t0 = time.perf_counter()
-                said = answers(args.model, {r: trained[r]["adapter"] for r in recipes}, prompts, task.max_tokens)
-                eval_s = time.perf_counter() - t0
-                for recipe in recipes:
-                    marks = [bool(task.check(a, g)) for a, g in zip(said[recipe], golds)]
-                    rec = {"task": task_name, "seed": seed, "recipe": recipe, "accuracy": sum(marks) / len(marks),
-                           "right": sum(marks), "test_rows": len(marks), "model": args.model,
-                           "epochs": args.epochs, "learning_rate": args.learning_rate,
-                           "train_rows_given": len(task.train), "eval_s": round(eval_s, 1),
-                           **{k: v for k, v in trained[recipe].items() if k != "adapter"},
-                           "marks": marks, "unseen": [u for _, _, u in task.test], "answers": said[recipe]}
-                    records.append(rec)
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    print(f"  seed {seed} {LABELS[recipe]:<18} {rec['right']}/{rec['test_rows']} = "
-                          f"{rec['accuracy']:.1%} held out", flush=True)
+                said = answers(args.model, {recipe: trained.pop("adapter")}, prompts, task.max_tokens)[recipe]
+                marks = [bool(task.check(a, g)) for a, g in zip(said, golds)]
+                rec = {"task": task_name, "seed": seed, "recipe": recipe, "accuracy": sum(marks) / len(marks),
+                       "right": sum(marks), "test_rows": len(marks), "model": args.model, "epochs": args.epochs,
+                       "learning_rate": args.learning_rate, "train_rows_given": len(task.train),
+                       "eval_s": round(time.perf_counter() - t0, 1), **trained, "marks": marks,
+                       "unseen": [u for _, _, u in task.test], "answers": said}
+                records.append(rec)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"  seed {seed} {LABELS[recipe]:<18} {rec['right']}/{rec['test_rows']} = {rec['accuracy']:.1%} "
+                      f"held out (trained in {rec['wall_s']:.0f} s, load average {load:.1f} -> "
+                      f"{trained['load_average'][1]:.1f})", flush=True)
         finally:
             task.close()
             shutil.rmtree(work, ignore_errors=True)
