@@ -236,7 +236,7 @@ def main() -> int:
         t0 = time.monotonic()
         while job_state()[0] in ("PENDING", "IN_PROGRESS") and time.monotonic() - t0 < args.job_timeout:
             time.sleep(1)
-        job_end = job_state()[0]
+        job_end, job_after = job_state()[0], time.monotonic() - t0
         peak[0] = max(peak[0], rss(server))
         figures = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -248,7 +248,7 @@ def main() -> int:
             "seconds": round(wall, 1), "requests_per_s": round(args.requests / wall, 2),
             "errors": len(errors), "first_errors": errors[:5],
             "job": job, "job_status_when_requests_ended": status_at_end[0], "job_step_then": status_at_end[1],
-            "job_end_status": job_end,
+            "job_end_status": job_end, "job_seconds_after_the_requests": round(job_after, 1),
             "job_training_share_of_requests_window": round(training[0] / max(1, training[1]), 2),
             "rss_after_first_20_mb": round(samples["early"] / 2**20, 1),
             "rss_after_all_mb": round(samples["end"] / 2**20, 1),

@@ -16,7 +16,9 @@ schema, then a question; ``--rows``), greedy, ``max_tokens`` 32 (``--max-tokens`
 Each pass reports rows/s (rows over the pass's wall time) and the p50 and p99 of request latency (COMPLETE over a
 table: every row's latency is the statement's); answers are compared with COMPLETE's (greedy: equal). The server
 is warmed up (the model loaded by one request) before anything is timed. The load average (1 minute) is read at the
-start and end of each pass.
+start and end of each pass. On a shared machine wall time measures the neighbours too, so each pass also reports
+the CPU seconds it cost (this process's for COMPLETE, the server's for the HTTP passes; psutil) and rows per CPU
+second: the work per row, which the load moves far less.
 
 Run from the repository root (``DUCKDB_FT_CACHE=.pytest_cache/model-cache`` reuses the test suite's converted
 model)::
@@ -44,6 +46,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 from openai import OpenAI
 
 import duckdb_ft
@@ -121,9 +124,11 @@ def main() -> int:
                 [prompts, prompts])
     con.execute("SELECT complete(?, 'Hello', ?)", [args.model, options]).fetchall()  # load and warm up
     loads = {"complete": [os.getloadavg()[0]]}
+    c0 = time.process_time()
     t0 = time.perf_counter()
     table = con.execute("SELECT i, complete(?, prompt, ?) FROM prompts ORDER BY i", [args.model, options]).fetchall()
     complete_s = time.perf_counter() - t0
+    complete_cpu = time.process_time() - c0
     loads["complete"].append(os.getloadavg()[0])
     print(f"COMPLETE over the table: {len(prompts) / complete_s:.2f} rows/s", flush=True)
     expected = [json.loads(r[1])["choices"][0]["messages"] for r in table]
@@ -131,15 +136,25 @@ def main() -> int:
     con.close()
 
     proc, url = start_server(db)
+    server = psutil.Process(proc.pid)
+
+    def server_cpu() -> float:
+        t = server.cpu_times()
+        return t.user + t.system
+
     try:
         http_pass(url, token, args.model, ["Hello"], args.max_tokens, 1)  # the server loads the model
         seq_prompts = prompts[:args.sequential_rows or len(prompts)]
         loads["sequential"] = [os.getloadavg()[0]]
+        c0 = server_cpu()
         seq_s, seq_lat, seq_answers = http_pass(url, token, args.model, seq_prompts, args.max_tokens, 1)
+        seq_cpu = server_cpu() - c0
         loads["sequential"].append(os.getloadavg()[0])
         print(f"sequential: {len(seq_prompts) / seq_s:.2f} rows/s", flush=True)
         loads["concurrent"] = [os.getloadavg()[0]]
+        c0 = server_cpu()
         con_s, con_lat, con_answers = http_pass(url, token, args.model, prompts, args.max_tokens, args.clients)
+        con_cpu = server_cpu() - c0
         loads["concurrent"].append(os.getloadavg()[0])
         print(f"concurrent: {len(prompts) / con_s:.2f} rows/s", flush=True)
     finally:
@@ -154,6 +169,8 @@ def main() -> int:
         "load_average_start_end": loads, "model": args.model, "rows": n, "sequential_rows": n_seq,
         "clients": args.clients, "max_tokens": args.max_tokens,
         "complete_rows_per_s": n / complete_s, "complete_p50_s": complete_s, "complete_p99_s": complete_s,
+        "complete_rows_per_cpu_s": n / complete_cpu, "sequential_rows_per_cpu_s": n_seq / seq_cpu,
+        "concurrent_rows_per_cpu_s": n / con_cpu,
         "sequential_rows_per_s": n_seq / seq_s, "sequential_p50_s": percentile(seq_lat, 0.5),
         "sequential_p99_s": percentile(seq_lat, 0.99),
         "concurrent_rows_per_s": n / con_s, "concurrent_p50_s": percentile(con_lat, 0.5),
@@ -163,6 +180,7 @@ def main() -> int:
     }
     figures["concurrent_vs_sequential"] = figures["concurrent_rows_per_s"] / figures["sequential_rows_per_s"]
     figures["concurrent_vs_complete"] = figures["concurrent_rows_per_s"] / figures["complete_rows_per_s"]
+    figures["concurrent_vs_complete_per_cpu_s"] = complete_cpu / con_cpu
     for k, v in figures.items():
         print(f"{k:28} {v:.3f}" if isinstance(v, float) else f"{k:28} {v}")
     if args.json:
