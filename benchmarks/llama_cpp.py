@@ -19,7 +19,8 @@ parallel slots, the GGUF's Jinja chat template, LoRA adapters), asked through th
    median of the rounds' ratios, each taken minutes apart at most (a shared machine's load moves between passes).
 
 ``--demo N`` runs issue 32's serving load instead, on the base model ``smollm2-135m`` (no training): the first N
-prompts of the demo's question -> SQL pairs (as ``serve_throughput.py``), 32 new tokens, greedy, 32 clients.
+prompts of the demo's question -> SQL pairs (as ``serve_throughput.py``), 32 new tokens, greedy, 32 clients; with
+the serve extra, ``duckdb-ft serve`` (torch at ``--threads``) takes the same load in the same rounds, side by side.
 
 Needs the optional extra ``llama`` (``pip install 'duckdb-ft[llama]'``: xllamacpp, a prebuilt CPU llama.cpp; no
 compiler). Without it the script says so and exits 0, so it never fails a run. Run from the repository root:
@@ -32,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -124,12 +126,41 @@ def _post(url: str, body: dict) -> dict:
     return json.load(urllib.request.urlopen(req, timeout=600))
 
 
-def _ask(client, prompt: str, max_tokens: int):
-    return client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": prompt}],
+def _duckdb_ft_serve(db: str, threads: int) -> tuple[subprocess.Popen, str, str]:
+    """``duckdb-ft serve db`` as a subprocess on a free port (torch at ``threads`` threads): it, its URL, and an
+    administrator's token."""
+    import socket
+
+    import duckdb_ft
+    from duckdb_ft.governance.credentials import first_token
+
+    con = duckdb_ft.connect(db)
+    token = first_token(con.duckdb_connection.cursor())[0]
+    con.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "duckdb_ft", "serve", db, "--port", str(port), "--max-queue",
+                             "1024"], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1500):
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return proc, url, token
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("duckdb-ft serve did not start")
+
+
+def _ask(client, model: str, prompt: str, max_tokens: int):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                           max_tokens=max_tokens, temperature=0)
 
 
-def _pass(url: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[float, list[float], list[str]]:
+def _pass(url: str, model: str, key: str, prompts: list[str], max_tokens: int,
+          clients: int) -> tuple[float, list[float], list[str]]:
     """``clients`` threads, each with its own ``openai`` client, each asking its share of ``prompts`` one request
     after the other: the pass's rows/s, each request's latency, the answers (stripped, as COMPLETE's)."""
     from openai import OpenAI
@@ -138,10 +169,10 @@ def _pass(url: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[
     latency: list = [None] * len(prompts)
 
     def work(indexes: list[int]) -> None:
-        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+        client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=3600)
         for i in indexes:
             t = time.perf_counter()
-            answers[i] = (_ask(client, prompts[i], max_tokens).choices[0].message.content or "").strip()
+            answers[i] = (_ask(client, model, prompts[i], max_tokens).choices[0].message.content or "").strip()
             latency[i] = time.perf_counter() - t
 
     shares = [list(range(k, len(prompts), clients)) for k in range(clients)]
@@ -236,9 +267,19 @@ def main() -> int:
                 print(f"{name}: llama.cpp's chat template text equals COMPLETE's on "
                       f"{sum(a == b for a, b in zip(rendered, texts))}/{len(prompts)}, its tokens of it on "
                       f"{sum(a == b for a, b in zip(tokens, hf_ids))}/{len(prompts)}", flush=True)
-            _pass(url, prompts[:1], max_tokens, 1)  # warm-up
-            passes.append({"export": name, "pass": label, "rows": rows, "slots": slots, "server": server,
-                           "rps": [], "ratio": [], "latency": [], "answers": None})
+            _pass(url, "gguf", "none", prompts[:1], max_tokens, 1)  # warm-up
+            passes.append({"name": f"llama.cpp {name}, {label}", "rows": rows, "clients": slots, "keep": server,
+                           "url": url, "model": "gguf", "key": "none", "llama": True})
+    if args.demo and importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):
+        proc, url, token = _duckdb_ft_serve(f"{d}/serve.duckdb", args.threads)
+        _pass(url, model, token, prompts[:1], max_tokens, 1)  # the server loads the model
+        for label, n, rows in (("one request at a time", 1, seq), (f"{clients} clients", clients, prompts)):
+            passes.append({"name": f"duckdb-ft serve, {label}", "rows": rows, "clients": n, "keep": proc, "url": url,
+                           "model": model, "key": token, "llama": False})
+    elif args.demo:
+        print("duckdb-ft serve is left out: it needs the serve extra (pip install 'duckdb-ft[serve]')")
+    for ps in passes:
+        ps.update(rps=[], ratio=[], latency=[], answers=None)
     ours, complete_rps = None, []
     for r in range(args.rounds):
         order = passes if r % 2 == 0 else passes[::-1]  # COMPLETE first, then the passes; every other round reversed
@@ -250,22 +291,22 @@ def main() -> int:
             print(f"round {r + 1}: COMPLETE's answers changed between rounds")
         line = [f"COMPLETE {rps:.2f}"]
         for ps in order:
-            rps_p, latency, answers = _pass(ps["server"].listening_address, ps["rows"], max_tokens, ps["slots"])
+            rps_p, latency, answers = _pass(ps["url"], ps["model"], ps["key"], ps["rows"], max_tokens, ps["clients"])
             ps["rps"].append(rps_p)
             ps["ratio"].append(rps / rps_p)
             ps["latency"] += latency
             ps["answers"] = ps["answers"] or answers
-            line.append(f"{ps['export']}, {ps['pass']} {rps_p:.2f}")
+            line.append(f"{ps['name']} {rps_p:.2f}")
         print(f"round {r + 1} rows/s (load average {open('/proc/loadavg').read().strip()}): " + "; ".join(line),
               flush=True)
     for ps in passes:
         agree = sum(a == b for a, b in zip(ours, ps["answers"]))
         ps["equal"] = agree
-        print(f"agreement, COMPLETE vs llama.cpp ({ps['export']}, {ps['pass']}): {agree}/{len(ps['rows'])}")
+        print(f"agreement, COMPLETE vs {ps['name']}: {agree}/{len(ps['rows'])}")
         for prompt, text, a, b in zip(ps["rows"], texts, ours, ps["answers"]):
             if a != b:
-                why = _parting(ps["server"].listening_address, tokenizer, text, a, b, max_tokens)
-                print(f"  {prompt[-60:]!r}: {why}\n    COMPLETE:  {a!r}\n    llama.cpp: {b!r}")
+                why = _parting(ps["url"], tokenizer, text, a, b, max_tokens) if ps["llama"] else "differs"
+                print(f"  {prompt[-60:]!r}: {why}\n    COMPLETE:  {a!r}\n    this:      {b!r}")
     median = statistics.median
     figures = {"rows": len(prompts), "max_tokens": max_tokens, "threads": args.threads, "rounds": args.rounds,
                "xllamacpp": xllamacpp.__version__, "complete_rows_per_s": complete_rps, "passes": [],
@@ -274,9 +315,9 @@ def main() -> int:
           f"  COMPLETE over a table: {median(complete_rps):.2f}")
     for ps in passes:
         p50, p99 = percentile(ps["latency"], 0.5), percentile(ps["latency"], 0.99)
-        print(f"  llama.cpp, {ps['export']}, {ps['pass']}: {median(ps['rps']):.2f} (p50 {p50:.2f} s, p99 {p99:.2f} s);"
+        print(f"  {ps['name']}: {median(ps['rps']):.2f} (p50 {p50:.2f} s, p99 {p99:.2f} s);"
               f" COMPLETE / this, median of the rounds' ratios: {median(ps['ratio']):.2f}x")
-        figures["passes"].append({"export": ps["export"], "pass": ps["pass"], "rows": len(ps["rows"]),
+        figures["passes"].append({"pass": ps["name"], "rows": len(ps["rows"]),
                                   "rows_per_s": ps["rps"], "complete_over_this": ps["ratio"], "p50_s": p50,
                                   "p99_s": p99, "equal_to_complete": ps["equal"]})
     if args.json:
@@ -284,7 +325,10 @@ def main() -> int:
             json.dump(figures, out, indent=2)
     con.close()
     for ps in passes:
-        del ps["server"]
+        if isinstance(ps["keep"], subprocess.Popen) and ps["keep"].poll() is None:
+            ps["keep"].terminate()
+            ps["keep"].wait(timeout=60)
+        ps["keep"] = None
     return 0
 
 
