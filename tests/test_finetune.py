@@ -70,24 +70,29 @@ def test_finetuned_model_completes_differently_from_base(faq, tiny_model_path):
 
 
 @pytest.mark.slow
-def test_several_adapters_of_one_base_in_one_query(con, tiny_model_path):
-    con.execute("CREATE TABLE a AS SELECT 'Say the word ' || i AS p, 'apple apple apple' AS c FROM range(16) t(i)")
-    con.execute("CREATE TABLE b AS SELECT 'Say the word ' || i AS p, 'zebra zebra zebra' AS c FROM range(16) t(i)")
-    ja = create(con, "m_apple", tiny_model_path, "SELECT p AS prompt, c AS completion FROM a", options=LEARN)
-    jb = create(con, "m_zebra", tiny_model_path, "SELECT p AS prompt, c AS completion FROM b", options=LEARN)
-    assert wait(con, ja) == "SUCCESS" and wait(con, jb) == "SUCCESS"
-    opts = '{"max_tokens": 8}'
-    alone = {m: json.loads(one(con, f"SELECT complete('{m}', 'Say the word 3', '{opts}')"))["choices"][0]["messages"]
-             for m in ("m_apple", "m_zebra")}
-    alone["base"] = json.loads(one(con, f"SELECT complete(?, 'Say the word 3', '{opts}')", tiny_model_path)
-                               )["choices"][0]["messages"]
-    assert "apple" in alone["m_apple"] and "zebra" in alone["m_zebra"]
-    mixed = con.execute("SELECT m, complete(CASE m WHEN 'base' THEN ? ELSE m END, 'Say the word 3', ?)::JSON "
-                        "->> '$.choices[0].messages' FROM "
-                        "(VALUES ('m_apple'), ('m_zebra'), ('base'), ('m_apple'), ('m_zebra')) t(m)",
-                        [tiny_model_path, opts]).fetchall()
-    for m, text in mixed:
-        assert text == alone[m], m
+def test_several_adapters_of_one_base_in_one_query(apple_copy, tiny_model_path):
+    """Two adapters of the tiny model and the model itself, mixed row by row in one COMPLETE query: each row gets
+    its own model's answer. The apple adapter is the ``apple`` set-up's model 'exported' (trained once a run), the
+    zebra one the same job on 'zebra zebra zebra'."""
+    con = duckdb_ft.connect(apple_copy[0])
+    try:
+        con.execute("CREATE TABLE b AS SELECT 'Say the word ' || i AS p, 'zebra zebra zebra' AS c FROM range(16) t(i)")
+        jb = create(con, "m_zebra", tiny_model_path, "SELECT p AS prompt, c AS completion FROM b", options=LEARN)
+        assert wait(con, jb) == "SUCCESS"
+        opts = '{"max_tokens": 8}'
+        alone = {m: json.loads(one(con, f"SELECT complete('{m}', 'Say the word 3', '{opts}')")
+                               )["choices"][0]["messages"] for m in ("exported", "m_zebra")}
+        alone["base"] = json.loads(one(con, f"SELECT complete(?, 'Say the word 3', '{opts}')", tiny_model_path)
+                                   )["choices"][0]["messages"]
+        assert "apple" in alone["exported"] and "zebra" in alone["m_zebra"]
+        mixed = con.execute("SELECT m, complete(CASE m WHEN 'base' THEN ? ELSE m END, 'Say the word 3', ?)::JSON "
+                            "->> '$.choices[0].messages' FROM "
+                            "(VALUES ('exported'), ('m_zebra'), ('base'), ('exported'), ('m_zebra')) t(m)",
+                            [tiny_model_path, opts]).fetchall()
+        for m, text in mixed:
+            assert text == alone[m], m
+    finally:
+        con.close()
 
 
 def test_aliased_columns_from_a_view_and_explicit_validation(faq, tiny_model_path):
