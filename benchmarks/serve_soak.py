@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -108,8 +109,11 @@ def sql(url: str, token: str, statement: str) -> list[list]:
     req = urllib.request.Request(url + "/api/v2/statements", data=json.dumps({"statement": statement}).encode(),
                                  method="POST", headers={"Authorization": f"Bearer {token}",
                                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read())["data"]
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())["data"]
+    except urllib.error.HTTPError as e:  # a failed statement: its message, not a traceback
+        raise SystemExit(f"{statement[:80]}... failed ({e.code}): {e.read().decode()[:500]}") from None
 
 
 def rss(proc: psutil.Process) -> int:
@@ -148,7 +152,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--distinct", type=int, default=50, help="distinct prompts (each asked several times)")
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--job-epochs", type=int, default=2)
+    p.add_argument("--job-epochs", type=int, default=2, help="1 to 10 (FINETUNE's max_epochs)")
     p.add_argument("--job-timeout", type=float, default=3600.0)
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
