@@ -11,6 +11,8 @@ compute them (tests/test_preference.py compares the first steps' losses with TRL
   with peft's ``disable_adapter``) or a fine-tuned model's adapter. Its log-probabilities are computed once per
   sequence before the first step (TRL's ``precompute_ref_log_probs``), in the run's compute dtype, so no second
   model is kept and no step pays a reference forward; a resumed job recomputes them from the same start.
+- The passes without a gradient (reference, KL, validation) share a CPU's cores as the step's micro-batches do
+  (``lanes``), not as intra-op threads of one forward, which wait at every operation on a loaded machine.
 - KTO's KL estimate: each row is paired with another row's completion (rotated by one within each run of
   ``batch_size`` rows of the snapshot, as TRL builds its KL dataset); per batch, the mean log-ratio of those
   mismatched sequences under the policy and the reference, clamped at 0, detached.
@@ -264,26 +266,31 @@ class Preference:
             saved = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
             set_peft_model_state_dict(model, {k: v.to(device) for k, v in reference.items()})
         try:
-            with torch.no_grad(), (model.disable_adapter() if reference is None else _nothing()):
+            with model.disable_adapter() if reference is None else _nothing():
                 seen: set[int] = set()
                 for examples in sets:
                     if id(examples) in seen:
                         continue
                     seen.add(id(examples))
-                    for part in _parts(examples, range(len(examples)), budget):
+
+                    def logps_of(part: list[int], examples: Sequence[PreferenceExample] = examples) -> list[float]:
                         with autocast():
                             logps, _ = sequence_logps(model, _to(collate(examples, [[i] for i in part], pad_id),
                                                                  device))
-                        values = logps.tolist()
+                        return logps.tolist()
+
+                    parts = _parts(examples, range(len(examples)), budget)
+                    for part, values in zip(parts, _no_grad_map(logps_of, parts, device)):
                         at = 0
                         for i in part:
                             n = len(examples[i].starts)
                             examples[i].ref = tuple(values[at:at + n])
                             at += n
                     if self.method == "kto":
-                        for part in _parts(examples, range(len(examples)), budget, kl=True):
-                            with autocast():
-                                values = _kl_logps(model, examples, part, pad_id, device).tolist()
+                        parts = _parts(examples, range(len(examples)), budget, kl=True)
+                        for part, values in zip(parts, _no_grad_map(
+                                lambda part, examples=examples: _kl_logps(model, examples, part, pad_id, device,
+                                                                          autocast), parts, device)):
                             for i, v in zip(part, values):
                                 examples[i].ref_kl = v
         finally:
@@ -301,14 +308,11 @@ class Preference:
 
     def _estimate_kl(self, model: Any, examples: Sequence[PreferenceExample], members: list[int], pad_id: int,
                      device: str, autocast: Callable[[], Any], budget: int | None) -> float:
-        import torch
-
         total = 0.0
-        with torch.no_grad():
-            for part in _parts(examples, members, budget, kl=True):
-                with autocast():
-                    logps = _kl_logps(model, examples, part, pad_id, device)
-                total += sum(v - examples[i].ref_kl for v, i in zip(logps.tolist(), part))
+        parts = _parts(examples, members, budget, kl=True)
+        for part, values in zip(parts, _no_grad_map(
+                lambda part: _kl_logps(model, examples, part, pad_id, device, autocast), parts, device)):
+            total += sum(v - examples[i].ref_kl for v, i in zip(values, part))
         kl = max(0.0, total / max(1, len(members)))
         for i in members:
             examples[i].kl = kl
@@ -321,25 +325,27 @@ class Preference:
                  device: str, autocast: Callable[[], Any], budget: int | None) -> tuple[float | None, dict[str, float]]:
         """The method's mean loss over ``examples`` (kto: KL per run of ``batch_size`` rows, as TRL's evaluation
         batches) and the validation metrics, ``eval_``-prefixed."""
-        import torch
-
         if not examples:
             return None, {}
         model.eval()
         record = Recorder()
         total = 0.0
+
+        def loss_of(part: list[int]) -> float:
+            batch = _to(collate(examples, [[i] for i in part], pad_id), device)
+            with autocast():
+                logps, counts = sequence_logps(model, batch)
+            return float(self.losses(logps, counts, batch, record).sum())
+
         try:
-            with torch.no_grad():
+            if self.method == "kto":  # each run of batch_size rows: its KL estimate, then its losses
                 for lo in range(0, len(examples), batch_size):
                     members = list(range(lo, min(lo + batch_size, len(examples))))
-                    if self.method == "kto":
-                        record.add("kl", self._estimate_kl(model, examples, members, pad_id, device, autocast,
-                                                           budget), 1.0)
-                    for part in _parts(examples, members, budget):
-                        batch = _to(collate(examples, [[i] for i in part], pad_id), device)
-                        with autocast():
-                            logps, counts = sequence_logps(model, batch)
-                        total += float(self.losses(logps, counts, batch, record).sum())
+                    record.add("kl", self._estimate_kl(model, examples, members, pad_id, device, autocast,
+                                                       budget), 1.0)
+                    total += sum(_no_grad_map(loss_of, _parts(examples, members, budget), device))
+            else:  # a pair's loss is its own: every pair at once
+                total = sum(_no_grad_map(loss_of, _parts(examples, range(len(examples)), budget), device))
         finally:
             model.train()
             self.recorder.drain()  # the KL estimates of evaluation are not the step's
@@ -374,11 +380,35 @@ def _parts(examples: Sequence[PreferenceExample], members: Iterable[int], budget
     return [p for p in parts if p]
 
 
-def _kl_logps(model: Any, examples: Sequence[PreferenceExample], part: list[int], pad_id: int, device: str) -> Any:
+def _kl_logps(model: Any, examples: Sequence[PreferenceExample], part: list[int], pad_id: int, device: str,
+              autocast: Callable[[], Any]) -> list[float]:
     """The completion log-probabilities of units' KL sequences (prompt with another row's completion)."""
     kl = [PreferenceExample(examples[i].kl_ids or [], examples[i].kl_labels or [], (0,)) for i in part]
-    logps, _ = sequence_logps(model, _to(collate(kl, [[k] for k in range(len(kl))], pad_id), device))
-    return logps
+    with autocast():
+        logps, _ = sequence_logps(model, _to(collate(kl, [[k] for k in range(len(kl))], pad_id), device))
+    return logps.tolist()
+
+
+def _no_grad_map(fn: Callable[[list[int]], Any], parts: list[list[int]], device: str) -> list[Any]:
+    """``fn(part)`` for every part without a gradient, the results in part order. On a CPU the parts are shared
+    by lanes, one per torch thread, each at one intra-op thread (``lanes``), as the training step's micro-batches
+    are: the results do not depend on how many lanes there are."""
+    import torch
+
+    from . import lanes
+
+    def run(share: list[int]) -> list[tuple[int, Any]]:
+        with torch.no_grad():  # grad mode is per thread: set in the lane that runs the forward
+            return [(j, fn(parts[j])) for j in share]
+
+    size = lanes.lane_count(torch.get_num_threads() if device == "cpu" else 1, len(parts))
+    pool = lanes.Lanes(size)
+    try:
+        sizes = [len(p) for p in parts]
+        done = dict(pair for share in pool.map(run, lanes.assign(sizes, size)) for pair in share)
+    finally:
+        pool.close()
+    return [done[j] for j in range(len(parts))]
 
 
 def objective(opts: TrainingOptions) -> Preference | None:
