@@ -33,8 +33,9 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -225,12 +226,19 @@ def main() -> int:
         print("benchmarks/llama_cpp.py: skipped: xllamacpp is not installed. Install the optional extra "
               "(pip install 'duckdb-ft[llama]': llama.cpp prebuilt for the CPU, no compiler) and run it again.")
         return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    d = tempfile.mkdtemp(prefix="duckdb-ft-llama-")
+    try:
+        return _run(args, d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)  # the database and the GGUF files (about 1 GB)
+
+
+def _run(args: argparse.Namespace, d: str) -> int:
     import torch
     import xllamacpp
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    d = tempfile.mkdtemp(prefix="duckdb-ft-llama-")
     if args.demo:
         from duckdb_ft.demo import dataset
 
@@ -241,8 +249,6 @@ def main() -> int:
         prompts, max_tokens, clients = PROMPTS, MAX_TOKENS, args.clients or 8
         db, model = (args.database, args.model) if args.database else _train(d)
         if args.database:
-            import shutil
-
             shutil.copyfile(args.database, f"{d}/bench.duckdb")  # exports go beside the copy
             db = f"{d}/bench.duckdb"
     print(f"xllamacpp {xllamacpp.__version__}; {len(prompts)} prompts, {max_tokens} new tokens, greedy; threads: "
