@@ -201,8 +201,9 @@ def _parting(url: str, tokenizer, text: str, ours: str, theirs: str, max_tokens:
                 return f"at new token {k}, where llama.cpp's two best tokens are {margin} apart"
         return f"after its {len(toks)} tokens"
 
-    if tokenizer.decode(toks, skip_special_tokens=True).strip() == ours:
-        if alone == theirs:
+    decoded = tokenizer.decode(toks, skip_special_tokens=True).strip()
+    if decoded == ours:
+        if decoded.rstrip("\ufffd").rstrip() == theirs.rstrip("\ufffd").rstrip():
             return (f"the same {len(toks)} tokens as COMPLETE's, decoded differently (a character the last token "
                     "leaves unfinished: COMPLETE shows its bytes as U+FFFD, llama.cpp's server holds them back)")
         return ("llama.cpp alone (no cached prefix) gives COMPLETE's answer token for token; its answer in the pass "
