@@ -5,7 +5,8 @@ users need it, and a checker that cannot be fooled (execution of SQL, or exact m
   kind of question, or an unseen value. Checked by execution: the answer's SQL must return the right rows.
 - ``library``: text-to-SQL on a lending library, compositional: training shows each part alone (a measure; "per
   genre" or "per author"; a filter such as "published after 2015"), held out combines a grouping with a filter,
-  a combination training never shows ("How many books per genre were published after 2015?"). By execution.
+  a combination training never shows ("How many books per genre were published after 2015?"). By execution on
+  two databases: the answer must return the reference's rows on both (one can hide a dropped filter).
 - ``tickets``: support tickets classified into one of six queues (``benchmarks/defaults_study.py``); held out: a
   phrasing of each queue and greetings training never shows. Exact match of the queue name.
 - ``extract``: short-answer extraction (the order number, the city or the customer's name from a message); held
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from duckdb_ft.demo import dataset, scoring
 from duckdb_ft.evaluation.sqlmatch import Sandbox
@@ -91,13 +92,37 @@ def _library_sql(expr: str, group: str, condition: str) -> str:
     return select + where + (f" GROUP BY {group}" if group else "")
 
 
-def _books(con) -> None:
-    rng = random.Random(11)
-    con.execute("CREATE TABLE books (id INTEGER, title VARCHAR, author VARCHAR, genre VARCHAR, year INTEGER, "
-                "pages INTEGER)")
-    con.executemany("INSERT INTO books VALUES (?, ?, ?, ?, ?, ?)",
-                    [(i, f"Book {i}", rng.choice(AUTHORS), rng.choice(GENRES), rng.randint(1990, 2024),
-                      rng.randint(90, 700)) for i in range(1, 121)])
+def _books(seed: int, n: int, years: tuple[int, int], pages: tuple[int, int],
+           old: int = 0) -> Callable[[Any], None]:
+    """A books table of ``n`` random books; with ``old``, the last genre and author have only ``old`` books of
+    their own, old and short ones (so every year or page filter changes their group)."""
+    def setup(con: Any) -> None:
+        rng = random.Random(seed)
+        genres, authors = (GENRES[:-1], AUTHORS[:-1]) if old else (GENRES, AUTHORS)
+        rows = [(i, f"Book {i}", rng.choice(authors), rng.choice(genres), rng.randint(*years), rng.randint(*pages))
+                for i in range(1, n + 1)]
+        rows += [(n + k, f"Old book {k}", AUTHORS[-1], GENRES[-1], 1990 + k, 95 + k) for k in range(1, old + 1)]
+        con.execute("CREATE TABLE books (id INTEGER, title VARCHAR, author VARCHAR, genre VARCHAR, year INTEGER, "
+                    "pages INTEGER)")
+        con.executemany("INSERT INTO books VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return setup
+
+
+class Suite:
+    """Execution on several databases (a "test suite", as Spider's): an answer is right only where it returns
+    the reference's rows on every one. One table can hide a dropped filter (every genre has a book after 2000, so
+    ``max(year)`` per genre is the same with or without it); a second, small table, where one genre and one
+    author have only old, short books, shows it."""
+
+    def __init__(self, *setups: Callable[[Any], None]):
+        self.boxes = [Sandbox(setup=s) for s in setups]
+
+    def match(self, prediction: str | None, reference: str) -> bool:
+        return all(box.match(prediction, reference) for box in self.boxes)
+
+    def close(self) -> None:
+        for box in self.boxes:
+            box.close()
 
 
 def library_prompt(question: str) -> str:
@@ -123,8 +148,8 @@ def library_task(seed: int = 5) -> Task:
                     test.append((library_prompt(phrasing.format(g=g, f=f)), _library_sql(expr, group, condition),
                                  "combination"))
     rng.shuffle(train)
-    sandbox = Sandbox(setup=_books)
-    return Task("library", train, test, 64, sandbox.match, sandbox.close)
+    suite = Suite(_books(11, 120, (1990, 2024), (90, 700)), _books(12, 18, (1996, 2012), (160, 320), old=3))
+    return Task("library", train, test, 64, suite.match, suite.close)
 
 
 # ----------------------------------------------------------------------------------------------------- tickets
