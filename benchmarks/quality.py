@@ -196,6 +196,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def rescore(records: list[dict[str, Any]], test_rows: int | None) -> None:
+    """Each record's marks and accuracy again, from its stored answers and the task's current checker."""
+    tasks: dict[str, quality_tasks.Task] = {}
+    for r in records:
+        task = tasks.get(r["task"]) or tasks.setdefault(r["task"], quality_tasks.make(r["task"], None, test_rows))
+        if len(task.test) != len(r["answers"]):
+            raise SystemExit(f"{r['task']}: {len(r['answers'])} stored answers, {len(task.test)} held-out rows now: "
+                             "give the run's --test")
+        r["marks"] = [bool(task.check(a, g)) for a, (_, g, _) in zip(r["answers"], task.test)]
+        r["right"], r["accuracy"] = sum(r["marks"]), sum(r["marks"]) / len(r["marks"])
+    for task in tasks.values():
+        task.close()
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     for task, s in summary.items():
         print(f"\n{task}: held-out accuracy over {s['rows']} rows (mean +- sample std over seeds; range)")
@@ -230,9 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed: every recipe of a seed, then the next seed; recipe: every seed of a recipe first")
     ap.add_argument("--out", default="/tmp/quality.jsonl", help="JSON lines, one per run, appended")
     ap.add_argument("--summarize", metavar="JSONL", help="only print the tables of an earlier --out file")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --summarize: check the stored answers again with the tasks' current checkers "
+                         "(give the run's --test)")
     args = ap.parse_args(argv)
     if args.summarize:
         records = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        if args.rescore:
+            rescore(records, args.test)
         print_summary(summarize(records))
         return 0
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
