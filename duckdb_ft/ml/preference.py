@@ -392,7 +392,7 @@ def _kl_logps(model: Any, examples: Sequence[PreferenceExample], part: list[int]
 def _no_grad_map(fn: Callable[[list[int]], Any], parts: list[list[int]], device: str) -> list[Any]:
     """``fn(part)`` for every part without a gradient, the results in part order. On a CPU the parts are shared
     by lanes, one per torch thread, each at one intra-op thread (``lanes``), as the training step's micro-batches
-    are: the results do not depend on how many lanes there are."""
+    are; each part is computed whole by one lane, so only the rounding of its matrix products can depend on that."""
     import torch
 
     from . import lanes
