@@ -55,7 +55,9 @@ def test_the_administrators_job_starts_before_the_third_job_of_a_users_16_job_sw
         started = admin.execute("SELECT model_name, started_on FROM duckdb_ft.jobs WHERE started_on IS NOT NULL "
                                 "ORDER BY started_on").fetchall()
         order = [name for name, _ in started]
-        assert "mine" in order[:2] and "hog_3" not in order[:order.index("mine")], order
+        # hog_1 and hog_2 may both have started before 'mine' was created (a tiny job ends in moments): the fair
+        # queue's promise is that no third job of the sweep starts before it.
+        assert "mine" in order[:3] and "hog_3" not in order[:order.index("mine")], order
     finally:
         u1.execute("SELECT finetune('CANCEL', ?)", [sweep]).fetchall()
         u1.close()
