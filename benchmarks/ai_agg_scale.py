@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 
 import duckdb_ft
 from duckdb_ft.ml import packing
 from duckdb_ft.surface import aisql_agg
+
+import machine  # benchmarks/machine.py
 
 INSTRUCTION = "What do customers complain about most? Answer in one or two sentences."
 PRODUCTS = ["kettle", "headphones", "backpack", "desk lamp"]
@@ -64,21 +65,8 @@ def reviews(n: int) -> list[tuple[int, str, str]]:
     return out
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
 
 
-def _load() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _usage(con) -> dict[str, int]:
@@ -164,8 +152,8 @@ def main() -> None:
     con.executemany("INSERT INTO reviews VALUES (?, ?, ?)", data)
     con.execute(f"SET duckdb_ft_default_model = '{args.model}'")
     report: dict = {"model": args.model, "rows": args.rows, "answer_tokens": args.answer_tokens,
-                    "processor": _cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "load_at_start": _load()}
+                    "processor": machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "load_at_start": machine.load()}
     if args.plan_only:
         report["plan"] = plan_only(con, args.model, data)
         print(json.dumps(report, indent=2))
@@ -187,10 +175,10 @@ def main() -> None:
         entry = {"sql": sql, "seconds": round(seconds, 1), "model_calls": calls["rows"],
                  "prompt_tokens": calls["prompt_tokens"], "completion_tokens": calls["completion_tokens"],
                  **_plan_summary(log), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-                 "load_after": _load(), "answers": [[str(v)[:300] for v in row] for row in answers]}
+                 "load_after": machine.load(), "answers": [[str(v)[:300] for v in row] for row in answers]}
         report["statements"][name] = entry
         print(f"{name}: {seconds:.1f} s, {calls['rows']} model calls, plan {entry['chunks_per_level']} "
-              f"(load {_load()})", flush=True)
+              f"(load {machine.load()})", flush=True)
     print(json.dumps(report, indent=2))
 
 

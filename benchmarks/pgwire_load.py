@@ -50,6 +50,8 @@ import psycopg
 import duckdb_ft
 from duckdb_ft.server.pgsession import sqlstate
 
+import machine  # benchmarks/machine.py
+
 PASSWORD = "load test password"
 CATEGORIES = ["fruit", "tools", "books", "games"]
 PROMPTS = [f"Say the word {i}" for i in range(8)]
@@ -74,24 +76,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_model(folder: Path) -> str:
-    """A two-layer Llama (hidden 64) with SmolLM2's tokenizer, saved as a Hugging Face folder (the test suite's)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from duckdb_ft.ml import models
-
-    tok = AutoTokenizer.from_pretrained(models.resolve(models.DEFAULT_MODEL))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, initializer_range=0.3)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
 
 
 def build(db: str, model: str) -> None:
@@ -205,7 +189,7 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="pgwire_load_"))
     db = str(folder / "load.duckdb")
-    build(db, args.model or tiny_model(folder / "tiny"))
+    build(db, args.model or machine.tiny_model(folder / "tiny"))
 
     # The in-process answers, one statement at a time; then the in-process clients.
     user = duckdb_ft.connect(db, user="alice")

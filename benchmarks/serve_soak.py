@@ -57,30 +57,12 @@ import duckdb_ft
 from duckdb_ft.demo import dataset
 from duckdb_ft.governance.credentials import first_token
 
+import machine  # benchmarks/machine.py
+
 #: RSS is compared against its value once this many requests have finished.
 EARLY = 20
 
 
-def tiny_model(folder: str) -> str:
-    """The test suite's tiny model (two layers, hidden 64, random weights, SmolLM2's tokenizer), saved in
-    ``folder``/tiny: its path."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from duckdb_ft.ml import models
-
-    path = os.path.join(folder, "tiny")
-    tok = AutoTokenizer.from_pretrained(models.resolve(models.DEFAULT_MODEL))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, initializer_range=0.3)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def start_server(db: str, log: str) -> tuple[subprocess.Popen, str]:
@@ -164,7 +146,7 @@ def main() -> int:
     con = duckdb_ft.connect(db)
     model, job_model = args.model, args.job_model or args.model
     if "tiny" in (model, job_model):
-        con.execute(f"CREATE BASE MODEL tiny FROM '{tiny_model(folder)}'").fetchall()
+        con.execute(f"CREATE BASE MODEL tiny FROM '{machine.tiny_model(os.path.join(folder, 'tiny'))}'").fetchall()
     con.execute("CREATE TABLE pairs AS SELECT unnest(?) AS prompt, unnest(?) AS completion",
                 [[x.prompt for x in train], [x.sql for x in train]])
     token = first_token(con.duckdb_connection.cursor())[0]

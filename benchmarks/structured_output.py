@@ -33,13 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jsonschema
 
 import duckdb_ft
 from duckdb_ft.ml import constrain
+
+import machine  # benchmarks/machine.py
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
@@ -125,21 +126,8 @@ def finetune(con, base: str, pairs: list[tuple[str, str]], epochs: int, learning
             "training_result": info.get("training_result"), "seconds": round(seconds, 1)}
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
 
 
-def _load() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _timed_grammar() -> list[float]:
@@ -198,7 +186,7 @@ def evaluate(con, model: str, data: list[tuple[str, dict]], max_tokens: int, rep
             dt = time.perf_counter() - t
             if name not in best or dt < best[name][0]:
                 best[name] = (dt, out, grammar_s[0])
-            print(f"  {model} {name}: {dt:.1f} s (load {_load()})", flush=True)
+            print(f"  {model} {name}: {dt:.1f} s (load {machine.load()})", flush=True)
     for name, (dt, out, grammar) in best.items():
         s = _score(out, data)
         report[name] = {"seconds": round(dt, 2), "rows_per_s": round(n / dt, 3),
@@ -231,19 +219,19 @@ def main() -> None:
     con.execute("CREATE TABLE prompts (id INTEGER, prompt VARCHAR)")
     con.executemany("INSERT INTO prompts VALUES (?, ?)", [(i, p) for i, (p, _) in enumerate(data)])
     report: dict = {"model": args.model, "rows": args.rows, "max_tokens": args.max_tokens, "repeat": args.repeat,
-                    "processor": _cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "load_at_start": _load()}
+                    "processor": machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "load_at_start": machine.load()}
     models = [args.model]
     if pairs:
-        print(f"fine-tuning {TUNED} on {len(pairs)} pairs (load {_load()})", flush=True)
+        print(f"fine-tuning {TUNED} on {len(pairs)} pairs (load {machine.load()})", flush=True)
         report["finetune"] = finetune(con, args.model, pairs, args.epochs, args.learning_rate)
-        report["finetune"]["load_after"] = _load()
+        report["finetune"]["load_after"] = machine.load()
         models.append(TUNED)
     grammar_s = _timed_grammar()
     report["results"] = {}
     for model in models:
         report["results"][model] = evaluate(con, model, data, args.max_tokens, args.repeat, grammar_s)
-        report["results"][model]["load_after"] = _load()
+        report["results"][model]["load_after"] = machine.load()
     print(json.dumps(report, indent=2))
 
 
