@@ -16,10 +16,14 @@ import duckdb_ft
 CHILD = textwrap.dedent("""
     import json, sys, time
     import duckdb_ft
+    import duckdb_ft.jobs.worker
     path, base, mode = sys.argv[1:4]
+    # progress reaches the catalog at every step, so the poll sees a mid-epoch step on any machine (at the default
+    # one-second flush, an epoch shorter than a second only ever shows the step its checkpoint saved)
+    duckdb_ft.jobs.worker.FLUSH_SECONDS = 0.0
     con = duckdb_ft.connect(path)
     con.execute("CREATE TABLE big AS SELECT 'prompt ' || i AS p, 'completion ' || i AS c FROM range(80) t(i)")
-    options = json.dumps({"max_epochs": 2, "batch_size": 1} if mode == "poll" else {"max_epochs": 1})
+    options = json.dumps({"max_epochs": 3, "batch_size": 1} if mode == "poll" else {"max_epochs": 1})
     job = con.execute("SELECT finetune('CREATE', 'lifetime', ?, 'SELECT p AS prompt, c AS completion FROM big', "
                       "NULL, ?)", [base, options]).fetchall()[0][0]
     print("JOB", job, flush=True)
