@@ -345,3 +345,33 @@ def test_token_command_prints_a_token_that_authenticates_as_the_administrator(tm
     session = session_of(con, identity).session
     assert session.is_admin and session.user == "admin"
     con.close()
+
+
+def test_a_users_read_only_session_is_held_to_the_users_grants(tmp_path):
+    """Opening the file read-only is no way round the grants: the user's session sees what the user was granted,
+    exactly as read-write (it used to be opened as the administrator); a file with no duckdb-ft users refuses a
+    named user instead of opening it as the administrator."""
+    path = str(tmp_path / "shop.duckdb")
+    admin = duckdb_ft.connect(path)
+    admin.execute("CREATE TABLE pub AS SELECT 1 AS x")
+    admin.execute("CREATE TABLE secret AS SELECT 42 AS x")
+    admin.execute("CREATE USER bob")
+    admin.execute("CREATE ROLE reader")
+    admin.execute("GRANT USAGE ON SCHEMA main TO ROLE reader")
+    admin.execute("GRANT SELECT ON TABLE pub TO ROLE reader")
+    admin.execute("GRANT ROLE reader TO USER bob")
+    admin.close()
+    for read_only in (False, True):
+        bob = duckdb_ft.connect(path, user="bob", read_only=read_only)
+        assert bob.execute("SELECT x FROM pub").fetchall() == [(1,)]
+        denied(bob, "SELECT x FROM secret")
+        denied(bob, "SELECT * FROM duckdb_ft.users")
+        bob.close()
+    ro = duckdb_ft.connect(path, read_only=True)  # no user: the administrator, as read-write
+    assert ro.execute("SELECT x FROM secret").fetchall() == [(42,)]
+    ro.close()
+
+    plain = str(tmp_path / "plain.duckdb")
+    duckdb.connect(plain).execute("CREATE TABLE secret AS SELECT 42 AS x").close()
+    with pytest.raises(duckdb_ft.NotFound, match="user 'bob' does not exist"):
+        duckdb_ft.connect(plain, user="bob", read_only=True)

@@ -69,7 +69,9 @@ class Engine:
         """A session as ``user`` (None: the administrator), acting as ``role`` and held to it (an access token's
         ROLE_RESTRICTION: it must be granted to the user) or, without one, as the user's default role."""
         restriction = None
-        if user is None or self.read_only:
+        if user is not None and self.read_only:
+            self._check_users_readable(user)
+        if user is None:
             role = roles.ADMIN
         elif role is not None:
             if not roles.is_granted(self.cursor(), user, role):
@@ -81,6 +83,15 @@ class Engine:
         s = Session(engine=self, user=user, role=role, role_restriction=restriction)
         self.sessions[s.id] = s
         return s
+
+    def _check_users_readable(self, user: str) -> None:
+        """A user's session on a read-only database is held to the user's grants as on a writable one: refused
+        when the catalog that holds them is missing (a file duckdb-ft never opened: no such user) or older than
+        this version (its grants cannot be read safely), never opened as the administrator instead."""
+        if not objects.has_catalog(self.cursor()):
+            raise NotFound(f"user '{user}' does not exist: this database has no duckdb-ft users (open it without "
+                           "a user, or read-write as the administrator to CREATE USER)")
+        self.check_current()
 
     def resolve_model(self, session: "Session", name: str,
                       found: dict[str, dict | None] | None = None) -> tuple[models.LoadedModel, str | None]:
