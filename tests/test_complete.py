@@ -30,6 +30,20 @@ def test_greedy_is_deterministic_and_options_form_agrees(con, tiny_model_path):
     assert json.loads(a)["choices"] == json.loads(b)["choices"]
 
 
+def test_options_as_an_object_literal_as_cortex_scripts_write_them(con, tiny_model_path):
+    """COMPLETE's options may be a SQL object literal (``{'max_tokens': 8}``, Cortex's form) as well as JSON text:
+    the same answer, and a bad key or value is COMPLETE's own error, not a binder error naming internals."""
+    text = q(con, "SELECT complete(?, 'Say something', '{\"max_tokens\": 8}')", tiny_model_path)[0][0]
+    for sql in ("SELECT complete(?, 'Say something', {'max_tokens': 8})",
+                "SELECT snowflake.cortex.complete(?, 'Say something', {'max_tokens': 8, 'temperature': 0})"):
+        assert json.loads(q(con, sql, tiny_model_path)[0][0])["choices"] == json.loads(text)["choices"]
+    with pytest.raises(duckdb_ft.InvalidArgument, match=r"unknown COMPLETE option\(s\): max_tokenz"):
+        q(con, "SELECT complete(?, 'Hi', {'max_tokenz': 8})", tiny_model_path)
+    with pytest.raises(duckdb_ft.InvalidArgument, match="max_tokens must be an integer of at least 1"):
+        q(con, "SELECT complete(?, 'Hi', {'max_tokens': 'ten'})", tiny_model_path)
+    assert q(con, "SELECT try_complete(?, 'Hi', {'max_tokens': 'ten'})", tiny_model_path) == [(None,)]
+
+
 def test_null_prompt_gives_null_and_empty_prompt_works(con, tiny_model_path):
     rows = q(con, "SELECT complete(?, p, '{\"max_tokens\": 3}') FROM (VALUES (NULL), ('')) t(p)", tiny_model_path)
     assert rows[0][0] is None

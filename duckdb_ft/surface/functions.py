@@ -46,7 +46,7 @@ def _udf(fn: Callable[..., list], arity: int) -> Callable[..., pa.Array]:
 def _register_udfs(con: Any, engine: Engine) -> None:
     def complete(try_mode: bool, with_options: bool):
         def run(models, prompts, *rest):
-            options = rest[0] if with_options else None
+            options = [_options_text(o) for o in rest[0]] if with_options else None
             session_ids = rest[-1]
             session = engine.session(session_ids[0])
             return usage.complete_and_record(engine, session, models, prompts, options, try_mode=try_mode)
@@ -148,6 +148,16 @@ def _finetune_overloads(session: str) -> str:
                      for n in range(1, 7))
 
 
+def _options_text(encoded: str | None) -> str | None:
+    """COMPLETE's options as JSON text: the macro passes them ``to_json``-encoded, so an object literal
+    (``{'max_tokens': 64}``, as Cortex scripts write it) arrives as its JSON and a string as a JSON string, whose
+    text is the options as the user wrote them (invalid JSON included: COMPLETE's own error says what is wrong)."""
+    if encoded is None:
+        return None
+    value = json.loads(encoded)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 _DATA_REPORT_ARGS = ("base_model", "training_query", "validation_query", "options")
 
 
@@ -187,9 +197,9 @@ def _macros(session_id: str) -> list[str]:
                       end_time) FROM (SELECT unnest(r) FROM (SELECT unnest(from_json(__ft_usage({s}),
                    '{_USAGE_TYPE}')) AS r)))""",
         f"""CREATE OR REPLACE TEMP MACRO complete(model, prompt) AS __ft_complete(model, prompt, {s}),
-            (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+            (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, to_json(options)::VARCHAR, {s})""",
         f"""CREATE OR REPLACE TEMP MACRO try_complete(model, prompt) AS __ft_try_complete(model, prompt, {s}),
-            (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+            (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, to_json(options)::VARCHAR, {s})""",
         _ai_complete_macro("TEMP MACRO ai_complete", s),
         *_aisql_macros("TEMP MACRO ", s),
     ]
@@ -219,10 +229,10 @@ def _cortex_macros() -> list[str]:
         "CREATE SCHEMA IF NOT EXISTS snowflake.cortex",
         f"CREATE OR REPLACE MACRO snowflake.cortex.finetune{_finetune_overloads(s)}",
         f"""CREATE OR REPLACE MACRO snowflake.cortex.complete(model, prompt) AS __ft_complete(model, prompt, {s}),
-            (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+            (model, prompt, options) AS __ft_complete_opts(model, to_json(prompt)::VARCHAR, to_json(options)::VARCHAR, {s})""",
         f"""CREATE OR REPLACE MACRO snowflake.cortex.try_complete(model, prompt)
                 AS __ft_try_complete(model, prompt, {s}),
-            (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, options, {s})""",
+            (model, prompt, options) AS __ft_try_complete_opts(model, to_json(prompt)::VARCHAR, to_json(options)::VARCHAR, {s})""",
         _ai_complete_macro("MACRO snowflake.cortex.ai_complete", s),
         *_aisql_macros("MACRO snowflake.cortex.", s),
     ]
