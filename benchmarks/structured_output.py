@@ -108,8 +108,13 @@ def _value(answer: dict, path: tuple[str, ...]):
     return answer
 
 
+def _has_model(con, name: str) -> bool:
+    return any(row[1] == name for row in con.execute("SHOW MODELS").fetchall())
+
+
 def finetune(con, base: str, pairs: list[tuple[str, str]], epochs: int, learning_rate: float) -> dict:
     """The extraction model trained from SQL; FINETUNE's DESCRIBE and the wall time, CREATE to SUCCESS."""
+    con.execute("DROP TABLE IF EXISTS train_pairs")
     con.execute("CREATE TABLE train_pairs (prompt VARCHAR, completion VARCHAR)")
     con.executemany("INSERT INTO train_pairs VALUES (?, ?)", pairs)
     options = json.dumps({"max_epochs": epochs, "learning_rate": learning_rate})
@@ -133,7 +138,7 @@ def finetune(con, base: str, pairs: list[tuple[str, str]], epochs: int, learning
 def _timed_grammar() -> list[float]:
     """A counter of the seconds spent in the grammar, around constrain's two per-step calls."""
     grammar_s = [0.0]
-    for fn in ("mask_rows", "accept"):
+    for fn in ("mask_rows", "take"):
         orig = getattr(constrain, fn)
 
         def timed(*a, _orig=orig, **k):
@@ -210,8 +215,11 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=200, help="0: no fine-tuned model, the base model alone")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--database", help="a database file to keep the fine-tuned model in: a later run on the same "
+                                       "file reuses it instead of training again (default: in memory)")
     args = ap.parse_args()
-    con = duckdb_ft.connect()
+    con = duckdb_ft.connect(args.database or ":memory:")
+    con.execute("DROP TABLE IF EXISTS prompts")
     data = rows(args.rows)
     pairs = train_pairs(args.train_rows)
     overlap = {p for p, _ in pairs} & {p for p, _ in data}
@@ -222,7 +230,11 @@ def main() -> None:
                     "processor": machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "load_at_start": machine.load()}
     models = [args.model]
-    if pairs:
+    if pairs and _has_model(con, TUNED):
+        print(f"{TUNED} is already in {args.database}: not trained again", flush=True)
+        report["finetune"] = {"reused_from": args.database}
+        models.append(TUNED)
+    elif pairs:
         print(f"fine-tuning {TUNED} on {len(pairs)} pairs (load {machine.load()})", flush=True)
         report["finetune"] = finetune(con, args.model, pairs, args.epochs, args.learning_rate)
         report["finetune"]["load_after"] = machine.load()

@@ -144,11 +144,11 @@ def test_device_mask_path_equals_the_kernel(tiny_model_path):
     torch.manual_seed(0)
     logits = torch.randn(3, grammar.vocab)
     states = [constrain.start(grammar), None, constrain.start(grammar)]
-    constrain.accept(states, [grammar.encode("{")[0], 0, grammar.encode("{")[0]])
+    constrain.take(states, [grammar.encode("{")[0], 0, grammar.encode("{")[0]], [100, 100, 100])
     kernel = logits.clone()
-    constrain.mask_rows(kernel, states, [100, 100, 100])
+    constrain.mask_rows(kernel, states)
     wide = torch.cat([logits.double(), torch.zeros(3, 5, dtype=torch.float64)], dim=1)
-    constrain.mask_rows(wide, states, [100, 100, 100])
+    constrain.mask_rows(wide, states)
     assert torch.equal(torch.isinf(kernel), torch.isinf(wide[:, :grammar.vocab]))
     assert torch.isinf(wide[[0, 2], grammar.vocab:]).all() and not torch.isinf(wide[1]).any()
     assert torch.isinf(kernel[0]).sum() > grammar.vocab - 100  # after "{" little is allowed

@@ -3,12 +3,16 @@ xgrammar (a compiled grammar per schema, a matcher per row, a token bitmask appl
 token is chosen).
 
 The grammar alone does not make a complete answer: a row could still be inside a string when its ``max_tokens``
-run out. So each grammar knows how many tokens its shortest document takes (``Grammar.reserve``, plus closing
-brackets for its nesting); once a row has no more tokens left than that, it closes: the forced text the grammar
-admits next (xgrammar's jump-forward string), else the first allowed of ``"``, ``}``, ``]``, ``,``, ``0``, ``false``,
-..., else the model's best allowed token. Every row therefore ends in a complete JSON document that
-validates against its schema, and an EOS only when the document is complete. A ``max_tokens`` below the shortest
-document is an error before generation.
+run out. So every row carries a closing path: tokens that, taken from where the row is, end its document (and
+then the end token), never more than the row has tokens left. The closing policy writes it: the forced text the
+grammar admits next (xgrammar's jump-forward string), else the first allowed of ``"``, ``}``, ``]``, ``,``, ``0``,
+``false``, ..., else the allowed token of lowest id. A row starts with the policy's path from an empty answer (the
+schema's shortest document: a ``max_tokens`` below it is an error before generation). At each step the row takes
+the token the model chose if its document can still be closed within the tokens left after it (the current path
+still ends the document from there, or the policy's path from there fits); otherwise it takes the next token of
+its path. So the model chooses for as long as what is left to close, from the row's own state, fits its budget,
+and every row ends in a complete JSON document that validates against its schema, by construction; an EOS comes
+only when the document is complete.
 
 xgrammar is imported only here, when a row has a ``response_format`` (README "AI_COMPLETE": why xgrammar).
 """
@@ -22,15 +26,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InvalidArgument, ModelLoadError
-from . import schema as schemas
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
-#: Tokens tried, in order, when a row closes its document: each ends or shortens what is open.
+#: Tokens tried, in order, when the closing policy writes a path: each ends or shortens what is open.
 CLOSERS = ('"', "}", "]", ",", "0", "false", "{", "[", "null")
-#: Steps the shortest-document simulation may take before the schema is called too large to close.
+#: Tokens the closing policy may take from an empty answer before the schema is called too large to close.
 MAX_CLOSE_STEPS = 4096
+#: Jump-forward strings whose tokens a grammar keeps (the policy meets the same few again and again).
+MAX_ENCODED = 4096
 #: Grammars kept per tokenizer (the schemas used last); a chunk's rows of one schema share one.
 MAX_GRAMMARS = 64
 #: The (tokenizer info, compiler, its lock, its grammars by schema) of each tokenizer; weak keys: they go with
@@ -55,9 +60,18 @@ class Grammar:
 
     compiled: Any
     closers: list[int]
-    reserve: int
+    shortest: tuple[int, ...]
+    """The closing policy's path from an empty answer: the schema's shortest document and the end token."""
     encode: Any
+    decode: Any
     vocab: int
+    encoded: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    """Each jump-forward string's tokens (at most MAX_ENCODED; the policy looks them up at every step)."""
+
+    @property
+    def reserve(self) -> int:
+        """The fewest tokens a row of this schema needs: its shortest document and the end token."""
+        return len(self.shortest)
 
 
 @dataclass
@@ -68,7 +82,10 @@ class RowState:
     matcher: Any
     done: bool = False
     steps: int = 0
-    bits: Any = field(default=None, repr=False)
+    path: list[int] = field(default_factory=list, repr=False)
+    """Tokens that end the document from where the row is, never more than its tokens left (``take``)."""
+    closed: int = 0
+    """Tokens the row took from its path instead of the model's choice (its budget would not have closed)."""
 
 
 def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> Grammar:
@@ -97,9 +114,16 @@ def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> G
     def encode(text: str) -> list[int]:
         return list(tok.encode(text, add_special_tokens=False))
 
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), clean_up_tokenization_spaces=False)
+
     closers = list(dict.fromkeys(ids[0] for ids in map(encode, CLOSERS) if ids))
-    g = Grammar(compiled=compiled, closers=closers, reserve=0, encode=encode, vocab=vocab)
-    g.reserve = _shortest(xgr, g) + 2 * schemas.depth(spec) + 2
+    g = Grammar(compiled=compiled, closers=closers, shortest=(), encode=encode, decode=decode, vocab=vocab)
+    path = _close_path(g, xgr.GrammarMatcher(compiled), MAX_CLOSE_STEPS)
+    if path is None:
+        raise InvalidArgument(f"response_format schema is too large: its shortest answer takes more than "
+                              f"{MAX_CLOSE_STEPS} tokens")
+    g.shortest = tuple(path)
     with lock:
         grammars[response_format] = g
         while len(grammars) > MAX_GRAMMARS:
@@ -107,26 +131,10 @@ def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> G
     return g
 
 
-def _shortest(xgr: Any, g: Grammar) -> int:
-    """Tokens the closing policy takes from an empty answer to the end token: the shortest document it writes."""
-    state = start(g)
-    bitmask = xgr.allocate_token_bitmask(1, g.vocab)
-    for n in range(1, MAX_CLOSE_STEPS + 1):
-        state.matcher.fill_next_token_bitmask(bitmask, 0)
-        state.bits = bitmask[0].numpy()
-        token = _forced(state)
-        if token is None:
-            token = _first_allowed(state.bits, g.vocab)
-        state.matcher.accept_token(token)
-        if state.matcher.is_terminated():
-            return n
-    raise InvalidArgument(f"response_format schema is too large: its shortest answer takes more than "
-                          f"{MAX_CLOSE_STEPS} tokens")
-
-
 def start(grammar: Grammar) -> RowState:
-    """A fresh matcher for one row."""
-    return RowState(grammar=grammar, matcher=_xgrammar().GrammarMatcher(grammar.compiled))
+    """A fresh matcher for one row, its closing path the schema's shortest document."""
+    return RowState(grammar=grammar, matcher=_xgrammar().GrammarMatcher(grammar.compiled),
+                    path=list(grammar.shortest))
 
 
 def as_json(text: str) -> str:
@@ -145,29 +153,24 @@ def as_json(text: str) -> str:
 
 
 def check_budget(grammar: Grammar, max_new: int) -> None:
-    """Raise InvalidArgument if ``max_new`` tokens cannot hold the schema's shortest answer and its closing."""
+    """Raise InvalidArgument if ``max_new`` tokens cannot hold the schema's shortest answer and its end token."""
     if max_new < grammar.reserve:
         raise InvalidArgument(f"max_tokens {max_new} is too small for the response_format schema: its shortest "
                               f"answer needs {grammar.reserve} tokens")
 
 
-def mask_rows(logits: Any, states: Sequence[RowState | None], remaining: Sequence[int]) -> list[int | None]:
-    """Apply each constrained row's grammar to its row of ``logits`` (in place: disallowed tokens to -inf); returns
-    per row the token a closing row must take (None: the masked logits choose)."""
+def mask_rows(logits: Any, states: Sequence[RowState | None]) -> None:
+    """Apply each constrained row's grammar to its row of ``logits``, in place: disallowed tokens to -inf."""
     import torch
 
     xgr = _xgrammar()
     rows = [k for k, s in enumerate(states) if s is not None and not s.done]
-    forced: list[int | None] = [None] * len(states)
     if not rows:
-        return forced
+        return
     vocab = states[rows[0]].grammar.vocab
     bitmask = xgr.allocate_token_bitmask(len(states), vocab)  # row k masks logits row k
     for k in rows:
         states[k].matcher.fill_next_token_bitmask(bitmask, k)
-        states[k].bits = bitmask[k].numpy()
-        if remaining[k] <= states[k].grammar.reserve:
-            forced[k] = _forced(states[k])
     width = min(logits.shape[-1], vocab)
     idx = torch.tensor(rows, device=logits.device)
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.shape[-1] == vocab:
@@ -180,40 +183,51 @@ def mask_rows(logits: Any, states: Sequence[RowState | None], remaining: Sequenc
         logits[idx, :width] = sub
         if logits.shape[-1] > width:
             logits[idx, width:] = float("-inf")
-    return forced
 
 
-def accept(states: Sequence[RowState | None], tokens: Sequence[int]) -> None:
-    """Advance each constrained row's matcher by the token it took."""
-    for s, t in zip(states, tokens):
+def take(states: Sequence[RowState | None], tokens: Sequence[int], remaining: Sequence[int]) -> list[int]:
+    """The token each row takes, its matcher advanced by it: the chosen token of ``tokens`` if the row's document
+    can still be closed within its ``remaining`` tokens after it, else the next token of the row's closing path
+    (unconstrained and finished rows take their chosen token)."""
+    out = [int(t) for t in tokens]
+    for k, s in enumerate(states):
         if s is None or s.done:
             continue
-        if not s.matcher.accept_token(int(t)):
-            raise RuntimeError(f"constrained decoding took token {int(t)} that its grammar refuses")
+        t = out[k]
+        if not s.path or remaining[k] < len(s.path):
+            raise RuntimeError(f"constrained row has {remaining[k]} tokens left but needs {len(s.path)} to close")
+        if t == s.path[0]:
+            s.path.pop(0)
+        else:
+            path = _path_after(s, t, remaining[k] - 1)
+            if path is None:
+                t = out[k] = s.path.pop(0)
+                s.closed += 1
+            else:
+                s.path = path
+        if not s.matcher.accept_token(t):
+            raise RuntimeError(f"constrained decoding took token {t} that its grammar refuses")
         s.steps += 1
         s.done = s.matcher.is_terminated()
+    return out
 
 
 def greedy_pick(logits: Any, states: Sequence[RowState | None], remaining: Sequence[int]) -> Any:
     """The greedy tokens of a batch (argmax of ``logits``, float32), each constrained row held to its grammar and
-    closing when its budget runs short; the matchers advance by the chosen tokens."""
+    closing when its budget runs short (``take``); the matchers advance by the tokens taken."""
     import torch
 
-    forced = mask_rows(logits, states, remaining)
-    tokens = logits.argmax(-1)
-    if any(f is not None for f in forced):
-        tokens = tokens.clone()
-        for k, f in enumerate(forced):
-            if f is not None:
-                tokens[k] = f
-    accept(states, tokens.tolist())
-    return tokens.to(torch.long)
+    mask_rows(logits, states)
+    tokens = take(states, logits.argmax(-1).tolist(), remaining)
+    return torch.tensor(tokens, dtype=torch.long, device=logits.device)
 
 
 class Processor:
-    """A transformers logits processor for ``generate``: each row's grammar applied, closing rows forced, and, for
-    sampling, the temperature and top-p applied after the mask (so top-p never keeps only refused tokens);
-    ``generate`` then samples with its own warpers off."""
+    """A transformers logits processor for ``generate``. Each constrained row's token is chosen here: among the
+    tokens its grammar allows, greedy or sampled (temperature and top-p applied after the mask, so top-p never
+    keeps only refused tokens), then held to the row's budget (``take``), and handed to ``generate`` as the row's
+    only token. Unconstrained rows get the temperature and top-p; ``generate`` then samples with its own warpers
+    off."""
 
     def __init__(self, states: Sequence[RowState | None], prompt_width: int, max_new: int, temperature: float,
                  top_p: float):
@@ -224,14 +238,8 @@ class Processor:
         import torch
 
         step = input_ids.shape[1] - self.width
-        if step > 0:
-            accept(self.states, input_ids[:, -1].tolist())
         scores = scores.float()
-        forced = mask_rows(scores, self.states, [self.max_new - step] * len(self.states))
-        for k, f in enumerate(forced):
-            if f is not None:
-                scores[k] = float("-inf")
-                scores[k, f] = 0.0
+        mask_rows(scores, self.states)
         if self.temperature > 0:
             scores = scores / self.temperature
             if self.top_p < 1.0:
@@ -239,23 +247,85 @@ class Processor:
                 cum = ordered.softmax(-1).cumsum(-1)
                 drop = cum - ordered.softmax(-1) > self.top_p  # keep the tokens that reach top_p, at least one
                 scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        rows = [k for k, s in enumerate(self.states) if s is not None and not s.done]
+        if rows:
+            if self.temperature > 0:
+                chosen = torch.multinomial(scores[rows].softmax(-1), 1)[:, 0]
+            else:
+                chosen = scores[rows].argmax(-1)
+            tokens = take([self.states[k] for k in rows], chosen.tolist(), [self.max_new - step] * len(rows))
+            for k, t in zip(rows, tokens):
+                scores[k] = float("-inf")
+                scores[k, t] = 0.0
         return scores
 
 
-def _forced(state: RowState) -> int | None:
-    """The token a closing row takes: the grammar's forced text, else the first allowed closer, else None."""
-    g = state.grammar
-    text = state.matcher.find_jump_forward_string()
-    if text:
-        ids = g.encode(text)
-        if ids and _allowed(state.bits, ids[0]):
-            return ids[0]
-    return next((t for t in g.closers if _allowed(state.bits, t)), None)
+def _path_after(state: RowState, token: int, budget: int) -> list[int] | None:
+    """A closing path of at most ``budget`` tokens from the row's state after ``token``: the row's current path if
+    it still ends the document from there (the row is, say, still inside the same string), else the closing
+    policy's; None if neither fits, or the grammar refuses ``token``."""
+    after = state.matcher.fork()
+    if not after.accept_token(token):
+        return None
+    if len(state.path) <= budget:
+        probe = after.fork()
+        if all(probe.accept_token(t) for t in state.path) and probe.is_terminated():
+            return list(state.path)
+    return _close_path(state.grammar, after, budget)
 
 
-def _allowed(bits: Any, token: int) -> bool:
-    return bool((int(bits[token >> 5]) >> (token & 31)) & 1)
+def _close_path(g: Grammar, matcher: Any, limit: int) -> list[int] | None:
+    """The closing policy's tokens from ``matcher``'s state (which it advances: pass a fork) to the end token, or
+    None if they take more than ``limit`` tokens: the text :func:`_policy` writes, tokenized afresh where that
+    takes fewer tokens than the policy's own steps (``",`` for ``"`` then ``,``) and the grammar accepts it."""
+    start = matcher.fork()
+    steps = _policy(g, matcher, 2 * limit + 16)
+    if steps is None:
+        return None
+    ids = g.encode(g.decode(steps[:-1])) + steps[-1:]  # the end token stays the end token
+    if len(ids) < len(steps) and all(start.accept_token(t) for t in ids) and start.is_terminated():
+        steps = ids
+    return steps if len(steps) <= limit else None
 
 
-def _first_allowed(bits: Any, vocab: int) -> int:
-    return next(t for t in range(vocab) if _allowed(bits, t))
+def _policy(g: Grammar, matcher: Any, limit: int) -> list[int] | None:
+    """The closing policy, a token a step, from ``matcher``'s state (advanced) to the end token (None: more than
+    ``limit`` steps): the first token of the grammar's forced text, else the first allowed of ``g.closers``, else
+    the allowed token of lowest id."""
+    path: list[int] = []
+    bitmask = None
+    while not matcher.is_terminated():
+        if len(path) >= limit:
+            return None
+        token = None
+        text = matcher.find_jump_forward_string()
+        if text:
+            ids = g.encoded.get(text)
+            if ids is None:
+                ids = g.encode(text)
+                if len(g.encoded) < MAX_ENCODED:
+                    g.encoded[text] = ids
+            if ids and matcher.accept_token(ids[0]):
+                token = ids[0]
+        if token is None:
+            token = next((t for t in g.closers if matcher.accept_token(t)), None)
+        if token is None:
+            if bitmask is None:
+                bitmask = _xgrammar().allocate_token_bitmask(1, g.vocab)
+            matcher.fill_next_token_bitmask(bitmask, 0)
+            token = _first_allowed(bitmask[0].numpy())
+            if token is None or not matcher.accept_token(token):
+                return None
+        path.append(token)
+    return path
+
+
+def _first_allowed(words: Any) -> int | None:
+    """The lowest token id set in a row of xgrammar's packed bitmask (32 tokens per int32 word), or None."""
+    import numpy as np
+
+    nonzero = np.flatnonzero(words)
+    if not len(nonzero):
+        return None
+    word = int(words[nonzero[0]]) & 0xFFFFFFFF
+    return int(nonzero[0]) * 32 + (word & -word).bit_length() - 1

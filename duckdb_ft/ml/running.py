@@ -178,19 +178,19 @@ def _base_only(layers: list[Any], skip: Any):
 
 def pick(logits: Any, rows: Sequence[Row]) -> Any:
     """Each row's next token: greedy (``decode._choose``: COMPLETE's choice), or sampled with the row's temperature
-    and top_p after its grammar's mask (``constrain.Processor``'s order)."""
+    and top_p after its grammar's mask (``constrain.Processor``'s order), then held to the row's budget
+    (``constrain.take``)."""
     import torch
 
     if all(r.temperature == 0 for r in rows):
         return decode._choose(logits, rows)
     states = [r.constraint for r in rows]
     constrained = any(s is not None for s in states)
-    forced = constrain.mask_rows(logits, states, [r.max_new - len(r.new) for r in rows]) if constrained else []
+    if constrained:
+        constrain.mask_rows(logits, states)
     tokens = logits.argmax(-1)
     for k, r in enumerate(rows):
-        if constrained and forced[k] is not None:
-            tokens[k] = forced[k]
-        elif r.temperature > 0:
+        if r.temperature > 0:
             scores = logits[k] / r.temperature
             if r.top_p < 1.0:
                 ordered, order = torch.sort(scores, descending=True)
@@ -198,6 +198,7 @@ def pick(logits: Any, rows: Sequence[Row]) -> Any:
                 drop = probs.cumsum(-1) - probs > r.top_p  # keep the tokens that reach top_p, at least one
                 scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
             tokens[k] = torch.multinomial(scores.softmax(-1), 1, generator=r.generator)[0]
-    if constrained:
-        constrain.accept(states, tokens.tolist())
+    if constrained:  # each constrained row held to its budget: its closing path's token where its choice is not
+        tokens = torch.tensor(constrain.take(states, tokens.tolist(), [r.max_new - len(r.new) for r in rows]),
+                              device=tokens.device)
     return tokens.to(torch.long)

@@ -104,12 +104,6 @@ def check_schema(schema: Any, path: str = "$", depth: int = 0) -> None:
             raise _bad(path, f"has a pattern that is not a regular expression ({e})") from None
 
 
-def depth(schema: dict) -> int:
-    """How deeply objects and arrays nest in ``schema`` (1 for a flat object)."""
-    subs = list(schema.get("properties", {}).values()) + ([schema["items"]] if "items" in schema else [])
-    return 1 + max((depth(s) for s in subs), default=0)
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
