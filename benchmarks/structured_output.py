@@ -5,7 +5,9 @@ First (unless ``--train-rows 0``) a model is fine-tuned for the extraction from 
 'extract_bot', BASE, 'SELECT prompt, completion FROM train_pairs')`` with FINETUNE's defaults plus ``max_epochs``
 (``--epochs``) and ``learning_rate`` (``--learning-rate``), on ``--train-rows`` prompt -> JSON pairs made by code
 (:func:`train_pairs`): other names, cities, ages, hobbies and email domains than the evaluation's, so no training
-prompt is an evaluation prompt (checked) and every evaluated value has to be read from its sentence.
+prompt is an evaluation prompt (checked) and every evaluated value has to be read from its sentence. With
+``--database FILE`` the model is kept in that file, and a later run on the same file reuses it instead of training
+(so code before and after a change can be compared on one model).
 
 Then, on each model (``--model``, default ``smollm2-135m``, e.g. a test model folder; and the fine-tuned one),
 ``--rows`` extraction prompts (a sentence about a person; the prompt names the fields and asks for JSON),
@@ -20,7 +22,7 @@ compiles the grammar; with ``--repeat R`` the passes run R rounds, interleaved, 
 Reported per model: rows/s and completion tokens/s of each pass, their ratio, the share of rows whose answer
 parses as JSON and validates against the schema (``jsonschema``), exact field accuracy against the sentence's
 values (name, age, city, role, interests, contact.email: :data:`FIELDS`) over every row (a row that does not
-validate scores 0), and the time spent in the grammar (masks filled and applied, tokens accepted:
+validate scores 0), and the time spent in the grammar (masks filled and applied, tokens taken and closing paths kept:
 ``duckdb_ft/ml/constrain.py``) per generated token.
 
 Run from the repository root:
