@@ -426,3 +426,13 @@ def test_dtype_bfloat16_runs_the_matmuls_in_bfloat16_apart_from_float32_rows(con
                                            'use "float32"'):
         q(con, "SELECT complete(?, 'hi', ?)", tiny_model_path, bf16)
     assert q(con, "SELECT try_complete(?, 'hi', ?)", tiny_model_path, bf16) == [(None,)]
+
+
+def test_an_answer_cut_inside_a_character_drops_the_partial_character(default_model_path):
+    """``max_tokens`` may end a row between the byte tokens of one character: the answer ends before it, not
+    with U+FFFD; a whole character stays."""
+    tok = models.load_tokenizer(default_model_path)
+    ids = tok.encode("Duck 🦆", add_special_tokens=False)
+    assert "\ufffd" in tok.decode(ids[:-1])  # the duck's last byte is its own token
+    assert completion.answer_text(tok, ids[:-1]) == "Duck"
+    assert completion.answer_text(tok, ids) == "Duck 🦆"

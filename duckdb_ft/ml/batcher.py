@@ -77,7 +77,7 @@ ADMIT_MIN, ADMIT_WAIT = 8, 4
 class TextStream:
     """A completion's text as deltas: each ``update`` gives the text added since the last, up to what is stable.
 
-    The final text is ``decode(tokens).strip()`` (COMPLETE's), cut before the first of ``stops`` (OpenAI's stop
+    The final text is ``complete.answer_text(tokens)`` (COMPLETE's), cut before the first of ``stops`` (OpenAI's stop
     sequences) once one appears (``final`` is then set). Held back until stable: leading whitespace, trailing
     whitespace (it may end the answer), a trailing incomplete UTF-8 character (U+FFFD until its last byte arrives)
     and a trailing piece that may begin a stop sequence; so the deltas, then ``rest``, concatenate to the final text.
@@ -361,7 +361,7 @@ class Batcher:
 
     def _finish(self, r: _Slot, n: int) -> None:
         stopped = r.stream is not None and r.stream.final is not None
-        text = r.stream.final if stopped else self.loaded.tokenizer.decode(r.new[:n], skip_special_tokens=True).strip()
+        text = r.stream.final if stopped else complete.answer_text(self.loaded.tokenizer, r.new[:n])
         if r.request.options.response_format is not None:  # strict JSON, as COMPLETE's constrained answers
             text = constrain.as_json(text)
         done = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n,

@@ -142,6 +142,12 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def answer_text(tokenizer: Any, tokens: Sequence[int]) -> str:
+    """An answer's text: its tokens decoded without special tokens and stripped, less a last character whose bytes
+    were not all generated (``max_tokens`` may end a row inside a multi-byte character, which decodes as U+FFFD)."""
+    return tokenizer.decode(list(tokens), skip_special_tokens=True).strip().rstrip("\ufffd").rstrip()
+
+
 def prompt_ids(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
     """The token ids of ``messages`` through the model's chat template, with the assistant turn opened."""
     ids = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -261,7 +267,7 @@ def _generate_batch(loaded: LoadedModel, batch: Sequence[Request], adapters: Seq
     for k, r in enumerate(batch):
         new = out[k].tolist()
         n = next((t for t, x in enumerate(new) if x in stop), len(new))
-        text = tok.decode(new[:n], skip_special_tokens=True).strip()
+        text = answer_text(tok, new[:n])
         text = constrain.as_json(text) if r.grammar is not None else text
         r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
 
@@ -286,7 +292,7 @@ def _generate_continuous(loaded: LoadedModel, items: Sequence[tuple[Request, str
                                            + shared * (len(adapters) if mixed else 1))
     for (r, _), row in zip(items, rows):
         n = next((t for t, x in enumerate(row.new) if x in stop), len(row.new))
-        text = tok.decode(row.new[:n], skip_special_tokens=True).strip()
+        text = answer_text(tok, row.new[:n])
         text = constrain.as_json(text) if r.grammar is not None else text
         r.result = Completion(text=text, prompt_tokens=len(r.ids), completion_tokens=n)
 
