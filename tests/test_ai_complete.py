@@ -41,8 +41,8 @@ def test_every_row_validates_against_its_schema(con, tiny_model_path, monkeypatc
     if path == "generate":  # greedy through generate and its logits processor, as for models without a plain cache
         monkeypatch.setattr(models.load(tiny_model_path), "continuous", False)
     params = "{'max_tokens': 72, 'temperature': 0.9, 'top_p': 0.9}" if path == "sampled" else "{'max_tokens': 72}"
-    if path == "sampled":  # the same draws whatever ran before on this worker: one clean-clone run, at another
-        import torch  # state of the generator, ended a row unclosed (being chased; 130 seeds here did not repeat it)
+    if path == "sampled":  # the same draws whatever ran before on this worker; that every row closes whatever the
+        import torch  # draws is tests/test_constrain.py's (a run here once ended a row unclosed, before closing paths)
 
         torch.manual_seed(0)
     schemas = [PERSON, FLAT, LIST]
