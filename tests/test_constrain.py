@@ -218,3 +218,56 @@ def test_max_tokens_of_exactly_the_shortest_answer_is_enough(con, tiny_model_pat
         jsonschema.validate(json.loads(text), NESTED)
     with pytest.raises(InvalidArgument, match=f"max_tokens {need - 1} is too small .* needs {need} tokens"):
         q(con, f"SELECT ai_complete(?, 'hi', {{'max_tokens': {need - 1}}}, ?::VARCHAR)", tiny_model_path, fmt)
+
+
+#: String patterns that loop (``+``, ``*``): the closing policy once took ``false`` inside ``[a-z]+`` forever and
+#: refused the email schema as "too large". Each with what a model that never wants to leave the loop writes.
+LOOPING = {
+    "email": ("^[a-z]+@[a-z]+\\.com$", ['{"v": "' + "a" * 200, '{"v": "ab@' + "c" * 200]),
+    "digits": ("^[0-9]+$", ['{"v": "' + "1" * 200, '{"v": "' + "9" * 200]),
+    "words": ("^[a-z]+( [a-z]+)*$", ['{"v": "' + "ab " * 100, '{"v": "' + "a" * 200]),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPING))
+def test_a_looping_string_pattern_closes_valid_within_max_tokens(loaded, name):
+    """The schema compiles with a short shortest answer, and a model that wants to stay inside the pattern's loop
+    (or, for the email, write its second part forever) still ends every row in a document whose value fully
+    matches the pattern, within max_tokens, greedy and sampled, at the tightest budget too."""
+    import re
+
+    pattern, texts = LOOPING[name]
+    schema = {"type": "object", "properties": {"v": {"type": "string", "pattern": pattern}}, "required": ["v"]}
+    grammar = _grammar(loaded, schema)
+    assert grammar.reserve <= 16, loaded.tokenizer.decode(list(grammar.shortest))
+    fond = texts[0][len('{"v": "')]
+    runs = [(run_greedy, grammar.reserve), (run_greedy, grammar.reserve + 3), (run_greedy, 40),
+            (run_sampled, grammar.reserve + 2)]
+    for run, max_new in runs:
+        news, states = run(loaded, grammar, Scripted(loaded, texts, fond=fond, seed=max_new), max_new, 2)
+        for new, s, text in zip(news, states, _texts(loaded, news)):
+            assert s.done and len(new) <= max_new, (run.__name__, max_new, text)
+            value = json.loads(text)
+            jsonschema.validate(value, schema)
+            assert re.fullmatch(pattern.strip("^$"), value["v"]), (run.__name__, max_new, text)
+        if run is run_greedy and max_new == 40:
+            assert any(len(json.loads(t)["v"]) > 10 for t in _texts(loaded, news))  # the model wrote, not the policy
+
+
+@pytest.mark.parametrize("name", list(LOOPING))
+def test_ai_complete_answers_a_looping_pattern_with_matching_values(con, tiny_model_path, name):
+    """The tiny random model through ai_complete(..., response_format => ...): every row's value matches the
+    pattern (Python's re.fullmatch), greedy and sampled."""
+    import re
+
+    from conftest import rows as q
+
+    pattern = LOOPING[name][0]
+    fmt = json.dumps({"type": "json", "schema": {"type": "object", "properties": {
+        "v": {"type": "string", "pattern": pattern}}, "required": ["v"]}})
+    for options in ("{'max_tokens': 24}", "{'max_tokens': 20, 'temperature': 0.9}"):
+        rows = q(con, f"SELECT ai_complete(?, 'Write a value ' || i, {options}, response_format => ?::VARCHAR) "
+                      "FROM range(4) t(i)", tiny_model_path, fmt)
+        assert len(rows) == 4
+        for (text,) in rows:
+            assert re.fullmatch(pattern.strip("^$"), json.loads(text)["v"]), (options, text)

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 #: Tokens tried, in order, when the closing policy writes a path: each ends or shortens what is open.
 CLOSERS = ('"', "}", "]", ",", "0", "false", "{", "[", "null")
-#: Tokens the closing policy may take from an empty answer before the schema is called too large to close.
+#: Tokens the closing policy may take from an empty answer before the schema is refused as impossible to answer.
 MAX_CLOSE_STEPS = 4096
+#: States a loop's way out (``_escape``) may search before the schema is called impossible to close.
+MAX_ESCAPE_NODES = 1024
 #: Jump-forward strings whose tokens a grammar keeps (the policy meets the same few again and again).
 MAX_ENCODED = 4096
 #: Grammars kept per tokenizer (the schemas used last); a chunk's rows of one schema share one.
@@ -60,6 +62,9 @@ class Grammar:
 
     compiled: Any
     closers: list[int]
+    singles: list[int]
+    """The tokens of single printable characters (a loop's way out is searched among them and the closers)."""
+    stops: list[int]
     shortest: tuple[int, ...]
     """The closing policy's path from an empty answer: the schema's shortest document and the end token."""
     encode: Any
@@ -118,11 +123,14 @@ def compile(loaded: LoadedModel, response_format: str, stop: Sequence[int]) -> G
         return tok.decode(list(ids), clean_up_tokenization_spaces=False)
 
     closers = list(dict.fromkeys(ids[0] for ids in map(encode, CLOSERS) if ids))
-    g = Grammar(compiled=compiled, closers=closers, shortest=(), encode=encode, decode=decode, vocab=vocab)
+    singles = [ids[0] for ids in map(encode, map(chr, range(32, 127))) if len(ids) == 1]
+    singles = [t for t in dict.fromkeys(singles) if t not in closers]
+    g = Grammar(compiled=compiled, closers=closers, singles=singles, stops=list(stop), shortest=(), encode=encode, decode=decode, vocab=vocab)
     path = _close_path(g, xgr.GrammarMatcher(compiled), MAX_CLOSE_STEPS)
     if path is None:
-        raise InvalidArgument(f"response_format schema is too large: its shortest answer takes more than "
-                              f"{MAX_CLOSE_STEPS} tokens")
+        raise InvalidArgument(f"response_format schema cannot be answered within {MAX_CLOSE_STEPS} tokens: the "
+                              f"constrained decoder found no document of the schema that short (a schema too large, "
+                              f"or a string pattern it cannot complete); simplify the schema or its patterns")
     g.shortest = tuple(path)
     with lock:
         grammars[response_format] = g
@@ -290,15 +298,22 @@ def _close_path(g: Grammar, matcher: Any, limit: int) -> list[int] | None:
 
 def _policy(g: Grammar, matcher: Any, limit: int) -> list[int] | None:
     """The closing policy, a token a step, from ``matcher``'s state (advanced) to the end token (None: more than
-    ``limit`` steps): the first token of the grammar's forced text, else the first allowed of ``g.closers``, else
-    the allowed token of lowest id."""
+    ``limit`` steps, or no way out of a loop): the first token of the grammar's forced text, else the first allowed
+    of ``g.closers``, else the allowed token of lowest id. A choice the policy already made from the same state is
+    a loop (``false`` again and again inside a pattern's ``[a-z]+``): the policy then takes the shortest way out
+    that :func:`_escape` finds, to a state it has not met yet or to the end."""
     path: list[int] = []
-    bitmask = None
+    bitmask = _xgrammar().allocate_token_bitmask(1, g.vocab)
+    chosen: dict[tuple[bytes, str], set[int]] = {}  # each state met (allowed set, parser items): the tokens chosen
+    met: set[tuple[bytes, str]] = set()  # those states and those the ways out led to
     while not matcher.is_terminated():
         if len(path) >= limit:
             return None
         token = None
-        text = matcher.find_jump_forward_string()
+        try:
+            text = matcher.find_jump_forward_string()
+        except UnicodeDecodeError:  # forced text that ends inside a character (``[à-ü]``): none taken
+            text = ""
         if text:
             ids = g.encoded.get(text)
             if ids is None:
@@ -308,16 +323,86 @@ def _policy(g: Grammar, matcher: Any, limit: int) -> list[int] | None:
             if ids and matcher.accept_token(ids[0]):
                 token = ids[0]
         if token is None:
-            token = next((t for t in g.closers if matcher.accept_token(t)), None)
-        if token is None:
-            if bitmask is None:
-                bitmask = _xgrammar().allocate_token_bitmask(1, g.vocab)
             matcher.fill_next_token_bitmask(bitmask, 0)
-            token = _first_allowed(bitmask[0].numpy())
-            if token is None or not matcher.accept_token(token):
+            words = bitmask[0].numpy()
+            token = next((t for t in g.closers if _allowed(words, t)), None)
+            if token is None:
+                token = _first_allowed(words)
+                if token is None:
+                    return None
+            key = (words.tobytes(), _parser_state(matcher))
+            if token in chosen.get(key, ()):
+                way = _escape(g, matcher, met, limit - len(path))
+                if way is None:
+                    return None
+                path += way
+                continue
+            chosen.setdefault(key, set()).add(token)
+            met.add(key)
+            if not matcher.accept_token(token):
                 return None
         path.append(token)
     return path
+
+
+def _escape(g: Grammar, matcher: Any, met: set[tuple[bytes, str]], limit: int) -> list[int] | None:
+    """The fewest single-character (or closer) tokens, at most ``limit``, that take ``matcher`` (advanced by them)
+    to a state not in ``met`` (added to it) or to the end of its document; None if a breadth-first search of
+    at most MAX_ESCAPE_NODES states finds none. A state met again (the same allowed set and parser items) is not
+    searched again: ``[a-z]`` inside ``[a-z]+`` is one way, not 26, and ``false`` then ``f`` the same as ``f`` then
+    ``false`` inside ``[a-z]{50,}``."""
+    xgr = _xgrammar()
+    bitmask = xgr.allocate_token_bitmask(1, g.vocab)
+    frontier: list[tuple[Any, list[int]]] = [(matcher.fork(), [])]
+    seen: set[tuple[bytes, str]] = set()  # the states met, reached first by the fewest tokens
+    expanded = 0
+    while frontier and expanded < MAX_ESCAPE_NODES:
+        following: list[tuple[Any, list[int]]] = []
+        for state, way in frontier:
+            if len(way) >= limit or expanded >= MAX_ESCAPE_NODES:
+                continue
+            expanded += 1
+            state.fill_next_token_bitmask(bitmask, 0)
+            words = bitmask[0].numpy().copy()
+            for t in (*g.closers, *g.singles, *g.stops):
+                if not _allowed(words, t):
+                    continue
+                child = state.fork()
+                child.accept_token(t)
+                if child.is_terminated():
+                    key = None
+                else:
+                    child.fill_next_token_bitmask(bitmask, 0)
+                    key = (bitmask[0].numpy().tobytes(), _parser_state(child))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                if key is None or key not in met:
+                    if key is not None:
+                        met.add(key)
+                    for tok in way + [t]:
+                        matcher.accept_token(tok)
+                    return way + [t]
+                following.append((child, way + [t]))
+        frontier = following
+    return None
+
+
+def _parser_state(matcher: Any) -> str:
+    """The parser's items after the matcher's last token, as xgrammar prints them for debugging ("" where it does
+    not): states with the same items and allowed set have the same futures (but for items that began inside the
+    search, rare: a way out missed at worst, never a wrong token). Without them, states with the same allowed set
+    count as one, which can hide a way out (``.`` and ``0`` inside ``[a-z0-9.]+\\.[a-z]{2,}``)."""
+    show = getattr(matcher, "_debug_print_internal_state", None)
+    if show is None:
+        return ""
+    text = show()
+    return text[text.find("Last step"):]
+
+
+def _allowed(words: Any, token: int) -> bool:
+    """Whether ``token`` is set in a row of xgrammar's packed bitmask."""
+    return 0 <= token < len(words) * 32 and bool((int(words[token >> 5]) >> (token & 31)) & 1)
 
 
 def _first_allowed(words: Any) -> int | None:
