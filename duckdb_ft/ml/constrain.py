@@ -6,7 +6,9 @@ The grammar alone does not make a complete answer: a row could still be inside a
 run out. So every row carries a closing path: tokens that, taken from where the row is, end its document (and
 then the end token), never more than the row has tokens left. The closing policy writes it: the forced text the
 grammar admits next (xgrammar's jump-forward string), else the first allowed of ``"``, ``}``, ``]``, ``,``, ``0``,
-``false``, ..., else the allowed token of lowest id. A row starts with the policy's path from an empty answer (the
+``false``, ..., else the allowed token of lowest id; where that would repeat a choice from the same parser state (a
+string pattern's loop: ``false`` again and again inside ``[a-z]+``), the fewest single characters that reach a
+state not met yet (the ``@`` of an email) or the end. A row starts with the policy's path from an empty answer (the
 schema's shortest document: a ``max_tokens`` below it is an error before generation). At each step the row takes
 the token the model chose if its document can still be closed within the tokens left after it (the current path
 still ends the document from there, or the policy's path from there fits); otherwise it takes the next token of
