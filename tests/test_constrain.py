@@ -1,4 +1,4 @@
-"""The closing policy of constrained decoding (``duckdb_ft/ml/constrain.py``), driven with crafted logits through
+"""The closing policy of constrained decoding (``duckdb_ft/ml/closing.py``), driven with crafted logits through
 each path's own chooser (``greedy_pick``: COMPLETE's continuous batch; ``running.pick``: the server's sampled rows;
 ``Processor``: ``generate``) and the real SmolLM2 tokenizer of the tiny test model:
 

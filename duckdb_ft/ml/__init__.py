@@ -12,7 +12,8 @@ run models (importing this package loads none of them).
   :mod:`.calibrate` ESTIMATE's measured seconds per trained token.
 - :mod:`.complete`: COMPLETE's batched generation; :mod:`.decode` continuous batching; :mod:`.batcher` one
   decode loop per base model across requests (a server's), :mod:`.running` its running batch; :mod:`.prefix` a batch's shared prompt prefix; :mod:`.lora_mix` several adapters in one batch; :mod:`.likelihood` a completion's loss;
-  :mod:`.schema` a response_format's JSON Schema checked; :mod:`.constrain` constrained decoding (xgrammar);
+  :mod:`.schema` a response_format's JSON Schema checked; :mod:`.constrain` constrained decoding (xgrammar),
+  :mod:`.closing` how its rows' answers are closed within max_tokens;
   :mod:`.packing` rows packed into prompts that fit a model's window (AI_AGG).
 - :mod:`.export`: a fine-tuned model (or a base model) written as a PEFT adapter folder, a merged model,
   (:mod:`.gguf_file`) one GGUF file, or (:mod:`.gguf_lora`) the adapter alone as a GGUF adapter file;
