@@ -117,7 +117,8 @@ class TrainingOptions:
     """Gradients are clipped to this global norm (0 disables clipping)."""
     validation_fraction: float = 0.1
     """With no validation query: the share of training rows held out (by a hash of the row, so deterministic) and
-    not trained on; 0 trains on every row (the validation loss is then measured on training rows)."""
+    not trained on; 0 trains on every row (the validation loss is then measured on an even sample of the training
+    rows: ``data.loss_sample``)."""
     eval_steps: int = 0
     """Also evaluate every this many optimizer steps (0: only at each epoch's end)."""
     seed: int = 42

@@ -85,3 +85,14 @@ def test_a_bad_validation_fraction_is_refused_with_its_range(faq, tiny_model_pat
     with pytest.raises(duckdb.Error, match=r"validation_fraction.*\[0\.0, 0\.5\]|validation_fraction.*number"):
         create(faq, "bad_split", tiny_model_path, QUERY, options={"validation_fraction": value})
     assert one(faq, "SELECT count(*) FROM duckdb_ft.jobs") == 0
+
+
+def test_with_every_row_training_the_loss_is_measured_on_an_even_sample_of_them():
+    """No held-out rows: the validation loss reads every 10th training row (at least 64; a small set whole), the
+    same rows at each evaluation, instead of every training row again in float32 at each epoch's end."""
+    from duckdb_ft.ml.data import loss_sample
+
+    assert loss_sample(list(range(40))) == list(range(40))
+    assert loss_sample(list(range(300))) == list(range(0, 300, 4))  # 75 rows: at least 64
+    big = loss_sample(list(range(5000)))
+    assert big == list(range(0, 5000, 10)) and len(big) == 500

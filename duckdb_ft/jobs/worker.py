@@ -82,7 +82,7 @@ class Worker:
             raise InvalidArgument(f"every training pair was dropped: each prompt fills max_seq_length "
                                   f"({opts.max_seq_length}); raise it or shorten the prompts")
         val_stats = data.TokenStats()
-        val_ex = tokenized("validation", val_stats) if job["validation_rows"] else train_ex
+        val_ex = tokenized("validation", val_stats) if job["validation_rows"] else data.loss_sample(train_ex)
         steps_per_epoch = opts.steps_per_epoch(len(train_ex))
         total = steps_per_epoch * opts.max_epochs
         self._update(train_tokens=stats.tokens, truncated_rows=stats.truncated + val_stats.truncated,

@@ -106,6 +106,20 @@ def fit_window(n_prompt: int, n_completion: int, max_seq_length: int) -> tuple[i
     return n, truncated, n - max(n_prompt, 1) > 0
 
 
+#: With no held-out rows, the validation loss is measured on every LOSS_SAMPLE_EVERY-th training row (at least
+#: LOSS_SAMPLE_LEAST of them): the loss curve and keep_best's choice need no more, and evaluating every training row
+#: (in float32) cost about as much as training them.
+LOSS_SAMPLE_EVERY, LOSS_SAMPLE_LEAST = 10, 64
+
+
+def loss_sample(examples: Sequence[Any]) -> list[Any]:
+    """The training examples the validation loss is measured on when every row trains: evenly spaced, the same
+    ones every evaluation (so the curve compares like with like), all of them for a small set."""
+    n = len(examples)
+    step = max(1, min(LOSS_SAMPLE_EVERY, n // LOSS_SAMPLE_LEAST))
+    return [examples[i] for i in range(0, n, step)]
+
+
 def tokenize_pairs(
     tokenizer: Any, pairs: Iterable[tuple[str, str]], max_seq_length: int, stats: TokenStats | None = None
 ) -> list[Example]:

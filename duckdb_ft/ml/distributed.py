@@ -254,7 +254,8 @@ def train_job(job: dict[str, Any], world: Ranks, hooks: training.Hooks) -> train
     path = models.resolve(job["base"])  # by name: another machine has its own folder for it
     tokenizer = models.load_tokenizer(path)
     train_ex = data.tokenize_pairs(tokenizer, job["train"], opts.max_seq_length)
-    val_ex = data.tokenize_pairs(tokenizer, job["validation"], opts.max_seq_length) if job["validation"] else train_ex
+    val_ex = (data.tokenize_pairs(tokenizer, job["validation"], opts.max_seq_length) if job["validation"]
+              else data.loss_sample(train_ex))
     base = models.load_base_for_training(path, opts.quantization)
     models.unload_all()  # no COMPLETE here: the shared copy would keep the whole weights that fsdp shards
     initial = models.adapter_from_bytes(job["initial"]) if job["initial"] and not job["resume"] else None
