@@ -146,6 +146,33 @@ def test_stream_holds_back_whitespace_and_incomplete_characters(tiny_model_path)
     assert "".join(parts) + stream.rest(final) == final == text.strip()
 
 
+def test_the_loop_admits_long_prompts_within_the_positions_budget(tiny_model_path, monkeypatch):
+    """32 long requests queued at once: the loop runs no more rows than ``decode.position_budget`` holds (rows
+    times the widest prompt plus max_tokens), so many clients' long prompts cannot grow the cache past memory;
+    every request still gets its whole answer, the same greedy answer as alone."""
+    from duckdb_ft.ml import decode
+
+    loaded = models.load(tiny_model_path)
+    prompt = "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 6
+    alone = batching.Batcher(loaded)
+    expected = alone.submit(request(prompt, max_tokens=6), None).result(timeout=60).text
+    alone.close()
+    width = len(completion.prompt_ids(loaded, [{"role": "user", "content": prompt}])) + 6
+    monkeypatch.setattr(decode, "position_budget", lambda model: 3 * width)
+    b = batching.Batcher(loaded)
+    peak = [0]
+
+    def seen(piece: str) -> None:
+        peak[0] = max(peak[0], b.stats()["active_slots"])
+
+    with loaded.lock:
+        futures = [b.submit(request(prompt, max_tokens=6), None, on_token=seen) for _ in range(32)]
+    answers = [f.result(timeout=120) for f in futures]
+    b.close()
+    assert peak[0] == 3  # three fit the budget, no more ran at once
+    assert {(a.text, a.completion_tokens) for a in answers} == {(expected, 6)}
+
+
 def test_a_full_queue_refuses_at_once_and_the_queued_requests_still_finish(tiny_model_path):
     loaded = models.load(tiny_model_path)
     b = batching.Batcher(loaded, slots=1, queue_size=2)

@@ -436,3 +436,39 @@ def test_an_answer_cut_inside_a_character_drops_the_partial_character(default_mo
     assert "\ufffd" in tok.decode(ids[:-1])  # the duck's last byte is its own token
     assert completion.answer_text(tok, ids[:-1]) == "Duck"
     assert completion.answer_text(tok, ids) == "Duck 🦆"
+
+
+def test_long_prompts_run_fewer_rows_a_batch_within_the_positions_budget(con, tiny_model_path, monkeypatch):
+    """A batch holds at most ``decode.position_budget`` positions (rows times the widest prompt plus its new
+    tokens), so a table of long documents cannot fill 64 slots with a cache past the machine's memory; greedy
+    answers are the same whatever the batches."""
+    from duckdb_ft.ml import decode
+
+    con.execute("CREATE TABLE docs AS SELECT i, 'doc ' || i || ': ' || repeat('word ', 20 + 3 * i) AS p "
+                "FROM range(12) t(i)")
+    greedy = "SELECT complete(?, p, '{\"max_tokens\": 4}') FROM docs ORDER BY i"
+    before = q(con, greedy, tiny_model_path)
+    model = models.load(tiny_model_path).model
+    seen: list[tuple[int, int]] = []
+
+    def record(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            seen.append(tuple(mask.shape))
+
+    budget = 220
+    monkeypatch.setattr(decode, "position_budget", lambda model: budget)
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        assert q(con, greedy, tiny_model_path) == before
+        greedy_seen = list(seen)
+        sampled = q(con, "SELECT complete(?, p, '{\"max_tokens\": 4, \"temperature\": 0.8}') FROM docs ORDER BY i",
+                    tiny_model_path)
+    finally:
+        hook.remove()
+    assert len(sampled) == 12 and all(r[0] for r in sampled)
+    assert greedy_seen and len(seen) > len(greedy_seen)  # both paths ran through the model
+    assert max(rows for rows, _ in seen) >= 2  # still batched
+    assert all(rows * width <= budget for rows, width in seen), seen
+    assert decode.fitting([500], 100) == 1  # a row wider than the budget still runs, alone
+    assert decode.fitting([50, 50, 50], 100, rows=1, width=40) == 1 and decode.fitting([50], 100, 2, 40) == 0

@@ -268,7 +268,8 @@ class Batcher:
         return gone
 
     def _take(self) -> list[_Slot]:
-        """The waiting requests to admit now (``ADMIT_MIN``, ``ADMIT_WAIT``), out of the queue."""
+        """The waiting requests to admit now (``ADMIT_MIN``, ``ADMIT_WAIT``; no more than ``decode.fitting`` lets
+        join the running rows), out of the queue."""
         running, out = self._running(), []
         free = self.slots - running
         if not self._waiting or not free:
@@ -276,7 +277,11 @@ class Batcher:
         if running and len(self._waiting) < min(free, ADMIT_MIN) and (
                 self._counts["steps"] - self._waiting[0].queued_at < ADMIT_WAIT):
             return out
-        while self._waiting and len(out) < free:
+        rows = [r for b in self._batches.values() for r in b.rows]  # within the positions budget too
+        room = decode.fitting([len(r.ids) + r.max_new for r, _ in zip(self._waiting, range(free))],
+                              decode.position_budget(self.loaded.model), running,
+                              max((len(r.ids) + r.max_new for r in rows), default=0))
+        while self._waiting and len(out) < room:
             out.append(self._waiting.popleft())
         return out
 

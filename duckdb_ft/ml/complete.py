@@ -218,6 +218,8 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
         j = i + 1
         while j < len(todo) and j - i < BATCH_ROWS and kind(todo[j]) == kind(todo[i]):
             j += 1
+        j = i + decode.fitting([len(r.ids) + r.max_new for r, _ in todo[i:j]],  # long prompts: fewer a batch
+                               decode.position_budget(loaded.model))
         _generate_batch(loaded, [r for r, _ in todo[i:j]], [a for _, a in todo[i:j]])
         i = j
 

@@ -23,6 +23,33 @@ from . import constrain, lora_mix, prefix
 ADMIT_MIN = 8
 #: Leading cache columns that are padding in every running row are cut once there are this many.
 TRIM_MIN = 8
+#: Bytes of key/value cache one batch may hold (float32). A batch's positions are its rows times the widest row's
+#: prompt and new tokens; the default model takes 46 kB a position, so 64 rows of 8,000-token prompts would need
+#: some 24 GB, past a small machine's memory. A batch always takes at least one row.
+MAX_CACHE_BYTES = 3 << 30
+
+
+def position_budget(model: Any) -> int:
+    """The positions :data:`MAX_CACHE_BYTES` holds for ``model`` (keys and values of every layer, float32)."""
+    c = model.config
+    c = c.get_text_config() if hasattr(c, "get_text_config") else c
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return max(1, MAX_CACHE_BYTES // (2 * c.num_hidden_layers * kv * head_dim * 4))
+
+
+def fitting(widths: Sequence[int], budget: int, rows: int = 0, width: int = 0) -> int:
+    """How many of the next rows, of ``widths`` (each its prompt plus its new tokens), may join ``rows`` running
+    rows as wide as ``width`` within ``budget`` positions (:func:`position_budget`); at least one when nothing
+    runs."""
+    n = 0
+    for w in widths:
+        width = max(width, w)
+        if (rows + n + 1) * width > budget and rows + n > 0:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -84,13 +111,17 @@ def _greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[
 
     waiting = list(rows)
     running: list[Row] = []
+    budget = position_budget(model)
     cache = None  # the running rows' DynamicCache: (rows, heads, length, dim) per layer, grown in place per step
     mask = torch.zeros((0, 0), dtype=torch.long, device=dev)
     pos = torch.zeros((0,), dtype=torch.long, device=dev)
     last = torch.zeros((0,), dtype=torch.long, device=dev)
     while waiting or running:
         free = slots - len(running)
-        if waiting and (free >= ADMIT_MIN or not running or free >= len(waiting)):
+        if waiting and free:  # within the positions budget too: long prompts run fewer at a time
+            free = fitting([len(r.ids) + r.max_new for r in waiting[:free]], budget, len(running),
+                           max((len(r.ids) + r.max_new for r in running), default=0))
+        if waiting and free and (free >= ADMIT_MIN or not running or free >= len(waiting)):
             group, waiting = waiting[:free], waiting[free:]
             g_cache, g_mask, g_next = _prefill(model, group, shared, prefix_kv, pad, dev, names(group))
             live = _record(group, g_next, stop)
