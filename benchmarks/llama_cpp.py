@@ -42,6 +42,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import machine  # benchmarks/machine.py
+
 # This file is named llama_cpp.py: its own folder, first on sys.path when run, would shadow a package of that name.
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
@@ -130,29 +132,14 @@ def _post(url: str, body: dict) -> dict:
 def _duckdb_ft_serve(db: str, threads: int) -> tuple[subprocess.Popen, str, str]:
     """``duckdb-ft serve db`` as a subprocess on a free port (torch at ``threads`` threads): it, its URL, and an
     administrator's token."""
-    import socket
-
     import duckdb_ft
     from duckdb_ft.governance.credentials import first_token
 
     con = duckdb_ft.connect(db)
     token = first_token(con.duckdb_connection.cursor())[0]
     con.close()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "duckdb_ft", "serve", db, "--port", str(port), "--max-queue",
-                             "1024"], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1500):
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                return proc, url, token
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("duckdb-ft serve did not start")
+    proc, url = machine.start_serve(db, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, wait_s=300)
+    return proc, url, token
 
 
 def _ask(client, model: str, prompt: str, max_tokens: int):

@@ -1,10 +1,17 @@
-"""What the benchmarks share about the machine they ran on and the model they may run: the processor, the load
-average, and the test suite's tiny model (imported by the scripts beside it, whose folder is first on sys.path)."""
+"""What the benchmarks share about the machine they ran on, the model they may run and the server they may start:
+the processor, the load average, the test suite's tiny model, and ``duckdb-ft serve`` on a free port (imported by
+the scripts beside it, whose folder is first on sys.path)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 
 def cpu() -> str:
@@ -45,3 +52,30 @@ def tiny_model(path: str | os.PathLike) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def start_serve(db: str, log: str | None = None, env: dict[str, str] | None = None,
+                wait_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """``duckdb-ft serve db`` as a subprocess on a free localhost port (a queue of 1024), its stderr to ``log``
+    (else discarded), its environment ``env`` (else this one's): the process and its URL once ``/health``
+    answers. Exits the benchmark with the server's last log lines if it dies or does not answer in ``wait_s``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("duckdb-ft")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "duckdb_ft"]
+    proc = subprocess.Popen([*command, "serve", db, "--port", str(port), "--max-queue", "1024"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w") if log else subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            said = Path(log).read_text()[-3000:] if log else "(no log: pass log= to keep it)"
+            raise SystemExit(f"the server exited ({proc.returncode}):\n{said}")
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the server did not answer /health within {wait_s:.0f} s")

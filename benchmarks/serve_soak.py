@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,28 +62,6 @@ import machine  # benchmarks/machine.py
 EARLY = 20
 
 
-
-
-def start_server(db: str, log: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("duckdb-ft")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "duckdb_ft"]
-    proc = subprocess.Popen([*command, "serve", db, "--port", str(port), "--max-queue", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}):\n{Path(log).read_text()[-3000:]}")
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not start")
 
 
 def sql(url: str, token: str, statement: str) -> list[list]:
@@ -152,7 +129,7 @@ def main() -> int:
     token = first_token(con.duckdb_connection.cursor())[0]
     con.close()
 
-    proc, url = start_server(db, log)
+    proc, url = machine.start_serve(db, log)
     server = psutil.Process(proc.pid)
     figures: dict = {}
     try:

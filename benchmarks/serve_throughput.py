@@ -36,13 +36,11 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,30 +51,12 @@ import duckdb_ft
 from duckdb_ft.demo import dataset
 from duckdb_ft.governance.credentials import first_token
 
+import machine  # benchmarks/machine.py
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def start_server(db: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("duckdb-ft")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "duckdb_ft"]
-    proc = subprocess.Popen([*command, "serve", db, "--port", str(port), "--max-queue", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not start")
 
 
 def http_pass(url: str, token: str, model: str, prompts: list[str], max_tokens: int,
@@ -135,7 +115,7 @@ def main() -> int:
     token = first_token(con.duckdb_connection.cursor())[0]
     con.close()
 
-    proc, url = start_server(db)
+    proc, url = machine.start_serve(db)
     server = psutil.Process(proc.pid)
 
     def server_cpu() -> float:
