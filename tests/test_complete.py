@@ -438,18 +438,26 @@ def test_an_answer_cut_inside_a_character_drops_the_partial_character(default_mo
     assert completion.answer_text(tok, ids) == "Duck 🦆"
 
 
-def test_long_prompts_run_fewer_rows_a_batch_within_the_positions_budget(con, tiny_model_path, monkeypatch):
+def test_long_prompts_run_fewer_rows_a_batch_within_the_positions_budget(tiny_model_path, monkeypatch):
     """A batch holds at most ``decode.position_budget`` positions (rows times the widest prompt plus its new
     tokens), so a table of long documents cannot fill 64 slots with a cache past the machine's memory; greedy
-    answers are the same whatever the batches."""
-    from duckdb_ft.ml import decode
+    answers are the same whatever the batches. (A model of the test's own: no other test's thread runs it.)"""
+    from transformers import AutoModelForCausalLM
 
-    con.execute("CREATE TABLE docs AS SELECT i, 'doc ' || i || ': ' || repeat('word ', 20 + 3 * i) AS p "
-                "FROM range(12) t(i)")
-    greedy = "SELECT complete(?, p, '{\"max_tokens\": 4}') FROM docs ORDER BY i"
-    answers = lambda: [json.loads(r[0])["choices"] for r in q(con, greedy, tiny_model_path)]  # noqa: E731
-    before = answers()
-    model = models.load(tiny_model_path).model
+    from duckdb_ft.ml import decode
+    from duckdb_ft.options import CompleteOptions
+
+    loaded = models.LoadedModel(name="tiny", path=tiny_model_path, tokenizer=models.load_tokenizer(tiny_model_path),
+                                model=AutoModelForCausalLM.from_pretrained(tiny_model_path).eval())
+    docs = [f"doc {i}: " + "word " * (20 + 3 * i) for i in range(12)]
+
+    def run(**options):
+        reqs = [completion.Request([{"role": "user", "content": d}], CompleteOptions(max_tokens=4, **options))
+                for d in docs]
+        completion.generate(loaded, reqs)
+        return [r.result.text for r in reqs]
+
+    before = run()
     seen: list[tuple[int, int]] = []
 
     def record(module, args, kwargs):
@@ -459,15 +467,14 @@ def test_long_prompts_run_fewer_rows_a_batch_within_the_positions_budget(con, ti
 
     budget = 220
     monkeypatch.setattr(decode, "position_budget", lambda model: budget)
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    hook = loaded.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        assert answers() == before  # not "created": a second may pass between the two
+        assert run() == before
         greedy_seen = list(seen)
-        sampled = q(con, "SELECT complete(?, p, '{\"max_tokens\": 4, \"temperature\": 0.8}') FROM docs ORDER BY i",
-                    tiny_model_path)
+        sampled = run(temperature=0.8)
     finally:
         hook.remove()
-    assert len(sampled) == 12 and all(r[0] for r in sampled)
+    assert len(sampled) == 12 and all(sampled)
     assert greedy_seen and len(seen) > len(greedy_seen)  # both paths ran through the model
     assert max(rows for rows, _ in seen) >= 2  # still batched
     assert all(rows * width <= budget for rows, width in seen), seen
