@@ -478,5 +478,6 @@ def test_long_prompts_run_fewer_rows_a_batch_within_the_positions_budget(tiny_mo
     assert greedy_seen and len(seen) > len(greedy_seen)  # both paths ran through the model
     assert max(rows for rows, _ in seen) >= 2  # still batched
     assert all(rows * width <= budget for rows, width in seen), seen
-    assert decode.fitting([500], 100) == 1  # a row wider than the budget still runs, alone
-    assert decode.fitting([50, 50, 50], 100, rows=1, width=40) == 1 and decode.fitting([50], 100, 2, 40) == 0
+    row = lambda width: decode.Row(ids=[0] * (width - 1), max_new=1)  # noqa: E731 - prompt plus new tokens
+    assert decode.fitting([row(500)], 100) == 1  # a row wider than the budget still runs, alone
+    assert decode.fitting([row(50)] * 3, 100, [row(40)]) == 1 and decode.fitting([row(50)], 100, [row(40)] * 2) == 0

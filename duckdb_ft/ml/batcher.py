@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import threading
 import time
 from collections import deque
@@ -138,6 +139,7 @@ class Batcher:
         if slots < 1 or queue_size < 1:
             raise ValueError("slots and queue_size must be at least 1")
         self.loaded, self.slots, self.queue_size = loaded, slots, queue_size
+        self._budget = decode.position_budget(loaded.model)  # positions the running rows may hold (decode.fitting)
         self._cond = threading.Condition()  # the queue, the batches' rows, the counters; never held for a forward
         self._pins = threading.Lock()
         self._waiting: deque[_Slot] = deque()
@@ -277,10 +279,8 @@ class Batcher:
         if running and len(self._waiting) < min(free, ADMIT_MIN) and (
                 self._counts["steps"] - self._waiting[0].queued_at < ADMIT_WAIT):
             return out
-        rows = [r for b in self._batches.values() for r in b.rows]  # within the positions budget too
-        room = decode.fitting([len(r.ids) + r.max_new for r, _ in zip(self._waiting, range(free))],
-                              decode.position_budget(self.loaded.model), running,
-                              max((len(r.ids) + r.max_new for r in rows), default=0))
+        room = decode.fitting(list(itertools.islice(self._waiting, free)), self._budget,  # positions, too
+                              [r for b in self._batches.values() for r in b.rows])
         while self._waiting and len(out) < room:
             out.append(self._waiting.popleft())
         return out

@@ -213,13 +213,12 @@ def _generate_unique(loaded: LoadedModel, requests: Sequence[tuple[Request, str 
                 greedy.sort(key=lambda item: (-item[0].max_new, item[1] or "", len(item[0].ids)))
                 _generate_continuous(loaded, greedy)
         todo = [item for item in todo if item[0].options.temperature != 0]
-    i = 0
+    i, budget = 0, decode.position_budget(loaded.model)
     while i < len(todo):
         j = i + 1
         while j < len(todo) and j - i < BATCH_ROWS and kind(todo[j]) == kind(todo[i]):
             j += 1
-        j = i + decode.fitting([len(r.ids) + r.max_new for r, _ in todo[i:j]],  # long prompts: fewer a batch
-                               decode.position_budget(loaded.model))
+        j = i + decode.fitting([r for r, _ in todo[i:j]], budget)  # long prompts: fewer rows a batch
         _generate_batch(loaded, [r for r, _ in todo[i:j]], [a for _, a in todo[i:j]])
         i = j
 

@@ -39,14 +39,15 @@ def position_budget(model: Any) -> int:
     return max(1, MAX_CACHE_BYTES // (2 * c.num_hidden_layers * kv * head_dim * 4))
 
 
-def fitting(widths: Sequence[int], budget: int, rows: int = 0, width: int = 0) -> int:
-    """How many of the next rows, of ``widths`` (each its prompt plus its new tokens), may join ``rows`` running
-    rows as wide as ``width`` within ``budget`` positions (:func:`position_budget`); at least one when nothing
-    runs."""
+def fitting(candidates: Sequence[Any], budget: int, running: Sequence[Any] = ()) -> int:
+    """How many of the next rows of ``candidates`` may join the ``running`` rows within ``budget`` positions
+    (:func:`position_budget`): the rows, then, times the widest one's prompt plus its new tokens (``ids`` and
+    ``max_new``, as every row and request has them); at least one when nothing runs."""
+    width = max((len(r.ids) + r.max_new for r in running), default=0)
     n = 0
-    for w in widths:
-        width = max(width, w)
-        if (rows + n + 1) * width > budget and rows + n > 0:
+    for r in candidates:
+        width = max(width, len(r.ids) + r.max_new)
+        if (len(running) + n + 1) * width > budget and len(running) + n > 0:
             break
         n += 1
     return n
@@ -119,8 +120,7 @@ def _greedy(model: Any, rows: Sequence[Row], *, slots: int, pad: int, stop: set[
     while waiting or running:
         free = slots - len(running)
         if waiting and free:  # within the positions budget too: long prompts run fewer at a time
-            free = fitting([len(r.ids) + r.max_new for r in waiting[:free]], budget, len(running),
-                           max((len(r.ids) + r.max_new for r in running), default=0))
+            free = fitting(waiting[:free], budget, running)
         if waiting and free and (free >= ADMIT_MIN or not running or free >= len(waiting)):
             group, waiting = waiting[:free], waiting[free:]
             g_cache, g_mask, g_next = _prefill(model, group, shared, prefix_kv, pad, dev, names(group))
