@@ -8,6 +8,9 @@ The recipes, each trained once per task and seed on the task's training rows (``
   ``validation_fraction`` of the rows out of training and ``keep_best`` picks the epoch by their loss, as a user
   gets it. DESCRIBE's ``train_rows`` and ``held_out_rows`` are reported.
 - ``finetune-all-rows``: the same with ``{"validation_fraction": 0}`` (every row trains); not run unless named.
+- ``finetune+KEY=VALUE[+KEY=VALUE...]``: FINETUNE's defaults with one variable changed (the one-variable study),
+  e.g. ``finetune+dedupe=none``, ``finetune+warmup_ratio=0``, ``finetune+lora_alpha=16``; VALUE is read as JSON
+  where it parses (numbers, true/false), else as text. Not run unless named.
 - ``plain``: a transformers + peft loop over every training row (``benchmarks/train_throughput.py``'s
   ``child_plain``): random batches padded to their longest row, the loss on completion tokens.
 - ``trl``: TRL's ``SFTTrainer`` with ``completion_only_loss=True`` over every training row
@@ -56,7 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 import quality_tasks  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
-RECIPES = ("finetune", "plain", "trl", "finetune-all-rows")
+RECIPES = ("finetune", "plain", "trl", "finetune-all-rows")  # and the variants finetune+KEY=VALUE
+BASELINES = ("plain", "trl")  # what FINETUNE's defaults must match (the issue's criterion)
 DEFAULT_RECIPES = ("finetune", "plain", "trl")
 LABELS = {"finetune": "FINETUNE defaults", "finetune-all-rows": "FINETUNE all rows", "plain": "plain peft loop",
           "trl": "TRL SFTTrainer"}
@@ -114,13 +118,61 @@ def train_finetune(db: Path, model: str, name: str, epochs: int, learning_rate: 
             "steps": d["step"], "best_step": d["best_step"], "validation_loss": d["training_result"]["validation_loss"]}
 
 
+def variant_options(recipe: str) -> dict[str, Any] | None:
+    """The FINETUNE options a recipe sets beyond the user's two knobs and the seed; None: not a FINETUNE recipe.
+
+    >>> variant_options("finetune+dedupe=none+lora_alpha=16")
+    {'dedupe': 'none', 'lora_alpha': 16}
+    """
+    if recipe == "finetune":
+        return {}
+    if recipe == "finetune-all-rows":
+        return {"validation_fraction": 0}
+    if not recipe.startswith("finetune+"):
+        return None
+    out: dict[str, Any] = {}
+    for part in recipe.removeprefix("finetune+").split("+"):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"recipe {recipe!r}: each change is KEY=VALUE, e.g. finetune+warmup_ratio=0")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def check_recipe(recipe: str) -> str | None:
+    """What is wrong with a recipe's name (None: nothing); a variant's options are checked as FINETUNE checks them."""
+    from duckdb_ft.options import TrainingOptions
+
+    if recipe in RECIPES:
+        return None
+    try:
+        extra = variant_options(recipe)
+        if extra is None:
+            return f"unknown recipe {recipe!r}"
+        TrainingOptions.parse(json.dumps(extra))
+    except Exception as e:  # noqa: BLE001 - the option's own error, shown to whoever runs the benchmark
+        return str(e)
+    return None
+
+
+def model_name(task: str, seed: int, recipe: str) -> str:
+    """A model name for the run in FINETUNE's database, unique per recipe (a variant's text is hashed in)."""
+    import hashlib
+
+    tail = recipe.replace("-", "_") if recipe in RECIPES else "v" + hashlib.sha1(recipe.encode()).hexdigest()[:10]
+    return f"{task}_{seed}_{tail}"
+
+
 def train(recipe: str, work: Path, model: str, task: str, seed: int, args: argparse.Namespace,
           hyper: dict[str, Any]) -> dict[str, Any]:
-    out = work / f"{task}-{seed}-{recipe}"
-    if recipe.startswith("finetune"):
-        extra = {"validation_fraction": 0} if recipe == "finetune-all-rows" else {}
-        r = train_finetune(work / "finetune.duckdb", model, f"{task}_{seed}_{recipe.replace('-', '_')}",
-                           args.epochs, args.learning_rate, seed, out, extra)
+    out = work / f"{task}-{seed}-{model_name(task, seed, recipe)}"
+    extra = variant_options(recipe)
+    if extra is not None:
+        r = train_finetune(work / "finetune.duckdb", model, model_name(task, seed, recipe), args.epochs,
+                           args.learning_rate, seed, out, extra)
     else:
         child = tt.run_child(recipe, {"db": str(work / "pairs.duckdb"), "hyper": hyper, "out": str(out),
                                       "model": model}, work)
@@ -190,7 +242,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             b = [m for s in seeds for m in t["recipes"][other][s]["marks"]]
             only_a, only_b, p = mcnemar(a, b)
             tests.append({"a": ref, "b": other, "pairs": len(a), "only_a": only_a, "only_b": only_b, "p_value": p})
-        others = [table[n]["mean"] - table[n]["spread"] for n in names if n != ref]
+        baselines = [n for n in names if n in BASELINES and ref == "finetune"]  # the variants are no baseline
+        others = [table[n]["mean"] - table[n]["spread"] for n in baselines]
         out[task] = {"rows": t["rows"], "recipes": table, "tests": tests,
                      "reference_at_or_above_best_minus_spread": (table[ref]["mean"] >= max(others)) if others else None}
     return out
@@ -222,7 +275,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                   f"{c['b']} {c['only_b']}, only with {c['a']} {c['only_a']} of {c['pairs']} (row, seed) pairs; "
                   f"McNemar p = {c['p_value']:.3g}")
         if s["reference_at_or_above_best_minus_spread"] is not None:
-            print(f"  FINETUNE's defaults >= best other mean - its spread: "
+            print(f"  FINETUNE's defaults >= best of the plain loop and TRL (mean - its spread): "
                   f"{'yes' if s['reference_at_or_above_best_minus_spread'] else 'NO'}")
 
 
@@ -233,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="base model: a name or a Hugging Face folder")
     ap.add_argument("--tasks", default=",".join(quality_tasks.TASKS), help="comma-separated (default: all)")
-    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}, or finetune+KEY=VALUE")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per task and recipe (default 3)")
     ap.add_argument("--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed + 1, ...")
     ap.add_argument("--epochs", type=int, default=3, help="max_epochs (default 3)")
@@ -256,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [x for x in recipes if x not in RECIPES] + [x for x in tasks if x not in quality_tasks.TASKS]
+    wrong = [w for w in map(check_recipe, recipes) if w]
+    if wrong:
+        ap.error(f"{'; '.join(wrong)}; recipes: {', '.join(RECIPES)}, or finetune+KEY=VALUE (one FINETUNE option "
+                 "changed, e.g. finetune+warmup_ratio=0)")
+    bad = [x for x in tasks if x not in quality_tasks.TASKS]
     if bad or args.seeds < 1:
-        ap.error(f"unknown recipe or task {', '.join(bad)}; recipes: {', '.join(RECIPES)}; tasks: "
-                 f"{', '.join(quality_tasks.TASKS)}" if bad else "--seeds must be at least 1")
+        ap.error(f"unknown task {', '.join(bad)}; tasks: {', '.join(quality_tasks.TASKS)}" if bad
+                 else "--seeds must be at least 1")
     tt._env_setup()
     from duckdb_ft.ml import models
 
@@ -295,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(rec)
                 with open(args.out, "a") as f:
                     f.write(json.dumps(rec) + "\n")
-                print(f"  seed {seed} {LABELS[recipe]:<18} {rec['right']}/{rec['test_rows']} = {rec['accuracy']:.1%} "
+                print(f"  seed {seed} {LABELS.get(recipe, recipe):<18} {rec['right']}/{rec['test_rows']} = {rec['accuracy']:.1%} "
                       f"held out (trained in {rec['wall_s']:.0f} s, load average {load:.1f} -> "
                       f"{trained['load_average'][1]:.1f})", flush=True)
         finally:
