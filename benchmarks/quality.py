@@ -37,7 +37,7 @@ Run from the repository root (TRL is in the ``bench`` extra)::
 
 Every (task, seed, recipe) run is scored as soon as it is trained and written as one JSON line in ``--out``
 (answers and marks included), so a run cut short keeps what it finished; ``--summarize FILE`` prints the tables
-from such a file (several files' lines may be concatenated).
+from such files (``--summarize A.jsonl B.jsonl``: their runs together).
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         for recipe, by_seed in t["recipes"].items():
             acc = [by_seed[s]["accuracy"] for s in sorted(by_seed)]
             table[recipe] = {"seeds": sorted(by_seed), "accuracy": acc, "mean": statistics.fmean(acc),
-                             "spread": spread(acc), "min": min(acc), "max": max(acc)}
+                             "spread": spread(acc), "min": min(acc), "max": max(acc),
+                             "wall_s": [round(by_seed[s]["wall_s"]) for s in sorted(by_seed)]}
         names = list(table)
         ref = "finetune" if "finetune" in table else names[0]
         tests = []
@@ -269,7 +270,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         for recipe, r in s["recipes"].items():
             seeds = ", ".join(f"{a:.1%}" for a in r["accuracy"])
             print(f"  {LABELS.get(recipe, recipe):<18} {r['mean']:6.1%} +- {r['spread']:5.1%}  "
-                  f"[{r['min']:.1%}, {r['max']:.1%}]  seeds: {seeds}")
+                  f"[{r['min']:.1%}, {r['max']:.1%}]  seeds: {seeds}; trained in "
+                  f"{', '.join(map(str, r['wall_s']))} s")
         for c in s["tests"]:
             print(f"  {LABELS.get(c['b'], c['b'])} vs {LABELS.get(c['a'], c['a'])}: right only with "
                   f"{c['b']} {c['only_b']}, only with {c['a']} {c['only_a']} of {c['pairs']} (row, seed) pairs; "
@@ -296,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=["seed", "recipe"], default="seed",
                     help="seed: every recipe of a seed, then the next seed; recipe: every seed of a recipe first")
     ap.add_argument("--out", default="/tmp/quality.jsonl", help="JSON lines, one per run, appended")
-    ap.add_argument("--summarize", metavar="JSONL", help="only print the tables of an earlier --out file")
+    ap.add_argument("--summarize", metavar="JSONL", nargs="+",
+                    help="only print the tables of earlier --out files (their runs together)")
     ap.add_argument("--rescore", action="store_true",
                     help="with --summarize: check the stored answers again with the tasks' current checkers "
                          "(give the run's --test)")
     args = ap.parse_args(argv)
     if args.summarize:
-        records = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for f in args.summarize for line in Path(f).read_text().splitlines()
+                   if line.strip()]
         if args.rescore:
             rescore(records, args.test)
         print_summary(summarize(records))
