@@ -111,6 +111,10 @@ class TrainingOptions:
     """Tokens per pair (prompt + completion in the chat template); longer pairs are truncated and counted."""
     warmup_ratio: float = 0.1
     """Fraction of the optimizer steps spent warming the learning rate up from 0."""
+    lr_scheduler_type: str = "linear"
+    """The learning rate after the warm-up, as transformers names it: "linear" decays it to 0 at the last step,
+    "cosine" follows half a cosine down to 0, "constant" keeps the peak to the end (the warm-up comes first in
+    each; with ``warmup_ratio`` 0, "constant" is transformers' "constant")."""
     weight_decay: float = 0.0
     """AdamW weight decay on the LoRA weights."""
     max_grad_norm: float = 1.0
@@ -368,6 +372,7 @@ _CHECKS = {
     "gradient_accumulation_steps": _int(1, 1024),
     "max_seq_length": _int(16, 32768),
     "warmup_ratio": _warm,
+    "lr_scheduler_type": _one_of("linear", "cosine", "constant"),
     "weight_decay": _decay,
     "max_grad_norm": _clip,
     "validation_fraction": _frac,

@@ -106,6 +106,32 @@ def test_aliased_columns_from_a_view_and_explicit_validation(faq, tiny_model_pat
     assert d["validation_data"].startswith("SELECT q AS prompt")
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_lr_scheduler_type_shapes_the_recorded_learning_rate(faq, tiny_model_path, kind):
+    """Each step's learning rate in duckdb_ft.metrics rises over the warm-up, then follows transformers' own
+    schedule of that name (get_linear/cosine/constant_schedule_with_warmup) step for step."""
+    import math
+
+    import torch
+    from transformers import optimization
+
+    con = faq
+    job = create(con, f"sched_{kind}", tiny_model_path, "SELECT question AS prompt, answer AS completion FROM faq",
+                 options={"max_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.25,
+                          "lr_scheduler_type": kind})
+    assert wait(con, job) == "SUCCESS"
+    lrs = [r[0] / 1e-3 for r in con.execute("SELECT learning_rate FROM duckdb_ft.metrics WHERE job_id = ? AND "
+                                            "training_loss IS NOT NULL ORDER BY step", [job]).fetchall()]
+    total = len(lrs)
+    warmup = math.ceil(0.25 * total)
+    assert total >= 8 and lrs[:warmup] == sorted(lrs[:warmup]) and lrs[warmup - 1] < 1  # the warm-up rises
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    hf = (optimization.get_constant_schedule_with_warmup(opt, warmup) if kind == "constant" else
+          getattr(optimization, f"get_{kind}_schedule_with_warmup")(opt, warmup, total))
+    assert lrs[warmup:] == pytest.approx([hf.lr_lambdas[0](s) for s in range(warmup, total)], abs=1e-9)
+    assert describe(con, job)["options"]["lr_scheduler_type"] == kind
+
+
 def test_null_rows_are_skipped_and_counted(con, tiny_model_path):
     con.execute("CREATE TABLE t AS SELECT * FROM (VALUES ('a', 'b'), (NULL, 'c'), ('d', NULL), ('e', 'f')) v(p, c)")
     job = create(con, "nulls", tiny_model_path, "SELECT p AS prompt, c AS completion FROM t", options=FAST)
@@ -138,6 +164,9 @@ BAD_CREATES = [
      r"unknown FINETUNE option\(s\): epochs; valid options: .*max_epochs"),
     (("m", None, "SELECT question AS prompt, answer AS completion FROM faq", None, '{"learning_rate": "fast"}'),
      "learning_rate must be a number"),
+    (("m", None, "SELECT question AS prompt, answer AS completion FROM faq", None,
+      '{"lr_scheduler_type": "cosine_with_restarts"}'), 'lr_scheduler_type must be one of "linear", "cosine", '
+     '"constant"'),
     (("m", None, "SELECT question AS prompt, answer AS completion FROM faq", None, "{not json"), "not valid JSON"),
     (("m", None, "DROP TABLE faq", None, None), "must be a SELECT statement, got DROP"),
     (("m", None, "SELECT 1 AS prompt, 2 AS completion; DELETE FROM faq", None, None), "exactly one SELECT"),

@@ -221,13 +221,19 @@ def _cpu_fast_paths(base: Any) -> None:
 
 
 def schedule(opts: TrainingOptions, total_steps: int) -> Callable[[int], float]:
-    """Linear warm-up to 1, then linear decay to 0, as a multiplier of the peak learning rate."""
+    """The multiplier of the peak learning rate at each optimizer step: a linear warm-up to 1 over
+    ``warmup_ratio`` of the steps, then ``lr_scheduler_type``'s shape ("linear" or "cosine" decay towards 0 at
+    ``total_steps``, or "constant" 1)."""
     warmup = int(math.ceil(opts.warmup_ratio * total_steps))
+    kind = opts.lr_scheduler_type
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        if kind == "constant":
+            return 1.0
+        left = max(0.0, (total_steps - step) / max(1, total_steps - warmup))  # 1 after the warm-up, 0 at the end
+        return left if kind == "linear" else 0.5 * (1.0 - math.cos(math.pi * left))
 
     return factor
 
