@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -191,7 +192,8 @@ def answers(model: str, adapters: dict[str, str], prompts: list[str], max_tokens
     opts = CompleteOptions(temperature=0.0, max_tokens=max_tokens)
     keys = {}
     for recipe, folder in adapters.items():
-        key = f"quality-{recipe}-{time.monotonic_ns()}"  # a fresh key: an adapter of an earlier seed is another
+        # a fresh key (an adapter of an earlier seed is another); a module name: no "." (a variant's 0.05)
+        key = f"quality-{re.sub(r'[^A-Za-z0-9_-]', '_', recipe)}-{time.monotonic_ns()}"
         models.attach_adapter(loaded, key, json.loads((Path(folder) / "lora_config.json").read_text()),
                               (Path(folder) / "adapter.safetensors").read_bytes())
         keys[recipe] = key
