@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -254,6 +255,20 @@ PROMPT = "\x1b[?2004h"
 ACCEPTED = "\x1b[?2004l"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_for_cpu(pid: int, seconds: float, limit: float = 60.0) -> None:
+    """Return once the process has used ``seconds`` more CPU time than now (it is computing), within ``limit``."""
+    start, deadline = _cpu_seconds(pid), time.monotonic() + limit
+    while _cpu_seconds(pid) - start < seconds:
+        assert time.monotonic() < deadline, f"the process used under {seconds} s of CPU in {limit} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def terminal(tmp_path):
     pexpect = pytest.importorskip("pexpect")
@@ -294,7 +309,9 @@ def test_interactive_session(terminal, tmp_path):
     # Ctrl-C stops a long statement, not the shell.
     child.send("SELECT count(*) FROM range(10000000000) t(i) WHERE i % 7 = 3;\r")
     child.expect_exact(ACCEPTED)
-    child.expect(pexpect.TIMEOUT, timeout=1.0)  # it runs
+    # Ctrl-C once the statement runs: DuckDB's threads have burnt a CPU second since Enter. (A fixed second's wait
+    # could still fall in prompt_toolkit's own teardown after Enter, whose SIGINT handler drops the signal.)
+    _wait_for_cpu(child.pid, seconds=1.0)
     child.sendintr()
     child.expect_exact("Interrupted.")
     child.expect_exact(PROMPT)
