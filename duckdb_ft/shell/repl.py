@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -72,6 +73,15 @@ def history_store(path: str) -> Any:
 def _interrupted(e: BaseException) -> bool:
     """DuckDB's own interrupt (Ctrl-C of a query): not an FtError such as an interrupted WAIT, which says more."""
     return isinstance(e, duckdb.InterruptException) and not isinstance(e, FtError)
+
+
+def own_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt in this process, whatever the parent left: a process started with
+    SIGINT ignored (a script's background job, a runner that ignores it) or blocked would otherwise never stop a
+    running statement, although the terminal echoes ^C. For the interactive shell only; from the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class _EvaluationProgress:
@@ -279,6 +289,7 @@ class Shell:
         from prompt_toolkit.lexers import PygmentsLexer
         from pygments.lexers.sql import SqlLexer
 
+        own_ctrl_c()
         store = history_store(os.path.expanduser(history or os.environ.get("DUCKDB_FT_HISTORY") or DEFAULT_HISTORY))
         keys = KeyBindings()
 
