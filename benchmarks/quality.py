@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -159,21 +158,21 @@ def check_recipe(recipe: str) -> str | None:
     return None
 
 
-def model_name(task: str, seed: int, recipe: str) -> str:
-    """A model name for the run in FINETUNE's database, unique per recipe (a variant's text is hashed in)."""
+def recipe_id(recipe: str) -> str:
+    """The recipe as an identifier (letters, digits, "_"), unique per recipe: a model name's and an adapter key's
+    part (a variant's text, with its "=", "+" and ".", is hashed)."""
     import hashlib
 
-    tail = recipe.replace("-", "_") if recipe in RECIPES else "v" + hashlib.sha1(recipe.encode()).hexdigest()[:10]
-    return f"{task}_{seed}_{tail}"
+    return recipe.replace("-", "_") if recipe in RECIPES else "v" + hashlib.sha1(recipe.encode()).hexdigest()[:10]
 
 
 def train(recipe: str, work: Path, model: str, task: str, seed: int, args: argparse.Namespace,
           hyper: dict[str, Any]) -> dict[str, Any]:
-    out = work / f"{task}-{seed}-{model_name(task, seed, recipe)}"
+    name = f"{task}_{seed}_{recipe_id(recipe)}"
+    out = work / name
     extra = variant_options(recipe)
     if extra is not None:
-        r = train_finetune(work / "finetune.duckdb", model, model_name(task, seed, recipe), args.epochs,
-                           args.learning_rate, seed, out, extra)
+        r = train_finetune(work / "finetune.duckdb", model, name, args.epochs, args.learning_rate, seed, out, extra)
     else:
         child = tt.run_child(recipe, {"db": str(work / "pairs.duckdb"), "hyper": hyper, "out": str(out),
                                       "model": model}, work)
@@ -192,8 +191,7 @@ def answers(model: str, adapters: dict[str, str], prompts: list[str], max_tokens
     opts = CompleteOptions(temperature=0.0, max_tokens=max_tokens)
     keys = {}
     for recipe, folder in adapters.items():
-        # a fresh key (an adapter of an earlier seed is another); a module name: no "." (a variant's 0.05)
-        key = f"quality-{re.sub(r'[^A-Za-z0-9_-]', '_', recipe)}-{time.monotonic_ns()}"
+        key = f"quality-{recipe_id(recipe)}-{time.monotonic_ns()}"  # fresh: an earlier seed's adapter is another
         models.attach_adapter(loaded, key, json.loads((Path(folder) / "lora_config.json").read_text()),
                               (Path(folder) / "adapter.safetensors").read_bytes())
         keys[recipe] = key
@@ -245,7 +243,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             b = [m for s in seeds for m in t["recipes"][other][s]["marks"]]
             only_a, only_b, p = mcnemar(a, b)
             tests.append({"a": ref, "b": other, "pairs": len(a), "only_a": only_a, "only_b": only_b, "p_value": p})
-        baselines = [n for n in names if n in BASELINES and ref == "finetune"]  # the variants are no baseline
+        baselines = [n for n in names if n in BASELINES] if ref == "finetune" else []  # variants are no baseline
         others = [table[n]["mean"] - table[n]["spread"] for n in baselines]
         out[task] = {"rows": t["rows"], "recipes": table, "tests": tests,
                      "reference_at_or_above_best_minus_spread": (table[ref]["mean"] >= max(others)) if others else None}
@@ -290,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="base model: a name or a Hugging Face folder")
     ap.add_argument("--tasks", default=",".join(quality_tasks.TASKS), help="comma-separated (default: all)")
-    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}, or finetune+KEY=VALUE")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                    help=f"comma-separated, of {', '.join(RECIPES)}, or finetune+KEY=VALUE")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per task and recipe (default 3)")
     ap.add_argument("--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed + 1, ...")
     ap.add_argument("--epochs", type=int, default=3, help="max_epochs (default 3)")
@@ -358,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(rec)
                 with open(args.out, "a") as f:
                     f.write(json.dumps(rec) + "\n")
-                print(f"  seed {seed} {LABELS.get(recipe, recipe):<18} {rec['right']}/{rec['test_rows']} = {rec['accuracy']:.1%} "
-                      f"held out (trained in {rec['wall_s']:.0f} s, load average {load:.1f} -> "
+                print(f"  seed {seed} {LABELS.get(recipe, recipe):<18} {rec['right']}/{rec['test_rows']} = "
+                      f"{rec['accuracy']:.1%} held out (trained in {rec['wall_s']:.0f} s, load average {load:.1f} -> "
                       f"{trained['load_average'][1]:.1f})", flush=True)
         finally:
             task.close()
